@@ -1,7 +1,7 @@
 """The ``sft2rl`` command line. Orchestration only: stages run as child processes (no torch import here).
 
-    sft2rl prepare --config configs/smollm2-cpu.yaml
-    sft2rl stage sft --config configs/smollm2-cpu.yaml method=rpsft sft.training.max_steps=5
+sft2rl prepare --config configs/smollm2-cpu.yaml
+sft2rl stage sft --config configs/smollm2-cpu.yaml method=rpsft sft.training.max_steps=5
 """
 
 from __future__ import annotations

@@ -98,12 +98,10 @@ class DataConfig(Strict):
     fields: FieldMap = Field(default_factory=FieldMap)
     size: int = Field(512, ge=1, description="Number of training examples (generated, or the first N of a dataset).")
     seed: int = 1234
-    system_prompt: str = (
-        "Solve the problem step by step. Write the final answer on the last line as '#### <answer>'."
-    )
+    system_prompt: str = "Solve the problem step by step. Write the final answer on the last line as '#### <answer>'."
     holdout_source_ids: list[int] = Field(
         default_factory=list,
-        description="gsm_symbolic source problem ids (GSM8K test indices) never used in training; evaluation keeps them.",
+        description="gsm_symbolic source ids (GSM8K test indices) kept out of training, for evaluation.",
     )
 
     @model_validator(mode="after")

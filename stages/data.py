@@ -38,7 +38,7 @@ def chain_sum_solution(expression: str) -> tuple[str, str]:
         raise ValueError(f"not a chain sum: {expression!r}")
     acc = int(tokens[0])
     steps = []
-    for op, raw in zip(tokens[1::2], tokens[2::2]):
+    for op, raw in zip(tokens[1::2], tokens[2::2], strict=True):
         val = int(raw)
         if op == "+":
             new = acc + val
@@ -156,7 +156,7 @@ def build_items(cfg: DataConfig, size: int | None = None, seed: int | None = Non
     if cfg.source == "reasoning_gym":
         holdout = set(cfg.holdout_source_ids)
         items: list[dict[str, Any]] = []
-        for i, (spec, n) in enumerate(zip(cfg.tasks, _split_sizes(cfg.tasks, size))):
+        for i, (spec, n) in enumerate(zip(cfg.tasks, _split_sizes(cfg.tasks, size), strict=True)):
             if n:
                 items += _reasoning_gym_items(spec, n, seed + 1000 * i, holdout)
         random.Random(seed).shuffle(items)

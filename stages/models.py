@@ -27,7 +27,8 @@ SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728
 
 # ChatML, the format SmolLM2 uses; given to the tiny test model so data formatting is exercised the same way.
 CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
@@ -184,8 +185,9 @@ def resolve_model(cfg: Config, corpus: Iterable[str] | None = None) -> str:
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(m.path, revision=m.revision, allow_patterns=["*.json", "*.safetensors", "*.txt",
-                                                                               "*.model", "*.jinja"])
+        return snapshot_download(
+            m.path, revision=m.revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+        )
     except Exception as e:  # noqa: BLE001 - any hub failure gets the same actionable message
         raise ModelError(
             f"model.path {m.path!r} (model.source=hub) could not be fetched: {type(e).__name__}: {e}. Offline? "

@@ -187,7 +187,11 @@ def compute_anchors(
         out.anchors[name] = Anchor(name, shape, kk, False, U=U, V=V, S_ref=S_ref, s_top=float(s[0]))
     log.info(
         "RPSFT anchors: %d matrices (%d full-rank fallback: L2-to-init) in %.2f s (%s, %s)",
-        len(out.anchors), out.full_rank, time.perf_counter() - t0, k_spec, method,
+        len(out.anchors),
+        out.full_rank,
+        time.perf_counter() - t0,
+        k_spec,
+        method,
     )
     if path is not None:
         save_anchors(out, path)
@@ -387,4 +391,3 @@ def summarize_diagnostics(per_matrix: dict[str, dict]) -> dict[str, float]:
         "top_singular_value_drift_mean_abs": float(sum(abs(d["top_singular_value_drift"]) for d in block) / len(block)),
         "block_drift_mean": mean("block_drift"),
     }
-

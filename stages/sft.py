@@ -190,8 +190,13 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
 
     from stages import data as data_mod
     from stages import models
-    from stages.rpsft import RPSFTRegularizer, compute_anchors, select_matrices, subspace_diagnostics
-    from stages.rpsft import summarize_diagnostics
+    from stages.rpsft import (
+        RPSFTRegularizer,
+        compute_anchors,
+        select_matrices,
+        subspace_diagnostics,
+        summarize_diagnostics,
+    )
 
     arm_dir = cfg.arm_dir
     method = cfg.sft.method
@@ -236,7 +241,11 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     if regularizer is not None:
         log.info(
             "%s: regularising %d matrices (%d full-rank fallback = L2-to-init), lambda=%g, mode=%s",
-            method, regularizer.count, regularizer.anchors.full_rank, regularizer.lam, rp.mode,
+            method,
+            regularizer.count,
+            regularizer.anchors.full_rank,
+            regularizer.lam,
+            rp.mode,
         )
         if regularizer.count == 0:
             raise ConfigError("the regulariser matched no matrix; check sft.rpsft.include / exclude")
@@ -313,7 +322,11 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     mark_done(arm_dir)
     log.info(
         "%s done: %d steps, train_loss %.4f, penalty %s -> %s; checkpoint %s",
-        cfg.sft.arm_name, metrics["steps"], metrics["train_loss"], penalty_at_start, penalty_at_end,
+        cfg.sft.arm_name,
+        metrics["steps"],
+        metrics["train_loss"],
+        penalty_at_start,
+        penalty_at_end,
         arm_dir / "checkpoint",
     )
     return metrics
@@ -332,7 +345,7 @@ def expand_shortcuts(overrides: list[str], shortcuts: dict[str, str]) -> list[st
     out = []
     for o in overrides:
         key = o.split("=", 1)[0]
-        out.append(shortcuts[key] + o[len(key):] if key in shortcuts else o)
+        out.append(shortcuts[key] + o[len(key) :] if key in shortcuts else o)
     return out
 
 
