@@ -35,13 +35,12 @@ log = logging.getLogger(__name__)
 
 def build_sft_config(cfg: Config, output_dir: str | os.PathLike):
     """The TRL SFTConfig of this arm; every field of ``sft.training`` is passed under its TRL name."""
+    import torch
     from trl import SFTConfig
 
-    use_cpu = cfg.device == "cpu"
-    if cfg.device == "auto":
-        import torch
-
-        use_cpu = not torch.cuda.is_available()
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible here: use device=auto or device=cpu")
+    use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     return SFTConfig(
         output_dir=str(output_dir),
         seed=cfg.seed,

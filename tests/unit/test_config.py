@@ -1,0 +1,131 @@
+"""Config schema and loader: every shipped config loads and builds TRL's real config objects; bad input is named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stages.config import Config, ConfigError, apply_overrides, dump_config, load_config
+from tests.conftest import CONFIGS
+
+SHIPPED = sorted(CONFIGS.glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    names = {p.name for p in SHIPPED}
+    assert {"tiny.yaml", "smollm2-cpu.yaml", "qwen2.5-7b-paper.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_config_builds_trl_objects(path: Path, tmp_path):
+    from trl import SFTConfig
+
+    from stages.sft import build_sft_config
+
+    text = path.read_text()
+    assert text.startswith("#"), "each config starts with a comment: what it is for, what it needs, how to run it"
+    import torch
+
+    # GPU configs name device=cuda; on a machine without one, the same config is built for the CPU.
+    cfg = load_config(path, [] if torch.cuda.is_available() else ["device=cpu"])
+    for method in ("sft", "rpsft", "dft"):
+        c = cfg.model_copy(update={"sft": cfg.sft.model_copy(update={"method": method})})
+        args = build_sft_config(c, tmp_path / method)
+        assert isinstance(args, SFTConfig)
+        assert args.learning_rate == cfg.sft.training.learning_rate
+        assert args.gradient_accumulation_steps == cfg.sft.training.gradient_accumulation_steps
+        assert args.loss_type == ("dft" if method == "dft" else "nll")
+        assert args.completion_only_loss is True
+
+
+def test_paper_config_matches_the_recipe():
+    cfg = load_config(CONFIGS / "qwen2.5-7b-paper.yaml")
+    t = cfg.sft.training
+    # RPSFT.md: bf16, global batch 16, lr 1e-6, 3% warm-up then constant, AdamW (0.9, 0.98), eps 1e-7, wd 0, clip 1.
+    assert t.bf16 and t.learning_rate == 1e-6 and t.warmup_steps == 0.03
+    assert t.per_device_train_batch_size * t.gradient_accumulation_steps == 16
+    assert (t.adam_beta1, t.adam_beta2, t.adam_epsilon, t.weight_decay, t.max_grad_norm) == (0.9, 0.98, 1e-7, 0, 1)
+    assert t.num_train_epochs == 12 and t.max_steps == -1
+    assert cfg.sft.rpsft.k == 768 and cfg.sft.rpsft.lam == 1.0
+    assert cfg.model.source == "hub" and cfg.data.source == "hub" and "OpenR1-Math" in cfg.data.path
+
+
+def test_overrides_types_and_alias():
+    cfg = load_config(
+        CONFIGS / "tiny.yaml",
+        [
+            "sft.rpsft.lambda=0.5",
+            "sft.training.learning_rate=2e-4",
+            "sft.method=rpsft",
+            "data.holdout_source_ids=[1,2]",
+        ],
+    )
+    assert cfg.sft.rpsft.lam == 0.5
+    assert cfg.sft.training.learning_rate == 2e-4
+    assert cfg.sft.method == "rpsft"
+    assert cfg.data.holdout_source_ids == [1, 2]
+    assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
+
+
+def test_dump_roundtrip(tmp_path):
+    cfg = load_config(CONFIGS / "tiny.yaml", ["sft.rpsft.lambda=0.25"])
+    out = tmp_path / "resolved.yaml"
+    out.write_text(dump_config(cfg))
+    again = load_config(out)
+    assert again == cfg
+    assert "lambda: 0.25" in out.read_text()
+
+
+BAD = [
+    # (overrides, file text or None, words the message must contain)
+    (["sft.trainig.max_steps=3"], None, ["sft.trainig", "unknown key"]),
+    (["sft.rpsft.k=0", "sft.rpsft.k_fraction=null"], None, ["sft.rpsft.k", "positive"]),
+    (["sft.rpsft.k=-3", "sft.rpsft.k_fraction=null"], None, ["sft.rpsft.k"]),
+    (["sft.rpsft.k_fraction=1.5"], None, ["k_fraction", "(0, 1]"]),
+    (["sft.rpsft.k=8"], None, ["exactly one of", "k_fraction"]),
+    (["sft.rpsft.lambda=-1"], None, ["sft.rpsft.lambda", "greater than or equal to 0"]),
+    (["sft.training.learning_rate=abc"], None, ["sft.training.learning_rate"]),
+    (["sft.training.max_steps=0"], None, ["max_steps"]),
+    (["sft.method=ppo"], None, ["sft.method"]),
+    (["model.source=local"], None, ["model.path is required"]),
+    (["run_name=../escape"], None, ["run_name", "plain folder name"]),
+    (["data.source=file"], None, ["data.path is required"]),
+    (["data.tasks=[]"], None, ["data.tasks is empty"]),
+    (["model.tiny.hidden_size=60", "model.tiny.num_attention_heads=7"], None, ["multiple of"]),
+    (["oops"], None, ["not key=value"]),
+    ([], "sft: [unclosed", ["not valid YAML"]),
+    ([], "- a\n- b\n", ["must hold a mapping"]),
+]
+
+
+@pytest.mark.parametrize("overrides,text,words", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_config_is_rejected_with_a_named_field(tmp_path, overrides, text, words):
+    path = CONFIGS / "tiny.yaml"
+    if text is not None:
+        path = tmp_path / "bad.yaml"
+        path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, overrides)
+    for w in words:
+        assert w in str(err.value), str(err.value)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("configs/nope.yaml")
+
+
+def test_cuda_without_gpu_is_refused(tmp_path):
+    import torch
+
+    from stages.sft import build_sft_config
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="device=cuda"):
+        build_sft_config(load_config(CONFIGS / "qwen2.5-7b-paper.yaml"), tmp_path)
+
+
+def test_defaults_validate():
+    assert Config().sft.method == "sft"

@@ -1,0 +1,90 @@
+"""Data: worked solutions, provenance of gsm_symbolic items, the file loader and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages.config import DataConfig, TaskSpec
+from stages.data import DataError, build_items, chain_sum_solution, to_conversation
+
+
+def test_chain_sum_solution_hand_checked():
+    assert chain_sum_solution("69 - 41 - 74") == ("69 - 41 = 28\n28 - 74 = -46\n#### -46", "-46")
+    assert chain_sum_solution("1 + 5") == ("1 + 5 = 6\n#### 6", "6")
+    with pytest.raises(ValueError):
+        chain_sum_solution("3 *")
+
+
+def test_reasoning_gym_items_are_deterministic_and_correct():
+    cfg = DataConfig(tasks=[TaskSpec(name="chain_sum")], size=20, seed=5)
+    a, b = build_items(cfg), build_items(cfg)
+    assert a == b and len(a) == 20
+    for x in a:
+        assert x["response"].endswith(f"#### {x['answer']}")
+        expr = x["question"].split(":")[-1].rstrip("= ").strip()
+        assert int(eval(expr)) == int(x["answer"])  # noqa: S307 - a generated arithmetic string
+    assert build_items(cfg, seed=6) != a
+
+
+def test_gsm_symbolic_records_source_problem_and_holds_out():
+    cfg = DataConfig(tasks=[TaskSpec(name="gsm_symbolic")], size=60, seed=1)
+    items = build_items(cfg)
+    ids = {x["source_id"] for x in items}
+    assert all(isinstance(i, int) and 0 <= i < 100 for i in ids)
+    held = sorted(ids)[:5]
+    kept = build_items(DataConfig(tasks=[TaskSpec(name="gsm_symbolic")], size=60, seed=1, holdout_source_ids=held))
+    assert len(kept) == 60 and not ({x["source_id"] for x in kept} & set(held))
+
+
+def test_task_mixture_sizes():
+    cfg = DataConfig(tasks=[TaskSpec(name="chain_sum", weight=3), TaskSpec(name="gsm_symbolic", weight=1)], size=40)
+    items = build_items(cfg)
+    assert sum(x["task"] == "chain_sum" for x in items) == 30
+
+
+def test_file_loader_with_field_mapping(tmp_path):
+    rows = [{"q": f"What is {i}+1?", "sol": [f"{i}+1={i + 1}\n#### {i + 1}"], "gold": i + 1} for i in range(5)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = DataConfig(source="file", path=str(path), fields={"question": "q", "response": "sol[0]", "answer": "gold"})
+    items = build_items(cfg)
+    assert [x["answer"] for x in items] == ["1", "2", "3", "4", "5"]
+    assert items[2]["response"] == "2+1=3\n#### 3"
+    conv = to_conversation(items[0], "SYS")
+    assert conv["prompt"][0] == {"role": "system", "content": "SYS"}
+    assert conv["completion"] == [{"role": "assistant", "content": items[0]["response"]}]
+
+
+def test_parquet_loader(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"question": ["1+1?"], "response": ["#### 2"], "answer": ["2"]}), path)
+    assert build_items(DataConfig(source="file", path=str(path)))[0]["answer"] == "2"
+
+
+@pytest.mark.parametrize(
+    "content,name,words",
+    [
+        ('{"question": "a", "answer": "1"}\n', "d.jsonl", ["'response' is missing", "data.fields"]),
+        ("", "empty.jsonl", ["empty"]),
+        ("{not json\n", "bad.jsonl", ["could not be read"]),
+        ('{"question": "", "response": "x", "answer": "1"}\n', "d.jsonl", ["non-empty strings"]),
+        ("a,b\n", "d.csv", ["unsupported file type"]),
+    ],
+)
+def test_bad_datasets(tmp_path, content, name, words):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(DataError) as err:
+        build_items(DataConfig(source="file", path=str(path)))
+    for w in words:
+        assert w in str(err.value), str(err.value)
+
+
+def test_missing_data_file(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        build_items(DataConfig(source="file", path=str(tmp_path / "nope.jsonl")))

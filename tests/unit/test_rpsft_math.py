@@ -1,0 +1,184 @@
+"""The RPSFT regulariser's maths, with the hand-derived expectations next to each assertion."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from stages.rpsft import (
+    RPSFTError,
+    RPSFTRegularizer,
+    compute_anchors,
+    resolve_k,
+    select_matrices,
+    subspace_diagnostics,
+    top_k_factors,
+)
+
+
+def spectrum_matrix(m: int, n: int, s: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """W = U diag(s) V^T with random orthonormal U (m x r), V (n x r)."""
+    g = torch.Generator().manual_seed(seed)
+    r = s.numel()
+    U, _ = torch.linalg.qr(torch.randn(m, r, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(n, r, generator=g, dtype=torch.float64))
+    return (U * s.double()) @ V.T, U, V
+
+
+class Toy(torch.nn.Module):
+    def __init__(self, weights: dict[str, torch.Tensor]):
+        super().__init__()
+        for name, w in weights.items():
+            self.register_parameter(name, torch.nn.Parameter(w.float().clone()))
+        self.bias = torch.nn.Parameter(torch.zeros(3))  # 1-D: never regularised
+
+
+def make_reg(weights: dict[str, torch.Tensor], k=None, k_fraction=None, lam=1.0):
+    model = Toy(weights)
+    named = select_matrices(model.named_parameters(), [".*"], [])
+    anchors = compute_anchors(named, k, k_fraction)
+    return model, RPSFTRegularizer(named, anchors, lam), anchors
+
+
+@pytest.mark.parametrize("shape", [(120, 40), (40, 120)])
+def test_gram_anchors_match_exact_svd(shape):
+    m, n = shape
+    # Well separated spectrum: the top-8 subspace is well defined, so the subspaces themselves can be compared.
+    s = torch.cat([torch.linspace(10, 5, 8), torch.linspace(1.0, 0.1, 32)])
+    W, U, V = spectrum_matrix(m, n, s)
+    Ug, sg, Vg = top_k_factors(W.float(), 8, "gram")
+    assert torch.allclose(sg.double(), s[:8].double(), rtol=1e-5)
+    # Principal angles between the computed and the exact subspaces: cosines all 1 (to fp32 round-off).
+    cos_u = torch.linalg.svdvals(Ug.double().T @ U[:, :8])
+    cos_v = torch.linalg.svdvals(Vg.double().T @ V[:, :8])
+    assert cos_u.min() > 1 - 1e-5 and cos_v.min() > 1 - 1e-5
+    # Orthonormal columns.
+    assert torch.allclose(Ug.T @ Ug, torch.eye(8), atol=1e-5)
+    assert torch.allclose(Vg.T @ Vg, torch.eye(8), atol=1e-5)
+
+
+def test_gram_singular_values_on_a_generic_matrix():
+    W = torch.randn(300, 90, generator=torch.Generator().manual_seed(3))
+    exact = torch.linalg.svdvals(W.double())[:22]
+    _, s, _ = top_k_factors(W, 22, "gram")
+    assert torch.allclose(s.double(), exact, rtol=1e-4)
+
+
+def test_resolve_k():
+    assert resolve_k((576, 576), None, 0.25) == 144
+    assert resolve_k((192, 576), None, 0.25) == 48
+    assert resolve_k((10, 3), None, 0.01) == 1  # at least 1
+    assert resolve_k((10, 30), 768, None) == 10  # capped at min(m, n): full-rank fallback
+    with pytest.raises(ValueError):
+        resolve_k((4, 4), 0, None)
+    with pytest.raises(ValueError):
+        resolve_k((4, 4), None, 1.5)
+
+
+def test_penalty_zero_at_start_positive_in_block_zero_in_tail_and_cross():
+    m, n, k = 30, 20, 5
+    s = torch.linspace(9, 1, 20)
+    W0, U, V = spectrum_matrix(m, n, s)
+    model, reg, anchors = make_reg({"w": W0}, k=k)
+    a = anchors.anchors["w"]
+    assert a.k == k and not a.full
+    assert reg.penalty() == 0.0  # exactly: S_ref is computed with the same operations as the residual
+
+    Uk, Vk = U[:, :k], V[:, :k]
+    Ut, Vt = U[:, k:], V[:, k:]
+    E = torch.randn(k, k, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 0.1
+    with torch.no_grad():
+        # Inside the top-k block: R = ||U_k^T (U_k E V_k^T) V_k||^2 = ||E||_F^2.
+        model.w.copy_((W0 + Uk @ E @ Vk.T).float())
+    assert reg.penalty() == pytest.approx(float((E**2).sum()), rel=1e-3)
+
+    t = n - k  # the tail has rank min(m, n) - k = 15
+    Et = torch.randn(t, t, dtype=torch.float64) * 0.5
+    Ec = torch.randn(k, t, dtype=torch.float64) * 0.5
+    Ec2 = torch.randn(t, k, dtype=torch.float64) * 0.5
+    for delta in (Ut @ Et @ Vt.T, Uk @ Ec @ Vt.T, Ut @ Ec2 @ Vk.T):
+        with torch.no_grad():
+            model.w.copy_((W0 + delta).float())
+        # Tail and cross blocks are free: U_k^T delta V_k = 0 (to fp32 round-off of a unit-norm-ish matrix).
+        assert reg.penalty() < 1e-8
+
+
+def test_penalty_gradient_matches_autograd_and_closed_form():
+    torch.manual_seed(0)
+    weights = {"a": torch.randn(24, 16), "b": torch.randn(16, 40)}
+    model, reg, anchors = make_reg(weights, k_fraction=0.25, lam=0.7)
+    with torch.no_grad():
+        for p in (model.a, model.b):
+            p.add_(0.05 * torch.randn_like(p))
+    pen = reg.penalty_autograd()
+    pen.backward()
+    auto = {n: p.grad.clone() for n, p in (("a", model.a), ("b", model.b))}
+    for p in model.parameters():
+        p.grad = None
+    stats = reg.add_penalty_grad()
+    assert stats["penalty"] * 0.7 == pytest.approx(float(pen.detach()), rel=1e-5)
+    for name, p in (("a", model.a), ("b", model.b)):
+        assert torch.allclose(p.grad, auto[name], rtol=1e-4, atol=1e-6)
+        # dR/dW = 2 lambda U_k (U_k^T W V_k - S_ref) V_k^T
+        an = anchors.anchors[name]
+        closed = 2 * 0.7 * an.U @ (an.U.T @ p.detach() @ an.V - an.S_ref) @ an.V.T
+        assert torch.allclose(p.grad, closed, rtol=1e-4, atol=1e-6)
+        assert p.grad.abs().max() > 0
+    assert model.bias.grad is None  # 1-D parameters are not regularised
+
+
+def test_full_rank_fallback_is_l2_to_init():
+    W0 = torch.randn(6, 4)
+    model, reg, anchors = make_reg({"w": W0}, k=4)  # k >= min(m, n)
+    assert anchors.full_rank == 1 and anchors.anchors["w"].full
+    delta = torch.randn(6, 4)
+    with torch.no_grad():
+        model.w.add_(delta)
+    assert reg.penalty() == pytest.approx(float((delta**2).sum()), rel=1e-5)
+
+
+def test_select_matrices_tied_once_and_patterns():
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=True)
+    head.weight = emb.weight  # tied
+    model = torch.nn.ModuleDict({"embed": emb, "head": head, "proj": torch.nn.Linear(4, 4)})
+    names = [n for n, _ in select_matrices(model.named_parameters(remove_duplicate=False), [".*"], [])]
+    assert names == ["embed.weight", "proj.weight"]  # tied weight once, biases (1-D) never
+    names = [n for n, _ in select_matrices(model.named_parameters(), [".*"], ["embed"])]
+    assert names == ["proj.weight"]
+    with pytest.raises(RPSFTError, match="matched no 2-D"):
+        compute_anchors([], None, 0.5)
+
+
+def test_anchor_cache_hit_and_key(tmp_path):
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(30, 12))
+    first = compute_anchors([("w", p)], None, 0.5, cache_dir=tmp_path)
+    files = list(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1
+    again = compute_anchors([("w", p)], None, 0.5, cache_dir=tmp_path)
+    assert torch.equal(first.anchors["w"].U, again.anchors["w"].U)
+    with torch.no_grad():
+        p.add_(1.0)
+    compute_anchors([("w", p)], None, 0.5, cache_dir=tmp_path)  # other weights: another key
+    compute_anchors([("w", p)], 3, None, cache_dir=tmp_path)  # other k: another key
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+
+
+def test_diagnostics_zero_when_unchanged_positive_after_rotation():
+    s = torch.linspace(8, 1, 12)
+    W0, U, V = spectrum_matrix(20, 12, s)
+    _, _, anchors = make_reg({"w": W0}, k=4)
+    same = subspace_diagnostics(anchors, {"w": W0.float()})["w"]
+    assert same["principal_angle_left_max_deg"] < 0.5 and abs(same["top_singular_value_drift"]) < 1e-5
+    # Rotate the leading left singular vector towards a tail direction by 30 degrees.
+    th = math.radians(30)
+    U2 = U.clone()
+    U2[:, 0] = math.cos(th) * U[:, 0] + math.sin(th) * U[:, 10]
+    U2[:, 10] = -math.sin(th) * U[:, 0] + math.cos(th) * U[:, 10]
+    W1 = (U2 * s.double()) @ V.T
+    d = subspace_diagnostics(anchors, {"w": W1.float()})["w"]
+    assert d["principal_angle_left_max_deg"] == pytest.approx(30.0, abs=0.5)
+    assert d["block_drift"] > 0.05
