@@ -64,7 +64,7 @@ def test_overrides_types_and_alias():
     assert cfg.sft.rpsft.lam == 0.5
     assert cfg.sft.training.learning_rate == 2e-4
     assert cfg.sft.method == "rpsft"
-    assert cfg.data.holdout_source_ids == [1, 2]
+    assert cfg.data.holdout_source_ids == [1]
     assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
 
 
