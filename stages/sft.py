@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,50 +179,46 @@ def _final_weights(model) -> dict[str, Any]:
     return {n: p.detach() for n, p in model.named_parameters() if p.ndim == 2}
 
 
-def run(cfg: Config, force: bool = False) -> dict[str, Any]:
-    """Train one arm; return its metrics (also written to ``<arm_dir>/metrics.json``).
+@dataclass
+class ArmSetup:
+    """Everything one arm trains with, built and checked before any training step."""
+
+    cfg: Config
+    items: list[dict[str, Any]]
+    model_path: str
+    tokenizer: Any
+    trainer: Any
+    anchors: Any
+    regularizer: Any
+    anchor_s: float
+    penalty_at_start: float | None
+
+
+def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
+    """Check the input, load data and model, compute anchors and build the trainer (no training yet).
 
     Raises:
-        ConfigError: bad model, data or settings, before any training starts.
+        ConfigError: bad model, data or settings; nothing is trained or written to the arm folder before this.
     """
     import torch
     from transformers import set_seed
 
     from stages import data as data_mod
     from stages import models
-    from stages.rpsft import (
-        RPSFTRegularizer,
-        compute_anchors,
-        select_matrices,
-        subspace_diagnostics,
-        summarize_diagnostics,
-    )
+    from stages.rpsft import RPSFTRegularizer, compute_anchors, select_matrices
 
-    arm_dir = cfg.arm_dir
     method = cfg.sft.method
-    if is_done(arm_dir) and not force:
-        log.info("%s is complete; skipping (pass --force to retrain)", arm_dir)
-        return json.loads((arm_dir / "metrics.json").read_text())
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     set_seed(cfg.seed)
+    args = build_sft_config(cfg, cfg.arm_dir / "trainer")
 
-    # Everything that can be wrong with the input is checked before the model is trained.
     items = data_mod.build_items(cfg.data)
     train_ds = data_mod.to_trl_dataset(items, cfg.data.system_prompt)
-    corpus = None
-    if cfg.model.source == "tiny":
-        corpus = data_mod.tokenizer_corpus(cfg.data)
+    corpus = data_mod.tokenizer_corpus(cfg.data) if cfg.model.source == "tiny" else None
     model_path = models.resolve_model(cfg, corpus=corpus)
     tokenizer = models.load_tokenizer(model_path, cfg.model)
     model = models.load_model(model_path, cfg.model)
-
-    arm_dir.mkdir(parents=True, exist_ok=True)
-    if force and is_done(arm_dir):
-        (arm_dir / "DONE").unlink()
-    atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
-    data_dir = cfg.run_dir / "data"
-    atomic_write_text(data_dir / "sft_train.jsonl", "".join(json.dumps(x) + "\n" for x in items))
 
     # Anchors for every arm: the RPSFT/L2 penalty, and the rotation diagnostics of the other methods.
     rp = cfg.sft.rpsft
@@ -246,8 +243,6 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
             regularizer.lam,
             rp.mode,
         )
-        if regularizer.count == 0:
-            raise ConfigError("the regulariser matched no matrix; check sft.rpsft.include / exclude")
 
     ref_model = None
     if method == "iw":
@@ -256,8 +251,6 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
             p.requires_grad_(False)
     peft_config = build_lora_config(cfg, model) if method == "lora" else None
 
-    trainer_dir = arm_dir / "trainer"
-    args = build_sft_config(cfg, trainer_dir)
     Trainer = _make_trainer_class()
     trainer = Trainer(
         model=model,
@@ -265,6 +258,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         train_dataset=train_ds,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=callbacks,
         regularizer=regularizer,
         regularizer_mode=rp.mode,
         iw=cfg.sft.iw if method == "iw" else None,
@@ -272,6 +266,33 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     )
     if ref_model is not None:
         ref_model.to(trainer.args.device)
+    return ArmSetup(cfg, items, model_path, tokenizer, trainer, anchors, regularizer, anchor_s, penalty_at_start)
+
+
+def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict[str, Any]:
+    """Train one arm; return its metrics (also written to ``<arm_dir>/metrics.json``).
+
+    Raises:
+        ConfigError: bad model, data or settings, before any training starts.
+    """
+    from stages.rpsft import subspace_diagnostics, summarize_diagnostics
+
+    arm_dir = cfg.arm_dir
+    method = cfg.sft.method
+    rp = cfg.sft.rpsft
+    if is_done(arm_dir) and not force:
+        log.info("%s is complete; skipping (pass --force to retrain)", arm_dir)
+        return json.loads((arm_dir / "metrics.json").read_text())
+    arm = build_arm(cfg, callbacks)
+    trainer, regularizer, anchors, tokenizer = arm.trainer, arm.regularizer, arm.anchors, arm.tokenizer
+    items, model_path, anchor_s, penalty_at_start = arm.items, arm.model_path, arm.anchor_s, arm.penalty_at_start
+
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    if force and is_done(arm_dir):
+        (arm_dir / "DONE").unlink()
+    atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
+    atomic_write_text(cfg.run_dir / "data" / "sft_train.jsonl", "".join(json.dumps(x) + "\n" for x in items))
+    trainer_dir = arm_dir / "trainer"
     resume = any(trainer_dir.glob("checkpoint-*"))
     if resume:
         log.info("resuming %s from the last trainer checkpoint in %s", cfg.sft.arm_name, trainer_dir)
