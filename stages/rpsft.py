@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -211,9 +213,14 @@ def save_anchors(anchors: Anchors, path: Path) -> None:
             if t is not None:
                 tensors[f"{i}.{key}"] = t.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"sft2rl": json.dumps(meta)})
-    tmp.replace(path)
+    # A unique temporary name: several ranks may write the same entry at once; the rename is atomic.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"sft2rl": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def load_anchors(path: Path) -> Anchors:

@@ -216,17 +216,18 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
     items = data_mod.build_items(cfg.data)
     train_ds = data_mod.to_trl_dataset(items, cfg.data.system_prompt)
     corpus = data_mod.tokenizer_corpus(cfg.data) if cfg.model.source == "tiny" else None
-    model_path = models.resolve_model(cfg, corpus=corpus)
-    tokenizer = models.load_tokenizer(model_path, cfg.model)
-    model = models.load_model(model_path, cfg.model)
-
-    # Anchors for every arm: the RPSFT/L2 penalty, and the rotation diagnostics of the other methods.
     rp = cfg.sft.rpsft
-    named = select_matrices(model.named_parameters(), rp.include, rp.exclude)
-    t0 = time.perf_counter()
     anchor_cache = Path(rp.cache_dir) if rp.cache_dir else Path(cfg.cache_dir) / "anchors"
-    anchors = compute_anchors(named, rp.k, rp.k_fraction, rp.anchor_method, anchor_cache)
-    anchor_s = time.perf_counter() - t0
+    # Under data-parallel launchers, rank 0 converts the model and fills the anchor cache; the others then read it.
+    with args.main_process_first(local=True, desc="model and anchors"):
+        model_path = models.resolve_model(cfg, corpus=corpus)
+        tokenizer = models.load_tokenizer(model_path, cfg.model)
+        model = models.load_model(model_path, cfg.model)
+        # Anchors for every arm: the RPSFT/L2 penalty, and the rotation diagnostics of the other methods.
+        named = select_matrices(model.named_parameters(), rp.include, rp.exclude)
+        t0 = time.perf_counter()
+        anchors = compute_anchors(named, rp.k, rp.k_fraction, rp.anchor_method, anchor_cache)
+        anchor_s = time.perf_counter() - t0
     regularizer = None
     if method == "rpsft":
         regularizer = RPSFTRegularizer(named, anchors, rp.lam)
@@ -287,11 +288,13 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     trainer, regularizer, anchors, tokenizer = arm.trainer, arm.regularizer, arm.anchors, arm.tokenizer
     items, model_path, anchor_s, penalty_at_start = arm.items, arm.model_path, arm.anchor_s, arm.penalty_at_start
 
-    arm_dir.mkdir(parents=True, exist_ok=True)
-    if force and is_done(arm_dir):
-        (arm_dir / "DONE").unlink()
-    atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
-    atomic_write_text(cfg.run_dir / "data" / "sft_train.jsonl", "".join(json.dumps(x) + "\n" for x in items))
+    main_process = trainer.is_world_process_zero()  # under DDP only rank 0 writes the arm's files
+    if main_process:
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        if force and is_done(arm_dir):
+            (arm_dir / "DONE").unlink()
+        atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
+        atomic_write_text(cfg.run_dir / "data" / "sft_train.jsonl", "".join(json.dumps(x) + "\n" for x in items))
     trainer_dir = arm_dir / "trainer"
     resume = any(trainer_dir.glob("checkpoint-*"))
     if resume:
@@ -301,6 +304,8 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     train_s = time.perf_counter() - t0
 
     penalty_at_end = regularizer.penalty() if regularizer else None
+    if not main_process:
+        return {"method": method, "steps": trainer.state.global_step, "penalty_at_end": penalty_at_end}
     final_model = trainer.model
     if method == "lora":
         final_model = trainer.model.merge_and_unload()
