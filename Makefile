@@ -1,15 +1,17 @@
 # make test: create/reuse .venv, install the pinned CPU stack, lint, run the tests.
+# make run: prepare the model and train the SFT and RPSFT arms on CONFIG (default: the embedded CPU default).
 # make setup: only the environment.   make bench: the RPSFT overhead benchmark (writes benchmarks/results/).
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sft2rl-installed
+CONFIG ?= configs/smollm2-cpu.yaml
+ARMS ?= sft rpsft
 
-.PHONY: setup test lint bench clean
+.PHONY: setup test lint run bench clean
 
 $(STAMP): requirements/cpu.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU build (a plain 'torch' would pull a multi-GB CUDA build).
 	$(PY) -m pip install -q torch==2.13.0
 	# Everything else exactly as locked, without resolution (see README "Installing" for why --no-deps).
@@ -25,6 +27,11 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+run: $(STAMP)
+	$(VENV)/bin/sft2rl prepare --config $(CONFIG)
+	for arm in $(ARMS); do $(VENV)/bin/sft2rl stage sft --config $(CONFIG) method=$$arm || exit 1; done
+	@$(PY) -c "from stages.config import load_config as l; c = l('$(CONFIG)'); print('outputs:', c.run_dir.resolve())"
 
 bench: $(STAMP)
 	$(PY) benchmarks/rpsft_overhead.py --out benchmarks/results/rpsft_overhead.json

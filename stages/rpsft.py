@@ -30,7 +30,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-ANCHOR_FORMAT_VERSION = 2
+ANCHOR_FORMAT_VERSION = 3
 
 
 class RPSFTError(RuntimeError):
@@ -103,32 +103,45 @@ def select_matrices(
 
 
 @torch.no_grad()
-def top_k_factors(W: torch.Tensor, k: int, method: str = "gram") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-k singular triplets of W in fp32: U_k (m, k), s_k (k,), V_k (n, k).
+def top_k_factors(W: torch.Tensor, k: int, method: str = "gram", with_block: bool = False) -> tuple[torch.Tensor, ...]:
+    """Top-k singular triplets of W in fp32: U_k (m, k), s_k (k,), V_k (n, k) [and the block U_k^T W V_k].
 
     ``gram`` takes the eigenvectors of the Gram matrix of the short side (min(m,n)^2 entries): the same flops as one
     product, a much smaller eigenproblem than the SVD, accurate to fp32 round-off for the leading k triplets (tested
     against an exact SVD). ``svd`` is the exact full SVD.
+
+    With ``with_block`` the fourth output is ``U_k^T (W @ V_k)``, computed with exactly the operations that
+    ``RPSFTRegularizer`` uses, so the penalty of W itself is exactly zero.
     """
     W = W.detach().float()
     m, n = W.shape
     if method == "svd":
         U, s, Vh = torch.linalg.svd(W, full_matrices=False)
-        return U[:, :k].contiguous(), s[:k].contiguous(), Vh[:k].T.contiguous()
+        U, s, V = U[:, :k].contiguous(), s[:k].contiguous(), Vh[:k].T.contiguous()
+        return (U, s, V, U.T @ (W @ V)) if with_block else (U, s, V)
     tall = m >= n
     A = W if tall else W.T  # (M, N) with M >= N
     evals, evecs = torch.linalg.eigh(A.T @ A)  # ascending
-    evecs_k = evecs[:, -k:].flip(1)  # (N, k)
+    evecs_k = evecs[:, -k:].flip(1).contiguous()  # (N, k)
     s = evals[-k:].flip(0).clamp(min=0).sqrt()
-    other = A @ evecs_k  # (M, k) = U_k diag(s)
-    safe = torch.where(s > s[0] * 1e-12, s, torch.ones_like(s))
-    other = other / safe
-    # Re-orthonormalise: columns of A V / s are orthonormal in exact arithmetic; QR removes round-off drift.
-    q, r = torch.linalg.qr(other)
-    q = q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    AV = A @ evecs_k  # (M, k) = U_k diag(s) in exact arithmetic
+    # Orthonormalise AV (Cholesky QR: two BLAS-3 products, cheaper than Householder QR on tall matrices). Its
+    # columns are orthogonal up to round-off already; this fixes their norms and the residual drift.
+    gram_k = AV.T @ AV
+    scale = s.clamp(min=s[0] * 1e-12 if s[0] > 0 else 1.0)
+    try:
+        L = torch.linalg.cholesky(gram_k)
+        other = torch.linalg.solve_triangular(L, AV.T, upper=False).T
+    except RuntimeError:  # rank-deficient: fall back to Householder QR
+        other, r = torch.linalg.qr(AV / scale)
+        other = other * torch.sign(torch.diagonal(r)).unsqueeze(0)
     if tall:
-        return q.contiguous(), s, evecs_k.contiguous()
-    return evecs_k.contiguous(), s, q.contiguous()
+        U, V = other.contiguous(), evecs_k
+        block = U.T @ AV  # AV is W @ V_k, the same product the regulariser computes
+    else:
+        U, V = evecs_k, other.contiguous()
+        block = U.T @ (W @ V) if with_block else None
+    return (U, s, V, block) if with_block else (U, s, V)
 
 
 def weights_hash(named: list[tuple[str, torch.Tensor]]) -> str:
@@ -138,7 +151,7 @@ def weights_hash(named: list[tuple[str, torch.Tensor]]) -> str:
     h = xxhash.xxh3_128()
     for name, t in named:
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy())  # buffer protocol: no copy
     return h.hexdigest()
 
 
@@ -183,9 +196,8 @@ def compute_anchors(
             s_top = float(torch.linalg.matrix_norm(W0, ord=2))
             out.anchors[name] = Anchor(name, shape, kk, True, W0=W0, s_top=s_top)
             continue
-        U, s, V = top_k_factors(W, kk, method)
-        # (k, k), diag(s) up to round-off. Same operation order as _residual, so R(W0) is exactly 0.
-        S_ref = U.T @ (W.detach().float() @ V)
+        # S_ref (k, k) is diag(s) up to round-off, computed with the operations of _residual: R(W0) is exactly 0.
+        U, s, V, S_ref = top_k_factors(W, kk, method, with_block=True)
         out.anchors[name] = Anchor(name, shape, kk, False, U=U, V=V, S_ref=S_ref, s_top=float(s[0]))
     log.info(
         "RPSFT anchors: %d matrices (%d full-rank fallback: L2-to-init) in %.2f s (%s, %s)",

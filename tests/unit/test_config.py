@@ -64,7 +64,7 @@ def test_overrides_types_and_alias():
     assert cfg.sft.rpsft.lam == 0.5
     assert cfg.sft.training.learning_rate == 2e-4
     assert cfg.sft.method == "rpsft"
-    assert cfg.data.holdout_source_ids == [1]
+    assert cfg.data.holdout_source_ids == [1, 2]
     assert apply_overrides({}, ["a.b.c=1"]) == {"a": {"b": {"c": 1}}}
 
 
@@ -129,3 +129,24 @@ def test_cuda_without_gpu_is_refused(tmp_path):
 
 def test_defaults_validate():
     assert Config().sft.method == "sft"
+
+
+def test_hub_model_offline_gives_a_clear_error(monkeypatch, tmp_path):
+    from stages.models import ModelError, resolve_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = load_config(None, ["model.source=hub", "model.path=nobody/no-such-model-sft2rl", f"cache_dir={tmp_path}"])
+    with pytest.raises(ModelError, match="could not be fetched.*model.source=local"):
+        resolve_model(cfg)
+
+
+def test_exact_svd_anchor_method_agrees_with_gram():
+    import torch
+
+    from stages.rpsft import top_k_factors
+
+    W = torch.randn(50, 30, generator=torch.Generator().manual_seed(0))
+    _, s_gram, _ = top_k_factors(W, 7, "gram")
+    U, s_svd, V, block = top_k_factors(W, 7, "svd", with_block=True)
+    assert torch.allclose(s_gram, s_svd, rtol=1e-4)
+    assert torch.allclose(block, torch.diag(s_svd), atol=1e-4)

@@ -88,3 +88,10 @@ def test_bad_datasets(tmp_path, content, name, words):
 def test_missing_data_file(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         build_items(DataConfig(source="file", path=str(tmp_path / "nope.jsonl")))
+
+
+def test_hub_dataset_offline_gives_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="could not be loaded.*data.source=file"):
+        build_items(DataConfig(source="hub", path="nobody/no-such-dataset-sft2rl"))
