@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lam", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--rounds-ga1", type=int, default=5)
-    parser.add_argument("--rounds-ga4", type=int, default=3)
+    parser.add_argument("--rounds-ga1", type=int, default=8)
+    parser.add_argument("--rounds-ga4", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache-dir", default=os.environ.get("SFT2RL_CACHE_DIR", str(Path.home() / ".cache/sft2rl")))
     args = parser.parse_args(argv)
@@ -69,14 +69,19 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
     }
 
-    # Anchors: precompute (no cache) vs a full SVD of the same matrices, then a cache hit.
-    t0 = time.perf_counter()
-    for _, w in named:
-        torch.linalg.svd(w.detach().float(), full_matrices=False)
-    result["full_svd_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    anchors = compute_anchors(named, None, args.k_fraction, "gram", cache_dir=None)
-    result["precompute_s"] = time.perf_counter() - t0
+    # Anchors: precompute (no cache) vs a full SVD of the same matrices, interleaved 3 times (medians).
+    svd_s, pre_s = [], []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _, w in named:
+            torch.linalg.svd(w.detach().float(), full_matrices=False)
+        svd_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        anchors = compute_anchors(named, None, args.k_fraction, "gram", cache_dir=None)
+        pre_s.append(time.perf_counter() - t0)
+    result["full_svd_s"] = statistics.median(svd_s)
+    result["precompute_s"] = statistics.median(pre_s)
+    result["full_svd_s_all"], result["precompute_s_all"] = svd_s, pre_s
     result["precompute_over_full_svd"] = result["precompute_s"] / result["full_svd_s"]
     with tempfile.TemporaryDirectory() as tmp:
         compute_anchors(named, None, args.k_fraction, "gram", cache_dir=Path(tmp))  # fills the cache
@@ -142,8 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         med = {k: statistics.median(v) for k, v in times.items()}
         result[f"step_s_ga{ga}"] = med
         result[f"step_s_all_ga{ga}"] = times
-        result[f"ratio_ga{ga}"] = med["rpsft"] / med["sft"]
-        result[f"naive_ratio_ga{ga}"] = med["naive"] / med["sft"]
+        # Paired by round (the arms of one round ran back to back on the same batches): the median of the
+        # per-round ratios is robust to the machine's slow drifts.
+        result[f"ratio_ga{ga}"] = statistics.median(r / s for r, s in zip(times["rpsft"], times["sft"], strict=True))
+        result[f"naive_ratio_ga{ga}"] = statistics.median(
+            n / s for n, s in zip(times["naive"], times["sft"], strict=True)
+        )
+        result[f"ratio_of_medians_ga{ga}"] = med["rpsft"] / med["sft"]
         log.info(
             "GA %d: sft %.2fs, rpsft %.2fs (x%.3f), naive %.2fs (x%.3f)",
             ga,
@@ -153,6 +163,18 @@ def main(argv: list[str] | None = None) -> int:
             med["naive"],
             result[f"naive_ratio_ga{ga}"],
         )
+    # The penalty gradient alone (what RPSFT adds to each optimizer step, whatever GA is).
+    reg = arms[1]["reg"]
+    pen_times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        reg.add_penalty_grad()
+        pen_times.append(time.perf_counter() - t)
+    arms[1]["opt"].zero_grad(set_to_none=True)
+    result["penalty_grad_s"] = statistics.median(pen_times)
+    for ga in (1, 4):
+        sft_s = result[f"step_s_ga{ga}"]["sft"]
+        result[f"ratio_from_components_ga{ga}"] = (sft_s + result["penalty_grad_s"]) / sft_s
     # The update is the same: the per-step and naive arms took identical steps; compare their weights.
     diffs = [
         float((a - b).abs().max())

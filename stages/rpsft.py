@@ -23,6 +23,7 @@ import re
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,17 +189,32 @@ def compute_anchors(
                 log.warning("RPSFT anchor cache %s unreadable (%s); recomputing", path, e)
     t0 = time.perf_counter()
     out = Anchors(k_spec=k_spec, method=method, weights_hash=digest)
-    for name, W in named:
+
+    def one(item: tuple[str, torch.Tensor]) -> Anchor:
+        name, W = item
         shape = (int(W.shape[0]), int(W.shape[1]))
         kk = resolve_k(shape, k, k_fraction)
         if kk >= min(shape):
             W0 = W.detach().float().clone()
-            s_top = float(torch.linalg.matrix_norm(W0, ord=2))
-            out.anchors[name] = Anchor(name, shape, kk, True, W0=W0, s_top=s_top)
-            continue
+            return Anchor(name, shape, kk, True, W0=W0, s_top=float(torch.linalg.matrix_norm(W0, ord=2)))
         # S_ref (k, k) is diag(s) up to round-off, computed with the operations of _residual: R(W0) is exactly 0.
         U, s, V, S_ref = top_k_factors(W, kk, method, with_block=True)
-        out.anchors[name] = Anchor(name, shape, kk, False, U=U, V=V, S_ref=S_ref, s_top=float(s[0]))
+        return Anchor(name, shape, kk, False, U=U, V=V, S_ref=S_ref, s_top=float(s[0]))
+
+    # One matrix per thread, one BLAS/LAPACK thread each: the eigensolver scales poorly with threads, so matrices
+    # in parallel are faster (measured 2.5 s vs 3.6 s for SmolLM2-135M on 2 cores).
+    threads = torch.get_num_threads()
+    workers = max(1, min(threads, 8))
+    if workers > 1:
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(one, named))
+        finally:
+            torch.set_num_threads(threads)
+    else:
+        results = [one(item) for item in named]
+    out.anchors = {a.name: a for a in results}
     log.info(
         "RPSFT anchors: %d matrices (%d full-rank fallback: L2-to-init) in %.2f s (%s, %s)",
         len(out.anchors),
@@ -330,12 +346,14 @@ class RPSFTRegularizer:
             drifts.append(float(torch.linalg.matrix_norm(D) / torch.linalg.matrix_norm(ref).clamp(min=1e-12)))
             if self.lam == 0.0:
                 continue
-            g = D if a.full else a.U @ D @ a.V.T  # (m, n)
-            g = g.mul_(two_lam).to(p.dtype)
             if p.grad is None:
-                p.grad = g
-            else:
-                p.grad.add_(g)
+                p.grad = torch.zeros_like(p)
+            if a.full:
+                p.grad.add_(D.to(p.dtype), alpha=two_lam)
+            elif p.grad.dtype == torch.float32:
+                p.grad.addmm_(a.U @ D, a.V.T, alpha=two_lam)  # in place: no (m, n) temporary
+            else:  # low-precision grads: fp32 math, one rounding
+                p.grad.add_(((a.U @ D) @ a.V.T).mul_(two_lam).to(p.grad.dtype))
         return {
             "penalty": total,
             "block_drift_mean": sum(drifts) / max(1, len(drifts)),
