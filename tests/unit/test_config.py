@@ -136,7 +136,7 @@ def test_hub_model_offline_gives_a_clear_error(monkeypatch, tmp_path):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = load_config(None, ["model.source=hub", "model.path=nobody/no-such-model-sft2rl", f"cache_dir={tmp_path}"])
-    with pytest.raises(ModelError, match="could not be fetched.*model.source=local"):
+    with pytest.raises(ModelError, match="(?s)could not be fetched.*model.source=local"):
         resolve_model(cfg)
 
 

