@@ -37,17 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_stage.add_argument("name", choices=sorted(STAGES), help="stage to run")
     p_stage.add_argument("args", nargs=argparse.REMAINDER, help="--config FILE [--force] [key=value ...]")
-    p_prep = sub.add_parser("prepare", help="prepare the initial model (same as: stage prepare)")
+    p_prep = sub.add_parser("prepare", help="prepare the initial model (same as: stage prepare)", add_help=False)
     p_prep.add_argument("args", nargs=argparse.REMAINDER, help="--config FILE [key=value ...]")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Options after the stage name (--config, --force, --help) belong to the stage: pass them through unparsed.
+    args, passthrough = build_parser().parse_known_args(argv)
     if args.command == "stage":
-        return run_stage(args.name, args.args)
+        return run_stage(args.name, [*passthrough, *args.args])
     if args.command == "prepare":
-        return run_stage("prepare", args.args)
+        return run_stage("prepare", [*passthrough, *args.args])
     return 2  # pragma: no cover - argparse requires a command
 
 

@@ -4,6 +4,7 @@ generate, RPSFT's penalty and gradient behave as derived, and bad input fails be
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -183,3 +184,24 @@ def test_cli_reports_bad_input_with_exit_code_2(tmp_path):
     )
     assert proc.returncode == 2
     assert "sft.rpsft.lambda" in proc.stderr and "greater than or equal to 0" in proc.stderr
+
+
+def test_cli_prepare_and_stage_run_on_the_tiny_config(tmp_path, cache_dir):
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir)}
+    cli = [sys.executable, "-m", "pipeline.cli"]
+    for args in (["prepare", "--config", "configs/tiny.yaml"], ["stage", "sft", "--config", "configs/tiny.yaml"]):
+        proc = subprocess.run(
+            [*cli, *args, f"runs_root={tmp_path}", "max_steps=1"]
+            if "sft" in args
+            else [*cli, *args, f"runs_root={tmp_path}"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "tiny" / "prepare" / "result.json").read_text())["model_type"] == "llama"
+    assert json.loads((tmp_path / "tiny" / "sft" / "metrics.json").read_text())["steps"] == 1
+    helped = subprocess.run([*cli, "prepare", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--config" in helped.stdout
