@@ -175,6 +175,27 @@ def _make_trainer_class():
     return Sft2rlTrainer
 
 
+FAULT_ENV = "SFT2RL_FAULT_KILL_AFTER_SAVE"
+
+
+def _fault_injection_callbacks() -> list:
+    """Test-only fault injection: ``SFT2RL_FAULT_KILL_AFTER_SAVE=N`` SIGKILLs this process right after the trainer
+    checkpoint of step N is written (the crash-and-resume tests use it; unset in normal runs)."""
+    step = os.environ.get(FAULT_ENV)
+    if not step:
+        return []
+    import signal
+
+    from transformers import TrainerCallback
+
+    class KillAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == int(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return [KillAfterSave()]
+
+
 def _final_weights(model) -> dict[str, Any]:
     return {n: p.detach() for n, p in model.named_parameters() if p.ndim == 2}
 
@@ -259,7 +280,7 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
         train_dataset=train_ds,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *_fault_injection_callbacks()],
         regularizer=regularizer,
         regularizer_mode=rp.mode,
         iw=cfg.sft.iw if method == "iw" else None,
