@@ -14,6 +14,7 @@ import sys
 STAGES = {
     "prepare": "stages.prepare",
     "sft": "stages.sft",
+    "rl": "stages.rl",
 }
 
 

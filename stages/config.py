@@ -220,6 +220,86 @@ class SFTStageConfig(Strict):
         return v
 
 
+class GenerationSpec(Strict):
+    """How the RL stage samples completions."""
+
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate; vllm: vLLM colocate mode.")
+    num_generations: int = Field(4, ge=2, description="Completions per prompt (the GRPO group size).")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_completion_length: int = Field(64, ge=1)
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    vllm_enable_sleep_mode: bool = False
+
+
+class GRPOArgs(Strict):
+    """Arguments handed to TRL's GRPOConfig under TRL's own names."""
+
+    learning_rate: float = Field(1e-6, gt=0)
+    max_steps: int = Field(10, ge=1)
+    per_device_train_batch_size: int = Field(8, ge=1, description="Completions per device per micro-batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    epsilon: float = Field(0.2, gt=0, description="Lower clip range.")
+    epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (clip-higher); default = epsilon.")
+    beta: float = Field(0.0, ge=0, description="KL coefficient to the initial policy (0 = no reference model).")
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    num_iterations: int = Field(1, ge=1)
+    mask_truncated_completions: bool = False
+    lr_scheduler_type: str = "constant_with_warmup"
+    warmup_steps: float = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    bf16: bool = False
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+
+
+class RLStageConfig(Strict):
+    """RL from an SFT checkpoint (or the base model). Both initialisations get this same section."""
+
+    algorithm: Literal["grpo", "ppo"] = "grpo"
+    init: str | None = Field(None, description="Checkpoint folder to start from; default: the prepared base model.")
+    arm: str | None = Field(None, description="Output folder; default rl-<name of the init arm> (or rl-base).")
+    rewards: list[str] = Field(default_factory=lambda: ["math_correct"], description="Registered reward names.")
+    reward_weights: list[float] | None = None
+    num_prompts: int = Field(256, ge=1, description="RL prompts, generated with prompt_seed from data.tasks.")
+    prompt_seed: int = Field(777, description="Seed of the RL prompts (differs from data.seed and evaluation's).")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    training: GRPOArgs = Field(default_factory=GRPOArgs)
+
+    @model_validator(mode="after")
+    def _batch(self) -> RLStageConfig:
+        t, g = self.training, self.generation
+        batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
+        if batch % g.num_generations:
+            raise ValueError(
+                f"rl.training.per_device_train_batch_size x gradient_accumulation_steps = {batch} completions per "
+                f"step is not a multiple of rl.generation.num_generations = {g.num_generations}: every prompt needs "
+                "its whole group in one step"
+            )
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(
+                f"rl.reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards"
+            )
+        if self.arm is not None and not _RUN_NAME.match(self.arm):
+            raise ValueError(f"rl.arm {self.arm!r} must be a plain folder name")
+        if self.algorithm == "ppo":
+            raise ValueError("rl.algorithm=ppo is not available yet; use rl.algorithm=grpo")
+        return self
+
+    @field_validator("rewards")
+    @classmethod
+    def _rewards(cls, v: list[str]) -> list[str]:
+        from stages.rewards import REWARDS
+
+        unknown = [r for r in v if r not in REWARDS]
+        if unknown or not v:
+            raise ValueError(f"unknown rewards {unknown}; registered: {sorted(REWARDS)}")
+        return v
+
+
 class Config(Strict):
     """The whole sft2rl config."""
 
@@ -235,6 +315,7 @@ class Config(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
+    rl: RLStageConfig = Field(default_factory=RLStageConfig)
 
     @field_validator("run_name")
     @classmethod

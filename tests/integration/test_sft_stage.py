@@ -201,6 +201,11 @@ def test_cli_prepare_and_stage_run_on_the_tiny_config(tmp_path, cache_dir):
             timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
+    rl = [*cli, "stage", "rl", "--config", "configs/tiny.yaml", f"runs_root={tmp_path}", "max_steps=1"]
+    rl.append(f"init={tmp_path / 'tiny' / 'sft' / 'checkpoint'}")
+    proc = subprocess.run(rl, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "tiny" / "rl-sft" / "metrics.json").read_text())["steps"] == 1
     assert json.loads((tmp_path / "tiny" / "prepare" / "result.json").read_text())["model_type"] == "llama"
     assert json.loads((tmp_path / "tiny" / "sft" / "metrics.json").read_text())["steps"] == 1
     helped = subprocess.run([*cli, "prepare", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)

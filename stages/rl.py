@@ -1,0 +1,246 @@
+"""RL stage: GRPO (TRL's GRPOTrainer) from any SFT checkpoint or the base model, with verifiable rewards.
+
+Both initialisations get the same RL section, seed and prompt order; only ``rl.init`` differs.
+Outputs in ``<run_dir>/<rl arm>/``: ``checkpoint/`` (HF folder), ``metrics.jsonl`` (one line per step: reward mean
+and std, accuracy, KL to the initial policy, completion length, clip ratios, share of groups with zero reward
+variance, step time), ``metrics.json`` (summary), ``config.yaml``, ``trainer/`` (resumable), ``DONE``.
+
+    python -m stages.rl --config configs/tiny.yaml init=runs/tiny/sft/checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from stages.config import Config, ConfigError, dump_config, load_config
+from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, publish_dir
+
+log = logging.getLogger(__name__)
+
+SHORTCUTS = {
+    "init": "rl.init",
+    "arm": "rl.arm",
+    "algorithm": "rl.algorithm",
+    "max_steps": "rl.training.max_steps",
+    "backend": "rl.generation.backend",
+}
+
+
+def rl_arm_name(cfg: Config) -> str:
+    if cfg.rl.arm:
+        return cfg.rl.arm
+    if not cfg.rl.init:
+        return "rl-base"
+    init = Path(cfg.rl.init)
+    # <run_dir>/<sft arm>/checkpoint -> rl-<sft arm>
+    return f"rl-{init.parent.name if init.name == 'checkpoint' else init.name}"
+
+
+def check_chat_format(tokenizer, where: str) -> None:
+    """The tokenizer must have a chat template whose assistant turns end with its EOS token (generation stops there).
+
+    Raises:
+        ConfigError: naming the checkpoint and what is wrong.
+    """
+    if not tokenizer.chat_template:
+        raise ConfigError(f"{where}: the tokenizer has no chat template; RL prompts are formatted with it")
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"{where}: the tokenizer has no EOS token; completions would never end")
+    marker = "sft2rl-check-7f3a"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], tokenize=False
+    )
+    after = text.split(marker, 1)[-1]
+    if tokenizer.eos_token not in after:
+        raise ConfigError(
+            f"{where}: the chat template does not end assistant turns with the EOS token {tokenizer.eos_token!r} "
+            "(got {after!r}); SFT taught the model to stop at another token. Set the tokenizer's eos_token to the "
+            "template's end-of-turn token and save it with the checkpoint"
+        )
+
+
+def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
+    """TRL's GRPOConfig from ``rl.training`` and ``rl.generation`` (TRL's names)."""
+    import torch
+    from trl import GRPOConfig
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible here: use device=auto or device=cpu")
+    use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
+    g = cfg.rl.generation
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        report_to="none",
+        use_cpu=use_cpu,
+        disable_tqdm=bool(os.environ.get("CI")),
+        num_generations=g.num_generations,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        max_completion_length=g.max_completion_length,
+        use_vllm=g.backend == "vllm",
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
+        vllm_enable_sleep_mode=g.vllm_enable_sleep_mode,
+        reward_weights=cfg.rl.reward_weights,
+        **cfg.rl.training.model_dump(),
+    )
+
+
+def rl_prompts(cfg: Config) -> list[dict[str, Any]]:
+    """RL prompt items: the training task distribution with their own seed, minus any SFT training question."""
+    from stages.data import build_items
+
+    sft_questions = {x["question"] for x in build_items(cfg.data)}
+    items = build_items(cfg.data, size=cfg.rl.num_prompts + len(sft_questions), seed=cfg.rl.prompt_seed)
+    items = [x for x in items if x["question"] not in sft_questions][: cfg.rl.num_prompts]
+    if len(items) < cfg.rl.num_prompts:
+        raise ConfigError(f"only {len(items)} RL prompts are disjoint from the SFT data; lower rl.num_prompts")
+    return items
+
+
+def _metrics_callback(path: Path):
+    from transformers import TrainerCallback
+
+    class JsonlMetrics(TrainerCallback):
+        """One JSON line per logged step, flushed at once (a crash loses at most the line being written)."""
+
+        def __init__(self):
+            self.t_last = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
+                return
+            now = time.perf_counter()
+            row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
+            row["step_time_s"] = now - self.t_last
+            self.t_last = now
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+
+    return JsonlMetrics()
+
+
+def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict[str, Any]:
+    """Run RL for ``cfg.rl.init``; return the summary (also written to metrics.json).
+
+    Raises:
+        ConfigError: bad init checkpoint, tokenizer, rewards or batch shape, before any generation.
+    """
+    import torch
+    from transformers import set_seed
+    from trl import GRPOTrainer
+
+    from stages import models
+    from stages.data import to_conversation
+    from stages.rewards import get_reward
+
+    arm = rl_arm_name(cfg)
+    arm_dir = cfg.run_dir / arm
+    if is_done(arm_dir) and not force:
+        log.info("%s is complete; skipping (pass --force to rerun)", arm_dir)
+        return json.loads((arm_dir / "metrics.json").read_text())
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    set_seed(cfg.seed)
+    args = build_grpo_config(cfg, arm_dir / "trainer")
+
+    if cfg.rl.init:
+        init = Path(cfg.rl.init).expanduser()
+        if not init.is_dir():
+            raise ConfigError(
+                f"rl.init {init} does not exist: pass an SFT checkpoint folder (<run_dir>/<arm>/checkpoint)"
+            )
+        models.check_model_folder(init)
+        init_path = str(init)
+    else:
+        init_path = models.resolve_model(cfg)
+    tokenizer = models.load_tokenizer(init_path, cfg.model)
+    check_chat_format(tokenizer, init_path)
+    reward_funcs = [get_reward(name) for name in cfg.rl.rewards]
+    items = rl_prompts(cfg)
+    import datasets
+
+    rows = [{"prompt": to_conversation(x, cfg.data.system_prompt)["prompt"], "answer": x["answer"]} for x in items]
+    train_ds = datasets.Dataset.from_list(rows)
+    model = models.load_model(init_path, cfg.model)
+
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    if force:
+        (arm_dir / "DONE").unlink(missing_ok=True)
+    atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
+    trainer_dir = arm_dir / "trainer"
+    resume = any(trainer_dir.glob("checkpoint-*"))
+    metrics_path = arm_dir / "metrics.jsonl"
+    if not resume:
+        metrics_path.unlink(missing_ok=True)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        callbacks=[_metrics_callback(metrics_path), *(callbacks or [])],
+    )
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    train_s = time.perf_counter() - t0
+
+    tmp = arm_dir / ".checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    publish_dir(tmp, arm_dir / "checkpoint")
+
+    steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    reward_key = "reward"
+    summary = {
+        "algorithm": cfg.rl.algorithm,
+        "arm": arm,
+        "init": init_path,
+        "backend": cfg.rl.generation.backend,
+        "steps": trainer.state.global_step,
+        "train_loss": float(result.training_loss),
+        "train_runtime_s": train_s,
+        "reward_first": steps[0].get(reward_key) if steps else None,
+        "reward_last": steps[-1].get(reward_key) if steps else None,
+        "frac_reward_zero_std_mean": (
+            sum(s.get("frac_reward_zero_std", 0.0) for s in steps) / len(steps) if steps else None
+        ),
+        "rewards": cfg.rl.rewards,
+        "prompts": len(items),
+    }
+    atomic_write_json(arm_dir / "metrics.json", summary)
+    mark_done(arm_dir)
+    log.info(
+        "%s done: %d steps, reward %s -> %s", arm, summary["steps"], summary["reward_first"], summary["reward_last"]
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stages.sft import expand_shortcuts, parse_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args, _ = parse_args(argv, "RL (GRPO) from an SFT checkpoint or the base model.")
+    try:
+        cfg = load_config(args.config, expand_shortcuts(args.overrides, SHORTCUTS))
+        run(cfg, force=args.force)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

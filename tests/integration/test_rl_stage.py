@@ -1,0 +1,86 @@
+"""The RL stage (GRPO, hf backend) on the tiny model: real TRL trainer, every parameter moves, metrics per step."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from stages.config import ConfigError
+from stages.rewards import REWARDS, register
+from stages.rl import rl_prompts
+from stages.rl import run as rl_run
+from stages.sft import run as sft_run
+
+if "digit_share" not in REWARDS:
+
+    @register("digit_share")
+    def digit_share(completions, **_):
+        """Share of digits in the completion: varies between samples of a random model (a learning signal)."""
+        texts = [c if isinstance(c, str) else "".join(m["content"] for m in c) for c in completions]
+        return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
+
+
+@pytest.fixture
+def sft_checkpoint(tiny_cfg):
+    cfg = tiny_cfg("sft.training.max_steps=2")
+    sft_run(cfg)
+    return cfg.arm_dir / "checkpoint"
+
+
+def test_grpo_hf_trains_every_parameter_and_logs_each_step(tiny_cfg, sft_checkpoint):
+    cfg = tiny_cfg(f"rl.init={sft_checkpoint}", "rl.rewards=[digit_share, math_correct]", "rl.training.max_steps=3")
+    summary = rl_run(cfg)
+    arm = cfg.run_dir / "rl-sft"
+    assert summary["arm"] == "rl-sft" and summary["steps"] == 3 and (arm / "DONE").is_file()
+    rows = [json.loads(line) for line in (arm / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in (
+        "reward",
+        "reward_std",
+        "kl",
+        "completions/mean_length",
+        "frac_reward_zero_std",
+        "step_time_s",
+        "rewards/math_correct/mean",
+        "clip_ratio/region_mean",
+    ):
+        assert key in rows[0], key
+    assert rows[0]["frac_reward_zero_std"] < 1.0  # the groups carried a learning signal
+    before = AutoModelForCausalLM.from_pretrained(sft_checkpoint)
+    after = AutoModelForCausalLM.from_pretrained(arm / "checkpoint")
+    b, a = dict(before.named_parameters()), dict(after.named_parameters())
+    unchanged = [n for n in b if torch.equal(b[n], a[n])]
+    assert not unchanged, unchanged
+
+
+def test_prompts_are_disjoint_from_sft_data_and_identical_for_every_init(tiny_cfg):
+    from stages.data import build_items
+
+    cfg = tiny_cfg()
+    prompts = rl_prompts(cfg)
+    assert len(prompts) == cfg.rl.num_prompts
+    assert not {p["question"] for p in prompts} & {x["question"] for x in build_items(cfg.data)}
+    assert rl_prompts(tiny_cfg("rl.init=/somewhere/else")) == prompts
+
+
+def test_bad_rl_input_fails_before_generation(tiny_cfg, tmp_path, sft_checkpoint):
+    with pytest.raises(ConfigError, match="does not exist"):
+        rl_run(tiny_cfg(f"rl.init={tmp_path / 'missing'}"))
+    with pytest.raises(ConfigError, match="not a multiple of rl.generation.num_generations"):
+        tiny_cfg("rl.training.per_device_train_batch_size=6")
+    with pytest.raises(ConfigError, match="unknown rewards"):
+        tiny_cfg("rl.rewards=[os.system]")
+    # A chat template whose assistant turns do not end with the EOS token.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(sft_checkpoint)
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+    bad = tmp_path / "bad-eos"
+    AutoModelForCausalLM.from_pretrained(sft_checkpoint).save_pretrained(bad)
+    tok.save_pretrained(bad)
+    with pytest.raises(ConfigError, match="EOS token"):
+        rl_run(tiny_cfg(f"rl.init={bad}", "rl.arm=bad"))
+    assert not (tmp_path / "runs" / "tiny" / "bad").exists()
