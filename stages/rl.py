@@ -174,6 +174,12 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     rows = [{"prompt": to_conversation(x, cfg.data.system_prompt)["prompt"], "answer": x["answer"]} for x in items]
     train_ds = datasets.Dataset.from_list(rows)
     model = models.load_model(init_path, cfg.model)
+    if cfg.rl.generation.backend == "vllm" and not torch.cuda.is_available():
+        from stages.vllm_cpu import apply_cpu_colocate_patches
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # use every core (1.5-1.7x faster here)
+        apply_cpu_colocate_patches()
 
     arm_dir.mkdir(parents=True, exist_ok=True)
     if force:

@@ -73,7 +73,7 @@ def test_rpsft_metrics_contract(tiny_cfg):
     assert m["regularized_matrices"] == 16 and m["full_rank_matrices"] == 0
     assert m["penalty_at_start"] == 0.0 and m["penalty_at_end"] > 0
     angles = m["principal_angles"]["model.layers.0.self_attn.q_proj.weight"]
-    assert angles["k"] == 16 and angles["principal_angle_left_mean_deg"] >= 0
+    assert angles["k"] == 32 and angles["principal_angle_left_mean_deg"] >= 0
     logged = [h for h in m["log_history"] if "rpsft/penalty" in h]
     assert len(logged) == 3 and logged[0]["rpsft/penalty"] == 0.0 and logged[-1]["rpsft/penalty"] > 0
 
