@@ -123,12 +123,30 @@ def _metrics_callback(path: Path):
             now = time.perf_counter()
             row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
             row["step_time_s"] = now - self.t_last
+            if "timing/generation_s" in row and "step_time" in row:
+                row["timing/training_s"] = row["step_time"] - row["timing/generation_s"]
             self.t_last = now
             with open(path, "a") as f:
                 f.write(json.dumps(row) + "\n")
                 f.flush()
 
     return JsonlMetrics()
+
+
+def _make_trainer_class():
+    from trl import GRPOTrainer
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer that also logs the generation time of each step (``timing/generation_s``); TRL's
+        ``step_time`` covers generation and training together."""
+
+        def _generate(self, prompts: list):
+            t0 = time.perf_counter()
+            out = super()._generate(prompts)
+            self._metrics["train"]["timing/generation_s"].append(time.perf_counter() - t0)
+            return out
+
+    return TimedGRPOTrainer
 
 
 def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict[str, Any]:
@@ -139,7 +157,6 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     """
     import torch
     from transformers import set_seed
-    from trl import GRPOTrainer
 
     from stages import models
     from stages.data import to_conversation
@@ -190,7 +207,7 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     metrics_path = arm_dir / "metrics.jsonl"
     if not resume:
         metrics_path.unlink(missing_ok=True)
-    trainer = GRPOTrainer(
+    trainer = _make_trainer_class()(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
