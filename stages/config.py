@@ -256,6 +256,19 @@ class GRPOArgs(Strict):
     save_total_limit: int = Field(2, ge=1)
 
 
+class PPOArgs(Strict):
+    """PPO settings (stages.ppo); learning rate, steps, batch and clipping norms come from rl.training."""
+
+    ppo_epochs: int = Field(2, ge=1)
+    num_mini_batches: int = Field(2, ge=1)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    cliprange: float = Field(0.2, gt=0)
+    cliprange_value: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    kl_coef: float = Field(0.05, ge=0, description="Per-token KL penalty to the initial policy in the reward.")
+
+
 class RLStageConfig(Strict):
     """RL from an SFT checkpoint (or the base model). Both initialisations get this same section."""
 
@@ -268,6 +281,7 @@ class RLStageConfig(Strict):
     prompt_seed: int = Field(777, description="Seed of the RL prompts (differs from data.seed and evaluation's).")
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     training: GRPOArgs = Field(default_factory=GRPOArgs)
+    ppo: PPOArgs = Field(default_factory=PPOArgs)
 
     @model_validator(mode="after")
     def _batch(self) -> RLStageConfig:
@@ -285,8 +299,8 @@ class RLStageConfig(Strict):
             )
         if self.arm is not None and not _RUN_NAME.match(self.arm):
             raise ValueError(f"rl.arm {self.arm!r} must be a plain folder name")
-        if self.algorithm == "ppo":
-            raise ValueError("rl.algorithm=ppo is not available yet; use rl.algorithm=grpo")
+        if self.algorithm == "ppo" and self.generation.backend != "hf":
+            raise ValueError("rl.algorithm=ppo generates with transformers: set rl.generation.backend=hf")
         return self
 
     @field_validator("rewards")

@@ -190,6 +190,8 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
 
     rows = [{"prompt": to_conversation(x, cfg.data.system_prompt)["prompt"], "answer": x["answer"]} for x in items]
     train_ds = datasets.Dataset.from_list(rows)
+    if cfg.rl.algorithm == "ppo":
+        return _run_ppo(cfg, arm, arm_dir, init_path, tokenizer, items, reward_funcs)
     model = models.load_model(init_path, cfg.model)
     if cfg.rl.generation.backend == "vllm" and not torch.cuda.is_available():
         from stages.vllm_cpu import apply_cpu_colocate_patches
@@ -248,6 +250,96 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     log.info(
         "%s done: %d steps, reward %s -> %s", arm, summary["steps"], summary["reward_first"], summary["reward_last"]
     )
+    return summary
+
+
+def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, items, reward_funcs) -> dict[str, Any]:
+    """PPO (stages.ppo) with the same prompts, rewards and outputs as GRPO."""
+    import torch
+    from safetensors.torch import save_file
+
+    from stages import models
+    from stages.data import to_conversation
+    from stages.ppo import PolicyWithValue, PPOSettings, train_ppo, value_head_state
+
+    t, g, p = cfg.rl.training, cfg.rl.generation, cfg.rl.ppo
+    device = "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
+    model = PolicyWithValue(models.load_model(init_path, cfg.model)).to(device)
+    ref = models.load_model(init_path, cfg.model).to(device).eval()
+    for q in ref.parameters():
+        q.requires_grad_(False)
+    prompts = [
+        {
+            "text": tokenizer.apply_chat_template(
+                to_conversation(x, cfg.data.system_prompt)["prompt"], tokenize=False, add_generation_prompt=True
+            ),
+            "answer": x["answer"],
+        }
+        for x in items
+    ]
+    weights = cfg.rl.reward_weights or [1.0] * len(reward_funcs)
+
+    def reward_fn(texts: list[str], rows: list[dict[str, Any]]) -> list[float]:
+        total = [0.0] * len(texts)
+        for w, fn in zip(weights, reward_funcs, strict=True):
+            for i, r in enumerate(fn(texts, answer=[row["answer"] for row in rows])):
+                total[i] += w * r
+        return total
+
+    settings = PPOSettings(
+        learning_rate=t.learning_rate,
+        max_steps=t.max_steps,
+        prompts_per_step=t.per_device_train_batch_size * t.gradient_accumulation_steps // g.num_generations,
+        num_generations=g.num_generations,
+        ppo_epochs=p.ppo_epochs,
+        num_mini_batches=p.num_mini_batches,
+        gamma=p.gamma,
+        lam=p.lam,
+        cliprange=p.cliprange,
+        cliprange_value=p.cliprange_value,
+        vf_coef=p.vf_coef,
+        kl_coef=p.kl_coef,
+        max_grad_norm=t.max_grad_norm,
+        weight_decay=t.weight_decay,
+        gen_kwargs={"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_completion_length},
+    )
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    (arm_dir / "DONE").unlink(missing_ok=True)
+    atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
+    metrics_path = arm_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)  # PPO has no mid-run checkpoints yet: a rerun starts over
+    steps: list[dict[str, float]] = []
+
+    def on_step(row: dict[str, float]) -> None:
+        steps.append(row)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        log.info("ppo step %d: reward %.3f, kl %.4f", row["step"], row["reward"], row["kl"])
+
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    train_ppo(model, ref, tokenizer, prompts, reward_fn, settings, on_step)
+    tmp = arm_dir / ".checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.policy.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    publish_dir(tmp, arm_dir / "checkpoint")
+    save_file(value_head_state(model), str(arm_dir / "value_head.safetensors"))
+    summary = {
+        "algorithm": "ppo",
+        "arm": arm,
+        "init": init_path,
+        "backend": "hf",
+        "steps": len(steps),
+        "train_runtime_s": time.perf_counter() - t0,
+        "reward_first": steps[0]["reward"] if steps else None,
+        "reward_last": steps[-1]["reward"] if steps else None,
+        "frac_reward_zero_std_mean": sum(r["frac_reward_zero_std"] for r in steps) / max(1, len(steps)),
+        "rewards": cfg.rl.rewards,
+        "prompts": len(items),
+    }
+    atomic_write_json(arm_dir / "metrics.json", summary)
+    mark_done(arm_dir)
     return summary
 
 

@@ -1,0 +1,60 @@
+"""PPO's pieces with hand-computed expectations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from stages.ppo import clipped_policy_loss, clipped_value_loss, gae, whiten
+
+
+def test_gae_lambda_one_gives_monte_carlo_returns():
+    r = torch.tensor([[0.0, 0.0, 1.0]])
+    v = torch.tensor([[0.5, 0.5, 0.5]])
+    adv, ret = gae(r, v, torch.ones(1, 3), gamma=1.0, lam=1.0)
+    # delta = (0, 0, 0.5): A_t = sum of later deltas = 0.5 everywhere; returns = A + V = 1 = the episode return.
+    assert adv.tolist() == [[0.5, 0.5, 0.5]]
+    assert ret.tolist() == [[1.0, 1.0, 1.0]]
+
+
+def test_gae_lambda_half_and_padding():
+    r = torch.tensor([[0.0, 0.0, 1.0]])
+    v = torch.tensor([[0.5, 0.5, 0.5]])
+    adv, _ = gae(r, v, torch.ones(1, 3), gamma=1.0, lam=0.5)
+    assert adv.tolist() == [[0.125, 0.25, 0.5]]  # A2 = 0.5, A1 = 0 + 0.5 * 0.5, A0 = 0 + 0.5 * 0.25
+    # The episode ends at t = 1 (t = 2 is padding): its value must not leak into the advantage.
+    r = torch.tensor([[0.0, 1.0, 7.0]])
+    v = torch.tensor([[0.5, 0.5, 9.0]])
+    adv, ret = gae(r, v, torch.tensor([[1.0, 1.0, 0.0]]), gamma=1.0, lam=0.5)
+    assert adv.tolist() == [[0.25, 0.5, 0.0]]  # delta1 = 1 - 0.5, delta0 = 0 + 0.5 - 0.5; A0 = 0.5 * 0.5
+    assert ret[0, 2] == 0
+
+
+def test_clipped_policy_loss_values():
+    old = torch.zeros(1, 2)
+    new = torch.full((1, 2), math.log(1.5))  # ratio 1.5
+    mask = torch.ones(1, 2)
+    # Positive advantage: the clip caps the gain at 1 + eps = 1.2 -> loss -1.2, clipped everywhere.
+    loss, frac = clipped_policy_loss(new, old, torch.ones(1, 2), mask, eps=0.2)
+    assert float(loss) == pytest.approx(-1.2) and float(frac) == 1.0
+    # Negative advantage: the pessimistic (unclipped) term 1.5 wins; the clip is not active.
+    loss, frac = clipped_policy_loss(new, old, -torch.ones(1, 2), mask, eps=0.2)
+    assert float(loss) == pytest.approx(1.5) and float(frac) == 0.0
+    # Masked tokens do not count.
+    loss, _ = clipped_policy_loss(new, old, torch.tensor([[1.0, -1.0]]), torch.tensor([[1.0, 0.0]]), eps=0.2)
+    assert float(loss) == pytest.approx(-1.2)
+
+
+def test_clipped_value_loss_values():
+    mask = torch.ones(1, 1)
+    # V moved from 0 to 1, target 1, eps 0.2: unclipped error 0, clipped V = 0.2 -> error 0.64; max -> 0.5 * 0.64.
+    loss = clipped_value_loss(torch.ones(1, 1), torch.zeros(1, 1), torch.ones(1, 1), mask, eps=0.2)
+    assert float(loss) == pytest.approx(0.32)
+
+
+def test_whiten_masked():
+    x = torch.tensor([[1.0, 3.0, 100.0]])
+    w = whiten(x, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert w[0, :2].tolist() == pytest.approx([-1.0, 1.0], abs=1e-3) and w[0, 2] == 0
