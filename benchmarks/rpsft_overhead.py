@@ -43,24 +43,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds-ga1", type=int, default=8)
     parser.add_argument("--rounds-ga4", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--cache-dir", default=os.environ.get("SFT2RL_CACHE_DIR", str(Path.home() / ".cache/sft2rl")))
+    parser.add_argument("--config", default="configs/smollm2-cpu.yaml", help="whose model to measure")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("bench")
 
     import torch
 
-    from stages.config import ModelConfig
-    from stages.models import convert_smollm2, load_model
+    from stages.config import load_config
+    from stages.models import load_model, resolve_model
     from stages.rpsft import RPSFTRegularizer, compute_anchors, select_matrices, top_k_factors
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    path = convert_smollm2(Path(args.cache_dir))
-    base = load_model(str(path), ModelConfig())
+    cfg = load_config(args.config)
+    base = load_model(resolve_model(cfg), cfg.model)
     named = select_matrices(base.named_parameters(), [".*"], [])
     result: dict = {
-        "model": "SmolLM2-135M-Instruct",
+        "model": base.name_or_path,
+        "config": args.config,
         "regularized_matrices": len(named),
         "k_fraction": args.k_fraction,
         "lambda": args.lam,

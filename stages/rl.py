@@ -61,7 +61,7 @@ def check_chat_format(tokenizer, where: str) -> None:
     if tokenizer.eos_token not in after:
         raise ConfigError(
             f"{where}: the chat template does not end assistant turns with the EOS token {tokenizer.eos_token!r} "
-            "(got {after!r}); SFT taught the model to stop at another token. Set the tokenizer's eos_token to the "
+            f"(got {after!r}); SFT taught the model to stop at another token. Set the tokenizer's eos_token to the "
             "template's end-of-turn token and save it with the checkpoint"
         )
 

@@ -1,0 +1,92 @@
+"""The benchmark scripts the README quotes run end to end (on the tiny model here) and write the promised keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _run(args: list[str], cache_dir) -> None:
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_rpsft_overhead_benchmark_writes_its_keys(tmp_path, cache_dir):
+    out = tmp_path / "o.json"
+    _run(
+        [
+            "benchmarks/rpsft_overhead.py",
+            "--config",
+            "configs/tiny.yaml",
+            "--out",
+            str(out),
+            "--rounds-ga1",
+            "1",
+            "--rounds-ga4",
+            "1",
+            "--seq",
+            "32",
+        ],
+        cache_dir,
+    )
+    r = json.loads(out.read_text())
+    for key in (
+        "ratio_ga1",
+        "ratio_ga4",
+        "naive_ratio_ga1",
+        "naive_ratio_ga4",
+        "precompute_s",
+        "full_svd_s",
+        "cache_hit_s",
+        "extra_memory_mb",
+    ):
+        assert isinstance(r[key], float) and r[key] > 0, key
+    assert r["max_weight_diff_rpsft_vs_naive"] < 1e-4
+
+
+@pytest.mark.slow
+def test_task_accuracy_and_generation_benchmarks(tmp_path, cache_dir):
+    out = tmp_path / "acc.json"
+    _run(
+        [
+            "benchmarks/task_accuracy.py",
+            "--config",
+            "configs/tiny.yaml",
+            "--n",
+            "8",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+            f"cache_dir={cache_dir}",
+        ],
+        cache_dir,
+    )
+    r = json.loads(out.read_text())
+    assert r["n"] == 8 and 0 <= r["strict_accuracy"] <= 1 and len(r["strict_ci95"]) == 2
+    out = tmp_path / "gen.json"
+    _run(
+        [
+            "benchmarks/generation.py",
+            "--config",
+            "configs/tiny.yaml",
+            "--out",
+            str(out),
+            "--rounds",
+            "1",
+            "--grpo-steps",
+            "2",
+        ],
+        cache_dir,
+    )
+    r = json.loads(out.read_text())
+    for key in ("vllm_tokens_per_s", "hf_tokens_per_s", "grpo_step_generation_s", "grpo_step_training_s"):
+        assert r[key] > 0, key
