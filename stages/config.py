@@ -83,7 +83,7 @@ class FieldMap(Strict):
     """Column names of a user dataset (hub or file)."""
 
     question: str = "question"
-    response: str = "response"
+    response: str | None = Field("response", description="None for prompt-only data (RL prompts).")
     answer: str | None = "answer"
 
 
@@ -277,6 +277,9 @@ class RLStageConfig(Strict):
     arm: str | None = Field(None, description="Output folder; default rl-<name of the init arm> (or rl-base).")
     rewards: list[str] = Field(default_factory=lambda: ["math_correct"], description="Registered reward names.")
     reward_weights: list[float] | None = None
+    prompt_data: DataConfig | None = Field(
+        None, description="Where RL prompts come from (e.g. a hub set with answers); default: the SFT task, new seed."
+    )
     num_prompts: int = Field(256, ge=1, description="RL prompts, generated with prompt_seed from data.tasks.")
     prompt_seed: int = Field(777, description="Seed of the RL prompts (differs from data.seed and evaluation's).")
     generation: GenerationSpec = Field(default_factory=GenerationSpec)

@@ -166,9 +166,13 @@ def build_items(cfg: DataConfig, size: int | None = None, seed: int | None = Non
     for i, row in enumerate(rows):
         where = f"{cfg.path} row {i}"
         q = _resolve_field(row, cfg.fields.question, where)
-        r = _resolve_field(row, cfg.fields.response, where)
+        r = _resolve_field(row, cfg.fields.response, where) if cfg.fields.response else None
         a = _resolve_field(row, cfg.fields.answer, where) if cfg.fields.answer else None
-        if not isinstance(q, str) or not q.strip() or not isinstance(r, str) or not r.strip():
+        if (
+            not isinstance(q, str)
+            or not q.strip()
+            or (cfg.fields.response and (not isinstance(r, str) or not r.strip()))
+        ):
             raise DataError(f"{where}: question and response must be non-empty strings")
         items.append(
             {
@@ -195,6 +199,8 @@ def to_trl_dataset(items: list[dict[str, Any]], system_prompt: str | None):
 
     if not items:
         raise DataError("no training items: check data.size and data.tasks / data.path")
+    if any(x["response"] is None for x in items):
+        raise DataError("SFT needs a response for every item: map data.fields.response to a column")
     return datasets.Dataset.from_list([to_conversation(x, system_prompt) for x in items])
 
 

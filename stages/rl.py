@@ -97,11 +97,15 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
 
 
 def rl_prompts(cfg: Config) -> list[dict[str, Any]]:
-    """RL prompt items: the training task distribution with their own seed, minus any SFT training question."""
+    """RL prompt items (with gold answers): ``rl.prompt_data`` if set, else the SFT task distribution with its own
+    seed; any SFT training question is dropped."""
     from stages.data import build_items
 
-    sft_questions = {x["question"] for x in build_items(cfg.data)}
-    items = build_items(cfg.data, size=cfg.rl.num_prompts + len(sft_questions), seed=cfg.rl.prompt_seed)
+    source = cfg.rl.prompt_data or cfg.data
+    sft_questions = {x["question"] for x in build_items(cfg.data)} if source.source == "reasoning_gym" else set()
+    items = build_items(source, size=cfg.rl.num_prompts + len(sft_questions), seed=cfg.rl.prompt_seed)
+    if any(x["answer"] is None for x in items):
+        raise ConfigError("RL prompts need gold answers: map rl.prompt_data.fields.answer to a column")
     items = [x for x in items if x["question"] not in sft_questions][: cfg.rl.num_prompts]
     if len(items) < cfg.rl.num_prompts:
         raise ConfigError(f"only {len(items)} RL prompts are disjoint from the SFT data; lower rl.num_prompts")

@@ -123,3 +123,34 @@ def test_ppo_trains_policy_and_value_head(tiny_cfg, sft_checkpoint):
 def test_ppo_refuses_the_vllm_backend(tiny_cfg):
     with pytest.raises(ConfigError, match="backend=hf"):
         tiny_cfg("rl.algorithm=ppo", "rl.generation.backend=vllm")
+
+
+def test_rl_prompts_from_a_local_file_with_answers(tiny_cfg, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"{i} + 1 = ?", "sol": str(i + 1)}) + "\n" for i in range(10)))
+    cfg = tiny_cfg(
+        "rl.prompt_data.source=file",
+        f"rl.prompt_data.path={path}",
+        "rl.prompt_data.fields.question=problem",
+        "rl.prompt_data.fields.response=null",
+        "rl.prompt_data.fields.answer=sol",
+        "rl.num_prompts=4",
+    )
+    prompts = rl_prompts(cfg)
+    assert [p["answer"] for p in prompts] == ["1", "2", "3", "4"] and prompts[0]["response"] is None
+    with pytest.raises(ConfigError, match="gold answers"):
+        rl_prompts(
+            tiny_cfg(
+                *[
+                    o
+                    for o in (
+                        "rl.prompt_data.source=file",
+                        f"rl.prompt_data.path={path}",
+                        "rl.prompt_data.fields.question=problem",
+                        "rl.prompt_data.fields.response=null",
+                        "rl.prompt_data.fields.answer=null",
+                        "rl.num_prompts=4",
+                    )
+                ]
+            )
+        )

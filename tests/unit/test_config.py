@@ -37,6 +37,14 @@ def test_shipped_config_builds_trl_objects(path: Path, tmp_path):
         assert args.gradient_accumulation_steps == cfg.sft.training.gradient_accumulation_steps
         assert args.loss_type == ("dft" if method == "dft" else "nll")
         assert args.completion_only_loss is True
+    from trl import GRPOConfig
+
+    from stages.rl import build_grpo_config
+
+    grpo = build_grpo_config(cfg, tmp_path / "rl")
+    assert isinstance(grpo, GRPOConfig)
+    assert grpo.num_generations == cfg.rl.generation.num_generations and grpo.beta == cfg.rl.training.beta
+    assert grpo.use_vllm == (cfg.rl.generation.backend == "vllm") and grpo.loss_type == cfg.rl.training.loss_type
 
 
 def test_paper_config_matches_the_recipe():
@@ -49,6 +57,15 @@ def test_paper_config_matches_the_recipe():
     assert t.num_train_epochs == 12 and t.max_steps == -1
     assert cfg.sft.rpsft.k == 768 and cfg.sft.rpsft.lam == 1.0
     assert cfg.model.source == "hub" and cfg.data.source == "hub" and "OpenR1-Math" in cfg.data.path
+    # RL: n = 8, 128 prompts per step on 8 GPUs, clip 0.2 / 0.28, no KL, token-mean, lr 1e-6, 10 warm-up steps,
+    # weight decay 0.1, 100 steps, responses up to 10,240 tokens, DAPO-Math-17k prompts.
+    rl = cfg.rl
+    per_step = 8 * rl.training.per_device_train_batch_size * rl.training.gradient_accumulation_steps
+    assert rl.generation.num_generations == 8 and per_step // 8 == 128
+    assert (rl.training.epsilon, rl.training.epsilon_high, rl.training.beta) == (0.2, 0.28, 0.0)
+    assert rl.training.loss_type == "dapo" and rl.training.learning_rate == 1e-6 and rl.training.warmup_steps == 10
+    assert rl.training.weight_decay == 0.1 and rl.training.max_steps == 100
+    assert rl.generation.max_completion_length == 10240 and "DAPO-Math-17k" in rl.prompt_data.path
 
 
 def test_overrides_types_and_alias():
@@ -150,3 +167,11 @@ def test_exact_svd_anchor_method_agrees_with_gram():
     U, s_svd, V, block = top_k_factors(W, 7, "svd", with_block=True)
     assert torch.allclose(s_gram, s_svd, rtol=1e-4)
     assert torch.allclose(block, torch.diag(s_svd), atol=1e-4)
+
+
+def test_gpu_check_script_parses():
+    import subprocess
+
+    from tests.conftest import REPO
+
+    assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu_check.sh")]).returncode == 0
