@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from stages.sft import parse_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args, _ = parse_args(argv, "Prepare the initial model (convert and cache it once).")
+    args = parse_args(argv, "Prepare the initial model (convert and cache it once).", "sft2rl prepare")
     try:
         run(load_config(args.config, args.overrides))
     except ConfigError as e:

@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     from stages.sft import expand_shortcuts, parse_args
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args, _ = parse_args(argv, "RL (GRPO) from an SFT checkpoint or the base model.")
+    args = parse_args(argv, "RL (GRPO or PPO) from an SFT checkpoint or the base model.", "python -m stages.rl")
     try:
         cfg = load_config(args.config, expand_shortcuts(args.overrides, SHORTCUTS))
         run(cfg, force=args.force)

@@ -378,12 +378,13 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     return metrics
 
 
-def parse_args(argv: list[str] | None, description: str) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=description)
+def parse_args(argv: list[str] | None, description: str, prog: str = "python -m stages.sft") -> argparse.Namespace:
+    """The common command line of every stage: --config FILE [--force] [key=value ...]."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
     parser.add_argument("--force", action="store_true", help="recompute even if the output is complete")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. sft.method=rpsft")
-    return parser.parse_args(argv), []
+    return parser.parse_args(argv)
 
 
 def expand_shortcuts(overrides: list[str], shortcuts: dict[str, str]) -> list[str]:
@@ -400,7 +401,7 @@ SHORTCUTS = {"method": "sft.method", "arm": "sft.arm", "max_steps": "sft.trainin
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args, _ = parse_args(argv, "Train one SFT arm (sft, rpsft, l2, dft, iw, lora).")
+    args = parse_args(argv, "Train one SFT arm (sft, rpsft, l2, dft, iw, lora).")
     try:
         cfg = load_config(args.config, expand_shortcuts(args.overrides, SHORTCUTS))
         run(cfg, force=args.force)
