@@ -74,3 +74,53 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+class LockedError(RuntimeError):
+    """Another live process is writing the same output folder."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FolderLock:
+    """An exclusive lock on an output folder (``<folder>/.lock`` holding the owner's pid).
+
+    A second process that wants the same folder is refused with a message naming the owner; a lock left by a
+    process that no longer exists (a crash) is taken over. Use as a context manager.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / ".lock"
+
+    def __enter__(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    owner = 0
+                if owner and owner != os.getpid() and _pid_alive(owner):
+                    raise LockedError(
+                        f"{self.path.parent} is being written by process {owner}; wait for it to finish, or use "
+                        "another run_name"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its owner died
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise LockedError(f"could not lock {self.path.parent}")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)

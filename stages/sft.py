@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.config import Config, ConfigError, dump_config, load_config
-from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, publish_dir
+from stages.io import FolderLock, LockedError, atomic_write_json, atomic_write_text, is_done, mark_done, publish_dir
 
 log = logging.getLogger(__name__)
 
@@ -295,16 +295,27 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     """Train one arm; return its metrics (also written to ``<arm_dir>/metrics.json``).
 
     Raises:
-        ConfigError: bad model, data or settings, before any training starts.
+        ConfigError: bad model, data or settings, or another process writing this arm, before any training.
     """
+    arm_dir = cfg.arm_dir
+    if is_done(arm_dir) and not force:
+        log.info("%s is complete; skipping (pass --force to retrain)", arm_dir)
+        return json.loads((arm_dir / "metrics.json").read_text())
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 holds the lock (it alone writes)
+        return _train(cfg, force, callbacks)
+    try:
+        with FolderLock(arm_dir):
+            return _train(cfg, force, callbacks)
+    except LockedError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
     from stages.rpsft import subspace_diagnostics, summarize_diagnostics
 
     arm_dir = cfg.arm_dir
     method = cfg.sft.method
     rp = cfg.sft.rpsft
-    if is_done(arm_dir) and not force:
-        log.info("%s is complete; skipping (pass --force to retrain)", arm_dir)
-        return json.loads((arm_dir / "metrics.json").read_text())
     arm = build_arm(cfg, callbacks)
     trainer, regularizer, anchors, tokenizer = arm.trainer, arm.regularizer, arm.anchors, arm.tokenizer
     items, model_path, anchor_s, penalty_at_start = arm.items, arm.model_path, arm.anchor_s, arm.penalty_at_start

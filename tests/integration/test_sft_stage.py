@@ -210,3 +210,27 @@ def test_cli_prepare_and_stage_run_on_the_tiny_config(tmp_path, cache_dir):
     assert json.loads((tmp_path / "tiny" / "sft" / "metrics.json").read_text())["steps"] == 1
     helped = subprocess.run([*cli, "prepare", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "--config" in helped.stdout
+
+
+def test_a_second_writer_of_the_same_arm_is_refused(tiny_cfg):
+    import subprocess as sp
+
+    from stages.io import FolderLock
+
+    cfg = tiny_cfg("sft.training.max_steps=1")
+    holder = sp.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        cfg.arm_dir.mkdir(parents=True)
+        (cfg.arm_dir / ".lock").write_text(str(holder.pid))  # a live process holds the arm
+        with pytest.raises(ConfigError, match=f"being written by process {holder.pid}"):
+            run(cfg)
+        assert not (cfg.arm_dir / "checkpoint").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # Its owner is gone: the stale lock is taken over and the run completes; the lock is released at the end.
+    assert run(cfg)["steps"] == 1 and not (cfg.arm_dir / ".lock").exists()
+    # Two different run names never share a folder or a lock.
+    other = tiny_cfg("sft.training.max_steps=1", "run_name=other")
+    with FolderLock(cfg.arm_dir):
+        assert run(other)["steps"] == 1
