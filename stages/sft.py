@@ -152,6 +152,12 @@ def _make_trainer_class():
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
+            if not torch.isfinite(loss).all():
+                # transformers only filters non-finite losses out of the log and would go on training on them.
+                raise FloatingPointError(
+                    f"training loss is {float(loss)} at step {self.state.global_step + 1}; lower the learning "
+                    f"rate. The last good trainer checkpoint is kept in {self.args.output_dir}."
+                )
             if self.regularizer is not None and self.accelerator.sync_gradients:
                 if self.regularizer_mode == "per_step":
                     # Last micro-batch of the optimizer step: the CE gradients are accumulated (and all-reduced under
@@ -323,8 +329,9 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
     main_process = trainer.is_world_process_zero()  # under DDP only rank 0 writes the arm's files
     if main_process:
         arm_dir.mkdir(parents=True, exist_ok=True)
-        if force and is_done(arm_dir):
-            (arm_dir / "DONE").unlink()
+        if force:  # recompute from scratch: neither the finished arm nor its trainer checkpoints are reused
+            (arm_dir / "DONE").unlink(missing_ok=True)
+            shutil.rmtree(arm_dir / "trainer", ignore_errors=True)
         atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
         atomic_write_text(cfg.run_dir / "data" / "sft_train.jsonl", "".join(json.dumps(x) + "\n" for x in items))
     trainer_dir = arm_dir / "trainer"
@@ -419,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

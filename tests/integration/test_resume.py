@@ -60,3 +60,24 @@ def test_sigkill_after_a_checkpoint_then_rerun_continues(tmp_path, cache_dir):
     w_res = load_file(arm / "checkpoint" / "model.safetensors")
     for k in w_clean:
         assert torch.allclose(w_clean[k], w_res[k], atol=1e-5), k
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, cache_dir):
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir)}
+    env.pop(FAULT_ENV, None)
+    # A learning rate of 1e37 blows the weights up after the first update: the loss of step 2 is not finite.
+    cmd = [sys.executable, "-m", "stages.sft", "--config", "configs/tiny.yaml", f"runs_root={tmp_path}"]
+    cmd += [
+        "sft.training.max_steps=6",
+        "sft.training.save_steps=1",
+        "sft.training.learning_rate=1e37",
+        "sft.training.max_grad_norm=0",
+        "sft.training.lr_scheduler_type=constant",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "training loss is" in proc.stderr and "at step" in proc.stderr and "lower the learning rate" in proc.stderr
+    arm = tmp_path / "tiny" / "sft"
+    kept = sorted(p.name for p in (arm / "trainer").glob("checkpoint-*"))
+    assert kept == ["checkpoint-1"] and not (arm / "DONE").exists() and not (arm / "checkpoint").exists()
+    assert "at step 2" in proc.stderr

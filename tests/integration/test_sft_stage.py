@@ -85,6 +85,10 @@ def test_rerun_skips_a_complete_arm(tiny_cfg):
     again = run(cfg)
     assert again == json.loads((cfg.arm_dir / "metrics.json").read_text()) and again["steps"] == first["steps"]
     assert (cfg.arm_dir / "checkpoint" / "model.safetensors").stat().st_mtime_ns == stamp
+    # --force trains again from scratch (it does not resume from the old trainer checkpoints).
+    forced = run(cfg, force=True)
+    assert [h["step"] for h in forced["log_history"]] == [1, 2]
+    assert (cfg.arm_dir / "checkpoint" / "model.safetensors").stat().st_mtime_ns != stamp
 
 
 def test_loss_covers_response_tokens_only(tiny_cfg):
