@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from stages.config import Config, ConfigError, load_config
+from stages.config import Config
 from stages.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -48,16 +48,14 @@ def run(cfg: Config) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.sft import parse_args
+    from stages.stage_cli import stage_main
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv, "Prepare the initial model (convert and cache it once).", "sft2rl prepare")
-    try:
-        run(load_config(args.config, args.overrides))
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return stage_main(
+        argv,
+        prog="sft2rl prepare",
+        description="Prepare the initial model (convert and cache it once).",
+        run=lambda cfg, force: run(cfg),
+    )
 
 
 if __name__ == "__main__":

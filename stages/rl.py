@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages.config import Config, ConfigError, dump_config, load_config
+from stages.config import Config, ConfigError, dump_config
 from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, publish_dir
 
 log = logging.getLogger(__name__)
@@ -348,17 +348,15 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.sft import expand_shortcuts, parse_args
+    from stages.stage_cli import stage_main
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv, "RL (GRPO or PPO) from an SFT checkpoint or the base model.", "python -m stages.rl")
-    try:
-        cfg = load_config(args.config, expand_shortcuts(args.overrides, SHORTCUTS))
-        run(cfg, force=args.force)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return stage_main(
+        argv,
+        prog="python -m stages.rl",
+        description="RL (GRPO or PPO) from an SFT checkpoint or the base model.",
+        run=lambda cfg, force: run(cfg, force=force),
+        shortcuts=SHORTCUTS,
+    )
 
 
 if __name__ == "__main__":

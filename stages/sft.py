@@ -16,7 +16,6 @@ Outputs: ``<run_dir>/<arm>/checkpoint/`` (HF folder with tokenizer and chat temp
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.config import Config, ConfigError, dump_config, load_config
+from stages.config import Config, ConfigError, dump_config
 from stages.io import FolderLock, LockedError, atomic_write_json, atomic_write_text, is_done, mark_done, publish_dir
 
 log = logging.getLogger(__name__)
@@ -396,40 +395,19 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
     return metrics
 
 
-def parse_args(argv: list[str] | None, description: str, prog: str = "python -m stages.sft") -> argparse.Namespace:
-    """The common command line of every stage: --config FILE [--force] [key=value ...]."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
-    parser.add_argument("--force", action="store_true", help="recompute even if the output is complete")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. sft.method=rpsft")
-    return parser.parse_args(argv)
-
-
-def expand_shortcuts(overrides: list[str], shortcuts: dict[str, str]) -> list[str]:
-    """Let users write ``method=rpsft`` for ``sft.method=rpsft`` (documented per stage)."""
-    out = []
-    for o in overrides:
-        key = o.split("=", 1)[0]
-        out.append(shortcuts[key] + o[len(key) :] if key in shortcuts else o)
-    return out
-
-
 SHORTCUTS = {"method": "sft.method", "arm": "sft.arm", "max_steps": "sft.training.max_steps"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv, "Train one SFT arm (sft, rpsft, l2, dft, iw, lora).")
-    try:
-        cfg = load_config(args.config, expand_shortcuts(args.overrides, SHORTCUTS))
-        run(cfg, force=args.force)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    return 0
+    from stages.stage_cli import stage_main
+
+    return stage_main(
+        argv,
+        prog="python -m stages.sft",
+        description="Train one SFT arm (sft, rpsft, l2, dft, iw, lora).",
+        run=lambda cfg, force: run(cfg, force=force),
+        shortcuts=SHORTCUTS,
+    )
 
 
 if __name__ == "__main__":

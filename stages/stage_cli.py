@@ -1,0 +1,54 @@
+"""The command line every stage shares: ``python -m stages.<name> --config FILE [--force] [key=value ...]``.
+
+Exit codes: 0 done, 2 bad input (config, model, data: the message names it), 3 a numerical fault during training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from stages.config import Config, ConfigError, load_config
+
+
+def parse_args(argv: list[str] | None, description: str, prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    parser.add_argument("--force", action="store_true", help="recompute even if the output is complete")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. sft.method=rpsft")
+    return parser.parse_args(argv)
+
+
+def expand_shortcuts(overrides: list[str], shortcuts: dict[str, str]) -> list[str]:
+    """Let users write ``method=rpsft`` for ``sft.method=rpsft`` (documented per stage)."""
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        out.append(shortcuts[key] + o[len(key) :] if key in shortcuts else o)
+    return out
+
+
+def stage_main(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    description: str,
+    run: Callable[[Config, bool], Any],
+    shortcuts: dict[str, str] | None = None,
+) -> int:
+    """Parse, load and validate the config, call ``run(cfg, force)``; turn known failures into one-line errors."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv, description, prog)
+    try:
+        cfg = load_config(args.config, expand_shortcuts(args.overrides, shortcuts or {}))
+        run(cfg, args.force)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    return 0
