@@ -113,26 +113,31 @@ class DataConfig(Strict):
         return self
 
 
-class TrainingArgs(Strict):
-    """Arguments handed to TRL's SFTConfig under TRL's own names."""
+class TrainerArgs(Strict):
+    """Arguments every TRL trainer takes (transformers.TrainingArguments), under their own names."""
 
     learning_rate: float = Field(1e-5, gt=0)
-    max_steps: int = Field(20, description="Optimizer steps; -1 means use num_train_epochs.")
-    num_train_epochs: float = Field(1.0, gt=0)
     per_device_train_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     lr_scheduler_type: str = "constant_with_warmup"
     warmup_steps: float = Field(0, ge=0, description="Warm-up steps (int), or a fraction of all steps (float < 1).")
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_epsilon: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
-    max_length: int = Field(256, ge=8)
     bf16: bool = False
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1, description="Trainer checkpoints (for resume) every N steps.")
     save_total_limit: int = Field(2, ge=1)
+
+
+class TrainingArgs(TrainerArgs):
+    """Arguments handed to TRL's SFTConfig under TRL's own names."""
+
+    max_steps: int = Field(20, description="Optimizer steps; -1 means use num_train_epochs.")
+    num_train_epochs: float = Field(1.0, gt=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_length: int = Field(256, ge=8)
     gradient_checkpointing: bool = False
     dataloader_num_workers: int = Field(0, ge=0)
 
@@ -232,13 +237,12 @@ class GenerationSpec(Strict):
     vllm_enable_sleep_mode: bool = False
 
 
-class GRPOArgs(Strict):
+class GRPOArgs(TrainerArgs):
     """Arguments handed to TRL's GRPOConfig under TRL's own names."""
 
     learning_rate: float = Field(1e-6, gt=0)
     max_steps: int = Field(10, ge=1)
     per_device_train_batch_size: int = Field(8, ge=1, description="Completions per device per micro-batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1)
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
     epsilon: float = Field(0.2, gt=0, description="Lower clip range.")
     epsilon_high: float | None = Field(None, gt=0, description="Upper clip range (clip-higher); default = epsilon.")
@@ -246,14 +250,6 @@ class GRPOArgs(Strict):
     scale_rewards: Literal["group", "batch", "none"] = "group"
     num_iterations: int = Field(1, ge=1)
     mask_truncated_completions: bool = False
-    lr_scheduler_type: str = "constant_with_warmup"
-    warmup_steps: float = Field(0, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    bf16: bool = False
-    logging_steps: int = Field(1, ge=1)
-    save_steps: int = Field(50, ge=1)
-    save_total_limit: int = Field(2, ge=1)
 
 
 class PPOArgs(Strict):
@@ -350,6 +346,19 @@ class Config(Strict):
     @property
     def arm_dir(self) -> Path:
         return self.run_dir / self.sft.arm_name
+
+
+def use_cpu(cfg: Config) -> bool:
+    """Whether to train on the CPU: ``device`` cpu, or auto without a visible GPU.
+
+    Raises:
+        ConfigError: ``device=cuda`` on a machine without a visible CUDA GPU.
+    """
+    import torch
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible here: use device=auto or device=cpu")
+    return cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
 
 
 def _parse_value(raw: str) -> Any:

@@ -58,6 +58,16 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> Path:
     return final_dir
 
 
+def save_checkpoint(model, tokenizer, folder: str | os.PathLike) -> Path:
+    """Write a HF model (safetensors) and its tokenizer to a temporary folder beside ``folder``, then publish it."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    return publish_dir(tmp, folder)
+
+
 def mark_done(folder: Path) -> None:
     atomic_write_text(Path(folder) / DONE_MARKER, "complete\n")
 

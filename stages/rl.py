@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from stages.config import Config, ConfigError, dump_config
-from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, publish_dir
+from stages.config import Config, ConfigError, dump_config, use_cpu
+from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +67,8 @@ def check_chat_format(tokenizer, where: str) -> None:
 
 def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
     """TRL's GRPOConfig from ``rl.training`` and ``rl.generation`` (TRL's names)."""
-    import torch
     from trl import GRPOConfig
 
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is visible here: use device=auto or device=cpu")
-    use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     g = cfg.rl.generation
     return GRPOConfig(
         output_dir=str(output_dir),
@@ -81,7 +76,7 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
         data_seed=cfg.seed,
         save_strategy="steps",
         report_to="none",
-        use_cpu=use_cpu,
+        use_cpu=use_cpu(cfg),
         disable_tqdm=bool(os.environ.get("CI")),
         num_generations=g.num_generations,
         temperature=g.temperature,
@@ -225,11 +220,7 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     train_s = time.perf_counter() - t0
 
-    tmp = arm_dir / ".checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    publish_dir(tmp, arm_dir / "checkpoint")
+    save_checkpoint(trainer.model, tokenizer, arm_dir / "checkpoint")
 
     steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     reward_key = "reward"
@@ -267,7 +258,7 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
     from stages.ppo import PolicyWithValue, PPOSettings, train_ppo, value_head_state
 
     t, g, p = cfg.rl.training, cfg.rl.generation, cfg.rl.ppo
-    device = "cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu"
+    device = "cpu" if use_cpu(cfg) else "cuda"
     model = PolicyWithValue(models.load_model(init_path, cfg.model)).to(device)
     ref = models.load_model(init_path, cfg.model).to(device).eval()
     for q in ref.parameters():
@@ -323,11 +314,7 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     train_ppo(model, ref, tokenizer, prompts, reward_fn, settings, on_step)
-    tmp = arm_dir / ".checkpoint.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.policy.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    publish_dir(tmp, arm_dir / "checkpoint")
+    save_checkpoint(model.policy, tokenizer, arm_dir / "checkpoint")
     save_file(value_head_state(model), str(arm_dir / "value_head.safetensors"))
     summary = {
         "algorithm": "ppo",

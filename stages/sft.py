@@ -27,20 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.config import Config, ConfigError, dump_config
-from stages.io import FolderLock, LockedError, atomic_write_json, atomic_write_text, is_done, mark_done, publish_dir
+from stages.config import Config, ConfigError, dump_config, use_cpu
+from stages.io import FolderLock, LockedError, atomic_write_json, atomic_write_text, is_done, mark_done, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def build_sft_config(cfg: Config, output_dir: str | os.PathLike):
     """The TRL SFTConfig of this arm; every field of ``sft.training`` is passed under its TRL name."""
-    import torch
     from trl import SFTConfig
 
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is visible here: use device=auto or device=cpu")
-    use_cpu = cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available())
     return SFTConfig(
         output_dir=str(output_dir),
         seed=cfg.seed,
@@ -49,7 +45,7 @@ def build_sft_config(cfg: Config, output_dir: str | os.PathLike):
         loss_type="dft" if cfg.sft.method == "dft" else "nll",
         completion_only_loss=True,
         report_to="none",
-        use_cpu=use_cpu,
+        use_cpu=use_cpu(cfg),
         disable_tqdm=bool(os.environ.get("CI")),
         **cfg.sft.training.model_dump(),
     )
@@ -349,13 +345,9 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
         final_model = trainer.model.merge_and_unload()
     diag = subspace_diagnostics(anchors, _final_weights(final_model), rp.anchor_method)
 
-    tmp_ckpt = arm_dir / ".checkpoint.tmp"
-    shutil.rmtree(tmp_ckpt, ignore_errors=True)
-    final_model.save_pretrained(tmp_ckpt, safe_serialization=True)
-    tokenizer.save_pretrained(tmp_ckpt)
     if method == "lora":
         trainer.model.save_pretrained(arm_dir / "adapter")
-    publish_dir(tmp_ckpt, arm_dir / "checkpoint")
+    save_checkpoint(final_model, tokenizer, arm_dir / "checkpoint")
 
     history = [h for h in trainer.state.log_history if "loss" in h]
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
