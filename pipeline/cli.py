@@ -15,6 +15,8 @@ STAGES = {
     "prepare": "stages.prepare",
     "sft": "stages.sft",
     "rl": "stages.rl",
+    "evaluate": "stages.evaluate",
+    "report": "stages.report",
 }
 
 

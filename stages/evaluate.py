@@ -1,0 +1,525 @@
+"""Evaluate stage: score checkpoints in-domain and out-of-domain, and measure forgetting against the base model.
+
+For every model (base, each SFT arm, each RL arm; or the ``eval.models`` list) and every ``eval.benchmarks`` entry:
+generation benchmarks give greedy accuracy (and Avg@k / pass@k with ``samples: k``), multiple-choice benchmarks
+give log-likelihood accuracy; ``eval.forgetting`` adds per-token KL(base || model) and linear CKA of hidden states
+per layer on general text. Every score carries a bootstrap interval over items.
+
+Outputs in ``<run_dir>/eval/``: ``items/<benchmark>.jsonl`` (the exact items, shared by all models),
+``<model>/metrics.json`` (``{"metrics": {name: {value, ci_low, ci_high, n, ...}}}``), ``<model>/scores.json``
+(per-item scores, for paired comparisons), ``<model>/outputs.jsonl`` (generated text), ``<model>/DONE``.
+A model whose outputs are complete for the same checkpoint and eval settings is skipped on a rerun.
+
+    sft2rl stage evaluate --config configs/smollm2-cpu.yaml [models=[base,sft]]
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
+from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done
+from stages.metrics import avg_at_k, bootstrap_ci, cka_bootstrap, pass_at_k, seeds_bootstrap_ci
+
+log = logging.getLogger(__name__)
+
+EVAL_FORMAT_VERSION = 1
+_LAST_LINE = re.compile(r"[^\n]*\S[^\n]*$")
+
+
+# ----------------------------------------------------------------------------------------------------- models
+def model_table(cfg: Config) -> list[dict[str, Any]]:
+    """The models to evaluate: ``{"name", "path", "kind" (base|sft|rl|external), "init"}``.
+
+    Raises:
+        ConfigError: a named model has no finished checkpoint in the run folder and is not a model folder.
+    """
+    run_dir = cfg.run_dir
+    finished: dict[str, dict[str, Any]] = {}
+    if run_dir.is_dir():
+        for d in sorted(run_dir.iterdir()):
+            if not (d.is_dir() and is_done(d) and (d / "checkpoint" / "config.json").is_file()):
+                continue
+            metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else {}
+            if "algorithm" in metrics:
+                init = Path(str(metrics.get("init") or "base"))
+                init_name = init.parent.name if init.name == "checkpoint" else "base"
+                finished[d.name] = {"name": d.name, "path": str(d / "checkpoint"), "kind": "rl", "init": init_name}
+            else:
+                finished[d.name] = {"name": d.name, "path": str(d / "checkpoint"), "kind": "sft", "init": "base"}
+    names = cfg.eval.models or [
+        "base",
+        *[n for n, m in finished.items() if m["kind"] == "sft"],
+        *[n for n, m in finished.items() if m["kind"] == "rl"],
+    ]
+    out = []
+    for name in names:
+        if name == "base":
+            out.append({"name": "base", "path": _base_path(cfg), "kind": "base", "init": None})
+        elif name in finished:
+            out.append(finished[name])
+        elif Path(name).is_dir() and (Path(name) / "config.json").is_file():
+            p = Path(name)
+            label = p.parent.name if p.name == "checkpoint" else p.name
+            out.append({"name": label, "path": str(p), "kind": "external", "init": None})
+        else:
+            raise ConfigError(
+                f"eval.models: {name!r} is neither 'base', a finished arm in {run_dir} "
+                f"({sorted(finished) or 'none yet'}), nor a model folder with config.json"
+            )
+    return out
+
+
+def _base_path(cfg: Config) -> str:
+    prepared = cfg.run_dir / "prepare" / "result.json"
+    if prepared.is_file():
+        return json.loads(prepared.read_text())["model_path"]
+    from stages.models import resolve_model
+
+    return resolve_model(cfg)
+
+
+def _fingerprint(cfg: Config, path: str) -> str:
+    """Eval settings + the checkpoint's weight files (size and mtime): a change of either re-evaluates."""
+    h = hashlib.sha256()
+    h.update(json.dumps(cfg.eval.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(json.dumps([cfg.data.model_dump(mode="json"), cfg.rl.num_prompts, cfg.rl.prompt_seed]).encode())
+    h.update(str(EVAL_FORMAT_VERSION).encode())
+    for f in sorted(Path(path).glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------- generation
+class HFGenerator:
+    def __init__(self, model, tokenizer, batch_size: int):
+        self.model, self.tok, self.batch = model, tokenizer, batch_size
+
+    def generate(self, prompts: list[str], *, n: int, temperature: float, max_new_tokens: int, seed: int):
+        import torch
+
+        tok = self.tok
+        tok.padding_side = "left"
+        out: list[list[str]] = []
+        torch.manual_seed(seed)
+        step = max(1, self.batch // n)
+        for i in range(0, len(prompts), step):
+            enc = tok(prompts[i : i + step], return_tensors="pt", padding=True, add_special_tokens=False)
+            kwargs = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "num_return_sequences": n}
+            with torch.no_grad():
+                gen = self.model.generate(
+                    **enc.to(self.model.device),
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tok.pad_token_id,
+                    **(kwargs if n > 1 or temperature != 0 else {"do_sample": False}),
+                )
+            texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            out += [texts[j * n : (j + 1) * n] for j in range(len(texts) // n)]
+        return out
+
+    def close(self):
+        pass
+
+
+class VLLMGenerator:
+    """vLLM offline engine (CPU or GPU); one per model, closed before the next."""
+
+    def __init__(self, path: str, cfg: Config, max_len: int):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        from vllm import LLM
+
+        cpu = use_cpu(cfg)
+        self.llm = LLM(
+            model=path,
+            dtype="bfloat16" if cpu else "auto",
+            enforce_eager=cpu,
+            seed=cfg.seed,
+            max_model_len=max_len,
+            gpu_memory_utilization=cfg.rl.generation.vllm_gpu_memory_utilization if not cpu else 0.9,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+
+    def generate(self, prompts: list[str], *, n: int, temperature: float, max_new_tokens: int, seed: int):
+        from vllm import SamplingParams
+
+        # Per-request seeds crash vLLM's CPU engine; the engine itself is seeded.
+        params = SamplingParams(n=n, temperature=temperature if n > 1 else 0.0, max_tokens=max_new_tokens)
+        return [[c.text for c in r.outputs] for r in self.llm.generate(prompts, params, use_tqdm=False)]
+
+    def close(self):
+        del self.llm
+        gc.collect()
+
+
+def _chat_prompt(tok, system_prompt: str | None, question: str) -> str:
+    msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": question}
+    ]
+    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+def score_text(spec: BenchmarkSpec, item: dict[str, Any], text: str) -> float:
+    """1.0 when the completion's final answer is right, else 0.0."""
+    from stages.rewards import extract_final_answer, is_correct
+
+    final = extract_final_answer(text)
+    if spec.source == "reasoning_gym":
+        import reasoning_gym
+
+        fn = reasoning_gym.get_score_answer_fn(spec.task)
+        m = _LAST_LINE.search(text)
+        cands = [c for c in (final, m.group(0).strip() if m else None) if c]
+        return float(any(fn(c, item["entry"]) >= 0.999 for c in cands))
+    if spec.answer_type == "text":
+        norm = lambda s: " ".join(str(s).lower().split()).strip(" .")  # noqa: E731
+        return float(final is not None and norm(final) == norm(item["answer"]))
+    return float(is_correct(final, item["answer"]))
+
+
+# ---------------------------------------------------------------------------------------- multiple choice
+def choice_correct(model, tok, items: list[dict[str, Any]], batch_size: int) -> list[float]:
+    """1.0 where the right option has the highest summed log-likelihood after the question, else 0.0."""
+    import torch
+
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    seqs: list[tuple[int, list[int], int]] = []  # (item index, token ids, number of option tokens)
+    for i, it in enumerate(items):
+        ctx = [start] + (tok(it["question"], add_special_tokens=False)["input_ids"] if it["question"] else [])
+        for c in it["choices"]:
+            cont = tok((" " + c) if it["question"] else c, add_special_tokens=False)["input_ids"]
+            seqs.append((i, ctx + cont, len(cont)))
+    scores: list[float] = []
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for b in range(0, len(seqs), batch_size):
+        chunk = seqs[b : b + batch_size]
+        width = max(len(s) for _, s, _ in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, (_, s, _) in enumerate(chunk):
+            ids[j, : len(s)] = torch.tensor(s)
+            mask[j, : len(s)] = 1
+        with torch.no_grad():
+            logp = torch.log_softmax(
+                model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float(), -1
+            )
+        for j, (_, s, k) in enumerate(chunk):
+            pos = torch.arange(len(s) - k - 1, len(s) - 1)
+            scores.append(float(logp[j, pos, torch.tensor(s[len(s) - k :])].sum()))
+    out, pos = [], 0
+    for it in items:
+        opts = scores[pos : pos + len(it["choices"])]
+        pos += len(it["choices"])
+        out.append(float(max(range(len(opts)), key=opts.__getitem__) == it["answer"]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- forgetting
+def general_text(cfg: Config, base_model, tok) -> list[dict[str, list[int]]]:
+    """The base model's greedy answers to the built-in general prompts (cached in ``<run_dir>/eval``)."""
+    import torch
+
+    from stages.probes import GENERAL_PROMPTS
+
+    spec = cfg.eval.forgetting
+    path = cfg.run_dir / "eval" / "general_text.json"
+    key = {"n": spec.num_prompts, "max_new_tokens": spec.max_new_tokens, "base": _fingerprint(cfg, _base_path(cfg))}
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return cached["sequences"]
+    prompts = [_chat_prompt(tok, None, p) for p in GENERAL_PROMPTS[: spec.num_prompts]]
+    tok.padding_side = "left"
+    seqs = []
+    for i in range(0, len(prompts), 16):
+        enc = tok(prompts[i : i + 16], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            gen = base_model.generate(
+                **enc.to(base_model.device),
+                max_new_tokens=spec.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id,
+            )
+        for j in range(gen.shape[0]):
+            p = [t for t, m in zip(enc["input_ids"][j].tolist(), enc["attention_mask"][j].tolist(), strict=True) if m]
+            r = [t for t in gen[j, enc["input_ids"].shape[1] :].tolist() if t != tok.pad_token_id]
+            if len(r) >= 2:
+                seqs.append({"prompt": p, "response": r})
+    atomic_write_json(path, {"key": key, "sequences": seqs})
+    return seqs
+
+
+def _forward_states(model, seqs: list[dict[str, list[int]]], batch_size: int = 8):
+    """Per sequence: response-token logits (predicting each response token) and hidden states per layer."""
+    import torch
+
+    for b in range(0, len(seqs), batch_size):
+        chunk = seqs[b : b + batch_size]
+        full = [s["prompt"] + s["response"] for s in chunk]
+        width = max(map(len, full))
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, f in enumerate(full):
+            ids[j, : len(f)] = torch.tensor(f)
+            mask[j, : len(f)] = 1
+        with torch.no_grad():
+            out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), output_hidden_states=True)
+        for j, s in enumerate(chunk):
+            p, r = len(s["prompt"]), len(s["response"])
+            logits = out.logits[j, p - 1 : p + r - 1].float().cpu()
+            hidden = [h[j, p : p + r].float().cpu() for h in out.hidden_states[1:]]
+            yield logits, hidden
+
+
+def forgetting_metrics(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
+    """KL(base || model) per token (mean over sequences) and CKA per layer, each with a bootstrap interval."""
+    import numpy as np
+    import torch
+
+    from stages.metrics import token_kl
+
+    spec, ev = cfg.eval.forgetting, cfg.eval
+    kl_seq: list[float] = []
+    hb_layers: list[list[torch.Tensor]] | None = None
+    hm_layers: list[list[torch.Tensor]] | None = None
+    groups: list[int] = []
+    budget = spec.max_tokens_cka
+    for i, ((lb, hb), (lm, hm)) in enumerate(
+        zip(_forward_states(base_model, seqs), _forward_states(model, seqs), strict=True)
+    ):
+        kl_seq.append(float(token_kl(lb, lm).mean()))
+        take = min(budget, lb.shape[0])
+        if take > 0:
+            hb_layers = hb_layers or [[] for _ in hb]
+            hm_layers = hm_layers or [[] for _ in hm]
+            for layer, (xb, xm) in enumerate(zip(hb, hm, strict=True)):
+                hb_layers[layer].append(xb[:take])
+                hm_layers[layer].append(xm[:take])
+            groups += [i] * take
+            budget -= take
+    value, lo, hi = bootstrap_ci(kl_seq, n_boot=ev.bootstrap, confidence=ev.confidence, seed=cfg.seed)
+    metrics: dict[str, Any] = {
+        "forgetting/kl_to_base": {"value": value, "ci_low": lo, "ci_high": hi, "n": len(kl_seq), "domain": "forgetting"}
+    }
+    g = np.asarray(groups)
+    layers = []
+    for xb_list, xm_list in zip(hb_layers or [], hm_layers or [], strict=True):
+        xb = torch.cat(xb_list).double()
+        xm = torch.cat(xm_list).double()
+        kb = (xb @ xb.T).numpy()
+        km = (xm @ xm.T).numpy()
+        v, lo, hi = cka_bootstrap(kb, km, g, n_boot=spec.cka_bootstrap, confidence=ev.confidence, seed=cfg.seed)
+        layers.append({"value": v, "ci_low": lo, "ci_high": hi})
+    if layers:
+        vals = [x["value"] for x in layers]
+        metrics["forgetting/cka_mean"] = {
+            "value": float(np.mean(vals)),
+            "ci_low": float(np.mean([x["ci_low"] for x in layers])),
+            "ci_high": float(np.mean([x["ci_high"] for x in layers])),
+            "n": len(set(groups)),
+            "domain": "forgetting",
+            "note": "mean over layers; interval = mean of the per-layer bootstrap bounds (sequences resampled)",
+        }
+    return {"metrics": metrics, "cka_layers": layers, "kl_per_sequence": kl_seq}
+
+
+# ------------------------------------------------------------------------------------------------ the stage
+def _summary(values: list[float], cfg: Config, **extra: Any) -> dict[str, Any]:
+    v, lo, hi = bootstrap_ci(values, n_boot=cfg.eval.bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed)
+    return {"value": v, "ci_low": lo, "ci_high": hi, "n": len(values), **extra}
+
+
+def evaluate_model(
+    cfg: Config,
+    entry: dict[str, Any],
+    benches: list[tuple[BenchmarkSpec, list[dict[str, Any]], dict[str, Any]]],
+    base_model,
+    base_tok,
+) -> dict[str, Any]:
+    """Score one model on every benchmark; write its folder; return its metrics."""
+    import torch
+
+    from stages.models import load_model, load_tokenizer
+
+    out_dir = cfg.run_dir / "eval" / entry["name"]
+    t0 = time.perf_counter()
+    tok = load_tokenizer(entry["path"], cfg.model)
+    scores: dict[str, dict[str, Any]] = {}
+    metrics: dict[str, Any] = {}
+    outputs: list[str] = []
+    timing: dict[str, float] = {}
+    gen_benches = [(s, it, n) for s, it, n in benches if not s.is_choice]
+    model = None
+    if gen_benches:
+        t = time.perf_counter()
+        max_len = 2048
+        if cfg.eval.backend == "vllm":
+            generator = VLLMGenerator(entry["path"], cfg, max_len)
+        else:
+            model = load_model(entry["path"], cfg.model).eval()
+            generator = HFGenerator(model, tok, cfg.eval.batch_size)
+        try:
+            for spec, items, _ in gen_benches:
+                prompts = [_chat_prompt(tok, cfg.data.system_prompt, x["question"]) for x in items]
+                greedy = generator.generate(
+                    prompts, n=1, temperature=0.0, max_new_tokens=spec.max_new_tokens, seed=spec.seed
+                )
+                correct = [score_text(spec, x, g[0]) for x, g in zip(items, greedy, strict=True)]
+                outputs += [
+                    json.dumps({"benchmark": spec.name, "id": x["id"], "output": g[0]}) + "\n"
+                    for x, g in zip(items, greedy, strict=True)
+                ]
+                scores[f"{spec.name}/accuracy"] = {"ids": [x["id"] for x in items], "scores": correct}
+                extra = {"domain": spec.domain, "chance": spec.chance if spec.chance is not None else 0.0}
+                metrics[f"{spec.name}/accuracy"] = _summary(correct, cfg, **extra, kind="greedy")
+                if spec.samples:
+                    k = spec.samples
+                    sampled = generator.generate(
+                        prompts, n=k, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens, seed=spec.seed
+                    )
+                    per = [[score_text(spec, x, s) > 0 for s in ss] for x, ss in zip(items, sampled, strict=True)]
+                    avg = [avg_at_k(p) for p in per]
+                    pas = [pass_at_k(k, sum(p), k) for p in per]
+                    for name, vals in ((f"avg@{k}", avg), (f"pass@{k}", pas)):
+                        scores[f"{spec.name}/{name}"] = {"ids": [x["id"] for x in items], "scores": vals}
+                        metrics[f"{spec.name}/{name}"] = _summary(
+                            vals, cfg, **extra, kind=name, temperature=spec.temperature
+                        )
+            timing["generation_s"] = time.perf_counter() - t
+        finally:
+            generator.close()
+    choice_benches = [(s, it, n) for s, it, n in benches if s.is_choice]
+    need_hf = choice_benches or cfg.eval.forgetting.enabled
+    if need_hf and model is None:
+        model = load_model(entry["path"], cfg.model).eval()
+    t = time.perf_counter()
+    for spec, items, _ in choice_benches:
+        correct = choice_correct(model, tok, items, cfg.eval.batch_size)
+        chance = (
+            spec.chance if spec.chance is not None else float(sum(1 / len(x["choices"]) for x in items) / len(items))
+        )
+        scores[f"{spec.name}/accuracy"] = {"ids": [x["id"] for x in items], "scores": correct}
+        metrics[f"{spec.name}/accuracy"] = _summary(correct, cfg, domain=spec.domain, chance=chance, kind="choice")
+    timing["choice_s"] = time.perf_counter() - t
+    cka_layers: list[dict[str, float]] = []
+    if cfg.eval.forgetting.enabled:
+        t = time.perf_counter()
+        seqs = general_text(cfg, base_model, base_tok)
+        f = forgetting_metrics(cfg, model, base_model, seqs)
+        metrics.update(f["metrics"])
+        cka_layers = f["cka_layers"]
+        scores["forgetting/kl_to_base"] = {"ids": [str(i) for i in range(len(seqs))], "scores": f["kl_per_sequence"]}
+        timing["forgetting_s"] = time.perf_counter() - t
+    for domain in ("in", "out"):
+        groups = [
+            scores[k]["scores"] for k, m in metrics.items() if m.get("domain") == domain and k.endswith("/accuracy")
+        ]
+        if groups:
+            v, lo, hi = seeds_bootstrap_ci(
+                groups, n_boot=cfg.eval.bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed
+            )
+            metrics[f"{'id' if domain == 'in' else 'ood'}/mean_accuracy"] = {
+                "value": v,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": sum(map(len, groups)),
+                "domain": domain,
+                "note": "unweighted mean of the benchmark accuracies; items resampled within each benchmark",
+            }
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    timing["total_s"] = time.perf_counter() - t0
+    result = {
+        **entry,
+        "metrics": metrics,
+        "cka_layers": cka_layers,
+        "timing": timing,
+        "fingerprint": _fingerprint(cfg, entry["path"]),
+    }
+    atomic_write_text(out_dir / "outputs.jsonl", "".join(outputs))
+    atomic_write_json(out_dir / "scores.json", scores)
+    atomic_write_json(out_dir / "metrics.json", result)
+    mark_done(out_dir)
+    return result
+
+
+def run(cfg: Config, force: bool = False) -> dict[str, Any]:
+    """Evaluate every model in :func:`model_table`; return ``{name: metrics}``."""
+    from stages.eval_items import build_benchmark
+    from stages.models import load_model, load_tokenizer
+
+    if cfg.eval.backend == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "eval.backend=vllm but vllm is not installed: install it or set eval.backend=hf"
+            ) from None
+    table = model_table(cfg)
+    benches = []
+    for spec in cfg.eval.benchmarks:
+        items, note = build_benchmark(cfg, spec)
+        atomic_write_text(
+            cfg.run_dir / "eval" / "items" / f"{spec.name}.jsonl", "".join(json.dumps(x) + "\n" for x in items)
+        )
+        benches.append((spec, items, note))
+        log.info("benchmark %s: %d items (%s)", spec.name, len(items), note)
+    atomic_write_json(
+        cfg.run_dir / "eval" / "benchmarks.json", {s.name: {**s.model_dump(mode="json"), **n} for s, _, n in benches}
+    )
+    base_path = _base_path(cfg)
+    base_model = base_tok = None
+    results = {}
+    for entry in table:
+        out_dir = cfg.run_dir / "eval" / entry["name"]
+        if not force and is_done(out_dir):
+            prev = json.loads((out_dir / "metrics.json").read_text())
+            if prev.get("fingerprint") == _fingerprint(cfg, entry["path"]):
+                log.info("eval %s: complete, skipped (use --force to redo)", entry["name"])
+                results[entry["name"]] = prev
+                continue
+        (out_dir / "DONE").unlink(missing_ok=True)
+        if base_model is None and cfg.eval.forgetting.enabled:
+            base_tok = load_tokenizer(base_path, cfg.model)
+            base_model = load_model(base_path, cfg.model).eval()
+        log.info("eval %s (%s)", entry["name"], entry["path"])
+        results[entry["name"]] = evaluate_model(cfg, entry, benches, base_model, base_tok)
+        r = results[entry["name"]]
+        log.info(
+            "eval %s done in %.0f s: %s",
+            entry["name"],
+            r["timing"]["total_s"],
+            ", ".join(f"{k}={m['value']:.3f}" for k, m in r["metrics"].items()),
+        )
+    return results
+
+
+SHORTCUTS = {"models": "eval.models", "backend": "eval.backend"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stages.stage_cli import stage_main
+
+    return stage_main(
+        argv,
+        prog="sft2rl stage evaluate",
+        description="Evaluate base, SFT and RL checkpoints in-domain, out-of-domain and for forgetting.",
+        run=run,
+        shortcuts=SHORTCUTS,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

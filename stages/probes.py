@@ -1,0 +1,185 @@
+"""Built-in out-of-domain probes, generated from small word lists written for this project.
+
+- ``agreement``: grammatical vs ungrammatical minimal pairs (subject-verb agreement, also across an attractor noun,
+  determiner-noun agreement, irregular past tense, a/an). Scored by comparing the log-likelihood of the two whole
+  sentences; chance 50%.
+- ``facts``: world knowledge with four options (capitals, the day or month that follows, opposites, animal young,
+  colours of familiar things). Scored by the log-likelihood of each option after the question; chance 25%.
+- ``GENERAL_PROMPTS``: everyday instructions; the base model's own answers to them are the general text on which
+  KL to the base and CKA of hidden states are measured.
+
+Every item: ``{"id", "question", "choices", "answer" (index of the right option)}``; ``question`` is the prompt
+shared by all options ("" for agreement, where the options are whole sentences).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+_NOUNS = [
+    ("dog", "dogs"), ("teacher", "teachers"), ("car", "cars"), ("child", "children"), ("bird", "birds"),
+    ("doctor", "doctors"), ("house", "houses"), ("student", "students"), ("woman", "women"), ("man", "men"),
+    ("tree", "trees"), ("book", "books"), ("farmer", "farmers"), ("window", "windows"), ("singer", "singers"),
+    ("cat", "cats"), ("river", "rivers"), ("boy", "boys"), ("girl", "girls"), ("city", "cities"),
+]  # fmt: skip
+_ADJ = ["tall", "quiet", "old", "happy", "small", "busy", "new", "tired", "clean", "famous", "hungry", "beautiful"]
+_PLACES = ["the park", "the station", "the garden", "the old bridge", "the school", "the lake", "the market"]
+_IRREGULAR = [
+    ("went", "goed"), ("ate", "eated"), ("saw", "seed"), ("took", "taked"), ("wrote", "writed"), ("ran", "runned"),
+    ("gave", "gived"), ("came", "comed"), ("found", "finded"), ("bought", "buyed"), ("sang", "singed"),
+    ("drank", "drinked"), ("began", "beginned"), ("knew", "knowed"), ("brought", "bringed"), ("spoke", "speaked"),
+]  # fmt: skip
+_AN = ["apple", "orange", "egg", "umbrella", "idea", "hour", "island", "elephant", "onion", "answer"]
+_A = ["banana", "pear", "cup", "book", "river", "house", "dog", "letter", "table", "song"]
+
+_CAPITALS = [
+    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
+    ("China", "Beijing"), ("Russia", "Moscow"), ("England", "London"), ("Egypt", "Cairo"), ("Greece", "Athens"),
+    ("Canada", "Ottawa"), ("Portugal", "Lisbon"), ("Ireland", "Dublin"), ("Austria", "Vienna"), ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"), ("Poland", "Warsaw"), ("Thailand", "Bangkok"), ("Kenya", "Nairobi"),
+    ("Argentina", "Buenos Aires"), ("South Korea", "Seoul"), ("Turkey", "Ankara"), ("Peru", "Lima"),
+    ("Cuba", "Havana"), ("Denmark", "Copenhagen"), ("Finland", "Helsinki"), ("Hungary", "Budapest"),
+    ("Belgium", "Brussels"), ("Mexico", "Mexico City"), ("Australia", "Canberra"),
+]  # fmt: skip
+_DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+_MONTHS = [
+    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November",
+    "December",
+]  # fmt: skip
+_OPPOSITES = [
+    ("hot", "cold"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("up", "down"), ("open", "closed"),
+    ("light", "dark"), ("young", "old"), ("full", "empty"), ("early", "late"), ("wet", "dry"), ("high", "low"),
+    ("strong", "weak"), ("rich", "poor"), ("hard", "soft"), ("day", "night"), ("win", "lose"), ("thick", "thin"),
+]  # fmt: skip
+_YOUNG = [
+    ("cat", "kitten"), ("dog", "puppy"), ("cow", "calf"), ("sheep", "lamb"), ("horse", "foal"), ("duck", "duckling"),
+    ("frog", "tadpole"), ("bear", "cub"), ("goat", "kid"), ("hen", "chick"),
+]  # fmt: skip
+_COLOURS = [
+    ("a ripe banana", "yellow"), ("grass", "green"), ("fresh snow", "white"), ("the sky on a clear day", "blue"),
+    ("coal", "black"), ("a ripe tomato", "red"), ("an orange", "orange"), ("chocolate", "brown"),
+]  # fmt: skip
+_COLOUR_SET = sorted({c for _, c in _COLOURS} | {"purple", "pink", "grey"})
+
+GENERAL_PROMPTS = [
+    "Explain how rain forms.", "Write a short note inviting a friend to dinner.", "What makes a good breakfast?",
+    "Describe a walk in the forest in autumn.", "Give three tips for learning a new language.",
+    "Why do people keep pets?", "Describe how to make a cup of tea.", "What is the job of a librarian?",
+    "Write two sentences about the sea.", "How do bicycles stay upright?", "Tell a short story about a lost key.",
+    "What should you pack for a weekend trip?", "Explain what a museum is to a child.",
+    "Describe your favourite season and why.", "How can a student stay focused while studying?",
+    "What are the benefits of drinking water?", "Write a polite email asking for a meeting.",
+    "Why do leaves change colour?", "Describe a busy train station.", "How does a plant grow from a seed?",
+    "Give advice to someone starting a new job.", "What is the difference between weather and climate?",
+    "Describe a kitchen in the morning.", "Why is sleep important?", "Write a short poem about the moon.",
+    "What do firefighters do?", "Explain how to plant a tree.", "Describe the sound of a thunderstorm.",
+    "How do you make new friends in a new city?", "What is a healthy way to spend a Sunday?",
+    "Describe an old bookshop.", "Why do birds migrate?", "What makes a story interesting?",
+    "How should you prepare for a job interview?", "Describe a mountain village in winter.",
+    "What is the role of a bee in a garden?", "Explain why we have day and night.",
+    "Write a thank-you note to a neighbour.", "How do you take care of a houseplant?",
+    "What can people do to save energy at home?", "Describe a river from its source to the sea.",
+    "Why do people enjoy music?", "Explain what a map is used for.", "Describe a market on a Saturday morning.",
+    "What is the purpose of a bridge?", "Give three ideas for a rainy afternoon.",
+    "How do you cook rice?", "What makes a good teacher?",
+]  # fmt: skip
+
+
+def _item(kind: str, question: str, choices: list[str], answer: int) -> dict[str, Any]:
+    digest = hashlib.sha256(f"{kind}\x00{question}\x00{choices[answer]}".encode()).hexdigest()[:16]
+    return {"id": digest, "question": question, "choices": choices, "answer": answer, "answer_text": choices[answer]}
+
+
+def _pair(rng: random.Random, good: str, bad: str) -> tuple[list[str], int]:
+    if rng.random() < 0.5:
+        return [good, bad], 0
+    return [bad, good], 1
+
+
+def agreement_items(size: int, seed: int) -> list[dict[str, Any]]:
+    """Grammatical/ungrammatical sentence pairs; the grammatical one is the answer."""
+    rng = random.Random(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for _ in range(size * 20):
+        if len(out) >= size:
+            break
+        kind = rng.randrange(5)
+        if kind == 0:  # subject-verb agreement
+            sg, pl = rng.choice(_NOUNS)
+            adj = rng.choice(_ADJ)
+            plural = rng.random() < 0.5
+            noun = pl if plural else sg
+            good, bad = ("are", "is") if plural else ("is", "are")
+            g, b = f"The {noun} {good} very {adj}.", f"The {noun} {bad} very {adj}."
+        elif kind == 1:  # agreement across an attractor noun
+            (sg, pl), (sg2, pl2) = rng.sample(_NOUNS, 2)
+            plural = rng.random() < 0.5
+            head, attractor = (pl, sg2) if plural else (sg, pl2)
+            good, bad = ("were", "was") if plural else ("was", "were")
+            place = rng.choice(_PLACES)
+            g = f"The {head} next to the {attractor} {good} waiting at {place}."
+            b = f"The {head} next to the {attractor} {bad} waiting at {place}."
+        elif kind == 2:  # determiner-noun agreement
+            sg, pl = rng.choice(_NOUNS)
+            adj = rng.choice(_ADJ)
+            if rng.random() < 0.5:
+                g, b = f"These {pl} look {adj} today.", f"This {pl} look {adj} today."
+            else:
+                g, b = f"This {sg} looks {adj} today.", f"These {sg} looks {adj} today."
+        elif kind == 3:  # irregular past tense
+            right, wrong = rng.choice(_IRREGULAR)
+            frame = rng.choice(["Yesterday she {v} it without help.", "Last year they {v} it together."])
+            g, b = frame.format(v=right), frame.format(v=wrong)
+        else:  # a / an
+            if rng.random() < 0.5:
+                w = rng.choice(_AN)
+                g, b = f"She put an {w} on the table.", f"She put a {w} on the table."
+            else:
+                w = rng.choice(_A)
+                g, b = f"She put a {w} on the table.", f"She put an {w} on the table."
+        choices, answer = _pair(rng, g, b)
+        it = _item("agreement", "", choices, answer)
+        out.setdefault(it["id"], it)
+    return list(out.values())[:size]
+
+
+def _options(rng: random.Random, right: str, pool: list[str], n: int = 4) -> tuple[list[str], int]:
+    others = rng.sample([p for p in pool if p != right], n - 1)
+    opts = [*others, right]
+    rng.shuffle(opts)
+    return opts, opts.index(right)
+
+
+def facts_items(size: int, seed: int) -> list[dict[str, Any]]:
+    """Four-option world-knowledge questions in a plain ``Question: ...\\nAnswer:`` form."""
+    rng = random.Random(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for _ in range(size * 20):
+        if len(out) >= size:
+            break
+        kind = rng.randrange(5)
+        if kind == 0:
+            country, city = rng.choice(_CAPITALS)
+            q, right, pool = f"What is the capital of {country}?", city, [c for _, c in _CAPITALS]
+        elif kind == 1:
+            seq = _DAYS if rng.random() < 0.5 else _MONTHS
+            i = rng.randrange(len(seq))
+            unit = "day" if seq is _DAYS else "month"
+            q, right, pool = f"Which {unit} comes right after {seq[i]}?", seq[(i + 1) % len(seq)], seq
+        elif kind == 2:
+            a, b = rng.choice(_OPPOSITES)
+            if rng.random() < 0.5:
+                a, b = b, a
+            q, right, pool = f"What is the opposite of '{a}'?", b, [w for p in _OPPOSITES for w in p if w != a]
+        elif kind == 3:
+            animal, young = rng.choice(_YOUNG)
+            q, right, pool = f"What is a young {animal} called?", young, [y for _, y in _YOUNG]
+        else:
+            thing, colour = rng.choice(_COLOURS)
+            q, right, pool = f"What colour is {thing}?", colour, _COLOUR_SET
+        choices, answer = _options(rng, right, pool)
+        it = _item("facts", f"Question: {q}\nAnswer:", choices, answer)
+        out.setdefault(it["id"], it)
+    return list(out.values())[:size]

@@ -1,0 +1,513 @@
+"""Report stage: one readable comparison of every evaluated model, with intervals, paired comparisons and plots.
+
+Reads ``<run_dir>/eval/`` (and the same folders of ``report.seed_runs``), the SFT arms' rotation diagnostics and the
+RL arms' ``metrics.jsonl``; writes ``<run_dir>/report.md``, ``report.html`` (self-contained, images embedded),
+``report.json`` and ``<run_dir>/plots/*.png``. Every sentence is computed from the numbers; an interval that
+includes zero is reported as "no significant difference".
+
+    sft2rl stage report --config configs/smollm2-cpu.yaml
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from stages.config import Config, ConfigError
+from stages.io import atomic_write_json, atomic_write_text, is_done
+from stages.metrics import paired_diff_ci, seeds_bootstrap_ci
+
+log = logging.getLogger(__name__)
+
+PLOTS = ("tradeoff", "rl_curves", "rotation", "forgetting")
+_LOWER_IS_BETTER = {"forgetting/kl_to_base"}
+# The sentences at the top of the report; every other comparison is in the comparisons table.
+_HEADLINE = ("id/mean_accuracy", "ood/mean_accuracy", "forgetting/kl_to_base")
+
+
+def _load_run(run_dir: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    eval_dir = run_dir / "eval"
+    if not eval_dir.is_dir():
+        return out
+    for d in sorted(eval_dir.iterdir()):
+        if d.is_dir() and is_done(d) and (d / "metrics.json").is_file():
+            m = json.loads((d / "metrics.json").read_text())
+            m["scores"] = json.loads((d / "scores.json").read_text()) if (d / "scores.json").is_file() else {}
+            out[d.name] = m
+    return out
+
+
+def _aligned(per_seed: list[dict[str, Any]], metric: str, names: tuple[str, ...]) -> list[list[list[float]]] | None:
+    """Scores of ``metric`` for each model in ``names``, per seed, on the items all of them share (by id)."""
+    out: list[list[list[float]]] = [[] for _ in names]
+    for run in per_seed:
+        if any(n not in run or metric not in run[n]["scores"] for n in names):
+            return None
+        maps = [
+            dict(zip(run[n]["scores"][metric]["ids"], run[n]["scores"][metric]["scores"], strict=True)) for n in names
+        ]
+        common = [i for i in run[names[0]]["scores"][metric]["ids"] if all(i in m for m in maps)]
+        if not common:
+            return None
+        for k, m in enumerate(maps):
+            out[k].append([m[i] for i in common])
+    return out
+
+
+def aggregate(cfg: Config) -> dict[str, Any]:
+    """Models with metrics (averaged across seed runs), paired comparisons, benchmark notes."""
+    runs = [cfg.run_dir, *[Path(p) for p in cfg.report.seed_runs]]
+    for r in runs[1:]:
+        if not (r / "eval").is_dir():
+            raise ConfigError(f"report.seed_runs: {r} has no eval/ folder; evaluate that run first")
+    per_seed = [_load_run(r) for r in runs]
+    if not per_seed[0]:
+        raise ConfigError(f"no evaluated models in {cfg.run_dir / 'eval'}: run the evaluate stage first")
+    ev = cfg.eval
+    boot = {"n_boot": ev.bootstrap, "confidence": ev.confidence, "seed": cfg.seed}
+    models = []
+    for name, first in per_seed[0].items():
+        metrics: dict[str, Any] = {}
+        for metric, m in first["metrics"].items():
+            row = dict(m)
+            if len(runs) > 1:
+                aligned = _aligned(per_seed, metric, (name,))
+                if aligned is not None:
+                    v, lo, hi = seeds_bootstrap_ci(aligned[0], **boot)
+                    row.update(value=v, ci_low=lo, ci_high=hi, n=sum(map(len, aligned[0])), seeds=len(runs))
+                else:
+                    vals = [r[name]["metrics"][metric] for r in per_seed if name in r and metric in r[name]["metrics"]]
+                    for key in ("value", "ci_low", "ci_high"):
+                        row[key] = sum(v[key] for v in vals) / len(vals)
+                    row["seeds"] = len(vals)
+            metrics[metric] = row
+        models.append(
+            {
+                "name": name,
+                "init": first.get("init"),
+                "kind": first.get("kind"),
+                "path": first.get("path"),
+                "metrics": metrics,
+                "cka_layers": first.get("cka_layers", []),
+                "timing": first.get("timing", {}),
+            }
+        )
+    order = {"base": 0, "sft": 1, "external": 2, "rl": 3}
+    models.sort(key=lambda m: (order.get(m["kind"], 9), m["name"]))
+    comparisons = []
+    names = {m["name"] for m in models}
+    for a, b in cfg.report.compare:
+        if a not in names or b not in names:
+            continue
+        for metric in per_seed[0][a]["scores"]:
+            aligned = _aligned(per_seed, metric, (a, b))
+            if aligned is None:
+                continue
+            d, lo, hi = paired_diff_ci(aligned[0], aligned[1], **boot)
+            comparisons.append(_verdict(a, b, metric, d, lo, hi, sum(map(len, aligned[0])), len(runs)))
+        for summary, domain in (("id/mean_accuracy", "in"), ("ood/mean_accuracy", "out")):
+            keys = [
+                k
+                for k, m in per_seed[0][a]["metrics"].items()
+                if m.get("domain") == domain
+                and k.endswith("/accuracy")
+                and "/" in k
+                and not k.startswith(("id/", "ood/"))
+            ]  # noqa: E501
+            groups_a, groups_b = [], []
+            for k in keys:
+                al = _aligned(per_seed, k, (a, b))
+                if al is not None:
+                    groups_a += al[0]
+                    groups_b += al[1]
+            if groups_a:
+                d, lo, hi = paired_diff_ci(groups_a, groups_b, **boot)
+                comparisons.append(_verdict(a, b, summary, d, lo, hi, sum(map(len, groups_a)), len(runs)))
+    bench_file = cfg.run_dir / "eval" / "benchmarks.json"
+    benchmarks = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
+    return {
+        "run": str(cfg.run_dir),
+        "seeds": len(runs),
+        "seed_runs": [str(r) for r in runs],
+        "models": models,
+        "comparisons": comparisons,
+        "benchmarks": benchmarks,
+    }
+
+
+def _verdict(a: str, b: str, metric: str, d: float, lo: float, hi: float, n: int, seeds: int) -> dict[str, Any]:
+    lower_better = metric in _LOWER_IS_BETTER
+    if lo > 0:
+        verdict = f"{a} is higher" + (" (worse: more drift from the base)" if lower_better else "")
+    elif hi < 0:
+        verdict = f"{a} is lower" + (" (better: closer to the base)" if lower_better else "")
+    else:
+        verdict = "no significant difference"
+    return {
+        "a": a,
+        "b": b,
+        "metric": metric,
+        "diff": d,
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": n,
+        "seeds": seeds,
+        "verdict": verdict,
+        "significant": verdict != "no significant difference",
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ plots
+def _rl_curves(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    curves = {}
+    for d in sorted(run_dir.glob("*/metrics.jsonl")):
+        rows = [json.loads(line) for line in d.read_text().splitlines() if line.strip()]
+        if rows:
+            curves[d.parent.name] = rows
+    return curves
+
+
+def _rotation(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Per SFT arm: mean principal angle (degrees, left and right) of the top-k subspaces per layer."""
+    out = {}
+    for f in sorted(run_dir.glob("*/metrics.json")):
+        m = json.loads(f.read_text())
+        angles = m.get("principal_angles")
+        if not angles:
+            continue
+        per_layer: dict[int, list[float]] = defaultdict(list)
+        for name, a in angles.items():
+            parts = name.split(".")
+            layer = int(parts[parts.index("layers") + 1]) if "layers" in parts else -1
+            per_layer[layer].append((a["principal_angle_left_mean_deg"] + a["principal_angle_right_mean_deg"]) / 2)
+        out[f.parent.name] = {k: sum(v) / len(v) for k, v in sorted(per_layer.items())}
+    return out
+
+
+def make_plots(cfg: Config, data: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+
+    def save(fig, name):
+        tmp = plot_dir / f".{name}.png.tmp"
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        tmp.replace(plot_dir / f"{name}.png")
+        paths[name] = plot_dir / f"{name}.png"
+
+    def note(ax, text):
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
+        ax.set_axis_off()
+
+    # 1. In-domain vs out-of-domain trade-off.
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    pts = [(m, m["metrics"].get("id/mean_accuracy"), m["metrics"].get("ood/mean_accuracy")) for m in data["models"]]
+    pts = [p for p in pts if p[1] and p[2]]
+    if pts:
+        for m, x, y in pts:
+            ax.errorbar(
+                x["value"],
+                y["value"],
+                xerr=[[x["value"] - x["ci_low"]], [x["ci_high"] - x["value"]]],
+                yerr=[[y["value"] - y["ci_low"]], [y["ci_high"] - y["value"]]],
+                fmt="o",
+                capsize=3,
+                label=m["name"],
+            )
+        ax.set_xlabel("in-domain accuracy (mean of in-domain benchmarks)")
+        ax.set_ylabel("out-of-domain accuracy (mean of OOD benchmarks)")
+        ax.set_title(f"In-domain vs out-of-domain ({int(cfg.eval.confidence * 100)}% intervals)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    else:
+        note(ax, "needs at least one in-domain and one out-of-domain benchmark")
+    save(fig, "tradeoff")
+
+    # 2. RL curves.
+    curves = _rl_curves(cfg.run_dir)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if curves:
+        for arm, rows in curves.items():
+            steps = [r["step"] for r in rows]
+            axes[0].plot(steps, [r.get("reward", float("nan")) for r in rows], marker="o", label=arm)
+            acc_key = next((k for k in rows[0] if k.startswith("rewards/math_correct") and k.endswith("/mean")), None)
+            if acc_key:
+                axes[1].plot(steps, [r.get(acc_key, float("nan")) for r in rows], marker="o", label=arm)
+        axes[0].set_title("RL reward per step")
+        axes[1].set_title("RL training accuracy (math_correct) per step")
+        for ax in axes:
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    else:
+        note(axes[0], "no RL runs in this run folder")
+        axes[1].set_axis_off()
+    save(fig, "rl_curves")
+
+    # 3. Rotation per layer.
+    rot = _rotation(cfg.run_dir)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if rot:
+        for arm, per_layer in rot.items():
+            layers = [k for k in per_layer if k >= 0]
+            ax.plot(layers, [per_layer[k] for k in layers], marker=".", label=arm)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("mean principal angle of top-k subspaces vs base (deg)")
+        ax.set_title("Rotation of the top-k singular subspaces per layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    else:
+        note(ax, "no SFT arm recorded rotation diagnostics")
+    save(fig, "rotation")
+
+    # 4. Forgetting: KL to base and CKA per layer.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    kl = [(m["name"], m["metrics"].get("forgetting/kl_to_base")) for m in data["models"]]
+    kl = [(n, k) for n, k in kl if k]
+    if kl:
+        axes[0].bar(
+            range(len(kl)),
+            [k["value"] for _, k in kl],
+            yerr=[[k["value"] - k["ci_low"] for _, k in kl], [k["ci_high"] - k["value"] for _, k in kl]],
+            capsize=3,
+        )
+        axes[0].set_xticks(range(len(kl)), [n for n, _ in kl], rotation=30, ha="right")
+        axes[0].set_ylabel("KL(base || model) per token (nats)")
+        axes[0].set_title("KL to the base on general text")
+        for m in data["models"]:
+            if m["cka_layers"]:
+                axes[1].plot(
+                    range(len(m["cka_layers"])), [c["value"] for c in m["cka_layers"]], marker=".", label=m["name"]
+                )
+        axes[1].set_xlabel("layer")
+        axes[1].set_ylabel("linear CKA with the base")
+        axes[1].set_title("Representation similarity to the base")
+        axes[1].grid(alpha=0.3)
+        axes[1].legend(fontsize=8)
+    else:
+        note(axes[0], "forgetting measurement disabled (eval.forgetting.enabled=false)")
+        axes[1].set_axis_off()
+    save(fig, "forgetting")
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+def _fmt(m: dict[str, Any] | None, pct: bool) -> str:
+    if not m:
+        return "-"
+    if pct:
+        return f"{100 * m['value']:.1f} [{100 * m['ci_low']:.1f}, {100 * m['ci_high']:.1f}]"
+    return f"{m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+
+
+def _is_pct(metric: str) -> bool:
+    return not metric.startswith("forgetting/")
+
+
+def _sentences(data: dict[str, Any]) -> list[str]:
+    out = []
+    for c in data["comparisons"]:
+        if c["metric"] not in _HEADLINE:
+            continue
+        scale, unit, dp = (100, " points", 1) if _is_pct(c["metric"]) else (1, " nats", 4)
+        d, lo, hi = (f"{scale * c[k]:+.{dp}f}" for k in ("diff", "ci_low", "ci_high"))
+        out.append(
+            f"{c['a']} vs {c['b']}, {c['metric']}: {d}{unit} [{lo}, {hi}] over {c['n']} paired items: {c['verdict']}."
+        )
+    base = next((m for m in data["models"] if m["name"] == "base"), None)
+    if base:
+        for name, m in base["metrics"].items():
+            if m.get("domain") == "out" and m.get("chance") is not None and name.endswith("/accuracy"):
+                if m["ci_low"] <= m["chance"]:
+                    out.append(
+                        f"Caution: the base model is not measurably above chance on {name} "
+                        f"({100 * m['value']:.1f}% [{100 * m['ci_low']:.1f}, {100 * m['ci_high']:.1f}] vs chance "
+                        f"{100 * m['chance']:.0f}%), so this benchmark cannot show forgetting."
+                    )
+    return out
+
+
+def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[tuple]:
+    metric_names: list[str] = []
+    for m in data["models"]:
+        for k in m["metrics"]:
+            if k not in metric_names:
+                metric_names.append(k)
+    conf = int(cfg.eval.confidence * 100)
+    blocks: list[tuple] = [("h1", f"sft2rl report: {cfg.run_name}")]
+    blocks.append(
+        (
+            "p",
+            f"Run folder `{data['run']}`; {len(data['models'])} models; {data['seeds']} seed run(s). "
+            f"Accuracies in percent with {conf}% bootstrap intervals over items"
+            + (" (items resampled within each seed, scores averaged across seeds)" if data["seeds"] > 1 else "")
+            + "; KL in nats per token; CKA in [0, 1].",
+        )
+    )
+    blocks.append(("h2", "What this run shows"))
+    sentences = _sentences(data)
+    blocks.append(("ul", sentences or ["No pairs to compare: evaluate at least two of the models in report.compare."]))
+    blocks.append(("h2", "Scores"))
+    header = ["model", "init", *metric_names]
+    rows = [
+        [m["name"], m["init"] or "-", *[_fmt(m["metrics"].get(k), _is_pct(k)) for k in metric_names]]
+        for m in data["models"]
+    ]
+    blocks.append(("table", header, rows))
+    blocks.append(("h2", "Benchmarks"))
+    brows = []
+    for name, b in data["benchmarks"].items():
+        base = next((m for m in data["models"] if m["name"] == "base"), None)
+        bm = base["metrics"].get(f"{name}/accuracy") if base else None
+        chance = bm.get("chance") if bm else b.get("chance")
+        excl = b.get("excluded", b.get("excluded_templates", 0))
+        brows.append(
+            [
+                name,
+                b["source"],
+                "in-domain" if b["domain"] == "in" else "out-of-domain",
+                str(b.get("n", "-")),
+                f"{excl} ({b.get('why') or '-'})",
+                "-" if chance is None else f"{100 * chance:.0f}%",
+                _fmt(bm, True),
+            ]
+        )
+    blocks.append(("table", ["benchmark", "source", "domain", "items", "excluded", "chance", "base score"], brows))
+    blocks.append(("h2", "Comparisons (paired by item and seed)"))
+    crows = [
+        [
+            f"{c['a']} - {c['b']}",
+            c["metric"],
+            _fmt({"value": c["diff"], "ci_low": c["ci_low"], "ci_high": c["ci_high"]}, _is_pct(c["metric"])),
+            str(c["n"]),
+            c["verdict"],
+        ]
+        for c in data["comparisons"]
+    ]
+    blocks.append(("table", ["pair", "metric", "difference", "items", "verdict"], crows))
+    curves = _rl_curves(cfg.run_dir)
+    if curves:
+        blocks.append(("h2", "RL runs"))
+        rrows = []
+        for arm, rows_ in curves.items():
+            r0, r1 = rows_[0], rows_[-1]
+            rrows.append(
+                [
+                    arm,
+                    str(r1["step"]),
+                    f"{r0.get('reward', float('nan')):.3f}",
+                    f"{r1.get('reward', float('nan')):.3f}",
+                    f"{sum(r.get('kl', 0.0) for r in rows_) / len(rows_):.4f}",
+                    f"{sum(r.get('step_time_s', 0.0) for r in rows_) / len(rows_):.1f}",
+                ]
+            )
+        blocks.append(("table", ["arm", "steps", "reward first", "reward last", "mean KL", "s/step"], rrows))
+    blocks.append(("h2", "Plots"))
+    captions = {
+        "tradeoff": "In-domain vs out-of-domain accuracy, one point per model, with intervals.",
+        "rl_curves": "RL reward and training accuracy per step for each initialisation.",
+        "rotation": "Mean principal angle between the base's and the fine-tuned top-k singular subspaces, per layer.",
+        "forgetting": "KL(base || model) per token on general text, and linear CKA with the base per layer.",
+    }
+    for name in PLOTS:
+        blocks.append(("img", plots[name], captions[name]))
+    return blocks
+
+
+def render_md(blocks: list[tuple], rel_to: Path) -> str:
+    out = []
+    for b in blocks:
+        kind = b[0]
+        if kind == "h1":
+            out.append(f"# {b[1]}\n")
+        elif kind == "h2":
+            out.append(f"\n## {b[1]}\n")
+        elif kind == "p":
+            out.append(b[1] + "\n")
+        elif kind == "ul":
+            out += [f"- {s}" for s in b[1]] + [""]
+        elif kind == "table":
+            out.append("| " + " | ".join(b[1]) + " |")
+            out.append("|" + "---|" * len(b[1]))
+            out += ["| " + " | ".join(r) + " |" for r in b[2]] + [""]
+        elif kind == "img":
+            out.append(f"![{b[2]}]({b[1].relative_to(rel_to).as_posix()})\n\n*{b[2]}*\n")
+    return "\n".join(out) + "\n"
+
+
+def render_html(blocks: list[tuple], title: str) -> str:
+    e = html.escape
+    body = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{e(b[1])}</{kind}>")
+        elif kind == "p":
+            body.append(f"<p>{e(b[1])}</p>")
+        elif kind == "ul":
+            body.append("<ul>" + "".join(f"<li>{e(s)}</li>" for s in b[1]) + "</ul>")
+        elif kind == "table":
+            head = "".join(f"<th>{e(h)}</th>" for h in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img":
+            data = base64.b64encode(b[1].read_bytes()).decode()
+            body.append(
+                f'<figure><img alt="{e(b[2])}" src="data:image/png;base64,{data}"/>'
+                f"<figcaption>{e(b[2])}</figcaption></figure>"
+            )
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "th{background:#f3f3f3}img{max-width:100%}figcaption{font-style:italic;color:#555}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style>"
+        f"</head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def run(cfg: Config, force: bool = False) -> dict[str, Any]:
+    """Aggregate, plot and write the report files; return report.json's content."""
+    data = aggregate(cfg)
+    plots = make_plots(cfg, data, cfg.run_dir / "plots")
+    blocks = _blocks(cfg, data, plots)
+    report = {
+        "models": [{k: m[k] for k in ("name", "init", "kind", "metrics", "cka_layers")} for m in data["models"]],
+        "comparisons": data["comparisons"],
+        "benchmarks": data["benchmarks"],
+        "summary": _sentences(data),
+        "seeds": data["seeds"],
+        "seed_runs": data["seed_runs"],
+        "plots": {k: str(v) for k, v in plots.items()},
+        "rl": {arm: rows for arm, rows in _rl_curves(cfg.run_dir).items()},
+    }
+    atomic_write_json(cfg.run_dir / "report.json", report)
+    atomic_write_text(cfg.run_dir / "report.md", render_md(blocks, cfg.run_dir))
+    atomic_write_text(cfg.run_dir / "report.html", render_html(blocks, f"sft2rl report: {cfg.run_name}"))
+    log.info("report written: %s (.md, .html, .json), plots in %s", cfg.run_dir / "report.md", cfg.run_dir / "plots")
+    for s in report["summary"]:
+        log.info("%s", s)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stages.stage_cli import stage_main
+
+    return stage_main(argv, prog="sft2rl stage report", description="Write the comparison report.", run=run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Evaluation and the report from small real runs on the tiny model: SFT and RPSFT arms, GRPO from each, every
+benchmark source, forgetting measures, resume, seed aggregation, and the report files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from stages.config import ConfigError
+from stages.data import DataError
+from stages.eval_items import build_benchmark, gsm8k_problems, gsm_symbolic_to_gsm8k
+from stages.evaluate import run as eval_run
+from stages.report import PLOTS
+from stages.report import run as report_run
+from stages.rl import run as rl_run
+from stages.sft import run as sft_run
+
+
+def _eval_overrides(tmp_path):
+    choice = tmp_path / "mc.jsonl"
+    choice.write_text(
+        "".join(
+            json.dumps({"q": f"Which number is larger, {a} or {b}?", "opts": [str(a), str(b)], "gold": str(max(a, b))})
+            + "\n"
+            for a, b in [(3, 9), (12, 4), (7, 8), (20, 2), (5, 6), (1, 11)]
+        )
+    )
+    gen = tmp_path / "sums.jsonl"
+    gen.write_text("".join(json.dumps({"problem": f"{a} + {a}", "solution": 2 * a}) + "\n" for a in range(1, 7)))
+    benches = [
+        {"name": "task", "source": "train_task", "size": 12, "max_new_tokens": 12, "samples": 2},
+        {"name": "gsm8k", "source": "gsm8k", "size": 4, "max_new_tokens": 8},
+        {"name": "gsm_sym", "source": "gsm_symbolic", "size": 3, "max_new_tokens": 8},
+        {"name": "rg_gcd", "source": "reasoning_gym", "task": "gcd", "domain": "out", "size": 4, "max_new_tokens": 8},
+        {
+            "name": "sums",
+            "source": "file",
+            "path": str(gen),
+            "fields": {"question": "problem", "answer": "solution"},
+            "max_new_tokens": 8,
+        },
+        {"name": "agreement", "source": "agreement", "domain": "out", "size": 30},
+        {"name": "facts", "source": "facts", "domain": "out", "size": 20},
+        {
+            "name": "larger",
+            "source": "file",
+            "domain": "out",
+            "path": str(choice),
+            "fields": {"question": "q", "answer": "gold", "choices": "opts"},
+        },
+    ]
+    return [
+        f"eval.benchmarks={json.dumps(benches)}",
+        "eval.forgetting.num_prompts=6",
+        "eval.forgetting.max_new_tokens=8",
+        "eval.forgetting.cka_bootstrap=20",
+        "eval.bootstrap=200",
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, cache_dir):
+    """base + sft + rpsft + rl-sft + rl-rpsft on the tiny model, evaluated and reported."""
+    from stages.config import load_config
+    from tests.conftest import CONFIGS
+
+    tmp = tmp_path_factory.mktemp("evalrun")
+
+    def cfg(*o):
+        return load_config(
+            CONFIGS / "tiny.yaml", [f"runs_root={tmp / 'runs'}", f"cache_dir={cache_dir}", *_eval_overrides(tmp), *o]
+        )
+
+    for method in ("sft", "rpsft"):
+        sft_run(cfg(f"sft.method={method}", "sft.training.max_steps=3"))
+    base = cfg()
+    for arm in ("sft", "rpsft"):
+        rl_run(cfg(f"rl.init={base.run_dir / arm / 'checkpoint'}", "rl.training.max_steps=2"))
+    results = eval_run(base)
+    report = report_run(base)
+    return cfg, base, results, report
+
+
+def test_every_model_is_scored_with_intervals(finished_run):
+    _, cfg, results, _ = finished_run
+    assert set(results) == {"base", "sft", "rpsft", "rl-sft", "rl-rpsft"}
+    assert results["rl-rpsft"]["init"] == "rpsft" and results["rl-sft"]["init"] == "sft"
+    for name, r in results.items():
+        m = r["metrics"]
+        for key in (
+            "task/accuracy",
+            "task/avg@2",
+            "task/pass@2",
+            "gsm8k/accuracy",
+            "gsm_sym/accuracy",
+            "rg_gcd/accuracy",
+            "sums/accuracy",
+            "agreement/accuracy",
+            "facts/accuracy",
+            "larger/accuracy",
+            "forgetting/kl_to_base",
+            "forgetting/cka_mean",
+            "id/mean_accuracy",
+            "ood/mean_accuracy",
+        ):
+            assert key in m, (name, key)
+            assert m[key]["ci_low"] <= m[key]["value"] <= m[key]["ci_high"], (name, key, m[key])
+            assert m[key]["n"] >= 1
+        assert m["task/pass@2"]["value"] >= m["task/avg@2"]["value"] - 1e-9  # pass@k >= avg@k per item
+        assert m["facts/accuracy"]["chance"] == pytest.approx(0.25)
+        assert m["agreement/accuracy"]["chance"] == pytest.approx(0.5)
+        assert m["larger/accuracy"]["chance"] == pytest.approx(0.5)
+        assert (cfg.run_dir / "eval" / name / "DONE").is_file()
+        assert len(r["cka_layers"]) == 2  # one per transformer layer of the tiny model
+    # The base compared with itself: KL exactly 0, CKA 1 in every layer.
+    base = results["base"]
+    assert base["metrics"]["forgetting/kl_to_base"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert all(c["value"] == pytest.approx(1.0, abs=1e-6) for c in base["cka_layers"])
+    # Training moved the SFT arm away from the base: KL > 0 with an interval above 0.
+    assert results["sft"]["metrics"]["forgetting/kl_to_base"]["ci_low"] > 0
+
+
+def test_eval_items_exclude_training_and_rl_questions(finished_run):
+    _, cfg, _, _ = finished_run
+    from stages.eval_items import training_questions
+
+    seen = training_questions(cfg)
+    items = [json.loads(x) for x in (cfg.run_dir / "eval" / "items" / "task.jsonl").read_text().splitlines()]
+    assert len(items) == 12 and not {x["question"] for x in items} & seen
+    sft_q = {json.loads(x)["question"] for x in (cfg.run_dir / "data" / "sft_train.jsonl").read_text().splitlines()}
+    assert sft_q <= seen
+
+
+def test_rerun_skips_complete_models_and_force_redoes(finished_run):
+    _, cfg, _, _ = finished_run
+    f = cfg.run_dir / "eval" / "sft" / "metrics.json"
+    before = f.stat().st_mtime_ns
+    eval_run(cfg)
+    assert f.stat().st_mtime_ns == before
+    eval_run(cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"models": ["sft"]})}), force=True)
+    assert f.stat().st_mtime_ns != before
+
+
+def test_report_files_hold_every_model_and_plot(finished_run):
+    _, cfg, _, report = finished_run
+    run_dir = cfg.run_dir
+    for name in ("report.md", "report.html", "report.json"):
+        assert (run_dir / name).is_file()
+    data = json.loads((run_dir / "report.json").read_text())
+    assert {m["name"] for m in data["models"]} == {"base", "sft", "rpsft", "rl-sft", "rl-rpsft"}
+    for m in data["models"]:
+        for v in m["metrics"].values():
+            assert {"value", "ci_low", "ci_high", "n"} <= set(v)
+    pairs = {(c["a"], c["b"]) for c in data["comparisons"]}
+    assert {("rpsft", "sft"), ("rl-rpsft", "rl-sft"), ("sft", "base"), ("rpsft", "base")} <= pairs
+    for c in data["comparisons"]:
+        assert c["ci_low"] <= c["diff"] <= c["ci_high"]
+        assert c["significant"] == (c["ci_low"] > 0 or c["ci_high"] < 0)
+    md = (run_dir / "report.md").read_text()
+    html = (run_dir / "report.html").read_text()
+    for plot in PLOTS:
+        png = run_dir / "plots" / f"{plot}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plots/{plot}.png" in md
+    assert html.count("data:image/png;base64,") == len(PLOTS)
+    for model in ("base", "sft", "rpsft", "rl-sft", "rl-rpsft"):
+        assert f"| {model} |" in md and f"<td>{model}</td>" in html
+    assert "## What this run shows" in md and data["summary"]
+    assert set(data["rl"]) == {"rl-sft", "rl-rpsft"}
+
+
+def test_report_aggregates_seed_runs(finished_run, tmp_path):
+    make, cfg, _, single = finished_run
+    other = tmp_path / "seed1"
+    shutil.copytree(cfg.run_dir, other)
+    agg = report_run(make(f"report.seed_runs=[{other}]"))
+    assert agg["seeds"] == 2
+    one = {m["name"]: m for m in single["models"]}["sft"]["metrics"]["agreement/accuracy"]
+    two = {m["name"]: m for m in agg["models"]}["sft"]["metrics"]["agreement/accuracy"]
+    assert two["n"] == 2 * one["n"] and two["seeds"] == 2
+    assert two["value"] == pytest.approx(one["value"])  # the copy has the same scores
+    report_run(cfg)  # restore the single-seed report
+
+
+def test_gsm8k_holdout_by_source_problem(tiny_cfg):
+    mapping = gsm_symbolic_to_gsm8k()
+    # reasoning-gym 0.1.25 enables 85 of its 100 templates; each maps to a different real GSM8K problem.
+    assert len(mapping) == 85 and len(set(mapping.values())) == 85
+    assert set(mapping.values()) <= {p["gsm8k_id"] for p in gsm8k_problems()}
+    cfg = tiny_cfg("data.tasks=[{name: gsm_symbolic}]", "data.size=40")
+    from stages.config import BenchmarkSpec
+    from stages.eval_items import training_source_ids
+
+    used = training_source_ids(cfg)
+    items, note = build_benchmark(cfg, BenchmarkSpec(name="g", source="gsm8k", size=100))
+    assert used and note["excluded"] == len({mapping[i] for i in used}) and len(items) == 100 - note["excluded"]
+    assert not {x["source_id"] for x in items} & {mapping[i] for i in used}
+    sym, _ = build_benchmark(cfg, BenchmarkSpec(name="s", source="gsm_symbolic", size=30))
+    assert not {x["source_id"] for x in sym} & used
+
+
+@pytest.mark.parametrize(
+    ("overrides", "exc", "match"),
+    [
+        (["eval.models=[nosuch]"], ConfigError, "neither 'base'"),
+        (["eval.benchmarks=[{name: a, source: facts}, {name: a, source: agreement}]"], ConfigError, "unique"),
+        (["eval.benchmarks=[{name: x, source: file}]"], ConfigError, "path is required"),
+        (["eval.benchmarks=[{name: x, source: reasoning_gym}]"], ConfigError, "task"),
+        (["eval.benchmarks=[{name: 'a/b', source: facts}]"], ConfigError, "plain name"),
+        (["eval.benchmarks=[{name: x, source: reasoning_gym, task: nosuchtask}]"], DataError, "nosuchtask"),
+    ],
+)
+def test_bad_eval_input_is_named_before_work(tiny_cfg, overrides, exc, match):
+    with pytest.raises(exc, match=match):
+        eval_run(tiny_cfg(*overrides))
+
+
+def test_bad_custom_benchmark_rows(tiny_cfg, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "2+2?", "choices": ["3", "4"], "answer": "five"}) + "\n")
+    with pytest.raises(DataError, match="neither an option index"):
+        eval_run(tiny_cfg(f"eval.benchmarks=[{{name: b, source: file, path: {bad}, fields: {{choices: choices}}}}]"))
+    with pytest.raises(ConfigError, match="no evaluated models"):
+        report_run(tiny_cfg("run_name=never-evaluated"))
