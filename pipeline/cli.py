@@ -1,7 +1,9 @@
 """The ``sft2rl`` command line. Orchestration only: stages run as child processes (no torch import here).
 
-sft2rl prepare --config configs/smollm2-cpu.yaml
-sft2rl stage sft --config configs/smollm2-cpu.yaml method=rpsft sft.training.max_steps=5
+sft2rl run --config configs/smollm2-cpu.yaml [key=value ...]   the whole flow (prepare, SFT arms, RL, eval, report)
+sft2rl stage sft --config configs/tiny.yaml method=rpsft       one stage alone, no Prefect
+sft2rl server [--background | --stop]                          a local Prefect server on 127.0.0.1
+sft2rl serve [--config FILE ...]                               serve the deployments of the shipped configs
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 STAGES = {
     "prepare": "stages.prepare",
@@ -18,41 +21,209 @@ STAGES = {
     "evaluate": "stages.evaluate",
     "report": "stages.report",
 }
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_stage(name: str, argv: list[str]) -> int:
     """Run ``python -m stages.<name> ARGV`` in a child process (memory returns to the OS between stages)."""
-    module = STAGES[name]
-    env = dict(os.environ)
-    return subprocess.call([sys.executable, "-m", module, *argv], env=env)
+    return subprocess.call([sys.executable, "-m", STAGES[name], *argv], env=dict(os.environ))
+
+
+def shipped_configs() -> list[Path]:
+    return sorted((REPO / "configs").glob("*.yaml"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import server
+    from stages.config import ConfigError
+
+    server.configure(port=args.port, api=not args.no_server)
+    overrides = list(args.overrides)
+    # Validate everything before a server starts or a stage runs.
+    from pipeline.flows import Launcher, PipelineParams, _params, resolve
+
+    try:
+        launcher = Launcher(num_processes=args.num_processes, accelerate_config=args.accelerate_config)
+        params = _params(
+            PipelineParams,
+            config=args.config,
+            overrides=overrides,
+            arms=args.arms,
+            rl=not args.no_rl,
+            evaluate=not args.no_eval,
+            force=args.force,
+            launcher=launcher,
+        )
+        cfg = resolve(params)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.no_server:
+        try:
+            api, started = server.start_background()
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(
+            f"Prefect UI: {server.ui_url(api)}"
+            + (" (started in the background; stop: sft2rl server --stop)" if started else "")
+        )
+    from pipeline.flows import sft_to_rl
+
+    state = sft_to_rl(
+        config=params.config,
+        overrides=params.overrides,
+        arms=params.arms,
+        rl=params.rl,
+        evaluate=params.evaluate,
+        force=params.force,
+        launcher=params.launcher,
+        return_state=True,
+    )
+    run_id = state.state_details.flow_run_id
+    run_dir = cfg.run_dir.resolve()
+    print(f"run folder: {run_dir}")
+    if not args.no_server:
+        print(f"flow run:   {server.ui_url()}/runs/flow-run/{run_id}")
+    if state.is_completed():
+        if (run_dir / "report.md").is_file():
+            print(f"report:     {run_dir / 'report.md'}  (also report.html, report.json, plots/)")
+        return 0
+    print(f"error: the flow ended {state.name}: {state.message}", file=sys.stderr)
+    return 1
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from pipeline import server
+
+    server.configure(port=args.port, host=args.host)
+    if args.stop:
+        print("stopped" if server.stop_background() else "no background server recorded in PREFECT_HOME")
+        return 0
+    if args.background:
+        api, started = server.start_background()
+        print(f"Prefect UI: {server.ui_url(api)} ({'started' if started else 'already running'}); API: {api}")
+        return 0
+    print(f"Prefect UI: {server.ui_url()}  (Ctrl-C stops it; PREFECT_HOME={os.environ['PREFECT_HOME']})", flush=True)
+    return subprocess.call(server.server_command())
+
+
+def deployments(configs: list[Path]):
+    """One deployment of every flow per config, named after the config file: ``sft-to-rl/<config name>``."""
+    from pipeline.flows import FLOWS
+
+    out = []
+    for c in configs:
+        rel = str(c.resolve().relative_to(REPO)) if c.resolve().is_relative_to(REPO) else str(c.resolve())
+        for flow_ in FLOWS.values():
+            out.append(
+                flow_.to_deployment(
+                    name=c.stem, parameters={"config": rel}, description=f"{flow_.name} on {rel}", tags=["sft2rl"]
+                )
+            )
+    return out
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline import server
+
+    server.configure(port=args.port)
+    api = os.environ["PREFECT_API_URL"]
+    if not server.healthy(api):
+        print(
+            f"error: no Prefect server answers at {api}: start one with 'sft2rl server --background'", file=sys.stderr
+        )
+        return 2
+    configs = [Path(c) for c in args.config] or shipped_configs()
+    missing = [str(c) for c in configs if not c.is_file()]
+    if missing:
+        print(f"error: config files not found: {missing}", file=sys.stderr)
+        return 2
+    os.chdir(REPO)  # deployments resolve config paths against the project folder
+    from prefect import serve
+
+    deps = deployments(configs)
+    print(
+        f"serving {len(deps)} deployments at {server.ui_url(api)}/deployments: "
+        + ", ".join(sorted({f"sft-to-rl/{c.stem}" for c in configs})),
+        flush=True,
+    )
+    serve(*deps, limit=args.limit, print_starting_message=False)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sft2rl",
-        description="SFT vs RPSFT (rotation-preserving SFT), then RL: run stages on a config.",
+        description="SFT vs RPSFT (rotation-preserving SFT), then RL, evaluation and a comparison report.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p_run = sub.add_parser(
+        "run",
+        help="run the whole sft-to-rl flow on a config",
+        description="prepare -> SFT arms -> RL from each arm -> evaluate -> report, as a Prefect "
+        "flow run (a local server is started in the background unless PREFECT_API_URL answers).",
+    )
+    p_run.add_argument("--config", default="configs/smollm2-cpu.yaml", help="YAML config (default: %(default)s)")
+    p_run.add_argument("--arms", nargs="+", default=None, help="SFT methods to train (default: sft rpsft)")
+    p_run.add_argument("--no-rl", action="store_true", help="skip the RL stage")
+    p_run.add_argument("--no-eval", action="store_true", help="skip evaluation and the report")
+    p_run.add_argument("--force", action="store_true", help="recompute stages whose outputs are complete")
+    p_run.add_argument("--no-server", action="store_true", help="do not start a local Prefect server")
+    p_run.add_argument("--port", type=int, default=None, help="local server port (default 4200)")
+    p_run.add_argument("--num-processes", type=int, default=1, help="processes per training stage (accelerate)")
+    p_run.add_argument("--accelerate-config", default=None, help="configs/accelerate/*.yaml for --num-processes > 1")
+    p_run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. sft.training.max_steps=5")
+    p_run.set_defaults(func=cmd_run)
+
     p_stage = sub.add_parser(
         "stage",
-        help="run one stage alone",
+        help="run one stage alone (no Prefect)",
         description="Run one stage alone: sft2rl stage <name> --config FILE [key=value ...]",
     )
     p_stage.add_argument("name", choices=sorted(STAGES), help="stage to run")
     p_stage.add_argument("args", nargs=argparse.REMAINDER, help="--config FILE [--force] [key=value ...]")
+
     p_prep = sub.add_parser("prepare", help="prepare the initial model (same as: stage prepare)", add_help=False)
     p_prep.add_argument("args", nargs=argparse.REMAINDER, help="--config FILE [key=value ...]")
+
+    p_srv = sub.add_parser(
+        "server",
+        help="start a local Prefect server on 127.0.0.1",
+        description="A local Prefect server (SQLite in ./.prefect, analytics off, 127.0.0.1).",
+    )
+    p_srv.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s: this machine only)")
+    p_srv.add_argument("--port", type=int, default=None, help="port (default 4200)")
+    g = p_srv.add_mutually_exclusive_group()
+    g.add_argument("--background", action="store_true", help="start detached and return once it is healthy")
+    g.add_argument("--stop", action="store_true", help="stop the background server")
+    p_srv.set_defaults(func=cmd_server)
+
+    p_serve = sub.add_parser(
+        "serve",
+        help="serve the flow deployments of the shipped configs",
+        description="Serve deployments sft-to-rl/<config>, prepare/<config>, sft/<config>, "
+        "rl/<config>, evaluate/<config>, report/<config> from this process.",
+    )
+    p_serve.add_argument("--config", action="append", default=[], help="config file (repeat; default: configs/*.yaml)")
+    p_serve.add_argument("--port", type=int, default=None, help="local server port (default 4200)")
+    p_serve.add_argument("--limit", type=int, default=1, help="flow runs at once (default %(default)s)")
+    p_serve.set_defaults(func=cmd_serve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     # Options after the stage name (--config, --force, --help) belong to the stage: pass them through unparsed.
-    args, passthrough = build_parser().parse_known_args(argv)
-    if args.command == "stage":
-        return run_stage(args.name, [*passthrough, *args.args])
-    if args.command == "prepare":
+    if argv and argv[0] in ("stage", "prepare"):
+        args, passthrough = parser.parse_known_args(argv)
+        if args.command == "stage":
+            return run_stage(args.name, [*passthrough, *args.args])
         return run_stage("prepare", [*passthrough, *args.args])
-    return 2  # pragma: no cover - argparse requires a command
+    args = parser.parse_args(argv)
+    return args.func(args)
 
 
 if __name__ == "__main__":

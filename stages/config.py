@@ -386,8 +386,8 @@ class ForgettingSpec(Strict):
     enabled: bool = True
     num_prompts: int = Field(40, ge=2)
     max_new_tokens: int = Field(48, ge=4)
-    max_tokens_cka: int = Field(1536, ge=16, description="Tokens pooled for CKA (a cap on the N x N Gram matrix).")
-    cka_bootstrap: int = Field(100, ge=20, description="Bootstrap resamples (whole sequences) of the CKA intervals.")
+    max_tokens_cka: int = Field(1024, ge=16, description="Tokens pooled for CKA (a cap on the N x N Gram matrix).")
+    cka_bootstrap: int = Field(50, ge=20, description="Bootstrap resamples (whole sequences) of the CKA intervals.")
 
 
 class EvalConfig(Strict):

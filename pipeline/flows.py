@@ -1,0 +1,365 @@
+"""Prefect flows: ``sft-to-rl`` (the whole mission) and one flow per stage (``prepare``, ``sft``, ``rl``, ``evaluate``,
+``report``).
+
+Orchestration only, no torch here: every stage runs as a child process (``python -m stages.<name>``, or
+``accelerate launch`` when ``launcher`` asks for several processes) whose output lines stream into the Prefect run
+log. Parameters are pydantic models, validated (config file, overrides, arm names) before any stage starts. Stages
+skip work whose outputs are complete, so re-running a flow resumes it; ``force`` recomputes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel, Field, field_validator
+
+from stages.config import SFT_METHODS, Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_MODULES = {s: f"stages.{s}" for s in ("prepare", "sft", "rl", "evaluate", "report")}
+TRAINING_STAGES = ("sft", "rl")
+
+
+class StageFailed(RuntimeError):
+    """A stage's child process exited non-zero; the message holds its exit code and last output lines."""
+
+
+class Launcher(BaseModel):
+    """How training stages start: one process, or ``accelerate launch`` with a config from configs/accelerate/."""
+
+    num_processes: int = Field(1, ge=1, description="Processes (GPUs) per training stage.")
+    accelerate_config: str | None = Field(
+        None, description="accelerate config file (configs/accelerate/*.yaml) used when num_processes > 1."
+    )
+
+
+class StageParams(BaseModel):
+    """What every flow takes: a config file, dotted overrides, and whether to recompute finished outputs."""
+
+    config: str = Field("configs/smollm2-cpu.yaml", description="Config file (relative to the project folder).")
+    overrides: list[str] = Field(default_factory=list, description="Dotted key=value overrides, e.g. seed=1.")
+    force: bool = Field(False, description="Recompute stages whose outputs are already complete.")
+    launcher: Launcher = Field(default_factory=Launcher)
+
+    @field_validator("overrides")
+    @classmethod
+    def _kv(cls, v: list[str]) -> list[str]:
+        bad = [o for o in v if "=" not in o or o.startswith("=")]
+        if bad:
+            raise ValueError(f"overrides must be key=value strings (example: seed=1); bad: {bad}")
+        return v
+
+
+class PipelineParams(StageParams):
+    """Parameters of the ``sft-to-rl`` flow."""
+
+    arms: list[str] = Field(default_factory=lambda: ["sft", "rpsft"], description=f"SFT methods, of {SFT_METHODS}.")
+    rl: bool = Field(True, description="Run RL from every arm.")
+    evaluate: bool = Field(True, description="Evaluate base, arms and RL runs, and write the report.")
+    parallel_arms: bool = Field(False, description="Train arms concurrently (only with the resources for it).")
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, v: list[str]) -> list[str]:
+        unknown = [a for a in v if a not in SFT_METHODS]
+        if unknown or not v:
+            raise ValueError(f"arms {unknown or '[]'}: choose one or more of {list(SFT_METHODS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"arms {v} has repeats")
+        return v
+
+
+def resolve(params: StageParams) -> Config:
+    """Load and validate the config before any work.
+
+    Raises:
+        ConfigError: the file, an override or the launcher settings are wrong (the message names which).
+    """
+    path = Path(params.config)
+    if not path.is_absolute() and not path.exists() and (REPO / path).exists():
+        path = REPO / path
+    cfg = load_config(path, params.overrides)
+    if params.launcher.num_processes > 1:
+        acc = params.launcher.accelerate_config
+        if not acc or not (Path(acc).is_file() or (REPO / acc).is_file()):
+            raise ConfigError(
+                f"launcher.num_processes={params.launcher.num_processes} needs launcher.accelerate_config, an existing "
+                f"file such as configs/accelerate/ddp.yaml (got {acc!r})"
+            )
+    return cfg
+
+
+def stage_command(stage: str, params: StageParams, extra: list[str] | None = None) -> list[str]:
+    """The child command of one stage (python -m, or accelerate launch for multi-process training)."""
+    cfg_path = params.config if Path(params.config).exists() else str(REPO / params.config)
+    args = ["--config", cfg_path, *(["--force"] if params.force else []), *params.overrides, *(extra or [])]
+    if stage in TRAINING_STAGES and params.launcher.num_processes > 1:
+        acc = params.launcher.accelerate_config
+        acc = acc if Path(acc).is_file() else str(REPO / acc)
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            acc,
+            "--num_processes",
+            str(params.launcher.num_processes),
+            "-m",
+            STAGE_MODULES[stage],
+            *args,
+        ]
+    return [sys.executable, "-m", STAGE_MODULES[stage], *args]
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    root = str(REPO)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_child(cmd: list[str], label: str) -> None:
+    """Run a stage process; stream each output line to the run log; raise StageFailed with the tail on failure."""
+    logger = get_run_logger()
+    logger.info("%s: %s", label, shlex.join(cmd))
+    tail: collections.deque[str] = collections.deque(maxlen=25)
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=_child_env(), cwd=os.getcwd()
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            # Progress bars redraw with carriage returns: log the last state of the line only.
+            line = line.rsplit("\r", 1)[-1]
+            if line.strip():
+                tail.append(line)
+                logger.info("%s", line)
+        rc = proc.wait()
+    if rc != 0:
+        kind = {2: "bad input", 3: "numerical fault"}.get(rc, "crash")
+        raise StageFailed(f"stage {label} failed (exit {rc}, {kind}). Last output:\n" + "\n".join(tail))
+
+
+@task(name="stage", task_run_name="{label}", retries=0)
+def stage_task(stage: str, params: StageParams, label: str, extra: list[str] | None = None) -> str:
+    run_child(stage_command(stage, params, extra), label)
+    return label
+
+
+def _metrics_artifact(cfg: Config, folder: str, title: str) -> None:
+    f = cfg.run_dir / folder / "metrics.json"
+    if not f.is_file():
+        return
+    m = json.loads(f.read_text())
+    keep = {k: v for k, v in m.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+    rows = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in keep.items())
+    create_markdown_artifact(
+        key=_key(f"{cfg.run_name}-{folder}"),
+        markdown=f"## {title}\n\n| metric | value |\n|---|---|\n{rows}\n\nFolder: `{(cfg.run_dir / folder).resolve()}`",
+        description=title,
+    )
+
+
+def _key(raw: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return "".join(c if c.isalnum() else "-" for c in raw.lower()).strip("-")[:100]
+
+
+def report_artifacts(cfg: Config) -> None:
+    """The report as a markdown artifact, the comparison as a table, links to the HTML report and the run folder."""
+    run_dir = cfg.run_dir.resolve()
+    md = run_dir / "report.md"
+    if not md.is_file():
+        return
+    create_markdown_artifact(key=_key(f"{cfg.run_name}-report"), markdown=md.read_text(), description="sft2rl report")
+    data = json.loads((run_dir / "report.json").read_text())
+    rows: list[dict[str, Any]] = []
+    for m in data["models"]:
+        row: dict[str, Any] = {"model": m["name"], "init": m["init"] or "-"}
+        for name, v in m["metrics"].items():
+            row[name] = f"{v['value']:.4g} [{v['ci_low']:.4g}, {v['ci_high']:.4g}]"
+        rows.append(row)
+    create_table_artifact(key=_key(f"{cfg.run_name}-scores"), table=rows, description="Scores with intervals")
+    comps = [
+        {
+            "pair": f"{c['a']} - {c['b']}",
+            "metric": c["metric"],
+            "difference": f"{c['diff']:+.4g}",
+            "interval": f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]",
+            "verdict": c["verdict"],
+        }
+        for c in data["comparisons"]
+    ]
+    if comps:
+        create_table_artifact(key=_key(f"{cfg.run_name}-comparisons"), table=comps, description="Paired comparisons")
+    create_link_artifact(
+        key=_key(f"{cfg.run_name}-report-html"),
+        link=(run_dir / "report.html").as_uri(),
+        link_text="report.html (self-contained)",
+        description="The HTML report",
+    )
+    create_link_artifact(
+        key=_key(f"{cfg.run_name}-run-folder"),
+        link=run_dir.as_uri(),
+        link_text=str(run_dir),
+        description="Run folder: checkpoints, metrics, plots",
+    )
+    for plot in sorted((run_dir / "plots").glob("*.png")):
+        create_link_artifact(key=_key(f"{cfg.run_name}-plot-{plot.stem}"), link=plot.as_uri(), link_text=plot.name)
+
+
+def _rl_extra(cfg: Config, arm: str) -> list[str]:
+    return [f"rl.init={(cfg.run_dir / arm / 'checkpoint').resolve()}"]
+
+
+def _params(model: type[StageParams], **kw: Any) -> Any:
+    """Build and validate flow parameters; a bad value becomes one ConfigError naming the field."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**{k: v for k, v in kw.items() if v is not None})
+    except ValidationError as e:
+        msg = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid flow parameters: {msg}") from None
+
+
+DEFAULT_CONFIG = "configs/smollm2-cpu.yaml"
+
+
+@flow(name="sft-to-rl", validate_parameters=True)
+def sft_to_rl(
+    config: str = DEFAULT_CONFIG,
+    overrides: list[str] | None = None,
+    arms: list[str] | None = None,
+    rl: bool = True,
+    evaluate: bool = True,
+    force: bool = False,
+    parallel_arms: bool = False,
+    launcher: Launcher | None = None,
+) -> dict[str, Any]:
+    """prepare -> SFT arms (default sft and rpsft) -> RL from each arm -> evaluate all -> report."""
+    params = _params(
+        PipelineParams,
+        config=config,
+        overrides=overrides,
+        arms=arms,
+        rl=rl,
+        evaluate=evaluate,
+        force=force,
+        parallel_arms=parallel_arms,
+        launcher=launcher,
+    )
+    cfg = resolve(params)
+    logger = get_run_logger()
+    logger.info(
+        "run folder %s; arms %s; rl %s; evaluate %s", cfg.run_dir.resolve(), params.arms, params.rl, params.evaluate
+    )
+    stage_task("prepare", params, "prepare")
+    if params.parallel_arms:
+        futures = [stage_task.submit("sft", params, f"sft[{a}]", [f"sft.method={a}"]) for a in params.arms]
+        for f in futures:
+            f.result()
+    else:
+        for arm in params.arms:
+            stage_task("sft", params, f"sft[{arm}]", [f"sft.method={arm}"])
+    for arm in params.arms:
+        _metrics_artifact(cfg, arm, f"SFT arm {arm}")
+    if params.rl:
+        for arm in params.arms:
+            stage_task("rl", params, f"rl[{arm}]", _rl_extra(cfg, arm))
+            _metrics_artifact(cfg, f"rl-{arm}", f"RL from {arm}")
+    out: dict[str, Any] = {"run_dir": str(cfg.run_dir.resolve())}
+    if params.evaluate:
+        stage_task("evaluate", params, "evaluate")
+        stage_task("report", params, "report")
+        report_artifacts(cfg)
+        out["report"] = str((cfg.run_dir / "report.md").resolve())
+    return out
+
+
+@flow(name="prepare", validate_parameters=True)
+def prepare_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, force: bool = False) -> str:
+    """Prepare the initial model (convert and cache it once)."""
+    params = _params(StageParams, config=config, overrides=overrides, force=force)
+    cfg = resolve(params)
+    stage_task("prepare", params, "prepare")
+    return str((cfg.run_dir / "prepare").resolve())
+
+
+@flow(name="sft", validate_parameters=True)
+def sft_flow(
+    config: str = DEFAULT_CONFIG,
+    method: str = "rpsft",
+    overrides: list[str] | None = None,
+    force: bool = False,
+    launcher: Launcher | None = None,
+) -> str:
+    """Train one SFT arm (sft, rpsft, l2, dft, iw or lora)."""
+    if method not in SFT_METHODS:
+        raise ConfigError(f"method {method!r}: choose one of {list(SFT_METHODS)}")
+    params = _params(StageParams, config=config, overrides=overrides, force=force, launcher=launcher)
+    cfg = resolve(params)
+    stage_task("sft", params, f"sft[{method}]", [f"sft.method={method}"])
+    _metrics_artifact(cfg, method, f"SFT arm {method}")
+    return str((cfg.run_dir / method).resolve())
+
+
+@flow(name="rl", validate_parameters=True)
+def rl_flow(
+    config: str = DEFAULT_CONFIG,
+    init_arm: str = "rpsft",
+    overrides: list[str] | None = None,
+    force: bool = False,
+    launcher: Launcher | None = None,
+) -> str:
+    """RL (the config's rl section) from a finished SFT arm of the same run."""
+    params = _params(StageParams, config=config, overrides=overrides, force=force, launcher=launcher)
+    cfg = resolve(params)
+    if not (cfg.run_dir / init_arm / "DONE").is_file():
+        raise ConfigError(
+            f"init_arm {init_arm!r} has no finished SFT checkpoint in {cfg.run_dir}: run the sft flow with "
+            f"method={init_arm} first"
+        )
+    stage_task("rl", params, f"rl[{init_arm}]", _rl_extra(cfg, init_arm))
+    _metrics_artifact(cfg, f"rl-{init_arm}", f"RL from {init_arm}")
+    return str((cfg.run_dir / f"rl-{init_arm}").resolve())
+
+
+@flow(name="evaluate", validate_parameters=True)
+def evaluate_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, force: bool = False) -> str:
+    """Evaluate base, SFT arms and RL runs of one run folder."""
+    params = _params(StageParams, config=config, overrides=overrides, force=force)
+    cfg = resolve(params)
+    stage_task("evaluate", params, "evaluate")
+    return str((cfg.run_dir / "eval").resolve())
+
+
+@flow(name="report", validate_parameters=True)
+def report_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None) -> str:
+    """Write the comparison report and register it as artifacts."""
+    params = _params(StageParams, config=config, overrides=overrides)
+    cfg = resolve(params)
+    stage_task("report", params, "report")
+    report_artifacts(cfg)
+    return str((cfg.run_dir / "report.md").resolve())
+
+
+FLOWS = {
+    "sft-to-rl": sft_to_rl,
+    "prepare": prepare_flow,
+    "sft": sft_flow,
+    "rl": rl_flow,
+    "evaluate": evaluate_flow,
+    "report": report_flow,
+}
