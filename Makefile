@@ -1,12 +1,12 @@
 # make test: create/reuse .venv, install the pinned CPU stack, lint, run the tests.
-# make run: prepare the model and train the SFT and RPSFT arms on CONFIG (default: the embedded CPU default).
+# make run: the whole sft-to-rl flow on CONFIG (default: the embedded CPU default) with a local Prefect server.
 # make setup: only the environment.   make bench: the RPSFT overhead benchmark (writes benchmarks/results/).
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sft2rl-installed
 CONFIG ?= configs/smollm2-cpu.yaml
-ARMS ?= sft rpsft
+ARMS ?= sft,rpsft
 
 .PHONY: setup test lint run bench clean
 
@@ -29,9 +29,7 @@ test: lint
 	$(PY) -m pytest -q
 
 run: $(STAMP)
-	$(VENV)/bin/sft2rl prepare --config $(CONFIG)
-	for arm in $(ARMS); do $(VENV)/bin/sft2rl stage sft --config $(CONFIG) method=$$arm || exit 1; done
-	@$(PY) -c "from stages.config import load_config as l; c = l('$(CONFIG)'); print('outputs:', c.run_dir.resolve())"
+	$(VENV)/bin/sft2rl run --config $(CONFIG) --arms $(ARMS) $(OVERRIDES)
 
 bench: $(STAMP)
 	$(PY) benchmarks/rpsft_overhead.py --out benchmarks/results/rpsft_overhead.json

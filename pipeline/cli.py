@@ -166,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         "flow run (a local server is started in the background unless PREFECT_API_URL answers).",
     )
     p_run.add_argument("--config", default="configs/smollm2-cpu.yaml", help="YAML config (default: %(default)s)")
-    p_run.add_argument("--arms", nargs="+", default=None, help="SFT methods to train (default: sft rpsft)")
+    p_run.add_argument(
+        "--arms",
+        type=lambda v: [a for a in v.split(",") if a],
+        default=None,
+        help="comma-separated SFT methods to train (default: sft,rpsft)",
+    )
     p_run.add_argument("--no-rl", action="store_true", help="skip the RL stage")
     p_run.add_argument("--no-eval", action="store_true", help="skip evaluation and the report")
     p_run.add_argument("--force", action="store_true", help="recompute stages whose outputs are complete")

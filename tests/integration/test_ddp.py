@@ -1,4 +1,5 @@
-"""RPSFT under data parallelism: a 2-process CPU run (torchrun, gloo) gives the penalty and update of one process."""
+"""RPSFT under data parallelism: a 2-process CPU run (accelerate launch, gloo), started the way the flows start
+multi-GPU training, gives the penalty and update of one process."""
 
 from __future__ import annotations
 
@@ -52,19 +53,17 @@ def test_two_process_ddp_matches_one_process(tmp_path, cache_dir):
         ],
         env,
     )
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    torchrun += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    _run(
-        [
-            *torchrun,
-            "-m",
-            "stages.sft",
-            *base,
-            f"runs_root={tmp_path / 'two'}",
-            "sft.training.per_device_train_batch_size=2",
-        ],
-        env,
+    # Two processes through the launcher path the flows use for GPU configs (accelerate launch + a config file).
+    from pipeline.flows import Launcher, StageParams, stage_command
+
+    params = StageParams(
+        config="configs/tiny.yaml",
+        overrides=[*COMMON, f"runs_root={tmp_path / 'two'}", "sft.training.per_device_train_batch_size=2"],
+        launcher=Launcher(num_processes=2, accelerate_config="configs/accelerate/cpu-ddp.yaml"),
     )
+    cmd = stage_command("sft", params)
+    assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
+    _run(cmd, env)
 
     one, two = tmp_path / "one" / "tiny" / "rpsft", tmp_path / "two" / "tiny" / "rpsft"
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))

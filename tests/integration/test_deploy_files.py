@@ -1,0 +1,86 @@
+"""The files that place sft2rl on other machines: compose file, Dockerfiles, prefect.yaml, accelerate configs.
+
+No Docker engine runs on the test machines: `docker-compose config` validates the compose file without one (a
+broken copy must fail, so the check can fail). .ci/run installs docker-compose when it is missing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+DOCKER = REPO / "docker"
+
+
+def _compose() -> str:
+    exe = shutil.which("docker-compose")
+    assert exe, "docker-compose is required for this test: apt-get install -y docker-compose (see .ci/run)"
+    return exe
+
+
+def test_compose_file_is_valid_and_a_broken_one_is_not(tmp_path):
+    exe = _compose()
+    ok = subprocess.run([exe, "-f", str(DOCKER / "compose.yaml"), "config", "-q"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    full = subprocess.run([exe, "-f", str(DOCKER / "compose.yaml"), "--profile", "gpu", "config"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert full.returncode == 0, full.stderr
+    services = yaml.safe_load(full.stdout)["services"]
+    assert {"postgres", "prefect-server", "deploy", "worker", "gpu-worker"} <= set(services)
+    assert str(services["prefect-server"]["ports"][0]).startswith("127.0.0.1:")  # UI not exposed to the network
+    assert "postgresql" in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    broken = tmp_path / "compose.yaml"
+    broken.write_text((DOCKER / "compose.yaml").read_text().replace("services:", "servicez:", 1))
+    bad = subprocess.run([exe, "-f", str(broken), "config", "-q"], capture_output=True, text=True)
+    assert bad.returncode != 0
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_dockerfiles_copy_only_what_exists(name):
+    text = (DOCKER / name).read_text()
+    assert re.search(r"^FROM \S+", text, re.M)
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        *sources, _dest = line.split()
+        for s in sources:
+            assert (REPO / s).exists(), f"{name}: COPY {s} does not exist"
+    assert "USER sft2rl" in text  # not root at run time
+
+
+def test_gpu_requirements_pin_a_vllm_that_trl_supports():
+    reqs = (REPO / "requirements" / "gpu.txt").read_text()
+    m = re.search(r"^vllm==0\.(\d+)\.\d+", reqs, re.M)
+    assert m and 22 <= int(m.group(1)) <= 31  # TRL 1.16.0 supports vLLM 0.22 - 0.31
+    assert re.search(r"^trl==1\.16\.0", reqs, re.M)
+
+
+def test_prefect_yaml_declares_what_serve_serves():
+    from pipeline import flows
+    from pipeline.cli import deployments, shipped_configs
+
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    declared = set()
+    for d in spec["deployments"]:
+        path, fn = d["entrypoint"].split(":")
+        assert (REPO / path).is_file()
+        flow_obj = getattr(flows, fn)
+        assert (REPO / d["parameters"]["config"]).is_file()
+        assert d["work_pool"]["name"] in ("sft2rl-process", "sft2rl-gpu")
+        declared.add(f"{flow_obj.name}/{d['name']}")
+    served = {f"{dep.flow_name}/{dep.name}" for dep in deployments(shipped_configs())}
+    assert declared == served
+    assert {f"sft-to-rl/{c.stem}" for c in shipped_configs()} <= declared
+
+
+@pytest.mark.parametrize("name", ["ddp.yaml", "zero2.yaml", "fsdp.yaml", "cpu-ddp.yaml"])
+def test_accelerate_configs_load(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(REPO / "configs" / "accelerate" / name))
+    assert cfg.num_processes >= 2
+    assert str(cfg.distributed_type).split(".")[-1] in ("MULTI_GPU", "DEEPSPEED", "FSDP")
