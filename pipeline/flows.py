@@ -23,6 +23,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from pydantic import BaseModel, Field, field_validator
 
 from stages.config import SFT_METHODS, Config, ConfigError, load_config
+from stages.io import FolderLock, LockedError
+from stages.secrets import scrub
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_MODULES = {s: f"stages.{s}" for s in ("prepare", "sft", "rl", "evaluate", "report")}
@@ -132,7 +134,7 @@ def _child_env() -> dict[str, str]:
 def run_child(cmd: list[str], label: str) -> None:
     """Run a stage process; stream each output line to the run log; raise StageFailed with the tail on failure."""
     logger = get_run_logger()
-    logger.info("%s: %s", label, shlex.join(cmd))
+    logger.info("%s: %s", label, scrub(shlex.join(cmd)))
     tail: collections.deque[str] = collections.deque(maxlen=25)
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=_child_env(), cwd=os.getcwd()
@@ -141,7 +143,7 @@ def run_child(cmd: list[str], label: str) -> None:
         for line in proc.stdout:
             line = line.rstrip("\n")
             # Progress bars redraw with carriage returns: log the last state of the line only.
-            line = line.rsplit("\r", 1)[-1]
+            line = scrub(line.rsplit("\r", 1)[-1])
             if line.strip():
                 tail.append(line)
                 logger.info("%s", line)
@@ -182,7 +184,9 @@ def report_artifacts(cfg: Config) -> None:
     md = run_dir / "report.md"
     if not md.is_file():
         return
-    create_markdown_artifact(key=_key(f"{cfg.run_name}-report"), markdown=md.read_text(), description="sft2rl report")
+    create_markdown_artifact(
+        key=_key(f"{cfg.run_name}-report"), markdown=scrub(md.read_text()), description="sft2rl report"
+    )
     data = json.loads((run_dir / "report.json").read_text())
     rows: list[dict[str, Any]] = []
     for m in data["models"]:
@@ -261,6 +265,14 @@ def sft_to_rl(
         launcher=launcher,
     )
     cfg = resolve(params)
+    try:
+        with FolderLock(cfg.run_dir, ".flow.lock"):
+            return _pipeline(params, cfg)
+    except LockedError as e:
+        raise ConfigError(f"run {cfg.run_name!r} is already running: {e}") from None
+
+
+def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
     logger = get_run_logger()
     logger.info(
         "run folder %s; arms %s; rl %s; evaluate %s", cfg.run_dir.resolve(), params.arms, params.rl, params.evaluate

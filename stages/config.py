@@ -235,6 +235,11 @@ class GenerationSpec(Strict):
     max_completion_length: int = Field(64, ge=1)
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     vllm_enable_sleep_mode: bool = False
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="colocate: vLLM inside the trainer; server: a `trl vllm-serve` process (GPUs only)."
+    )
+    vllm_server_base_url: str | None = Field(None, description="URL of the `trl vllm-serve` server (server mode).")
+    vllm_tensor_parallel_size: int = Field(1, ge=1, description="Tensor parallel size of the colocated engine.")
 
 
 class GRPOArgs(TrainerArgs):
@@ -298,6 +303,11 @@ class RLStageConfig(Strict):
             )
         if self.arm is not None and not _RUN_NAME.match(self.arm):
             raise ValueError(f"rl.arm {self.arm!r} must be a plain folder name")
+        if self.generation.vllm_mode == "server" and not self.generation.vllm_server_base_url:
+            raise ValueError(
+                "rl.generation.vllm_mode=server needs rl.generation.vllm_server_base_url (the URL `trl vllm-serve` "
+                "prints, e.g. http://127.0.0.1:8000)"
+            )
         if self.algorithm == "ppo" and self.generation.backend != "hf":
             raise ValueError("rl.algorithm=ppo generates with transformers: set rl.generation.backend=hf")
         return self

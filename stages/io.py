@@ -59,8 +59,13 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> Path:
 
 
 def save_checkpoint(model, tokenizer, folder: str | os.PathLike) -> Path:
-    """Write a HF model (safetensors) and its tokenizer to a temporary folder beside ``folder``, then publish it."""
+    """Write a HF model (safetensors) and its tokenizer to a temporary folder beside ``folder``, then publish it.
+
+    Raises:
+        ResourceError: the disk has no room for the checkpoint (checked before writing anything).
+    """
     folder = Path(folder)
+    require_disk(folder.parent, int(model_bytes(model) * 1.05), f"the checkpoint {folder.name}")
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -107,8 +112,8 @@ class FolderLock:
     process that no longer exists (a crash) is taken over. Use as a context manager.
     """
 
-    def __init__(self, folder: str | os.PathLike):
-        self.path = Path(folder) / ".lock"
+    def __init__(self, folder: str | os.PathLike, name: str = ".lock"):
+        self.path = Path(folder) / name
 
     def __enter__(self) -> FolderLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,3 +139,100 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------- resources, faults
+class ResourceError(RuntimeError):
+    """Not enough disk (or another resource) to continue safely; the message names the place and the amounts."""
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
+    p = Path(path).resolve()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def require_disk(path: str | os.PathLike, needed: int, what: str) -> None:
+    """Raise ResourceError unless ``needed`` bytes (plus a 64 MiB margin) are free where ``path`` lives.
+
+    Raises:
+        ResourceError: names the folder, the bytes needed and free, and the fix.
+    """
+    free = free_bytes(path)
+    if free < needed + (64 << 20):
+        raise ResourceError(
+            f"not enough disk for {what} in {path}: needs about {needed / 2**30:.2f} GiB, "
+            f"{free / 2**30:.2f} GiB free. Free space or point runs_root / cache_dir elsewhere; the last complete "
+            "checkpoint is kept and the run resumes from it"
+        )
+
+
+def model_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def warn_memory(n_params: int, *, copies: float, what: str, logger) -> float:
+    """Log a warning when a CPU run's estimated memory (``copies`` fp32 copies of the parameters plus 1 GiB for
+    activations and the runtime) exceeds 80% of the available memory; return the estimate in GiB."""
+    estimate = n_params * 4 * copies + (1 << 30)
+    avail = available_memory_bytes()
+    if avail is not None and estimate > 0.8 * avail:
+        logger.warning(
+            "%s on CPU needs an estimated %.1f GiB (%.1fB parameters x %.1f fp32 copies: weights, gradients, Adam "
+            "states, anchors or reference model) but %.1f GiB are available: expect swapping or an out-of-memory kill. "
+            "Lower per_device_train_batch_size / max_length, use LoRA, or run on a GPU",
+            what, estimate / 2**30, n_params / 1e9, copies, avail / 2**30,
+        )  # fmt: skip
+    return estimate / 2**30
+
+
+FAULT_ENV = "SFT2RL_FAULT_KILL_AFTER_SAVE"
+
+
+def training_guards(model, checkpoint_dir: Path, *, optimizer_copies: int = 2) -> list:
+    """Trainer callbacks every training stage uses:
+
+    - before each trainer checkpoint, check the disk has room for it (weights + optimizer states);
+    - a non-finite logged loss stops training with FloatingPointError naming the step (the last checkpoint stays);
+    - test-only fault injection: ``SFT2RL_FAULT_KILL_AFTER_SAVE=N`` SIGKILLs the process right after the trainer
+      checkpoint of step N is written (the crash-and-resume tests use it; unset in normal runs).
+    """
+    import math
+    import signal
+
+    from transformers import TrainerCallback
+
+    size = model_bytes(model) * (1 + optimizer_copies)
+
+    class Guards(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save and state.is_world_process_zero:
+                require_disk(checkpoint_dir, size, f"the trainer checkpoint of step {state.global_step}")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if isinstance(loss, float) and not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite training loss ({loss}) at step {state.global_step}: lower the learning rate or "
+                    "check the data; the last good trainer checkpoint is kept"
+                )
+
+        def on_save(self, args, state, control, **kwargs):
+            step = os.environ.get(FAULT_ENV)
+            if step and state.global_step == int(step):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return [Guards()]

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stages import io
 from stages.config import Config, ConfigError, dump_config, use_cpu
-from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, save_checkpoint
+from stages.io import FolderLock, LockedError, atomic_write_json, atomic_write_text, is_done, mark_done, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
         top_p=g.top_p,
         max_completion_length=g.max_completion_length,
         use_vllm=g.backend == "vllm",
-        vllm_mode="colocate",
+        vllm_mode=g.vllm_mode,
+        vllm_server_base_url=g.vllm_server_base_url,
+        vllm_tensor_parallel_size=g.vllm_tensor_parallel_size,
         vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
         vllm_enable_sleep_mode=g.vllm_enable_sleep_mode,
         reward_weights=cfg.rl.reward_weights,
@@ -152,8 +155,34 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     """Run RL for ``cfg.rl.init``; return the summary (also written to metrics.json).
 
     Raises:
-        ConfigError: bad init checkpoint, tokenizer, rewards or batch shape, before any generation.
+        ConfigError: bad init checkpoint, tokenizer, rewards or batch shape, before any generation; or another
+            process writing the same RL arm.
     """
+    arm = rl_arm_name(cfg)
+    arm_dir = cfg.run_dir / arm
+    if is_done(arm_dir) and not force:
+        log.info("%s is complete; skipping (pass --force to rerun)", arm_dir)
+        return json.loads((arm_dir / "metrics.json").read_text())
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _run(cfg, force, callbacks, arm, arm_dir)
+    try:
+        with FolderLock(arm_dir):
+            return _run(cfg, force, callbacks, arm, arm_dir)
+    except LockedError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _truncate_metrics(path: Path, trainer_dir: Path) -> None:
+    """On resume, drop metric lines logged after the last trainer checkpoint (they are logged again)."""
+    steps = [int(p.name.split("-")[-1]) for p in trainer_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    if not path.is_file() or not steps:
+        return
+    last = max(steps)
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last]
+    atomic_write_text(path, "".join(r + "\n" for r in rows))
+
+
+def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Path) -> dict[str, Any]:
     import torch
     from transformers import set_seed
 
@@ -161,11 +190,6 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     from stages.data import to_conversation
     from stages.rewards import get_reward
 
-    arm = rl_arm_name(cfg)
-    arm_dir = cfg.run_dir / arm
-    if is_done(arm_dir) and not force:
-        log.info("%s is complete; skipping (pass --force to rerun)", arm_dir)
-        return json.loads((arm_dir / "metrics.json").read_text())
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     set_seed(cfg.seed)
@@ -206,15 +230,20 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     trainer_dir = arm_dir / "trainer"
     resume = any(trainer_dir.glob("checkpoint-*"))
     metrics_path = arm_dir / "metrics.jsonl"
-    if not resume:
+    if resume:
+        _truncate_metrics(metrics_path, trainer_dir)
+    else:
         metrics_path.unlink(missing_ok=True)
+    if use_cpu(cfg):
+        copies = 4 + (1 if cfg.rl.training.beta > 0 else 0)
+        io.warn_memory(sum(p.numel() for p in model.parameters()), copies=copies, what="GRPO", logger=log)
     trainer = _make_trainer_class()(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=train_ds,
         processing_class=tokenizer,
-        callbacks=[_metrics_callback(metrics_path), *(callbacks or [])],
+        callbacks=[_metrics_callback(metrics_path), *(callbacks or []), *io.training_guards(model, trainer_dir)],
     )
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume else None)

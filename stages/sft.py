@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stages import io
 from stages.config import Config, ConfigError, dump_config, use_cpu
 from stages.io import FolderLock, LockedError, atomic_write_json, atomic_write_text, is_done, mark_done, save_checkpoint
 
@@ -176,25 +177,7 @@ def _make_trainer_class():
     return Sft2rlTrainer
 
 
-FAULT_ENV = "SFT2RL_FAULT_KILL_AFTER_SAVE"
-
-
-def _fault_injection_callbacks() -> list:
-    """Test-only fault injection: ``SFT2RL_FAULT_KILL_AFTER_SAVE=N`` SIGKILLs this process right after the trainer
-    checkpoint of step N is written (the crash-and-resume tests use it; unset in normal runs)."""
-    step = os.environ.get(FAULT_ENV)
-    if not step:
-        return []
-    import signal
-
-    from transformers import TrainerCallback
-
-    class KillAfterSave(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.global_step == int(step):
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    return [KillAfterSave()]
+FAULT_ENV = io.FAULT_ENV  # kept for the tests that import it from here
 
 
 def _final_weights(model) -> dict[str, Any]:
@@ -250,6 +233,9 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
         t0 = time.perf_counter()
         anchors = compute_anchors(named, rp.k, rp.k_fraction, rp.anchor_method, anchor_cache)
         anchor_s = time.perf_counter() - t0
+    if use_cpu(cfg):
+        copies = 4 + (0.4 if method in ("rpsft", "l2") else 0) + (1 if method == "iw" else 0)
+        io.warn_memory(sum(p.numel() for p in model.parameters()), copies=copies, what=f"SFT ({method})", logger=log)
     regularizer = None
     if method == "rpsft":
         regularizer = RPSFTRegularizer(named, anchors, rp.lam)
@@ -281,7 +267,7 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
         train_dataset=train_ds,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[*(callbacks or []), *_fault_injection_callbacks()],
+        callbacks=[*(callbacks or []), *io.training_guards(model, cfg.arm_dir / "trainer")],
         regularizer=regularizer,
         regularizer_mode=rp.mode,
         iw=cfg.sft.iw if method == "iw" else None,

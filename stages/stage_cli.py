@@ -1,6 +1,8 @@
 """The command line every stage shares: ``python -m stages.<name> --config FILE [--force] [key=value ...]``.
 
-Exit codes: 0 done, 2 bad input (config, model, data: the message names it), 3 a numerical fault during training.
+Exit codes: 0 done, 2 bad input (config, model, data: the message names it), 3 a numerical fault during training,
+4 not enough disk for a checkpoint (the last complete one is kept). Log lines have secret values (HF_TOKEN and the
+like, read from the environment) replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from stages.config import Config, ConfigError, load_config
+from stages.io import ResourceError
+from stages.secrets import SecretFilter, scrub
 
 
 def parse_args(argv: list[str] | None, description: str, prog: str) -> argparse.Namespace:
@@ -41,14 +45,19 @@ def stage_main(
 ) -> int:
     """Parse, load and validate the config, call ``run(cfg, force)``; turn known failures into one-line errors."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SecretFilter())
     args = parse_args(argv, description, prog)
     try:
         cfg = load_config(args.config, expand_shortcuts(args.overrides, shortcuts or {}))
         run(cfg, args.force)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {scrub(str(e))}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {scrub(str(e))}", file=sys.stderr)
         return 3
+    except ResourceError as e:
+        print(f"error: {scrub(str(e))}", file=sys.stderr)
+        return 4
     return 0
