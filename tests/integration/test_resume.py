@@ -81,3 +81,89 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     kept = sorted(p.name for p in (arm / "trainer").glob("checkpoint-*"))
     assert kept == ["checkpoint-1"] and not (arm / "DONE").exists() and not (arm / "checkpoint").exists()
     assert "at step 2" in proc.stderr
+
+
+RL_ARGS = [
+    "--config",
+    "configs/tiny.yaml",
+    "rl.training.max_steps=6",
+    "rl.training.save_steps=2",
+    "rl.training.save_total_limit=10",
+    "rl.rewards=[format, math_correct]",
+]
+
+
+def _rl(runs_root, init, env: dict) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "stages.rl", *RL_ARGS, f"runs_root={runs_root}", f"rl.init={init}"]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_rl_sigkill_after_a_checkpoint_then_rerun_continues(tmp_path, cache_dir):
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    env.pop(FAULT_ENV, None)
+    init_run = _sft(tmp_path / "init", env)
+    assert init_run.returncode == 0, init_run.stderr[-2000:]
+    init = tmp_path / "init" / "tiny" / "rpsft" / "checkpoint"
+
+    clean = _rl(tmp_path / "clean", init, env)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    crashed = _rl(tmp_path / "crash", init, {**env, FAULT_ENV: "4"})
+    assert crashed.returncode == -signal.SIGKILL
+    arm = tmp_path / "crash" / "tiny" / "rl-rpsft"
+    assert (arm / "trainer" / "checkpoint-4").is_dir() and not (arm / "DONE").exists()
+    resumed = _rl(tmp_path / "crash", init, env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    rows_clean = [
+        json.loads(x) for x in (tmp_path / "clean" / "tiny" / "rl-rpsft" / "metrics.jsonl").read_text().splitlines()
+    ]
+    rows_res = [json.loads(x) for x in (arm / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_res] == list(range(1, 7))  # no step repeated or skipped
+    # Sampling RNG and optimizer state come back with the checkpoint: the same rewards and losses as without a crash.
+    assert [r["reward"] for r in rows_res] == pytest.approx([r["reward"] for r in rows_clean], abs=1e-6)
+    assert [r["loss"] for r in rows_res] == pytest.approx([r["loss"] for r in rows_clean], rel=1e-3, abs=1e-6)
+    w_clean = load_file(tmp_path / "clean" / "tiny" / "rl-rpsft" / "checkpoint" / "model.safetensors")
+    w_res = load_file(arm / "checkpoint" / "model.safetensors")
+    for k in w_clean:
+        assert torch.allclose(w_clean[k], w_res[k], atol=1e-5), k
+
+
+def test_no_disk_for_a_checkpoint_stops_before_writing_and_keeps_the_last(tiny_cfg, monkeypatch):
+    from stages import io
+    from stages.sft import run as sft_run
+
+    cfg = tiny_cfg("sft.training.max_steps=4", "sft.training.save_steps=2")
+    real = io.free_bytes
+    calls = {"n": 0}
+
+    def fake_free(path):
+        calls["n"] += 1
+        return real(path) if calls["n"] == 1 else 1024  # room for the first checkpoint only
+
+    monkeypatch.setattr(io, "free_bytes", fake_free)
+    with pytest.raises(io.ResourceError, match=r"not enough disk for the trainer checkpoint of step 4 .*GiB free"):
+        sft_run(cfg)
+    trainer = cfg.arm_dir / "trainer"
+    assert (trainer / "checkpoint-2").is_dir() and not (trainer / "checkpoint-4").exists()
+    assert not (cfg.arm_dir / "DONE").exists()
+    monkeypatch.setattr(io, "free_bytes", real)
+    assert sft_run(cfg)["steps"] == 4  # with room again, the run resumes from checkpoint-2 and finishes
+
+
+def test_memory_estimate_warns_on_a_small_machine(monkeypatch, caplog):
+    import logging
+
+    from stages import io
+
+    monkeypatch.setattr(io, "available_memory_bytes", lambda: 2 << 30)
+    log = logging.getLogger("test.mem")
+    with caplog.at_level(logging.WARNING, logger="test.mem"):
+        gib = io.warn_memory(1_000_000_000, copies=4, what="SFT (sft)", logger=log)
+    assert gib == pytest.approx(16e9 / 2**30 + 1)  # 1e9 parameters x 4 bytes x 4 copies + 1 GiB
+    assert "needs an estimated" in caplog.text and "2.0 GiB are available" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(io, "available_memory_bytes", lambda: 64 << 30)
+    with caplog.at_level(logging.WARNING, logger="test.mem"):
+        io.warn_memory(10_000_000, copies=4, what="SFT (sft)", logger=log)
+    assert not caplog.text
