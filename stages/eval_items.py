@@ -150,6 +150,15 @@ def build_benchmark(cfg: Config, spec: BenchmarkSpec) -> tuple[list[dict[str, An
         items = _custom_items(spec)
     if not items:
         raise DataError(f"eval benchmark {spec.name!r} has no items: check its size and source")
+    if not spec.is_choice and spec.answer_type == "number" and spec.source != "reasoning_gym":
+        from stages.rewards import gold_parses
+
+        bad = [x for x in items if not gold_parses(x["answer"])]
+        if bad:
+            raise DataError(
+                f"eval benchmark {spec.name!r}: gold answer {bad[0]['answer']!r} (item {bad[0]['id']}) is not a number "
+                f"math-verify can read ({len(bad)} such items); set answer_type: text for text answers"
+            )
     note["n"] = len(items)
     return items, note
 

@@ -199,6 +199,15 @@ def check_model_folder(folder: Path, allow_pickle: bool = False) -> None:
     """A model folder must hold a config.json and safetensors weights (pickle weights are refused)."""
     if not (folder / "config.json").is_file():
         raise ModelError(f"{folder} has no config.json: it is not a Hugging Face model folder")
+    for name in ("config.json", "tokenizer_config.json", "generation_config.json"):
+        f = folder / name
+        if f.is_file():
+            try:
+                json.loads(f.read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ModelError(
+                    f"{f} is corrupt (not valid JSON: {e}); restore the model folder or re-save it"
+                ) from None
     if not any(folder.glob("*.safetensors")):
         pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
         hint = f" It has pickle weights ({', '.join(pickles)}), which are refused:" if pickles else ""
@@ -211,7 +220,10 @@ def check_model_folder(folder: Path, allow_pickle: bool = False) -> None:
 def load_tokenizer(path: str, cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"the tokenizer at {path} could not be loaded: {e}") from None
     if not tok.chat_template:
         raise ModelError(
             f"the tokenizer at {path} has no chat template; sft2rl formats every example with it. Use an instruct "

@@ -91,6 +91,11 @@ def _normalise_number(text: str) -> str:
     return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text).replace("$", "").strip()
 
 
+def gold_parses(gold: Any) -> bool:
+    """Whether math-verify can read a gold answer (an unreadable gold answer would make every completion wrong)."""
+    return gold is not None and bool(_parse(_normalise_number(str(gold))))
+
+
 def is_correct(prediction: str | None, gold: Any) -> bool:
     """math-verify equivalence of a predicted final answer and a gold answer. Unparsable gold is never correct."""
     if prediction is None or gold is None:

@@ -105,6 +105,15 @@ def rl_prompts(cfg: Config) -> list[dict[str, Any]]:
     if any(x["answer"] is None for x in items):
         raise ConfigError("RL prompts need gold answers: map rl.prompt_data.fields.answer to a column")
     items = [x for x in items if x["question"] not in sft_questions][: cfg.rl.num_prompts]
+    if "math_correct" in cfg.rl.rewards:
+        from stages.rewards import gold_parses
+
+        bad = [x for x in items if not gold_parses(x["answer"])]
+        if bad:
+            raise ConfigError(
+                f"{len(bad)} RL prompt(s) have a gold answer math-verify cannot read, e.g. {bad[0]['answer']!r} for "
+                f"{bad[0]['question'][:60]!r}: fix or drop them in rl.prompt_data, or use rewards without gold answers"
+            )
     if len(items) < cfg.rl.num_prompts:
         raise ConfigError(f"only {len(items)} RL prompts are disjoint from the SFT data; lower rl.num_prompts")
     return items

@@ -1,0 +1,189 @@
+"""Bad input, as one table: every row goes through a real entry point (a stage's command line, the sft2rl CLI, or a
+flow's parameter validation), must stop with exit code 2 / ConfigError and one message naming the field or file,
+before any training, and must leave an existing run folder byte-for-byte untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CONFIGS
+
+SENTINEL_FILES = {
+    "tiny/sft/metrics.json": '{"steps": 4}\n',
+    "tiny/sft/DONE": "complete\n",
+    "tiny/report.md": "# an earlier report\n",
+    "tiny/eval/base/metrics.json": "{}\n",
+}
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, cache_dir):
+    """Broken files and folders the rows point at, and a tiny model folder to break in different ways."""
+    from stages.config import load_config
+    from stages.models import resolve_model
+
+    ws = tmp_path_factory.mktemp("bad-input")
+    (ws / "malformed.yaml").write_text("sft:\n  method: [sft\n")
+    (ws / "list.yaml").write_text("- a\n- b\n")
+    (ws / "python-tag.yaml").write_text("run_name: !!python/object/apply:os.system ['echo pwned']\n")
+    (ws / "empty.jsonl").write_text("")
+    (ws / "malformed.jsonl").write_text('{"question": "1+1", "response": \n')
+    (ws / "nofield.jsonl").write_text(json.dumps({"prompt": "1+1?", "response": "2 #### 2", "answer": "2"}) + "\n")
+    (ws / "badgold.jsonl").write_text(
+        "".join(json.dumps({"question": f"{i}+{i}?", "answer": "banana"}) + "\n" for i in range(40))
+    )
+    cfg = load_config(CONFIGS / "tiny.yaml", [f"cache_dir={cache_dir}"])
+    model = Path(resolve_model(cfg))
+    corrupt = ws / "corrupt-model"
+    shutil.copytree(model, corrupt)
+    (corrupt / "config.json").write_text("{not json")
+    pickle_only = ws / "pickle-model"
+    shutil.copytree(model, pickle_only)
+    for f in pickle_only.glob("*.safetensors"):
+        f.rename(f.with_name("pytorch_model.bin"))
+    no_template = ws / "no-template-model"
+    shutil.copytree(model, no_template)
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    tc = json.loads((no_template / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(tc))
+    return ws
+
+
+def _stage(name: str, *args: str):
+    return ("stage", name, list(args))
+
+
+TINY = str(CONFIGS / "tiny.yaml")
+# A method whose arm does not exist yet in the sentinel run (an existing complete arm would be skipped).
+RP, LOCAL, FILE = "sft.method=rpsft", "model.source=local", "data.source=file"
+# (id, invocation, expected message fragment). {ws} = the workspace folder.
+ROWS = [
+    ("malformed-yaml", _stage("sft", "--config", "{ws}/malformed.yaml"), "not valid YAML"),
+    ("yaml-not-a-mapping", _stage("sft", "--config", "{ws}/list.yaml"), "must hold a mapping"),
+    ("yaml-python-tag", _stage("sft", "--config", "{ws}/python-tag.yaml"), "not valid YAML"),
+    ("missing-config-file", _stage("sft", "--config", "{ws}/nope.yaml"), "does not exist"),
+    ("unknown-key", _stage("sft", "--config", TINY, "sft.trainig.max_steps=3"), "sft.trainig: unknown key"),
+    ("wrong-type", _stage("sft", "--config", TINY, "sft.training.max_steps=ten"), "sft.training.max_steps"),
+    ("negative-lambda", _stage("sft", "--config", TINY, "sft.rpsft.lambda=-1"), "sft.rpsft.lambda"),
+    ("k-fraction-above-1", _stage("sft", "--config", TINY, "sft.rpsft.k_fraction=1.5"), "k_fraction"),
+    ("k-and-k-fraction", _stage("sft", "--config", TINY, "sft.rpsft.k=8"), "set exactly one of sft.rpsft.k"),
+    ("zero-learning-rate", _stage("sft", "--config", TINY, "sft.training.learning_rate=0"), "learning_rate"),
+    ("override-without-equals", _stage("sft", "--config", TINY, "sft.method"), "is not key=value"),
+    ("run-name-escapes", _stage("sft", "--config", TINY, "run_name=../../etc"), "plain folder name"),
+    ("unknown-method", _stage("sft", "--config", TINY, "sft.method=magic"), "sft.method"),
+    ("rl-batch-not-multiple-of-group", _stage("rl", "--config", TINY, "rl.generation.num_generations=3"),
+     "not a multiple of rl.generation.num_generations"),
+    ("ppo-with-vllm", _stage("rl", "--config", TINY, "rl.algorithm=ppo", "rl.generation.backend=vllm"),
+     "set rl.generation.backend=hf"),
+    ("vllm-server-without-url", _stage("rl", "--config", TINY, "rl.generation.vllm_mode=server"),
+     "vllm_server_base_url"),
+    ("unknown-reward", _stage("rl", "--config", TINY, "rl.rewards=[os.system]"), "unknown rewards"),
+    ("reward-weights-length", _stage("rl", "--config", TINY, "rl.reward_weights=[1.0]"), "rl.reward_weights has 1"),
+    ("missing-model-folder", _stage("sft", "--config", TINY, RP, LOCAL, "model.path={ws}/absent"),
+     "absent"),
+    ("corrupt-model-folder", _stage("sft", "--config", TINY, RP, LOCAL, "model.path={ws}/corrupt-model"),
+     "corrupt-model"),
+    ("pickle-only-weights", _stage("sft", "--config", TINY, RP, LOCAL, "model.path={ws}/pickle-model"),
+     "pickle"),
+    ("no-chat-template", _stage("sft", "--config", TINY, RP, LOCAL, "model.path={ws}/no-template-model"),
+     "chat template"),
+    ("empty-dataset", _stage("sft", "--config", TINY, RP, FILE, "data.path={ws}/empty.jsonl"), "empty"),
+    ("malformed-dataset", _stage("sft", "--config", TINY, RP, FILE, "data.path={ws}/malformed.jsonl"),
+     "could not be read"),
+    ("missing-mapped-field", _stage("sft", "--config", TINY, RP, FILE, "data.path={ws}/nofield.jsonl"),
+     "field 'question' is missing"),
+    ("unparsable-gold-answer", _stage("rl", "--config", TINY, "rl.prompt_data={source: file, path: {ws}/badgold.jsonl,"
+     " fields: {response: null}}", "rl.num_prompts=8"), "gold answer math-verify cannot read"),
+    ("rl-init-missing", _stage("rl", "--config", TINY, "rl.init={ws}/no-such-checkpoint"), "rl.init"),
+    ("eval-unknown-model", _stage("evaluate", "--config", TINY, "eval.models=[nosuch]"), "neither 'base'"),
+    ("eval-duplicate-benchmarks", _stage("evaluate", "--config", TINY,
+     "eval.benchmarks=[{name: a, source: facts}, {name: a, source: agreement}]"), "unique"),
+    ("cli-unknown-stage", ("cli", ["stage", "train", "--config", TINY]), "invalid choice"),
+    ("cli-run-unknown-arm", ("cli", ["run", "--config", TINY, "--arms", "sft,bogus", "--no-server"]), "bogus"),
+    ("cli-run-bad-override", ("cli", ["run", "--config", TINY, "--no-server", "sft.training.learning_rate=-1"]),
+     "learning_rate"),
+    ("deploy-unknown-arm", ("flow", {"arms": ["bogus"]}), "bogus"),
+    ("deploy-override-not-kv", ("flow", {"overrides": ["seed"]}), "key=value"),
+    ("deploy-launcher-without-config", ("flow", {"launcher": {"num_processes": 2}}), "accelerate_config"),
+    ("deploy-missing-config", ("flow", {"config": "configs/nope.yaml"}), "does not exist"),
+]  # fmt: skip
+
+
+def _fill(x, ws: Path):
+    if isinstance(x, str):
+        return x.replace("{ws}", str(ws))
+    if isinstance(x, list):
+        return [_fill(v, ws) for v in x]
+    if isinstance(x, dict):
+        return {k: _fill(v, ws) for k, v in x.items()}
+    return x
+
+
+def test_the_table_has_at_least_25_rows():
+    assert len(ROWS) >= 25 and len({r[0] for r in ROWS}) == len(ROWS)
+
+
+@pytest.mark.parametrize(("case", "invocation", "fragment"), ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_is_refused_with_a_named_message_and_nothing_touched(
+    case, invocation, fragment, workspace, tmp_path, cache_dir, capfd, monkeypatch
+):
+    runs = tmp_path / "runs"
+    for rel, text in SENTINEL_FILES.items():
+        (runs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (runs / rel).write_text(text)
+    before = _digest(runs)
+    monkeypatch.setenv("SFT2RL_CACHE_DIR", str(cache_dir))
+    # In-process calls leave logging handlers bound to an earlier test's (closed) captured stderr: drop the root
+    # handlers (each stage call installs its own) and point library handlers (datasets, ...) at the current stderr.
+    import logging
+    import sys
+
+    monkeypatch.setattr(logging.root, "handlers", [])
+    for lg in [logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict)]:
+        for h in getattr(lg, "handlers", []):
+            if type(h) is logging.StreamHandler:
+                h.stream = sys.stderr
+    kind = invocation[0]
+    common = [f"runs_root={runs}", f"cache_dir={cache_dir}"]
+    if kind == "stage":
+        import importlib
+
+        _, name, args = invocation
+        module = importlib.import_module(f"stages.{name}")
+        code = module.main([*_fill(args, workspace), *common])
+        message = capfd.readouterr().err
+    elif kind == "cli":
+        from pipeline.cli import main
+
+        args = _fill(invocation[1], workspace)
+        try:
+            code = main([*args, *common] if args[0] == "run" else args)
+        except SystemExit as e:  # argparse
+            code = e.code
+        message = capfd.readouterr().err
+    else:
+        from pipeline.flows import PipelineParams, _params, resolve
+        from stages.config import ConfigError
+
+        params = {"config": TINY, **_fill(invocation[1], workspace)}
+        params["overrides"] = [*params.get("overrides", []), *common]
+        with pytest.raises(ConfigError) as err:
+            resolve(_params(PipelineParams, **params))
+        code, message = 2, str(err.value)
+    assert code == 2, message
+    assert fragment in message, message
+    assert message.count("\n") < 12  # one message, not a traceback
+    assert "Traceback" not in message
+    assert _digest(runs) == before  # existing outputs untouched, and nothing new written
