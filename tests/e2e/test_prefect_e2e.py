@@ -17,6 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
+CANARY = "hf_canary_e2e_0123456789"  # a fake HF_TOKEN: it must never reach a log, an artifact or a file
 
 
 def _free_port() -> int:
@@ -48,15 +49,27 @@ def prefect_server(tmp_path_factory, cache_dir):
         SFT2RL_CACHE_DIR=str(cache_dir),
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
+        HF_TOKEN=CANARY,
     )
     cli = [sys.executable, "-m", "pipeline.cli"]
-    out = subprocess.run([*cli, "server", "--background", "--port", str(port)], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=180)  # fmt: skip
+    out = subprocess.run(
+        [*cli, "server", "--background", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr
     assert f"http://127.0.0.1:{port}" in out.stdout
     serve_log = open(home / "serve.log", "w")  # noqa: SIM115 - closed in teardown
-    serve = subprocess.Popen([*cli, "serve", "--config", "configs/tiny.yaml", "--port", str(port)], env=env,
-                             cwd=REPO, stdout=serve_log, stderr=subprocess.STDOUT)  # fmt: skip
+    serve = subprocess.Popen(
+        [*cli, "serve", "--config", "configs/tiny.yaml", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=serve_log,
+        stderr=subprocess.STDOUT,
+    )
     api = env["PREFECT_API_URL"]
     deadline = time.monotonic() + 120
     names: set[str] = set()
@@ -78,10 +91,25 @@ def prefect_server(tmp_path_factory, cache_dir):
 
 def _deployment_run(env, name: str, params: dict, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "prefect", "deployment", "run", name, "--params", json.dumps(params), "--watch",
-         "--watch-timeout", str(timeout)],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout + 60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "deployment",
+            "run",
+            name,
+            "--params",
+            json.dumps(params),
+            "--watch",
+            "--watch-timeout",
+            str(timeout),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
+    )
 
 
 def test_serve_lists_every_flow_for_the_config(prefect_server):
@@ -121,6 +149,11 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
     # The stage's own log lines reached the server (child process output streamed into the run log).
     logs = _post(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
     assert any("__main__" in log["message"] for log in logs)
+    # The fake HF_TOKEN of the serving process appears in no output file, log line or artifact.
+    for f in run_dir.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".jsonl", ".md", ".html", ".yaml", ".txt", ""):
+            assert CANARY not in f.read_text(errors="ignore"), f
+    assert CANARY not in json.dumps(logs) and CANARY not in json.dumps(arts)
 
     # A second run of the same deployment resumes: every stage finds its outputs complete and skips the work.
     before = (run_dir / "sft" / "metrics.json").stat().st_mtime_ns
@@ -141,3 +174,112 @@ def test_bad_deployment_parameters_fail_before_any_stage(prefect_server, tmp_pat
         _post(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}})
     )
     assert not runs_root.exists()  # nothing ran, nothing written
+
+
+def _cli_run(env, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", "configs/tiny.yaml", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_same_run_name_is_refused_and_other_runs_do_not_interfere(prefect_server, tmp_path):
+    env, api = prefect_server["env"], prefect_server["api"]
+    runs = tmp_path / "runs"
+    common = ["--no-rl", "--no-eval", "--arms", "sft", f"runs_root={runs}"]
+    first = _cli_run(env, *common, "run_name=shared")
+    deadline = time.monotonic() + 120
+    while not (runs / "shared" / ".flow.lock").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read() if first.stdout else ""
+        time.sleep(0.5)
+    other = _cli_run(env, *common, "run_name=other")
+    second = _cli_run(env, *common, "run_name=shared")
+    out2, _ = second.communicate(timeout=300)
+    assert second.returncode != 0
+    assert "'shared' is already running" in out2 and "is being written by process" in out2, out2[-2000:]
+    out1, _ = first.communicate(timeout=600)
+    outo, _ = other.communicate(timeout=600)
+    assert first.returncode == 0, out1[-2000:]
+    assert other.returncode == 0, outo[-2000:]
+    for name in ("shared", "other"):
+        d = runs / name
+        assert (d / "sft" / "DONE").is_file() and not (d / ".flow.lock").exists()
+        assert f"run_name: {name}" in (d / "sft" / "config.yaml").read_text()
+    # The refused run started no stage.
+    refused = [
+        r
+        for r in _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 10})
+        if r["state"]["type"] == "FAILED" and f"runs_root={runs}" in r["parameters"].get("overrides", [])
+    ]
+    assert refused
+    assert not _post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [refused[0]["id"]]}}})
+
+
+def test_flow_rerun_resumes_a_killed_stage(prefect_server, tmp_path):
+    env = prefect_server["env"]
+    runs = tmp_path / "runs"
+    args = [
+        "--no-rl",
+        "--no-eval",
+        "--arms",
+        "rpsft",
+        f"runs_root={runs}",
+        "sft.training.max_steps=6",
+        "sft.training.save_steps=2",
+        "sft.training.save_total_limit=10",
+    ]
+    crashed = _cli_run({**env, "SFT2RL_FAULT_KILL_AFTER_SAVE": "4"}, *args)
+    out, _ = crashed.communicate(timeout=600)
+    assert crashed.returncode != 0 and "exit -9" in out, out[-2000:]
+    arm = runs / "tiny" / "rpsft"
+    assert (arm / "trainer" / "checkpoint-4").is_dir() and not (arm / "DONE").exists()
+    resumed = _cli_run(env, *args)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-2000:]
+    history = json.loads((arm / "metrics.json").read_text())["log_history"]
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]  # steps 5-6 only were trained by the rerun
+    assert "resuming" in out
+
+
+def test_secrets_are_scrubbed_from_flow_logs(prefect_server, tmp_path):
+    env, api = prefect_server["env"], prefect_server["api"]
+    # A path that happens to contain the token (as a pasted URL might): the stage fails naming the path.
+    bad = ["model.source=local", f"model.path={tmp_path}/{CANARY}", f"runs_root={tmp_path / 'runs'}"]
+    out = _deployment_run(env, "prepare/tiny", {"overrides": bad}, 300)
+    assert out.returncode != 0
+    run = next(
+        r
+        for r in _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
+        if r["parameters"].get("overrides", [None])[-1] == bad[-1]
+    )
+    logs = _post(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
+    text = json.dumps(logs) + json.dumps(run["state"])
+    assert "***" in text  # the path was logged, with the token replaced
+    assert CANARY not in text
+
+
+def test_local_server_binds_to_loopback_only(prefect_server):
+    from pipeline import server
+
+    port = int(prefect_server["api"].rsplit(":", 1)[1].split("/")[0])
+    assert "127.0.0.1" in prefect_server["api"]
+    try:
+        ip = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        ip = "127.0.0.1"
+    if not ip.startswith("127."):
+        with pytest.raises(OSError), socket.create_connection((ip, port), timeout=3):
+            pass
+    env_before = dict(os.environ)
+    try:
+        for k in ("PREFECT_SERVER_API_HOST", "PREFECT_API_URL", "PREFECT_SERVER_API_PORT"):
+            os.environ.pop(k, None)
+        server.configure(home=prefect_server["home"])
+        assert server.server_command()[-4:-2] == ["--host", "127.0.0.1"]
+    finally:
+        os.environ.clear()
+        os.environ.update(env_before)
