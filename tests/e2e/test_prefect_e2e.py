@@ -162,6 +162,24 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
     assert (run_dir / "sft" / "metrics.json").stat().st_mtime_ns == before
 
 
+def test_pipeline_times_benchmark_reads_the_finished_run(prefect_server, tmp_path):
+    out = tmp_path / "times.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/pipeline_times.py", "--latest", "--out", str(out)],
+        env=prefect_server["env"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["state"] == "COMPLETED" and data["total_s"] > 0
+    for stage in ("prepare", "sft[sft]", "sft[rpsft]", "rl[sft]", "rl[rpsft]", "evaluate", "report"):
+        assert data["stages_s"][stage] > 0, stage
+    assert sum(data["stages_s"].values()) <= data["total_s"] + 1
+
+
 def test_bad_deployment_parameters_fail_before_any_stage(prefect_server, tmp_path):
     env, api = prefect_server["env"], prefect_server["api"]
     runs_root = tmp_path / "runs"

@@ -1,0 +1,75 @@
+"""Per-stage wall times of a finished sft-to-rl flow run, read from the Prefect server that ran it. Writes JSON.
+
+    python benchmarks/pipeline_times.py --latest --out benchmarks/results/pipeline_smollm2_cpu.json
+    python benchmarks/pipeline_times.py --flow-run-id 36aff7fa-... --out FILE
+
+PREFECT_API_URL selects the server (default http://127.0.0.1:4200/api, the one `sft2rl run` starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+
+def _post(api: str, path: str, body: dict) -> list[dict]:
+    req = urllib.request.Request(
+        f"{api}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - a local server
+        return json.loads(r.read())
+
+
+def _t(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = parser.add_mutually_exclusive_group(required=True)
+    g.add_argument("--flow-run-id")
+    g.add_argument("--latest", action="store_true", help="the latest completed sft-to-rl flow run")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    api = os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/")
+    if args.latest:
+        flows = {f["id"]: f["name"] for f in _post(api, "/flows/filter", {})}
+        runs = [
+            r
+            for r in _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 50})
+            if flows.get(r["flow_id"]) == "sft-to-rl" and r["state"]["type"] == "COMPLETED"
+        ]
+        if not runs:
+            print("no completed sft-to-rl flow run on this server", file=sys.stderr)
+            return 1
+        run = runs[0]
+    else:
+        run = next(r for r in _post(api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [args.flow_run_id]}}}))
+    tasks = _post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+    stages = {}
+    for t in sorted(tasks, key=lambda t: t["start_time"] or ""):
+        start, end = _t(t["start_time"]), _t(t["end_time"])
+        if start and end:
+            stages[t["name"]] = round((end - start).total_seconds(), 1)
+    start, end = _t(run["start_time"]), _t(run["end_time"])
+    result = {
+        "flow_run_id": run["id"],
+        "parameters": run["parameters"],
+        "state": run["state"]["type"],
+        "total_s": round((end - start).total_seconds(), 1) if start and end else None,
+        "stages_s": stages,
+        "machine": {"cpus": os.cpu_count()},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
