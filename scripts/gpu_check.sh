@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU check, for a machine with one CUDA GPU and access to PyPI (about 5-10 minutes, most of it the install):
 # installs the CUDA vLLM release TRL 1.16 supports in its own venv, runs 3 GRPO steps with vLLM colocate on
-# SmolLM2-135M-Instruct, and measures generation tokens/s (vLLM vs transformers). Results: runs/gpu-check/.
+# SmolLM2-135M-Instruct, evaluates the base model with vLLM, and measures generation tokens/s (vLLM vs
+# transformers). Results: runs/gpu-check/.
 #   bash scripts/gpu_check.sh
 # Not runnable on this project's lent device machines: they reach no package registry, and what can be carried
 # there (64 MiB) is smaller than the vLLM wheel and the SmolLM2 weights.
@@ -19,6 +20,7 @@ mkdir -p "$OUT"
 start=$(date +%s)
 "$VENV/bin/sft2rl" stage rl --config configs/smollm2-cpu.yaml device=cuda runs_root="$OUT" backend=vllm max_steps=3 \
   rl.generation.vllm_gpu_memory_utilization=0.3 --force
+"$VENV/bin/sft2rl" stage evaluate --config configs/smollm2-cpu.yaml device=cuda runs_root="$OUT" models=[base] --force
 "$VENV/bin/python" benchmarks/generation.py --config configs/smollm2-cpu.yaml --out "$OUT/generation.json" --grpo-steps 3
 echo "GPU check done in $(( $(date +%s) - start )) s:"
 "$VENV/bin/python" - "$OUT" <<'PY'

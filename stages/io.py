@@ -116,6 +116,7 @@ class FolderLock:
         self.path = Path(folder) / name
 
     def __enter__(self) -> FolderLock:
+        self._created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -139,6 +140,11 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)
+        if getattr(self, "_created", False):
+            try:
+                self.path.parent.rmdir()  # only when nothing was written: bad input leaves no empty folder behind
+            except OSError:
+                pass
 
 
 # ------------------------------------------------------------------------------------------- resources, faults

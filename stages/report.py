@@ -321,7 +321,7 @@ def _sentences(data: dict[str, Any]) -> list[str]:
     for c in data["comparisons"]:
         if c["metric"] not in _HEADLINE:
             continue
-        scale, unit, dp = (100, " points", 1) if _is_pct(c["metric"]) else (1, " nats", 4)
+        scale, unit, dp = (100, " points", 2) if _is_pct(c["metric"]) else (1, " nats", 4)
         d, lo, hi = (f"{scale * c[k]:+.{dp}f}" for k in ("diff", "ci_low", "ci_high"))
         out.append(
             f"{c['a']} vs {c['b']}, {c['metric']}: {d}{unit} [{lo}, {hi}] over {c['n']} paired items: {c['verdict']}."
