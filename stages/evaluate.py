@@ -91,7 +91,7 @@ def _base_path(cfg: Config) -> str:
 def _fingerprint(cfg: Config, path: str) -> str:
     """Eval settings + the checkpoint's weight files (size and mtime): a change of either re-evaluates."""
     h = hashlib.sha256()
-    h.update(json.dumps(cfg.eval.model_dump(mode="json"), sort_keys=True).encode())
+    h.update(json.dumps(cfg.eval.model_dump(mode="json", exclude={"models"}), sort_keys=True).encode())
     h.update(json.dumps([cfg.data.model_dump(mode="json"), cfg.rl.num_prompts, cfg.rl.prompt_seed]).encode())
     h.update(str(EVAL_FORMAT_VERSION).encode())
     for f in sorted(Path(path).glob("*.safetensors")):

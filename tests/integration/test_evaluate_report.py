@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -224,3 +225,34 @@ def test_bad_custom_benchmark_rows(tiny_cfg, tmp_path):
         eval_run(tiny_cfg(f"eval.benchmarks=[{{name: b, source: file, path: {bad}, fields: {{choices: choices}}}}]"))
     with pytest.raises(ConfigError, match="no evaluated models"):
         report_run(tiny_cfg("run_name=never-evaluated"))
+
+
+def test_cli_evaluate_and_report_commands(finished_run):
+    """The README's commands: sft2rl stage evaluate (models=...) and sft2rl stage report."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    _, cfg, _, _ = finished_run
+    common = [f"runs_root={cfg.runs_root}", f"cache_dir={cfg.cache_dir}", *_eval_overrides(Path(cfg.runs_root).parent)]
+    env = {**os.environ, "SFT2RL_CACHE_DIR": cfg.cache_dir}
+    stderr = {}
+    for stage, extra in (("evaluate", ["models=[base,rpsft]"]), ("report", [])):
+        cmd = [sys.executable, "-m", "pipeline.cli", "stage", stage, "--config", "configs/tiny.yaml", *common, *extra]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        stderr[stage] = proc.stderr
+    assert (
+        "eval base: complete, skipped" in stderr["evaluate"] and "eval rpsft: complete, skipped" in stderr["evaluate"]
+    )
+    assert "report written" in stderr["report"]
+    help_ = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "stage", "evaluate", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert help_.returncode == 0 and "--config" in help_.stdout
