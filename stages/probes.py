@@ -98,51 +98,60 @@ def _pair(rng: random.Random, good: str, bad: str) -> tuple[list[str], int]:
     return [bad, good], 1
 
 
-def agreement_items(size: int, seed: int) -> list[dict[str, Any]]:
-    """Grammatical/ungrammatical sentence pairs; the grammatical one is the answer."""
+def _distinct(size: int, seed: int, make) -> list[dict[str, Any]]:
+    """Up to ``size`` distinct items from ``make(rng)`` (deterministic for a seed; bounded attempts)."""
     rng = random.Random(seed)
     out: dict[str, dict[str, Any]] = {}
     for _ in range(size * 20):
         if len(out) >= size:
             break
-        kind = rng.randrange(5)
-        if kind == 0:  # subject-verb agreement
-            sg, pl = rng.choice(_NOUNS)
-            adj = rng.choice(_ADJ)
-            plural = rng.random() < 0.5
-            noun = pl if plural else sg
-            good, bad = ("are", "is") if plural else ("is", "are")
-            g, b = f"The {noun} {good} very {adj}.", f"The {noun} {bad} very {adj}."
-        elif kind == 1:  # agreement across an attractor noun
-            (sg, pl), (sg2, pl2) = rng.sample(_NOUNS, 2)
-            plural = rng.random() < 0.5
-            head, attractor = (pl, sg2) if plural else (sg, pl2)
-            good, bad = ("were", "was") if plural else ("was", "were")
-            place = rng.choice(_PLACES)
-            g = f"The {head} next to the {attractor} {good} waiting at {place}."
-            b = f"The {head} next to the {attractor} {bad} waiting at {place}."
-        elif kind == 2:  # determiner-noun agreement
-            sg, pl = rng.choice(_NOUNS)
-            adj = rng.choice(_ADJ)
-            if rng.random() < 0.5:
-                g, b = f"These {pl} look {adj} today.", f"This {pl} look {adj} today."
-            else:
-                g, b = f"This {sg} looks {adj} today.", f"These {sg} looks {adj} today."
-        elif kind == 3:  # irregular past tense
-            right, wrong = rng.choice(_IRREGULAR)
-            frame = rng.choice(["Yesterday she {v} it without help.", "Last year they {v} it together."])
-            g, b = frame.format(v=right), frame.format(v=wrong)
-        else:  # a / an
-            if rng.random() < 0.5:
-                w = rng.choice(_AN)
-                g, b = f"She put an {w} on the table.", f"She put a {w} on the table."
-            else:
-                w = rng.choice(_A)
-                g, b = f"She put a {w} on the table.", f"She put an {w} on the table."
-        choices, answer = _pair(rng, g, b)
-        it = _item("agreement", "", choices, answer)
+        it = make(rng)
         out.setdefault(it["id"], it)
     return list(out.values())[:size]
+
+
+def agreement_items(size: int, seed: int) -> list[dict[str, Any]]:
+    """Grammatical/ungrammatical sentence pairs; the grammatical one is the answer."""
+    return _distinct(size, seed, _agreement_item)
+
+
+def _agreement_item(rng: random.Random) -> dict[str, Any]:
+    kind = rng.randrange(5)
+    if kind == 0:  # subject-verb agreement
+        sg, pl = rng.choice(_NOUNS)
+        adj = rng.choice(_ADJ)
+        plural = rng.random() < 0.5
+        noun = pl if plural else sg
+        good, bad = ("are", "is") if plural else ("is", "are")
+        g, b = f"The {noun} {good} very {adj}.", f"The {noun} {bad} very {adj}."
+    elif kind == 1:  # agreement across an attractor noun
+        (sg, pl), (sg2, pl2) = rng.sample(_NOUNS, 2)
+        plural = rng.random() < 0.5
+        head, attractor = (pl, sg2) if plural else (sg, pl2)
+        good, bad = ("were", "was") if plural else ("was", "were")
+        place = rng.choice(_PLACES)
+        g = f"The {head} next to the {attractor} {good} waiting at {place}."
+        b = f"The {head} next to the {attractor} {bad} waiting at {place}."
+    elif kind == 2:  # determiner-noun agreement
+        sg, pl = rng.choice(_NOUNS)
+        adj = rng.choice(_ADJ)
+        if rng.random() < 0.5:
+            g, b = f"These {pl} look {adj} today.", f"This {pl} look {adj} today."
+        else:
+            g, b = f"This {sg} looks {adj} today.", f"These {sg} looks {adj} today."
+    elif kind == 3:  # irregular past tense
+        right, wrong = rng.choice(_IRREGULAR)
+        frame = rng.choice(["Yesterday she {v} it without help.", "Last year they {v} it together."])
+        g, b = frame.format(v=right), frame.format(v=wrong)
+    else:  # a / an
+        if rng.random() < 0.5:
+            w = rng.choice(_AN)
+            g, b = f"She put an {w} on the table.", f"She put a {w} on the table."
+        else:
+            w = rng.choice(_A)
+            g, b = f"She put a {w} on the table.", f"She put an {w} on the table."
+    choices, answer = _pair(rng, g, b)
+    return _item("agreement", "", choices, answer)
 
 
 def _options(rng: random.Random, right: str, pool: list[str], n: int = 4) -> tuple[list[str], int]:
@@ -154,32 +163,29 @@ def _options(rng: random.Random, right: str, pool: list[str], n: int = 4) -> tup
 
 def facts_items(size: int, seed: int) -> list[dict[str, Any]]:
     """Four-option world-knowledge questions in a plain ``Question: ...\\nAnswer:`` form."""
-    rng = random.Random(seed)
-    out: dict[str, dict[str, Any]] = {}
-    for _ in range(size * 20):
-        if len(out) >= size:
-            break
-        kind = rng.randrange(5)
-        if kind == 0:
-            country, city = rng.choice(_CAPITALS)
-            q, right, pool = f"What is the capital of {country}?", city, [c for _, c in _CAPITALS]
-        elif kind == 1:
-            seq = _DAYS if rng.random() < 0.5 else _MONTHS
-            i = rng.randrange(len(seq))
-            unit = "day" if seq is _DAYS else "month"
-            q, right, pool = f"Which {unit} comes right after {seq[i]}?", seq[(i + 1) % len(seq)], seq
-        elif kind == 2:
-            a, b = rng.choice(_OPPOSITES)
-            if rng.random() < 0.5:
-                a, b = b, a
-            q, right, pool = f"What is the opposite of '{a}'?", b, [w for p in _OPPOSITES for w in p if w != a]
-        elif kind == 3:
-            animal, young = rng.choice(_YOUNG)
-            q, right, pool = f"What is a young {animal} called?", young, [y for _, y in _YOUNG]
-        else:
-            thing, colour = rng.choice(_COLOURS)
-            q, right, pool = f"What colour is {thing}?", colour, _COLOUR_SET
-        choices, answer = _options(rng, right, pool)
-        it = _item("facts", f"Question: {q}\nAnswer:", choices, answer)
-        out.setdefault(it["id"], it)
-    return list(out.values())[:size]
+    return _distinct(size, seed, _facts_item)
+
+
+def _facts_item(rng: random.Random) -> dict[str, Any]:
+    kind = rng.randrange(5)
+    if kind == 0:
+        country, city = rng.choice(_CAPITALS)
+        q, right, pool = f"What is the capital of {country}?", city, [c for _, c in _CAPITALS]
+    elif kind == 1:
+        seq = _DAYS if rng.random() < 0.5 else _MONTHS
+        i = rng.randrange(len(seq))
+        unit = "day" if seq is _DAYS else "month"
+        q, right, pool = f"Which {unit} comes right after {seq[i]}?", seq[(i + 1) % len(seq)], seq
+    elif kind == 2:
+        a, b = rng.choice(_OPPOSITES)
+        if rng.random() < 0.5:
+            a, b = b, a
+        q, right, pool = f"What is the opposite of '{a}'?", b, [w for p in _OPPOSITES for w in p if w != a]
+    elif kind == 3:
+        animal, young = rng.choice(_YOUNG)
+        q, right, pool = f"What is a young {animal} called?", young, [y for _, y in _YOUNG]
+    else:
+        thing, colour = rng.choice(_COLOURS)
+        q, right, pool = f"What colour is {thing}?", colour, _COLOUR_SET
+    choices, answer = _options(rng, right, pool)
+    return _item("facts", f"Question: {q}\nAnswer:", choices, answer)
