@@ -69,6 +69,10 @@ def save_checkpoint(model, tokenizer, folder: str | os.PathLike) -> Path:
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    if os.environ.get(FAULT_DURING_SAVE_ENV):  # test-only: a crash in the middle of writing a checkpoint
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
     tokenizer.save_pretrained(tmp)
     return publish_dir(tmp, folder)
 
@@ -206,6 +210,7 @@ def warn_memory(n_params: int, *, copies: float, what: str, logger) -> float:
 
 
 FAULT_ENV = "SFT2RL_FAULT_KILL_AFTER_SAVE"
+FAULT_DURING_SAVE_ENV = "SFT2RL_FAULT_KILL_DURING_SAVE"
 
 
 def training_guards(model, checkpoint_dir: Path, *, optimizer_copies: int = 2) -> list:
@@ -242,3 +247,25 @@ def training_guards(model, checkpoint_dir: Path, *, optimizer_copies: int = 2) -
                 os.kill(os.getpid(), signal.SIGKILL)
 
     return [Guards()]
+
+
+def train_resumable(trainer, trainer_dir: Path, max_steps: int):
+    """``trainer.train()``, resuming from the newest checkpoint in ``trainer_dir`` if there is one.
+
+    When that checkpoint already holds the last step (a crash after it, before the final save), its weights and
+    state are loaded without training: transformers 5.x would otherwise run one step past ``max_steps``.
+    """
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    ckpts = [p for p in Path(trainer_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    if not ckpts:
+        return trainer.train()
+    last = max(ckpts, key=lambda p: int(p.name.split("-")[-1]))
+    state = TrainerState.load_from_json(str(last / "trainer_state.json"))
+    if state.global_step < max_steps:
+        return trainer.train(resume_from_checkpoint=str(last))
+    trainer._load_from_checkpoint(str(last))
+    trainer.state = state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})

@@ -255,7 +255,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
         callbacks=[_metrics_callback(metrics_path), *(callbacks or []), *io.training_guards(model, trainer_dir)],
     )
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = io.train_resumable(trainer, trainer_dir, cfg.rl.training.max_steps)
     train_s = time.perf_counter() - t0
 
     save_checkpoint(trainer.model, tokenizer, arm_dir / "checkpoint")

@@ -320,7 +320,7 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
     if resume:
         log.info("resuming %s from the last trainer checkpoint in %s", cfg.sft.arm_name, trainer_dir)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = io.train_resumable(trainer, trainer_dir, cfg.sft.training.max_steps)
     train_s = time.perf_counter() - t0
 
     penalty_at_end = regularizer.penalty() if regularizer else None

@@ -167,3 +167,26 @@ def test_memory_estimate_warns_on_a_small_machine(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="test.mem"):
         io.warn_memory(10_000_000, copies=4, what="SFT (sft)", logger=log)
     assert not caplog.text
+
+
+@pytest.mark.slow
+def test_killed_while_writing_the_final_checkpoint_then_rerun_completes(tmp_path, cache_dir):
+    from stages.io import FAULT_DURING_SAVE_ENV
+
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    env.pop(FAULT_ENV, None)
+    cmd = [sys.executable, "-m", "stages.sft", "--config", "configs/tiny.yaml", f"runs_root={tmp_path}"]
+    cmd += ["sft.training.max_steps=2", "sft.training.save_steps=2"]
+    killed = subprocess.run(cmd, cwd=REPO, env={**env, FAULT_DURING_SAVE_ENV: "1"}, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    arm = tmp_path / "tiny" / "sft"
+    # Half-written: the weights are in the temporary folder, nothing is published, nothing is marked complete.
+    assert (arm / ".checkpoint.tmp" / "model.safetensors").is_file()
+    assert not (arm / "checkpoint").exists() and not (arm / "DONE").exists() and not (arm / "metrics.json").exists()
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert (arm / "DONE").is_file() and not (arm / ".checkpoint.tmp").exists()
+    assert json.loads((arm / "metrics.json").read_text())["steps"] == 2
+    w = load_file(arm / "checkpoint" / "model.safetensors")
+    assert w and all(torch.isfinite(t).all() for t in w.values())
+    assert (arm / "checkpoint" / "tokenizer_config.json").is_file()
