@@ -238,6 +238,12 @@ def _params(model: type[StageParams], **kw: Any) -> Any:
         raise ConfigError(f"invalid flow parameters: {msg}") from None
 
 
+def _resolved(**kw: Any) -> tuple[StageParams, Config]:
+    """A stage flow's parameters, validated, and its config, loaded: both before any stage starts."""
+    params = _params(StageParams, **kw)
+    return params, resolve(params)
+
+
 DEFAULT_CONFIG = "configs/smollm2-cpu.yaml"
 
 
@@ -303,8 +309,7 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
 @flow(name="prepare", validate_parameters=True)
 def prepare_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, force: bool = False) -> str:
     """Prepare the initial model (convert and cache it once)."""
-    params = _params(StageParams, config=config, overrides=overrides, force=force)
-    cfg = resolve(params)
+    params, cfg = _resolved(config=config, overrides=overrides, force=force)
     stage_task("prepare", params, "prepare")
     return str((cfg.run_dir / "prepare").resolve())
 
@@ -320,8 +325,7 @@ def sft_flow(
     """Train one SFT arm (sft, rpsft, l2, dft, iw or lora)."""
     if method not in SFT_METHODS:
         raise ConfigError(f"method {method!r}: choose one of {list(SFT_METHODS)}")
-    params = _params(StageParams, config=config, overrides=overrides, force=force, launcher=launcher)
-    cfg = resolve(params)
+    params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher)
     stage_task("sft", params, f"sft[{method}]", [f"sft.method={method}"])
     _metrics_artifact(cfg, method, f"SFT arm {method}")
     return str((cfg.run_dir / method).resolve())
@@ -336,8 +340,7 @@ def rl_flow(
     launcher: Launcher | None = None,
 ) -> str:
     """RL (the config's rl section) from a finished SFT arm of the same run."""
-    params = _params(StageParams, config=config, overrides=overrides, force=force, launcher=launcher)
-    cfg = resolve(params)
+    params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher)
     if not (cfg.run_dir / init_arm / "DONE").is_file():
         raise ConfigError(
             f"init_arm {init_arm!r} has no finished SFT checkpoint in {cfg.run_dir}: run the sft flow with "
@@ -351,8 +354,7 @@ def rl_flow(
 @flow(name="evaluate", validate_parameters=True)
 def evaluate_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, force: bool = False) -> str:
     """Evaluate base, SFT arms and RL runs of one run folder."""
-    params = _params(StageParams, config=config, overrides=overrides, force=force)
-    cfg = resolve(params)
+    params, cfg = _resolved(config=config, overrides=overrides, force=force)
     stage_task("evaluate", params, "evaluate")
     return str((cfg.run_dir / "eval").resolve())
 
@@ -360,8 +362,7 @@ def evaluate_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = No
 @flow(name="report", validate_parameters=True)
 def report_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None) -> str:
     """Write the comparison report and register it as artifacts."""
-    params = _params(StageParams, config=config, overrides=overrides)
-    cfg = resolve(params)
+    params, cfg = _resolved(config=config, overrides=overrides)
     stage_task("report", params, "report")
     report_artifacts(cfg)
     return str((cfg.run_dir / "report.md").resolve())

@@ -65,32 +65,41 @@ def gsm_symbolic_to_gsm8k() -> dict[int, int]:
     return mapping
 
 
-def training_questions(cfg: Config) -> set[str]:
-    """Questions the model saw in SFT or as RL prompts (excluded from evaluation)."""
-    seen = {x["question"] for x in build_items(cfg.data)}
+def training_items(cfg: Config) -> list[dict[str, Any]]:
+    """Items the model saw: the SFT items, plus the RL prompts when those come from the training task."""
+    items = build_items(cfg.data)
     if cfg.rl.prompt_data is None:
         from stages.rl import rl_prompts
 
         try:
-            seen |= {x["question"] for x in rl_prompts(cfg)}
+            items = items + rl_prompts(cfg)
         except DataError:
             pass
-    return seen
+    return items
 
 
-def training_source_ids(cfg: Config) -> set[int]:
+def training_questions(cfg: Config, trained: list[dict[str, Any]] | None = None) -> set[str]:
+    """Questions the model saw in SFT or as RL prompts (excluded from evaluation)."""
+    return {x["question"] for x in (training_items(cfg) if trained is None else trained)}
+
+
+def training_source_ids(cfg: Config, trained: list[dict[str, Any]] | None = None) -> set[int]:
     """gsm_symbolic template indices used by SFT items or RL prompts."""
-    ids = {x["source_id"] for x in build_items(cfg.data) if x.get("source_id") is not None}
-    if cfg.rl.prompt_data is None and cfg.data.source == "reasoning_gym":
-        from stages.rl import rl_prompts
-
-        ids |= {x["source_id"] for x in rl_prompts(cfg) if x.get("source_id") is not None}
-    return ids
+    items = training_items(cfg) if trained is None else trained
+    return {x["source_id"] for x in items if x.get("source_id") is not None}
 
 
-def build_benchmark(cfg: Config, spec: BenchmarkSpec) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Items of one benchmark and a note of what was excluded (``{"excluded": n, "eligible": n, "why": ...}``)."""
+def build_benchmark(
+    cfg: Config, spec: BenchmarkSpec, trained: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Items of one benchmark and a note of what was excluded (``{"excluded": n, "why": ...}``).
+
+    ``trained``: :func:`training_items`, when the caller builds several benchmarks (computed here otherwise).
+    """
     from stages import probes
+
+    if trained is None and spec.source in ("train_task", "gsm_symbolic", "gsm8k"):
+        trained = training_items(cfg)
 
     note: dict[str, Any] = {"excluded": 0, "why": ""}
     if spec.source == "agreement":
@@ -103,20 +112,21 @@ def build_benchmark(cfg: Config, spec: BenchmarkSpec) -> tuple[list[dict[str, An
                 f"eval benchmark {spec.name!r}: source=train_task needs reasoning-gym training data; for a file or "
                 "hub training set add its test split as source=file/hub"
             )
-        seen = training_questions(cfg)
-        data = cfg.data.model_copy(update={"holdout_source_ids": sorted(training_source_ids(cfg))})
+        seen = training_questions(cfg, trained)
+        data = cfg.data.model_copy(update={"holdout_source_ids": sorted(training_source_ids(cfg, trained))})
         pool = build_items(data, size=spec.size + len(seen), seed=spec.seed)
         items = [x for x in pool if x["question"] not in seen]
         note = {"excluded": len(pool) - len(items), "why": "question seen in SFT data or RL prompts"}
         items = items[: spec.size]
     elif spec.source == "gsm_symbolic":
-        used = training_source_ids(cfg)
+        used = training_source_ids(cfg, trained)
         data = DataConfig(tasks=[{"name": "gsm_symbolic"}], holdout_source_ids=sorted(used), size=spec.size)
         items = build_items(data, size=spec.size, seed=spec.seed)
         note = {"excluded_templates": len(used), "why": "template used in SFT data or RL prompts"}
     elif spec.source == "gsm8k":
-        used = training_source_ids(cfg)
-        seen_orig = {gsm_symbolic_to_gsm8k()[i] for i in used if i in gsm_symbolic_to_gsm8k()}
+        used = training_source_ids(cfg, trained)
+        to_gsm8k = gsm_symbolic_to_gsm8k()
+        seen_orig = {to_gsm8k[i] for i in used if i in to_gsm8k}
         all_items = [
             {
                 "id": f"gsm8k-{p['gsm8k_id']}",

@@ -137,6 +137,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
         "seeds": len(runs),
         "seed_runs": [str(r) for r in runs],
         "models": models,
+        "rl": _rl_curves(cfg.run_dir),
         "comparisons": comparisons,
         "benchmarks": benchmarks,
     }
@@ -236,7 +237,7 @@ def make_plots(cfg: Config, data: dict[str, Any], plot_dir: Path) -> dict[str, P
     save(fig, "tradeoff")
 
     # 2. RL curves.
-    curves = _rl_curves(cfg.run_dir)
+    curves = data["rl"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     if curves:
         for arm, rows in curves.items():
@@ -397,7 +398,7 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
         for c in data["comparisons"]
     ]
     blocks.append(("table", ["pair", "metric", "difference", "items", "verdict"], crows))
-    curves = _rl_curves(cfg.run_dir)
+    curves = data["rl"]
     if curves:
         blocks.append(("h2", "RL runs"))
         rrows = []
@@ -492,7 +493,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         "seeds": data["seeds"],
         "seed_runs": data["seed_runs"],
         "plots": {k: str(v) for k, v in plots.items()},
-        "rl": {arm: rows for arm, rows in _rl_curves(cfg.run_dir).items()},
+        "rl": data["rl"],
     }
     atomic_write_json(cfg.run_dir / "report.json", report)
     atomic_write_text(cfg.run_dir / "report.md", render_md(blocks, cfg.run_dir))

@@ -177,9 +177,6 @@ def _make_trainer_class():
     return Sft2rlTrainer
 
 
-FAULT_ENV = io.FAULT_ENV  # kept for the tests that import it from here
-
-
 def _final_weights(model) -> dict[str, Any]:
     return {n: p.detach() for n, p in model.named_parameters() if p.ndim == 2}
 

@@ -17,6 +17,8 @@ from stages.config import Config, ConfigError, load_config
 from stages.io import ResourceError
 from stages.secrets import SecretFilter, scrub
 
+EXIT_CODES = {ConfigError: 2, FloatingPointError: 3, ResourceError: 4}
+
 
 def parse_args(argv: list[str] | None, description: str, prog: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -51,13 +53,7 @@ def stage_main(
     try:
         cfg = load_config(args.config, expand_shortcuts(args.overrides, shortcuts or {}))
         run(cfg, args.force)
-    except ConfigError as e:
+    except (ConfigError, FloatingPointError, ResourceError) as e:
         print(f"error: {scrub(str(e))}", file=sys.stderr)
-        return 2
-    except FloatingPointError as e:
-        print(f"error: {scrub(str(e))}", file=sys.stderr)
-        return 3
-    except ResourceError as e:
-        print(f"error: {scrub(str(e))}", file=sys.stderr)
-        return 4
+        return EXIT_CODES[type(e)] if type(e) in EXIT_CODES else 2  # ConfigError subclasses (DataError, ...): 2
     return 0

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages.sft import FAULT_ENV
+from stages.io import FAULT_ENV
 from tests.conftest import REPO
 
 ARGS = [
