@@ -304,3 +304,16 @@ def test_local_server_binds_to_loopback_only(prefect_server):
     finally:
         os.environ.clear()
         os.environ.update(env_before)
+
+
+def test_a_stage_flow_runs_alone(prefect_server, tmp_path):
+    """README: prefect deployment run 'sft/<config>' --params '{"method": "l2"}' trains that one arm."""
+    env, api = prefect_server["env"], prefect_server["api"]
+    runs_root = tmp_path / "runs"
+    out = _deployment_run(env, "sft/tiny", {"method": "l2", "overrides": [f"runs_root={runs_root}"]}, 600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    arm = runs_root / "tiny" / "l2"
+    assert (arm / "DONE").is_file() and json.loads((arm / "metrics.json").read_text())["method"] == "l2"
+    assert not (runs_root / "tiny" / "sft").exists()  # only the requested stage ran
+    arts = _post(api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["tiny-l2"]}}})
+    assert arts and arts[0]["type"] == "markdown"
