@@ -79,12 +79,21 @@ class TaskSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="Passed to the reasoning-gym generator config.")
 
 
-class FieldMap(Strict):
-    """Column names of a user dataset (hub or file)."""
+FIELD_PATH_HELP = (
+    "a column, then .key and [index] steps: answer, reward_model.ground_truth, extra_info.raw_problem, "
+    "prompt[-1].content, choices[0]"
+)
 
-    question: str = "question"
+
+class FieldMap(Strict):
+    """Where each role sits in a row of a user dataset (hub or file): a column, or a path into nested columns
+    (``reward_model.ground_truth``, ``prompt[-1].content``). ``question`` may name a column holding a whole chat (a
+    list of ``{role, content}`` messages, as verl and OpenAI chat files have): that chat is the prompt, its own system
+    message kept, and a final assistant message is the response when ``response`` is unset."""
+
+    question: str = Field("question", description=f"The prompt: {FIELD_PATH_HELP}; or a column with a chat.")
     response: str | None = Field("response", description="None for prompt-only data (RL prompts).")
-    answer: str | None = "answer"
+    answer: str | None = Field("answer", description="The gold final answer (a single value, not a dict or list).")
 
 
 class DataConfig(Strict):
@@ -96,7 +105,11 @@ class DataConfig(Strict):
     split: str = "train"
     subset: str | None = None
     fields: FieldMap = Field(default_factory=FieldMap)
-    size: int = Field(512, ge=1, description="Number of training examples (generated, or the first N of a dataset).")
+    size: int | None = Field(
+        None,
+        ge=1,
+        description="Number of examples: generated (default 512), or the first N of a dataset (default all).",
+    )
     seed: int = 1234
     system_prompt: str = "Solve the problem step by step. Write the final answer on the last line as '#### <answer>'."
     holdout_source_ids: list[int] = Field(
@@ -326,9 +339,13 @@ class RLStageConfig(Strict):
 class EvalFieldMap(Strict):
     """Column names of a custom benchmark (JSONL, JSON, parquet or hub dataset)."""
 
-    question: str = "question"
-    answer: str = "answer"
-    choices: str | None = Field(None, description="Column with a list of options: scored by log-likelihood.")
+    question: str = Field("question", description=f"The prompt: {FIELD_PATH_HELP}; or a column with a chat.")
+    answer: str = Field("answer", description="The gold answer (a single value); for choices: index, letter or text.")
+    choices: str | None = Field(
+        None,
+        description="A list of options: scored by log-likelihood, or by generation with answer_type: choice "
+        "(the options are then written into the prompt as A., B., ...).",
+    )
 
 
 class BenchmarkSpec(Strict):
@@ -353,8 +370,29 @@ class BenchmarkSpec(Strict):
     split: str = "test"
     subset: str | None = None
     fields: EvalFieldMap = Field(default_factory=EvalFieldMap)
-    answer_type: Literal["number", "text"] = Field("number", description="number: math-verify; text: exact match.")
-    size: int = Field(100, ge=1, description="Items (at most; fewer when the source has fewer eligible).")
+    answer_type: Literal["math", "number", "text", "choice"] = Field(
+        "math",
+        description="math (alias number): any math answer, math-verify equivalence (stages/answers.py); text: exact "
+        "match after case and space folding; choice: generative multiple choice, the answer is an option letter.",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="System prompt of plain questions (default: data.system_prompt; '' for none). A chat "
+        "prompt from the file keeps its own.",
+    )
+    num_choices: int | None = Field(
+        None,
+        ge=2,
+        le=10,
+        description="answer_type: choice with options written inline in the question and no "
+        "choices field: how many (detected from 'A.'/'(A)' option lines when unset).",
+    )
+    label_base: Literal[0, 1] = Field(
+        0, description="Numeric multiple-choice golds count options from 0 (MMLU, HF label columns) or from 1."
+    )
+    size: int | None = Field(
+        None, ge=1, description="Items (at most): default all of a file/hub/gsm8k benchmark, 100 of a generated one."
+    )
     seed: int = Field(999_001, description="Item seed of generated sets (differs from training's and RL's).")
     max_new_tokens: int = Field(128, ge=1)
     samples: int = Field(0, ge=0, description="k sampled completions per item for Avg@k and pass@k (0 = greedy only).")
@@ -378,7 +416,17 @@ class BenchmarkSpec(Strict):
 
     @property
     def is_choice(self) -> bool:
-        return self.source in ("agreement", "facts") or self.fields.choices is not None
+        """Multiple choice scored by log-likelihood (generative multiple choice is ``answer_type: choice``)."""
+        return self.source in ("agreement", "facts") or (
+            self.fields.choices is not None and self.answer_type != "choice"
+        )
+
+    @property
+    def n_items(self) -> int | None:
+        """Items to take: ``size``, or all (None) for file/hub/gsm8k, or 100 for generated sources."""
+        if self.size is not None or self.source in ("file", "hub", "gsm8k"):
+            return self.size
+        return 100
 
 
 def _default_benchmarks() -> list[BenchmarkSpec]:

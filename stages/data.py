@@ -16,11 +16,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stages.config import ConfigError, DataConfig, TaskSpec
+from stages.config import FIELD_PATH_HELP, ConfigError, DataConfig, TaskSpec
 
 log = logging.getLogger(__name__)
 
-_FIELD = re.compile(r"^(?P<name>[^\[\]]+)(\[(?P<idx>-?\d+)\])?$")
+
+DEFAULT_GENERATED_SIZE = 512
 
 
 class DataError(ConfigError):
@@ -103,25 +104,94 @@ def _split_sizes(tasks: list[TaskSpec], size: int) -> list[int]:
     return sizes
 
 
-def _resolve_field(row: dict[str, Any], spec: str, where: str) -> Any:
-    m = _FIELD.match(spec)
-    if not m:
-        raise DataError(f"data.fields value {spec!r} is malformed; use a column name or name[index]")
-    name, idx = m["name"], m["idx"]
-    if name not in row:
-        raise DataError(
-            f"{where}: field {name!r} is missing (columns: {sorted(row)}); map it with data.fields.<role>=<column>"
-        )
-    value = row[name]
-    if idx is not None:
-        if not isinstance(value, list) or not value:
-            raise DataError(f"{where}: field {name!r} is not a non-empty list, cannot take [{idx}]")
-        value = value[int(idx)]
+_PATH = re.compile(r"^[^.\[\]\s]+(?:\.[^.\[\]\s]+|\[-?\d+\])*$")
+_STEP = re.compile(r"\.?([^.\[\]]+)|\[(-?\d+)\]")
+
+
+def resolve_field(row: dict[str, Any], path: str, where: str, label: str) -> Any:
+    """The value at ``path`` in a row: a column, then ``.key`` and ``[index]`` steps (``reward_model.ground_truth``,
+    ``prompt[-1].content``). A column whose own name is ``path`` wins. Raises DataError naming ``label`` (the config
+    field, e.g. ``eval.benchmarks[2] (math500).fields.answer``), the row and what is there instead."""
+    if path in row:
+        return row[path]
+    if not _PATH.match(path):
+        raise DataError(f"{label}={path!r} is not a field path; write {FIELD_PATH_HELP}")
+    value: Any = row
+    walked = ""
+    for m in _STEP.finditer(path):
+        key, idx = m.group(1), m.group(2)
+        if key is not None:
+            if not walked and key not in value:
+                raise DataError(
+                    f"{where}: {label}={path!r}: column {key!r} is missing (columns: {sorted(value)}); map the "
+                    f"role with {label}=<column or path>"
+                )
+            if not isinstance(value, dict) or key not in value:
+                have = f"has keys {sorted(value)}" if isinstance(value, dict) else f"is a {type(value).__name__}"
+                raise DataError(f"{where}: {label}={path!r}: {walked!r} has no key {key!r} ({walked!r} {have})")
+            value = value[key]
+            walked = f"{walked}.{key}" if walked else key
+        else:
+            i = int(idx)
+            if not isinstance(value, list) or not -len(value) <= i < len(value):
+                what = f"a list of {len(value)}" if isinstance(value, list) else f"a {type(value).__name__}"
+                raise DataError(f"{where}: {label}={path!r}: {walked!r} is {what}, it has no [{i}]")
+            value = value[i]
+            walked += f"[{i}]"
     return value
 
 
+def chat_messages(value: Any, where: str, label: str) -> list[dict[str, str]] | None:
+    """``value`` as a chat (a list of ``{role, content}`` messages), None when it is not a list of dicts."""
+    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+        return None
+    msgs = []
+    for j, m in enumerate(value):
+        role, content = m.get("role"), m.get("content")
+        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise DataError(
+                f"{where}: {label} message {j} must have role system/user/assistant and string content, got "
+                f"{str(m)[:120]!r}"
+            )
+        msgs.append({"role": role, "content": content})
+    return msgs
+
+
+def _question_of(value: Any, where: str, label: str) -> tuple[str, list[dict[str, str]] | None, str | None]:
+    """(question text, chat prompt or None, the chat's final assistant message or None)."""
+    msgs = chat_messages(value, where, label)
+    if msgs is None:
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where}: {label} must be a non-empty string or a chat (list of messages)")
+        return value, None, None
+    response = None
+    if msgs[-1]["role"] == "assistant":
+        response = msgs.pop()["content"]
+    users = [m["content"] for m in msgs if m["role"] == "user"]
+    if not users or not users[-1].strip():
+        raise DataError(f"{where}: {label} is a chat without a user message to answer")
+    return users[-1], msgs, response
+
+
+def scalar_answer(value: Any, where: str, label: str) -> str | None:
+    """A gold answer as text; a dict or list is an error naming the field (never silently stringified)."""
+    if value is None:
+        return None
+    if isinstance(value, dict | list | tuple):
+        hint = f" (keys {sorted(value)})" if isinstance(value, dict) else ""
+        raise DataError(
+            f"{where}: {label} is a {type(value).__name__}{hint}, not a single answer; point the field at the "
+            "answer itself, e.g. reward_model.ground_truth"
+        )
+    if isinstance(value, bool):
+        raise DataError(f"{where}: {label} is a boolean ({value}), not an answer")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def load_table(cfg: DataConfig) -> list[dict[str, Any]]:
-    """Rows of a local JSON/JSONL/parquet file or a hub dataset (first ``cfg.size`` rows)."""
+    """Rows of a local JSON/JSONL/parquet file or a hub dataset (the first ``cfg.size`` rows; all when unset)."""
     import datasets
 
     if cfg.source == "file":
@@ -146,14 +216,19 @@ def load_table(cfg: DataConfig) -> list[dict[str, Any]]:
             ) from None
     if len(ds) == 0:
         raise DataError(f"dataset {cfg.path} is empty: it needs at least one row with question and response")
-    return [ds[i] for i in range(min(cfg.size, len(ds)))]
+    n = len(ds) if cfg.size is None else min(cfg.size, len(ds))
+    return [ds[i] for i in range(n)]
 
 
-def build_items(cfg: DataConfig, size: int | None = None, seed: int | None = None) -> list[dict[str, Any]]:
-    """Build the SFT items described by ``cfg`` (deterministic for a given seed)."""
+def build_items(
+    cfg: DataConfig, size: int | None = None, seed: int | None = None, label: str = "data"
+) -> list[dict[str, Any]]:
+    """Build the items described by ``cfg`` (deterministic for a given seed). ``label`` is where ``cfg`` sits in the
+    config (``data``, ``rl.prompt_data``), for messages."""
     size = cfg.size if size is None else size
     seed = cfg.seed if seed is None else seed
     if cfg.source == "reasoning_gym":
+        size = DEFAULT_GENERATED_SIZE if size is None else size
         holdout = set(cfg.holdout_source_ids)
         items: list[dict[str, Any]] = []
         for i, (spec, n) in enumerate(zip(cfg.tasks, _split_sizes(cfg.tasks, size), strict=True)):
@@ -161,36 +236,45 @@ def build_items(cfg: DataConfig, size: int | None = None, seed: int | None = Non
                 items += _reasoning_gym_items(spec, n, seed + 1000 * i, holdout)
         random.Random(seed).shuffle(items)
         return items
-    rows = load_table(cfg)
+    rows = load_table(cfg if size is None else cfg.model_copy(update={"size": size}))
     items = []
+    f = cfg.fields
     for i, row in enumerate(rows):
         where = f"{cfg.path} row {i}"
-        q = _resolve_field(row, cfg.fields.question, where)
-        r = _resolve_field(row, cfg.fields.response, where) if cfg.fields.response else None
-        a = _resolve_field(row, cfg.fields.answer, where) if cfg.fields.answer else None
-        if (
-            not isinstance(q, str)
-            or not q.strip()
-            or (cfg.fields.response and (not isinstance(r, str) or not r.strip()))
-        ):
-            raise DataError(f"{where}: question and response must be non-empty strings")
-        items.append(
-            {
-                "id": _item_id(cfg.path or "", q),
-                "task": Path(cfg.path).stem if cfg.source == "file" else cfg.path,
-                "question": q,
-                "response": r,
-                "answer": None if a is None else str(a),
-                "source_id": None,
-            }
-        )
+        q_value = resolve_field(row, f.question, where, f"{label}.fields.question")
+        q, messages, chat_response = _question_of(q_value, where, f"{label}.fields.question")
+        if f.response and not (f.response == "response" and "response" not in row):
+            r = resolve_field(row, f.response, where, f"{label}.fields.response")
+        else:
+            r = chat_response
+        if r is not None and (not isinstance(r, str) or not r.strip()):
+            raise DataError(f"{where}: {label}.fields.response={f.response!r} must be a non-empty string")
+        # Defaults are optional: prompt-only data has no 'response' (SFT then asks for one), and SFT needs no gold:
+        # a file without the default 'answer' column is fine (RL prompts then ask for one)
+        optional = f.answer == "answer" and "answer" not in row
+        a = resolve_field(row, f.answer, where, f"{label}.fields.answer") if f.answer and not optional else None
+        item: dict[str, Any] = {
+            "id": _item_id(cfg.path or "", q if messages is None else repr(messages)),
+            "task": Path(cfg.path).stem if cfg.source == "file" else cfg.path,
+            "question": q,
+            "response": r,
+            "answer": scalar_answer(a, where, f"{label}.fields.answer"),
+            "source_id": None,
+        }
+        if messages is not None:
+            item["messages"] = messages
+        items.append(item)
     return items
 
 
 def to_conversation(item: dict[str, Any], system_prompt: str | None) -> dict[str, list[dict[str, str]]]:
-    """TRL's conversational prompt-completion format: the chat template is applied, loss on the completion only."""
-    prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    prompt.append({"role": "user", "content": item["question"]})
+    """TRL's conversational prompt-completion format: the chat template is applied, loss on the completion only.
+    An item with ``messages`` (a chat prompt from the data file) keeps that chat; others get ``system_prompt``."""
+    if item.get("messages"):  # a chat from the data file: used as it is, its own system message included
+        prompt = [dict(m) for m in item["messages"]]
+    else:
+        prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        prompt.append({"role": "user", "content": item["question"]})
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": item["response"]}]}
 
 
@@ -206,5 +290,5 @@ def to_trl_dataset(items: list[dict[str, Any]], system_prompt: str | None):
 
 def tokenizer_corpus(cfg: DataConfig, n: int = 400) -> list[str]:
     """Text to train the tiny test model's tokenizer on: the task text plus the system prompt."""
-    items = build_items(cfg, size=min(n, cfg.size), seed=cfg.seed)
+    items = build_items(cfg, size=min(n, cfg.size or n), seed=cfg.seed)
     return [cfg.system_prompt, "system user assistant"] + [f"{x['question']}\n{x['response']}" for x in items]

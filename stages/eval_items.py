@@ -13,8 +13,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from stages.config import BenchmarkSpec, Config, DataConfig, FieldMap
-from stages.data import DataError, _item_id, _resolve_field, build_items, load_table
+from stages.config import BenchmarkSpec, Config, DataConfig
+from stages.data import DataError, _item_id, _question_of, build_items, load_table, resolve_field, scalar_answer
 
 _WORDS = re.compile(r"[a-z]+")
 
@@ -102,10 +102,12 @@ def build_benchmark(
         trained = training_items(cfg)
 
     note: dict[str, Any] = {"excluded": 0, "why": ""}
+    size = spec.n_items
+    label = benchmark_label(cfg, spec)
     if spec.source == "agreement":
-        items = probes.agreement_items(spec.size, spec.seed)
+        items = probes.agreement_items(size, spec.seed)
     elif spec.source == "facts":
-        items = probes.facts_items(spec.size, spec.seed)
+        items = probes.facts_items(size, spec.seed)
     elif spec.source == "train_task":
         if cfg.data.source != "reasoning_gym":
             raise DataError(
@@ -114,14 +116,14 @@ def build_benchmark(
             )
         seen = training_questions(cfg, trained)
         data = cfg.data.model_copy(update={"holdout_source_ids": sorted(training_source_ids(cfg, trained))})
-        pool = build_items(data, size=spec.size + len(seen), seed=spec.seed)
+        pool = build_items(data, size=size + len(seen), seed=spec.seed)
         items = [x for x in pool if x["question"] not in seen]
         note = {"excluded": len(pool) - len(items), "why": "question seen in SFT data or RL prompts"}
-        items = items[: spec.size]
+        items = items[:size]
     elif spec.source == "gsm_symbolic":
         used = training_source_ids(cfg, trained)
-        data = DataConfig(tasks=[{"name": "gsm_symbolic"}], holdout_source_ids=sorted(used), size=spec.size)
-        items = build_items(data, size=spec.size, seed=spec.seed)
+        data = DataConfig(tasks=[{"name": "gsm_symbolic"}], holdout_source_ids=sorted(used), size=size)
+        items = build_items(data, size=size, seed=spec.seed)
         note = {"excluded_templates": len(used), "why": "template used in SFT data or RL prompts"}
     elif spec.source == "gsm8k":
         used = training_source_ids(cfg, trained)
@@ -136,7 +138,7 @@ def build_benchmark(
             }
             for p in gsm8k_problems()
         ]
-        items = [x for x in all_items if x["source_id"] not in seen_orig][: spec.size]
+        items = [x for x in all_items if x["source_id"] not in seen_orig][:size]
         note = {"excluded": len(all_items) - len(items), "why": "a template of this problem was used in training"}
         if not items:
             raise DataError(f"eval benchmark {spec.name!r}: every GSM8K problem's template was used in training")
@@ -144,7 +146,7 @@ def build_benchmark(
         import reasoning_gym
 
         try:
-            ds = reasoning_gym.create_dataset(spec.task, size=spec.size, seed=spec.seed, **spec.params)
+            ds = reasoning_gym.create_dataset(spec.task, size=size, seed=spec.seed, **spec.params)
         except (KeyError, ValueError, TypeError) as e:
             raise DataError(f"eval benchmark {spec.name!r}: reasoning-gym task {spec.task!r} failed: {e}") from None
         items = [
@@ -157,56 +159,126 @@ def build_benchmark(
             for x in ds
         ]
     else:
-        items = _custom_items(spec)
+        items = _custom_items(spec, label)
     if not items:
-        raise DataError(f"eval benchmark {spec.name!r} has no items: check its size and source")
-    if not spec.is_choice and spec.answer_type == "number" and spec.source != "reasoning_gym":
-        from stages.rewards import gold_parses
+        raise DataError(f"{label} has no items: check its size and source")
+    if not spec.is_choice and spec.answer_type in ("math", "number") and spec.source != "reasoning_gym":
+        from stages.answers import GoldError, parse_gold
 
-        bad = [x for x in items if not gold_parses(x["answer"])]
-        if bad:
+        errors = []
+        for x in items:
+            try:
+                parse_gold(x["answer"])
+            except GoldError as e:
+                errors.append(f"item {x['id']}: {e}")
+        if errors:
             raise DataError(
-                f"eval benchmark {spec.name!r}: gold answer {bad[0]['answer']!r} (item {bad[0]['id']}) is not a number "
-                f"math-verify can read ({len(bad)} such items); set answer_type: text for text answers"
+                f"{label}.fields.answer: {len(errors)} of {len(items)} gold answers cannot be scored as math answers; "
+                f"first, {errors[0]}. Fix those items, or set answer_type: text for exact-match answers"
             )
     note["n"] = len(items)
     return items, note
 
 
-def _custom_items(spec: BenchmarkSpec) -> list[dict[str, Any]]:
-    data = DataConfig(
-        source=spec.source,
-        path=spec.path,
-        split=spec.split,
-        subset=spec.subset,
-        size=spec.size,
-        fields=FieldMap(question=spec.fields.question, response=None, answer=spec.fields.answer),
+def benchmark_label(cfg: Config, spec: BenchmarkSpec) -> str:
+    """Where ``spec`` sits in the config, for messages: ``eval.benchmarks[2] (math500)``."""
+    for i, b in enumerate(cfg.eval.benchmarks):
+        if b.name == spec.name:
+            return f"eval.benchmarks[{i}] ({spec.name})"
+    return f"eval benchmark {spec.name!r}"
+
+
+_OPTION_LINE = re.compile(r"^\s*\(?([A-J])[).:]\s", re.MULTILINE)
+LETTERS = "ABCDEFGHIJ"
+
+
+def inline_option_count(question: str) -> int:
+    """Options written in the question as lines ``A. ...`` / ``(B) ...`` / ``C) ...``: how many, from A on (0 if
+    they do not run A, B, C, ... in order)."""
+    found = _OPTION_LINE.findall(question)
+    n = 0
+    for letter in found:
+        if letter == LETTERS[n]:
+            n += 1
+            if n == len(LETTERS):
+                break
+    return n if n >= 2 else 0
+
+
+def _gold_index(a: Any, choices: list[str] | None, n: int, spec: BenchmarkSpec, where: str, label: str) -> int:
+    """The 0-based index of the right option. An integer gold is an index (counted from ``label_base``); a string is
+    the option's text if it is one, else a letter (``C``, ``(C)``), else a number written as text (``"2"``, an index
+    counted from ``label_base``)."""
+    text = str(a).strip()
+    is_int = isinstance(a, int) and not isinstance(a, bool)
+    if not is_int and choices is not None and text in choices:
+        return choices.index(text)
+    if is_int or re.fullmatch(r"\d+", text):
+        idx = int(text) - spec.label_base
+        if 0 <= idx < n:
+            return idx
+        raise DataError(
+            f"{where}: {label}.fields.answer={a!r} is out of range for {n} options counted from "
+            f"{spec.label_base} (label_base); set label_base: {1 - spec.label_base} if the file counts from "
+            f"{1 - spec.label_base}"
+        )
+    m = re.fullmatch(r"\(?([A-Ja-j])\)?\.?", text)
+    if m and LETTERS.index(m.group(1).upper()) < n:
+        return LETTERS.index(m.group(1).upper())
+    raise DataError(
+        f"{where}: {label}.fields.answer={a!r} is neither an option index, a letter among "
+        f"{LETTERS[:n]}, nor one of the options"
     )
+
+
+def _custom_items(spec: BenchmarkSpec, label: str) -> list[dict[str, Any]]:
+    data = DataConfig(source=spec.source, path=spec.path, split=spec.split, subset=spec.subset, size=spec.n_items)
     items = []
+    f = spec.fields
     for i, row in enumerate(load_table(data)):
         where = f"{spec.path} row {i}"
-        q = _resolve_field(row, spec.fields.question, where)
-        a = _resolve_field(row, spec.fields.answer, where)
-        if not isinstance(q, str) or not q.strip():
-            raise DataError(f"{where}: {spec.fields.question!r} must be a non-empty string")
+        q_value = resolve_field(row, f.question, where, f"{label}.fields.question")
+        q, messages, _ = _question_of(q_value, where, f"{label}.fields.question")
+        a = resolve_field(row, f.answer, where, f"{label}.fields.answer")
         if a is None or (isinstance(a, str) and not a.strip()):
-            raise DataError(f"{where}: gold answer {spec.fields.answer!r} is empty")
-        item: dict[str, Any] = {"id": _item_id(spec.path, q), "question": q, "answer": str(a)}
-        if spec.fields.choices:
-            choices = _resolve_field(row, spec.fields.choices, where)
+            raise DataError(f"{where}: gold answer {label}.fields.answer={f.answer!r} is empty")
+        if not isinstance(a, int) or isinstance(a, bool):
+            a = scalar_answer(a, where, f"{label}.fields.answer")
+        item: dict[str, Any] = {
+            "id": _item_id(spec.path, q if messages is None else repr(messages)),
+            "question": q,
+            "answer": str(a),
+        }
+        if messages is not None:
+            item["messages"] = messages
+        choices = None
+        if f.choices:
+            choices = resolve_field(row, f.choices, where, f"{label}.fields.choices")
             if not isinstance(choices, list) or len(choices) < 2:
-                raise DataError(f"{where}: {spec.fields.choices!r} must be a list of at least two options")
+                raise DataError(f"{where}: {label}.fields.choices={f.choices!r} must be a list of at least two options")
+            if len(choices) > len(LETTERS):
+                raise DataError(f"{where}: {label}.fields.choices has {len(choices)} options; at most 10 are supported")
             choices = [str(c) for c in choices]
-            if isinstance(a, int) and not isinstance(a, bool) and 0 <= a < len(choices):
-                idx = a
-            elif str(a) in choices:
-                idx = choices.index(str(a))
-            elif str(a).strip().upper() in "ABCDEFGHIJ"[: len(choices)] and len(str(a).strip()) == 1:
-                idx = "ABCDEFGHIJ".index(str(a).strip().upper())
+        if spec.answer_type == "choice":
+            if choices is not None:
+                n = len(choices)
+                listing = "\n".join(f"{LETTERS[j]}. {c}" for j, c in enumerate(choices))
+                prompt_q = f"{q}\n\n{listing}\n\nAnswer with the letter of the correct option."
+                item["question"] = prompt_q
+                if messages is not None:
+                    last_user = max(j for j, m in enumerate(messages) if m["role"] == "user")
+                    messages[last_user] = {"role": "user", "content": prompt_q}
             else:
-                raise DataError(
-                    f"{where}: gold answer {a!r} is neither an option index, a letter, nor one of the options"
-                )
+                n = spec.num_choices or inline_option_count(q)
+                if not n:
+                    raise DataError(
+                        f"{where}: {label} has answer_type: choice but no options: map fields.choices to a list "
+                        "column, write the options in the question as lines 'A. ...', or set num_choices"
+                    )
+            idx = _gold_index(a, choices, n, spec, where, label)
+            item.update(answer=LETTERS[idx], answer_index=idx, n_choices=n)
+        elif choices is not None:
+            idx = _gold_index(a, choices, len(choices), spec, where, label)
             item.update(question=f"Question: {q}\nAnswer:", choices=choices, answer=idx, answer_text=choices[idx])
         items.append(item)
     return items

@@ -169,22 +169,46 @@ def _chat_prompt(tok, system_prompt: str | None, question: str) -> str:
     return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
 
-def score_text(spec: BenchmarkSpec, item: dict[str, Any], text: str) -> float:
-    """1.0 when the completion's final answer is right, else 0.0."""
-    from stages.rewards import extract_final_answer, is_correct
+def item_prompt(tok, cfg: Config, spec: BenchmarkSpec, item: dict[str, Any]) -> str:
+    """The generation prompt of an item: its own chat when the file had one, else the question under the benchmark's
+    system prompt (``data.system_prompt`` unless the benchmark sets one)."""
+    if item.get("messages"):
+        return tok.apply_chat_template(item["messages"], tokenize=False, add_generation_prompt=True)
+    system = cfg.data.system_prompt if spec.system_prompt is None else spec.system_prompt
+    return _chat_prompt(tok, system, item["question"])
 
-    final = extract_final_answer(text)
+
+def score_text(spec: BenchmarkSpec, item: dict[str, Any], text: str, *, lenient: bool = False) -> float:
+    """1.0 when the completion's final answer is right, else 0.0. Math answers go through
+    :func:`stages.answers.score_math`, the function the RL reward ``math_correct`` also calls."""
+    from stages.answers import choice_letter, extract_final_answer, lenient_final_answer, score_math
+
     if spec.source == "reasoning_gym":
         import reasoning_gym
 
+        final = extract_final_answer(text)
         fn = reasoning_gym.get_score_answer_fn(spec.task)
         m = _LAST_LINE.search(text)
         cands = [c for c in (final, m.group(0).strip() if m else None) if c]
         return float(any(fn(c, item["entry"]) >= 0.999 for c in cands))
+    if spec.answer_type == "choice":
+        return float(choice_letter(text, item["n_choices"]) == item["answer"])
     if spec.answer_type == "text":
+        final = lenient_final_answer(text) if lenient else extract_final_answer(text)
         norm = lambda s: " ".join(str(s).lower().split()).strip(" .")  # noqa: E731
         return float(final is not None and norm(final) == norm(item["answer"]))
-    return float(is_correct(final, item["answer"]))
+    return score_math(text, item["answer"], lenient=lenient)
+
+
+def _chance(spec: BenchmarkSpec, items: list[dict[str, Any]]) -> float:
+    """The configured chance level, else 1/#options averaged over items (multiple choice), else 0."""
+    if spec.chance is not None:
+        return spec.chance
+    if spec.answer_type == "choice":
+        return float(sum(1 / x["n_choices"] for x in items) / len(items))
+    if spec.is_choice:
+        return float(sum(1 / len(x["choices"]) for x in items) / len(items))
+    return 0.0
 
 
 # ---------------------------------------------------------------------------------------- multiple choice
@@ -370,7 +394,7 @@ def evaluate_model(
             generator = HFGenerator(model, tok, cfg.eval.batch_size)
         try:
             for spec, items, _ in gen_benches:
-                prompts = [_chat_prompt(tok, cfg.data.system_prompt, x["question"]) for x in items]
+                prompts = [item_prompt(tok, cfg, spec, x) for x in items]
                 greedy = generator.generate(
                     prompts, n=1, temperature=0.0, max_new_tokens=spec.max_new_tokens, seed=spec.seed
                 )
@@ -380,8 +404,13 @@ def evaluate_model(
                     for x, g in zip(items, greedy, strict=True)
                 ]
                 scores[f"{spec.name}/accuracy"] = {"ids": [x["id"] for x in items], "scores": correct}
-                extra = {"domain": spec.domain, "chance": spec.chance if spec.chance is not None else 0.0}
+                extra = {"domain": spec.domain, "chance": _chance(spec, items)}
                 metrics[f"{spec.name}/accuracy"] = _summary(correct, cfg, **extra, kind="greedy")
+                if spec.answer_type in ("math", "number", "text") and spec.source != "reasoning_gym":
+                    # lenient: also the last number of an answer with no marked final answer (format vs knowledge)
+                    loose = [score_text(spec, x, g[0], lenient=True) for x, g in zip(items, greedy, strict=True)]
+                    scores[f"{spec.name}/accuracy_lenient"] = {"ids": [x["id"] for x in items], "scores": loose}
+                    metrics[f"{spec.name}/accuracy_lenient"] = _summary(loose, cfg, **extra, kind="greedy_lenient")
                 if spec.samples:
                     k = spec.samples
                     sampled = generator.generate(
@@ -405,9 +434,7 @@ def evaluate_model(
     t = time.perf_counter()
     for spec, items, _ in choice_benches:
         correct = choice_correct(model, tok, items, cfg.eval.batch_size)
-        chance = (
-            spec.chance if spec.chance is not None else float(sum(1 / len(x["choices"]) for x in items) / len(items))
-        )
+        chance = _chance(spec, items)
         scores[f"{spec.name}/accuracy"] = {"ids": [x["id"] for x in items], "scores": correct}
         metrics[f"{spec.name}/accuracy"] = _summary(correct, cfg, domain=spec.domain, chance=chance, kind="choice")
     timing["choice_s"] = time.perf_counter() - t

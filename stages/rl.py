@@ -101,18 +101,24 @@ def rl_prompts(cfg: Config) -> list[dict[str, Any]]:
 
     source = cfg.rl.prompt_data or cfg.data
     sft_questions = {x["question"] for x in build_items(cfg.data)} if source.source == "reasoning_gym" else set()
-    items = build_items(source, size=cfg.rl.num_prompts + len(sft_questions), seed=cfg.rl.prompt_seed)
+    label = "rl.prompt_data" if cfg.rl.prompt_data else "data"
+    items = build_items(source, size=cfg.rl.num_prompts + len(sft_questions), seed=cfg.rl.prompt_seed, label=label)
     if any(x["answer"] is None for x in items):
-        raise ConfigError("RL prompts need gold answers: map rl.prompt_data.fields.answer to a column")
+        raise ConfigError(f"RL prompts need gold answers: map {label}.fields.answer to a column or path")
     items = [x for x in items if x["question"] not in sft_questions][: cfg.rl.num_prompts]
     if "math_correct" in cfg.rl.rewards:
-        from stages.rewards import gold_parses
+        from stages.answers import GoldError, parse_gold
 
-        bad = [x for x in items if not gold_parses(x["answer"])]
-        if bad:
+        errors = []
+        for x in items:
+            try:
+                parse_gold(x["answer"])
+            except GoldError as e:
+                errors.append(f"{e} (prompt {x['question'][:60]!r})")
+        if errors:
             raise ConfigError(
-                f"{len(bad)} RL prompt(s) have a gold answer math-verify cannot read, e.g. {bad[0]['answer']!r} for "
-                f"{bad[0]['question'][:60]!r}: fix or drop them in rl.prompt_data, or use rewards without gold answers"
+                f"{len(errors)} RL prompt(s) in {label} have a gold answer the math_correct reward cannot read: "
+                f"{errors[0]}. Fix or drop them, or use rewards without gold answers"
             )
     if len(items) < cfg.rl.num_prompts:
         raise ConfigError(f"only {len(items)} RL prompts are disjoint from the SFT data; lower rl.num_prompts")

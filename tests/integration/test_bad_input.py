@@ -41,7 +41,7 @@ def workspace(tmp_path_factory, cache_dir):
     (ws / "malformed.jsonl").write_text('{"question": "1+1", "response": \n')
     (ws / "nofield.jsonl").write_text(json.dumps({"prompt": "1+1?", "response": "2 #### 2", "answer": "2"}) + "\n")
     (ws / "badgold.jsonl").write_text(
-        "".join(json.dumps({"question": f"{i}+{i}?", "answer": "banana"}) + "\n" for i in range(40))
+        "".join(json.dumps({"question": f"{i}+{i}?", "answer": f"\\frac{{{i}}}{{"}) + "\n" for i in range(40))
     )
     cfg = load_config(CONFIGS / "tiny.yaml", [f"cache_dir={cache_dir}"])
     model = Path(resolve_model(cfg))
@@ -103,9 +103,9 @@ ROWS = [
     ("malformed-dataset", _stage("sft", "--config", TINY, RP, FILE, "data.path={ws}/malformed.jsonl"),
      "could not be read"),
     ("missing-mapped-field", _stage("sft", "--config", TINY, RP, FILE, "data.path={ws}/nofield.jsonl"),
-     "field 'question' is missing"),
+     "column 'question' is missing"),
     ("unparsable-gold-answer", _stage("rl", "--config", TINY, "rl.prompt_data={source: file, path: {ws}/badgold.jsonl,"
-     " fields: {response: null}}", "rl.num_prompts=8"), "gold answer math-verify cannot read"),
+     " fields: {response: null}}", "rl.num_prompts=8"), "gold answer the math_correct reward cannot read"),
     ("rl-init-missing", _stage("rl", "--config", TINY, "rl.init={ws}/no-such-checkpoint"), "rl.init"),
     ("eval-unknown-model", _stage("evaluate", "--config", TINY, "eval.models=[nosuch]"), "neither 'base'"),
     ("eval-duplicate-benchmarks", _stage("evaluate", "--config", TINY,

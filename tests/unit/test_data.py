@@ -7,7 +7,7 @@ import json
 import pytest
 
 from stages.config import DataConfig, TaskSpec
-from stages.data import DataError, build_items, chain_sum_solution, to_conversation
+from stages.data import DataError, build_items, chain_sum_solution, to_conversation, to_trl_dataset
 
 
 def test_chain_sum_solution_hand_checked():
@@ -69,10 +69,11 @@ def test_parquet_loader(tmp_path):
 @pytest.mark.parametrize(
     "content,name,words",
     [
-        ('{"question": "a", "answer": "1"}\n', "d.jsonl", ["'response' is missing", "data.fields"]),
+        ('{"question": "a", "answer": "1"}\n', "d.jsonl", ["SFT needs a response", "data.fields.response"]),
+        ('{"q": "a", "response": "1"}\n', "d.jsonl", ["column 'question' is missing", "data.fields.question"]),
         ("", "empty.jsonl", ["empty"]),
         ("{not json\n", "bad.jsonl", ["could not be read"]),
-        ('{"question": "", "response": "x", "answer": "1"}\n', "d.jsonl", ["non-empty strings"]),
+        ('{"question": "", "response": "x", "answer": "1"}\n', "d.jsonl", ["non-empty string"]),
         ("a,b\n", "d.csv", ["unsupported file type"]),
     ],
 )
@@ -80,7 +81,7 @@ def test_bad_datasets(tmp_path, content, name, words):
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(DataError) as err:
-        build_items(DataConfig(source="file", path=str(path)))
+        to_trl_dataset(build_items(DataConfig(source="file", path=str(path))), None)
     for w in words:
         assert w in str(err.value), str(err.value)
 
