@@ -238,3 +238,36 @@ def test_a_second_writer_of_the_same_arm_is_refused(tiny_cfg):
     other = tiny_cfg("sft.training.max_steps=1", "run_name=other")
     with FolderLock(cfg.arm_dir):
         assert run(other)["steps"] == 1
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_lora_merged_checkpoint_is_the_trained_model_with_tied_embeddings_too(tiny_cfg, tied):
+    """The merged checkpoint computes what the trained adapter model computes (KL < 1e-6), tied head included: LoRA
+    adapts the embedding lookup, never the tied head, so the head must keep the pretrained matrix."""
+    from peft import PeftModel
+
+    cfg = tiny_cfg(
+        "sft.method=lora",
+        f"model.tiny.tie_word_embeddings={str(tied).lower()}",
+        f"run_name=lora-tied-{tied}",
+        "sft.training.max_steps=4",
+        "sft.training.learning_rate=5e-3",
+    )
+    metrics = run(cfg)
+    base_path = metrics["base_model"]
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    assert base.config.tie_word_embeddings is tied
+    trained = PeftModel.from_pretrained(base, cfg.arm_dir / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(cfg.arm_dir / "checkpoint", use_safetensors=True).eval()
+    ids = torch.randint(3, merged.config.vocab_size, (4, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lp_trained = torch.log_softmax(trained(input_ids=ids).logits.double(), -1)
+        lp_merged = torch.log_softmax(merged(input_ids=ids).logits.double(), -1)
+    kl = (lp_trained.exp() * (lp_trained - lp_merged)).sum(-1).mean().item()
+    assert kl < 1e-6, kl
+    pretrained = AutoModelForCausalLM.from_pretrained(base_path)
+    emb0 = pretrained.get_input_embeddings().weight
+    assert not torch.equal(merged.get_input_embeddings().weight, emb0)  # the lookup was adapted
+    if tied:
+        assert torch.equal(merged.get_output_embeddings().weight, emb0)  # the head was not
+        assert merged.config.tie_word_embeddings is False
