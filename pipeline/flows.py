@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, field_validator
@@ -97,7 +98,36 @@ def resolve(params: StageParams) -> Config:
                 f"launcher.num_processes={params.launcher.num_processes} needs launcher.accelerate_config, an existing "
                 f"file such as configs/accelerate/ddp.yaml (got {acc!r})"
             )
+        methods = getattr(params, "arms", None) or [cfg.sft.method]
+        refuse_unsupported_launcher(acc if Path(acc).is_file() else str(REPO / acc), methods)
     return cfg
+
+
+PENALTY_METHODS = ("rpsft", "l2")
+
+
+def refuse_unsupported_launcher(accelerate_config: str, methods: list[str]) -> None:
+    """RPSFT and L2 add their penalty gradient after backward, on whole matrices. DeepSpeed (any ZeRO stage) takes the
+    optimizer step inside backward, so the penalty would land one step late or be dropped, and in bf16 it keeps bf16
+    module weights, so the penalty is not 0 at step 0; FSDP shards the matrices. Refused before any stage starts.
+
+    Raises:
+        ConfigError: a penalty method under DeepSpeed or FSDP (the message names the config and the way out).
+    """
+    with open(accelerate_config, encoding="utf-8") as f:
+        kind = str((yaml.safe_load(f) or {}).get("distributed_type", "")).upper()
+    penalty = [m for m in methods if m in PENALTY_METHODS]
+    if penalty and kind in ("DEEPSPEED", "FSDP"):
+        raise ConfigError(
+            f"arms {penalty} cannot run under {accelerate_config} (distributed_type {kind}): "
+            + (
+                "DeepSpeed steps the optimizer inside backward, so the RPSFT/L2 penalty gradient would be applied a "
+                "step late or dropped"
+                if kind == "DEEPSPEED"
+                else "FSDP shards the weight matrices the penalty is defined on"
+            )
+            + ". Use configs/accelerate/ddp.yaml for them (the other arms may keep this launcher in a separate run)"
+        )
 
 
 def stage_command(stage: str, params: StageParams, extra: list[str] | None = None) -> list[str]:

@@ -117,9 +117,12 @@ def _make_trainer_class():
             if acc.distributed_type == DistributedType.FSDP:
                 raise ConfigError("RPSFT/L2 under FSDP is not supported (sharded weights); use DDP or ZeRO-2")
             if acc.distributed_type == DistributedType.DEEPSPEED:
-                stage = acc.state.deepspeed_plugin.zero_stage
-                if stage == 3:
-                    raise ConfigError("RPSFT/L2 under DeepSpeed ZeRO-3 is not supported; use ZeRO-2 or DDP")
+                # DeepSpeed steps the optimizer inside backward: add_penalty_grad would run after the step it belongs
+                # to (one step late, or dropped), and bf16 module weights make the penalty non-zero at step 0.
+                raise ConfigError(
+                    "RPSFT/L2 under DeepSpeed is not supported (the optimizer steps inside backward, so the penalty "
+                    "gradient would land a step late); use DDP (configs/accelerate/ddp.yaml)"
+                )
 
         def _loss_scaled_for_ga(self, num_items_in_batch) -> bool:
             # Mirrors transformers.Trainer.training_step: a loss normalised by num_items_in_batch is not divided by GA.

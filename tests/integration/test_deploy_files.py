@@ -84,3 +84,30 @@ def test_accelerate_configs_load(name):
     cfg = load_config_from_file(str(REPO / "configs" / "accelerate" / name))
     assert cfg.num_processes >= 2
     assert str(cfg.distributed_type).split(".")[-1] in ("MULTI_GPU", "DEEPSPEED", "FSDP")
+
+
+@pytest.mark.parametrize(
+    ("launcher", "arms", "refused"),
+    [
+        ("zero2.yaml", ["sft", "rpsft"], True),
+        ("zero2.yaml", ["l2"], True),
+        ("fsdp.yaml", ["rpsft"], True),
+        ("zero2.yaml", ["sft", "lora", "dft"], False),
+        ("ddp.yaml", ["sft", "rpsft", "l2"], False),
+    ],
+)
+def test_penalty_arms_are_refused_under_deepspeed_and_fsdp_before_any_stage(launcher, arms, refused):
+    """DeepSpeed steps the optimizer inside backward (the penalty gradient would land late); FSDP shards matrices."""
+    from pipeline.flows import PipelineParams, resolve
+    from stages.config import ConfigError
+
+    params = PipelineParams(
+        config="configs/tiny.yaml",
+        arms=arms,
+        launcher={"num_processes": 2, "accelerate_config": f"configs/accelerate/{launcher}"},
+    )
+    if refused:
+        with pytest.raises(ConfigError, match=r"cannot run under .*(DEEPSPEED|FSDP).*ddp.yaml"):
+            resolve(params)
+    else:
+        assert resolve(params).run_name == "tiny"
