@@ -287,8 +287,24 @@ def sft_to_rl(
     force: bool = False,
     parallel_arms: bool = False,
     launcher: Launcher | None = None,
+    seeds: list[int] | None = None,
 ) -> dict[str, Any]:
-    """prepare -> SFT arms (default sft and rpsft) -> RL from each arm -> evaluate all -> report."""
+    """prepare -> SFT arms (default sft and rpsft) -> RL from each arm -> evaluate all -> report; with several
+    ``seeds``, arms, RL and evaluation once per training seed and one report that resamples seeds, then items.
+
+    Args:
+        config: Config file (relative to the project folder).
+        overrides: Dotted key=value overrides, e.g. ``sft.training.learning_rate=1e-4``.
+        arms: SFT methods to train (sft, rpsft, l2, dft, iw, lora); default sft and rpsft.
+        rl: Run RL from every arm.
+        evaluate: Evaluate base, arms and RL runs, and write the report.
+        force: Recompute stages whose outputs are already complete.
+        parallel_arms: Train arms concurrently (only with the resources for it).
+        launcher: How training stages start (processes, accelerate config).
+        seeds: Training seeds, e.g. [0, 1, 2] (the config's ``seeds``); at least 3 for a verdict about methods.
+    """
+    if seeds:
+        overrides = [*(overrides or []), f"seeds={json.dumps(list(seeds))}"]
     params = _params(
         PipelineParams,
         config=config,
@@ -314,22 +330,33 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
         "run folder %s; arms %s; rl %s; evaluate %s", cfg.run_dir.resolve(), params.arms, params.rl, params.evaluate
     )
     stage_task("prepare", params, "prepare")
-    if params.parallel_arms:
-        futures = [stage_task.submit("sft", params, f"sft[{a}]", [f"sft.method={a}"]) for a in params.arms]
-        for f in futures:
-            f.result()
-    else:
+    seeds = cfg.seed_list
+    if len(seeds) > 1:
+        logger.info("%d training seeds %s: one run per seed in %s", len(seeds), seeds, cfg.run_dir / "seeds")
+    for seed in seeds:
+        # every arm, its RL run and the evaluation once per training seed; one report pools them
+        so = cfg.seed_overrides(seed)
+        scfg = cfg.for_seed(seed)
+        tag = f"@seed{seed}" if so else ""
+        if params.parallel_arms:
+            futures = [
+                stage_task.submit("sft", params, f"sft[{a}{tag}]", [*so, f"sft.method={a}"]) for a in params.arms
+            ]
+            for f in futures:
+                f.result()
+        else:
+            for arm in params.arms:
+                stage_task("sft", params, f"sft[{arm}{tag}]", [*so, f"sft.method={arm}"])
         for arm in params.arms:
-            stage_task("sft", params, f"sft[{arm}]", [f"sft.method={arm}"])
-    for arm in params.arms:
-        _metrics_artifact(cfg, arm, f"SFT arm {arm}")
-    if params.rl:
-        for arm in params.arms:
-            stage_task("rl", params, f"rl[{arm}]", _rl_extra(cfg, arm))
-            _metrics_artifact(cfg, f"rl-{arm}", f"RL from {arm}")
+            _metrics_artifact(scfg, arm, f"SFT arm {arm}{tag}")
+        if params.rl:
+            for arm in params.arms:
+                stage_task("rl", params, f"rl[{arm}{tag}]", [*so, *_rl_extra(scfg, arm)])
+                _metrics_artifact(scfg, f"rl-{arm}", f"RL from {arm}{tag}")
+        if params.evaluate:
+            stage_task("evaluate", params, f"evaluate{tag}", so)
     out: dict[str, Any] = {"run_dir": str(cfg.run_dir.resolve())}
     if params.evaluate:
-        stage_task("evaluate", params, "evaluate")
         stage_task("report", params, "report")
         report_artifacts(cfg)
         out["report"] = str((cfg.run_dir / "report.md").resolve())

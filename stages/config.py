@@ -37,6 +37,12 @@ class TinyModelConfig(Strict):
     num_key_value_heads: int = Field(2, ge=1)
     vocab_size: int = Field(512, ge=300, description="BPE vocabulary trained on the task text (>= 300).")
     tie_word_embeddings: bool = False
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Initialisation seed of the tiny model (the 'pretrained' weights): fixed "
+        "across training seeds, so every seed of a run starts from the same model.",
+    )
 
     @model_validator(mode="after")
     def _heads(self) -> TinyModelConfig:
@@ -471,6 +477,14 @@ class EvalConfig(Strict):
         return self
 
 
+class PrimaryMetric(Strict):
+    """The report's primary comparison: ``metric`` of model ``a`` minus model ``b``."""
+
+    metric: str = "ood/mean_accuracy"
+    a: str = "rpsft"
+    b: str = "sft"
+
+
 class ReportConfig(Strict):
     """The comparison report (stages.report)."""
 
@@ -482,6 +496,11 @@ class ReportConfig(Strict):
     compare: list[tuple[str, str]] = Field(
         default_factory=lambda: [("rpsft", "sft"), ("rl-rpsft", "rl-sft"), ("sft", "base"), ("rpsft", "base")],
         description="Model pairs (a, b) compared as a - b, when both were evaluated.",
+    )
+    primary: PrimaryMetric = Field(
+        default_factory=lambda: PrimaryMetric(),
+        description="The one comparison the run is about; with the headline metrics it forms the Holm-corrected "
+        "family of the report's verdicts.",
     )
 
 
@@ -495,6 +514,11 @@ class Config(Strict):
         description="Converted models and RPSFT anchors (env SFT2RL_CACHE_DIR).",
     )
     seed: int = 0
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="Training seeds of a multi-seed run: every arm is trained, RL'd and evaluated once per seed in "
+        "<run_dir>/seeds/seed-<s>/, and the report resamples seeds, then items. Empty: the one run of `seed`.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: torch's choice.")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -513,9 +537,38 @@ class Config(Strict):
             )
         return v
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds {v} has repeats: each seed is one training run")
+        bad = [x for x in v if not 0 <= x < 2**32]
+        if bad:
+            raise ValueError(f"seeds {bad} are outside [0, 2**32)")
+        return v
+
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_root) / self.run_name
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The training seeds of this run: ``seeds``, or ``[seed]``."""
+        return list(self.seeds) or [self.seed]
+
+    def seed_overrides(self, seed: int) -> list[str]:
+        """Overrides that turn this config into the one-seed run of ``seed`` (nothing when the run has one seed)."""
+        if len(self.seed_list) < 2:
+            return []
+        return [f"seed={seed}", "seeds=[]", f"runs_root={self.run_dir / 'seeds'}", f"run_name=seed-{seed}"]
+
+    def for_seed(self, seed: int) -> Config:
+        """The one-seed run of ``seed``: ``<run_dir>/seeds/seed-<s>/`` when the run has several seeds, else self."""
+        if len(self.seed_list) < 2:
+            return self
+        return self.model_copy(
+            update={"seed": seed, "seeds": [], "runs_root": str(self.run_dir / "seeds"), "run_name": f"seed-{seed}"}
+        )
 
     @property
     def arm_dir(self) -> Path:

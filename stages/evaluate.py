@@ -28,7 +28,14 @@ from typing import Any
 
 from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
 from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done
-from stages.metrics import avg_at_k, bootstrap_ci, cka_bootstrap, pass_at_k, seeds_bootstrap_ci
+from stages.metrics import (
+    avg_at_k,
+    bootstrap_ci,
+    cka_bootstrap_stats,
+    pass_at_k,
+    proportion_ci,
+    stratified_bootstrap_ci,
+)
 
 log = logging.getLogger(__name__)
 
@@ -337,29 +344,36 @@ def forgetting_metrics(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
     }
     g = np.asarray(groups)
     layers = []
+    layer_stats = []
     for xb_list, xm_list in zip(hb_layers or [], hm_layers or [], strict=True):
         xb = torch.cat(xb_list).double()
         xm = torch.cat(xm_list).double()
         kb = (xb @ xb.T).numpy()
         km = (xm @ xm.T).numpy()
-        v, lo, hi = cka_bootstrap(kb, km, g, n_boot=spec.cka_bootstrap, confidence=ev.confidence, seed=cfg.seed)
+        # the same seed draws the same sequences for every layer: averaging the statistics resample by resample
+        # gives the bootstrap distribution of the mean CKA itself
+        v, lo, hi, st = cka_bootstrap_stats(
+            kb, km, g, n_boot=spec.cka_bootstrap, confidence=ev.confidence, seed=cfg.seed
+        )
         layers.append({"value": v, "ci_low": lo, "ci_high": hi})
+        layer_stats.append(st)
     if layers:
-        vals = [x["value"] for x in layers]
+        mean_stats = np.mean(np.stack(layer_stats), axis=0)
+        a = (1 - ev.confidence) / 2
         metrics["forgetting/cka_mean"] = {
-            "value": float(np.mean(vals)),
-            "ci_low": float(np.mean([x["ci_low"] for x in layers])),
-            "ci_high": float(np.mean([x["ci_high"] for x in layers])),
+            "value": float(np.mean([x["value"] for x in layers])),
+            "ci_low": float(np.quantile(mean_stats, a)),
+            "ci_high": float(np.quantile(mean_stats, 1 - a)),
             "n": len(set(groups)),
             "domain": "forgetting",
-            "note": "mean over layers; interval = mean of the per-layer bootstrap bounds (sequences resampled)",
+            "note": "mean over layers; interval from the bootstrap of the mean itself (whole sequences resampled)",
         }
     return {"metrics": metrics, "cka_layers": layers, "kl_per_sequence": kl_seq}
 
 
 # ------------------------------------------------------------------------------------------------ the stage
 def _summary(values: list[float], cfg: Config, **extra: Any) -> dict[str, Any]:
-    v, lo, hi = bootstrap_ci(values, n_boot=cfg.eval.bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed)
+    v, lo, hi = proportion_ci(values, n_boot=cfg.eval.bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed)
     return {"value": v, "ci_low": lo, "ci_high": hi, "n": len(values), **extra}
 
 
@@ -452,7 +466,7 @@ def evaluate_model(
             scores[k]["scores"] for k, m in metrics.items() if m.get("domain") == domain and k.endswith("/accuracy")
         ]
         if groups:
-            v, lo, hi = seeds_bootstrap_ci(
+            v, lo, hi = stratified_bootstrap_ci(
                 groups, n_boot=cfg.eval.bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed
             )
             metrics[f"{'id' if domain == 'in' else 'ood'}/mean_accuracy"] = {

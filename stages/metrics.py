@@ -1,4 +1,5 @@
-"""Evaluation statistics: Avg@k and pass@k, bootstrap intervals (plain, paired, across seeds), linear CKA, token KL.
+"""Evaluation statistics: Avg@k and pass@k, bootstrap intervals (plain, stratified, hierarchical over seeds and
+items, paired), bootstrap p-values with Holm's correction, Wilson intervals, linear CKA, token KL.
 
 Pure numpy / torch, no model code, so every formula here is unit tested on hand-computed cases.
 """
@@ -54,23 +55,98 @@ def bootstrap_ci(
     return float(x.mean()), lo, hi
 
 
-def seeds_bootstrap_ci(
-    per_seed: Sequence[Sequence[float]], *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+def proportion_ci(
+    values: Sequence[float], *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
-    """Mean across seeds of the per-seed mean score; items are resampled within each seed (stratified bootstrap).
+    """Mean and interval of per-item scores: Wilson's interval when every score is 0 or 1 (a proportion; right at
+    0/n and n/n, where the percentile bootstrap says [0, 0]), else :func:`bootstrap_ci`."""
+    x = np.asarray(values, dtype=float)
+    if x.size and np.all((x == 0) | (x == 1)):
+        lo, hi = wilson_ci(int(x.sum()), int(x.size), confidence)
+        return float(x.mean()), lo, hi
+    return bootstrap_ci(x, n_boot=n_boot, confidence=confidence, seed=seed)
 
-    With one seed this equals :func:`bootstrap_ci`.
+
+def stratified_bootstrap_ci(
+    strata: Sequence[Sequence[float]], *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """Unweighted mean of the strata means (e.g. benchmarks of one model); items are resampled within each stratum.
+
+    With one stratum this equals :func:`bootstrap_ci`.
     """
-    arrays = [np.asarray(s, dtype=float) for s in per_seed]
-    if not arrays or any(a.size == 0 for a in arrays):
-        raise ValueError("every seed needs at least one item")
+    v, lo, hi, _ = hierarchical_bootstrap([list(strata)], n_boot=n_boot, confidence=confidence, seed=seed)
+    return v, lo, hi
+
+
+def hierarchical_bootstrap(
+    data: Sequence[Sequence[Sequence[float]]], *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float, np.ndarray]:
+    """Mean over seeds of the unweighted mean over strata of the item means, with a two-level bootstrap: seeds are
+    resampled with replacement, then items within each stratum of each drawn seed (each draw independently).
+
+    ``data[s][g]`` holds the per-item values of stratum g (a benchmark) in seed s (a training run). Resampling seeds
+    is what lets the interval include run-to-run spread: with seeds that disagree in sign the interval covers both,
+    where an item-only bootstrap would not. One seed reduces to the item bootstrap (stratified by g).
+
+    Returns:
+        (point estimate, low, high, the bootstrap statistics).
+    """
+    seeds = [[np.asarray(g, dtype=float) for g in s] for s in data]
+    if not seeds or any(not s or any(g.size == 0 for g in s) for s in seeds):
+        raise ValueError("every seed needs at least one stratum with at least one item")
+    if len({len(s) for s in seeds}) != 1:
+        raise ValueError("every seed needs the same strata")
+    n_seeds, n_strata = len(seeds), len(seeds[0])
     rng = np.random.default_rng(seed)
+    point = float(np.mean([np.mean([g.mean() for g in s]) for s in seeds]))
+    chosen = rng.integers(0, n_seeds, size=(n_boot, n_seeds)) if n_seeds > 1 else np.zeros((n_boot, 1), dtype=int)
     stats = np.zeros(n_boot)
-    for a in arrays:
-        stats += a[rng.integers(0, a.size, size=(n_boot, a.size))].mean(axis=1)
-    stats /= len(arrays)
+    for j in range(chosen.shape[1]):
+        for s in range(n_seeds):
+            rows = np.flatnonzero(chosen[:, j] == s)
+            if not rows.size:
+                continue
+            for g in seeds[s]:
+                stats[rows] += g[rng.integers(0, g.size, size=(rows.size, g.size))].mean(axis=1) / n_strata
+    stats /= chosen.shape[1]
     lo, hi = _interval(stats, confidence)
-    return float(np.mean([a.mean() for a in arrays])), lo, hi
+    return point, lo, hi, stats
+
+
+def bootstrap_p_value(stats: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "the statistic is 0": twice the smaller tail share at 0, (count + 1) / (B + 1)
+    so that it is never exactly 0 from finitely many resamples."""
+    stats = np.asarray(stats, dtype=float)
+    if np.all(stats == 0):
+        return 1.0
+    tail = min(int((stats <= 0).sum()), int((stats >= 0).sum()))
+    return float(min(1.0, 2 * (tail + 1) / (stats.size + 1)))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given): step-down, monotone, capped at 1."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (p.size - rank) * p[i]))
+        adjusted[i] = running
+    return [float(x) for x in adjusted]
+
+
+def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion: sensible at 0/n and n/n, where a percentile bootstrap gives [0, 0]."""
+    from statistics import NormalDist
+
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"Wilson interval needs 0 <= successes <= n, n > 0 (got {successes}/{n})")
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    phat = successes / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def paired_diff_ci(
@@ -82,6 +158,7 @@ def paired_diff_ci(
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """Difference mean(a) - mean(b) paired by item and seed: ``a[s][i]`` and ``b[s][i]`` are the same item i of seed s.
+    Seeds and then items are resampled (:func:`hierarchical_bootstrap`).
 
     Returns:
         (difference, low, high).
@@ -89,14 +166,30 @@ def paired_diff_ci(
     Raises:
         ValueError: a and b do not cover the same items.
     """
-    if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b, strict=True)):
+    d, lo, hi, _ = paired_diff(a, b, n_boot=n_boot, confidence=confidence, seed=seed)
+    return d, lo, hi
+
+
+def paired_diff(
+    a: Sequence[Sequence[float]] | Sequence[Sequence[Sequence[float]]],
+    b: Sequence[Sequence[float]] | Sequence[Sequence[Sequence[float]]],
+    *,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float, np.ndarray]:
+    """:func:`paired_diff_ci` with the bootstrap statistics; ``a[s]`` may also be a list of strata (benchmarks)."""
+    if len(a) != len(b):
         raise ValueError("paired comparison needs the same seeds and items on both sides")
-    return seeds_bootstrap_ci(
-        [np.asarray(x, dtype=float) - np.asarray(y, dtype=float) for x, y in zip(a, b, strict=True)],
-        n_boot=n_boot,
-        confidence=confidence,
-        seed=seed,
-    )
+    nested = bool(len(a)) and bool(len(a[0])) and np.ndim(a[0][0]) == 1
+    a3 = a if nested else [[x] for x in a]
+    b3 = b if nested else [[x] for x in b]
+    diffs = []
+    for sa, sb in zip(a3, b3, strict=True):
+        if len(sa) != len(sb) or any(len(x) != len(y) for x, y in zip(sa, sb, strict=True)):
+            raise ValueError("paired comparison needs the same seeds and items on both sides")
+        diffs.append([np.asarray(x, dtype=float) - np.asarray(y, dtype=float) for x, y in zip(sa, sb, strict=True)])
+    return hierarchical_bootstrap(diffs, n_boot=n_boot, confidence=confidence, seed=seed)
 
 
 def _center_gram(k: np.ndarray) -> np.ndarray:
@@ -137,6 +230,21 @@ def cka_bootstrap(
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """CKA and a bootstrap interval that resamples whole sequences (``groups[i]`` = sequence of token i)."""
+    value, lo, hi, _ = cka_bootstrap_stats(kx, ky, groups, n_boot=n_boot, confidence=confidence, seed=seed)
+    return value, lo, hi
+
+
+def cka_bootstrap_stats(
+    kx: np.ndarray,
+    ky: np.ndarray,
+    groups: np.ndarray,
+    *,
+    n_boot: int = 100,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float, np.ndarray]:
+    """:func:`cka_bootstrap` and its statistics. The same ``seed`` and ``groups`` draw the same sequences, so the
+    statistics of several layers can be averaged resample by resample into the interval of the mean CKA."""
     value = cka_from_grams(kx, ky)
     ids = np.unique(groups)
     members = [np.flatnonzero(groups == g) for g in ids]
@@ -145,8 +253,9 @@ def cka_bootstrap(
     for _ in range(n_boot):
         idx = np.concatenate([members[j] for j in rng.integers(0, len(ids), size=len(ids))])
         stats.append(cka_from_grams(kx[np.ix_(idx, idx)], ky[np.ix_(idx, idx)]))
-    lo, hi = _interval(np.asarray(stats), confidence)
-    return value, lo, hi
+    stats_arr = np.asarray(stats)
+    lo, hi = _interval(stats_arr, confidence)
+    return value, lo, hi, stats_arr
 
 
 def token_kl(base_logits, model_logits):

@@ -174,7 +174,7 @@ def resolve_model(cfg: Config, corpus: Iterable[str] | None = None) -> str:
             from stages.data import tokenizer_corpus
 
             corpus = tokenizer_corpus(cfg.data)
-        return str(build_tiny(m, cache, corpus, cfg.seed))
+        return str(build_tiny(m, cache, corpus, m.tiny.seed))
     if m.source == "local":
         folder = Path(m.path).expanduser()
         if not folder.is_dir():

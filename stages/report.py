@@ -21,7 +21,7 @@ from typing import Any
 
 from stages.config import Config, ConfigError
 from stages.io import atomic_write_json, atomic_write_text, is_done
-from stages.metrics import paired_diff_ci, seeds_bootstrap_ci
+from stages.metrics import bootstrap_p_value, hierarchical_bootstrap, holm, paired_diff, wilson_ci
 
 log = logging.getLogger(__name__)
 
@@ -61,32 +61,104 @@ def _aligned(per_seed: list[dict[str, Any]], metric: str, names: tuple[str, ...]
     return out
 
 
-def aggregate(cfg: Config) -> dict[str, Any]:
-    """Models with metrics (averaged across seed runs), paired comparisons, benchmark notes."""
-    runs = [cfg.run_dir, *[Path(p) for p in cfg.report.seed_runs]]
-    for r in runs[1:]:
+def seed_run_dirs(cfg: Config) -> list[Path]:
+    """The run folders whose evaluations the report pools: one per seed of ``seeds`` (or the run itself), then
+    ``report.seed_runs``. Each folder once; the run itself never again as a "seed run".
+
+    Raises:
+        ConfigError: a seed run that is missing, listed twice, or is this run.
+    """
+    runs = [cfg.for_seed(s).run_dir for s in cfg.seed_list]
+    seen = {r.resolve() for r in runs}
+    for raw in cfg.report.seed_runs:
+        r = Path(raw)
         if not (r / "eval").is_dir():
             raise ConfigError(f"report.seed_runs: {r} has no eval/ folder; evaluate that run first")
+        if r.resolve() in seen:
+            raise ConfigError(
+                f"report.seed_runs: {r} is this run or is listed twice; each seed run must be a different run folder"
+            )
+        seen.add(r.resolve())
+        runs.append(r)
+    return runs
+
+
+def _strata(per_seed: list[dict[str, Any]], name: str, domain: str) -> list[str]:
+    """The per-benchmark accuracy metrics of ``domain`` that every seed run of model ``name`` has."""
+    if any(name not in r for r in per_seed):
+        return []
+    first = per_seed[0][name]["metrics"]
+    return [
+        k
+        for k, m in first.items()
+        if m.get("domain") == domain
+        and k.endswith("/accuracy")
+        and not k.startswith(("id/", "ood/"))
+        and all(k in r[name]["scores"] for r in per_seed)
+    ]
+
+
+def _nested(per_seed: list[dict[str, Any]], keys: list[str], names: tuple[str, ...]) -> list[list[list[list[float]]]]:
+    """``out[model][seed][benchmark]`` = the item scores, aligned by item id across the models."""
+    out: list[list[list[list[float]]]] = [[[] for _ in per_seed] for _ in names]
+    for k in keys:
+        al = _aligned(per_seed, k, names)
+        if al is None:
+            return []
+        for m in range(len(names)):
+            for s in range(len(per_seed)):
+                out[m][s].append(al[m][s])
+    return out
+
+
+def _metric_interval(per_seed, name: str, metric: str, boot: dict[str, Any]) -> dict[str, Any] | None:
+    """A metric of one model pooled over seeds: seeds, then items resampled; Wilson when it is a proportion whose
+    bootstrap interval has no width (0/n, n/n)."""
+    if metric in ("id/mean_accuracy", "ood/mean_accuracy"):
+        keys = _strata(per_seed, name, "in" if metric.startswith("id/") else "out")
+        nested = _nested(per_seed, keys, (name,)) if keys else []
+        if not nested:
+            return None
+        v, lo, hi, _ = hierarchical_bootstrap(nested[0], **boot)
+        return {"value": v, "ci_low": lo, "ci_high": hi, "n": sum(len(x) for x in nested[0][0])}
+    aligned = _aligned(per_seed, metric, (name,))
+    if aligned is None:
+        return None
+    v, lo, hi, _ = hierarchical_bootstrap([[x] for x in aligned[0]], **boot)
+    flat = [x for seed in aligned[0] for x in seed]
+    if lo == hi and all(x in (0, 1) for x in flat):
+        lo, hi = wilson_ci(int(sum(flat)), len(flat), boot["confidence"])
+    return {"value": v, "ci_low": lo, "ci_high": hi, "n": len(aligned[0][0])}
+
+
+def aggregate(cfg: Config) -> dict[str, Any]:
+    """Models with metrics (pooled over seed runs), paired comparisons with Holm-corrected verdicts, the seed
+    control, benchmark notes."""
+    runs = seed_run_dirs(cfg)
     per_seed = [_load_run(r) for r in runs]
     if not per_seed[0]:
-        raise ConfigError(f"no evaluated models in {cfg.run_dir / 'eval'}: run the evaluate stage first")
+        raise ConfigError(f"no evaluated models in {runs[0] / 'eval'}: run the evaluate stage first")
+    missing = [str(r) for r, p in zip(runs, per_seed, strict=True) if not p]
+    if missing:
+        raise ConfigError(f"seed runs without evaluated models: {missing}; evaluate them first")
     ev = cfg.eval
     boot = {"n_boot": ev.bootstrap, "confidence": ev.confidence, "seed": cfg.seed}
+    n_seeds = len(runs)
     models = []
     for name, first in per_seed[0].items():
         metrics: dict[str, Any] = {}
         for metric, m in first["metrics"].items():
             row = dict(m)
-            if len(runs) > 1:
-                aligned = _aligned(per_seed, metric, (name,))
-                if aligned is not None:
-                    v, lo, hi = seeds_bootstrap_ci(aligned[0], **boot)
-                    row.update(value=v, ci_low=lo, ci_high=hi, n=sum(map(len, aligned[0])), seeds=len(runs))
+            if n_seeds > 1:
+                pooled = _metric_interval(per_seed, name, metric, boot)
+                if pooled is not None:
+                    row.update(pooled)
                 else:
                     vals = [r[name]["metrics"][metric] for r in per_seed if name in r and metric in r[name]["metrics"]]
                     for key in ("value", "ci_low", "ci_high"):
                         row[key] = sum(v[key] for v in vals) / len(vals)
-                    row["seeds"] = len(vals)
+                    row["note"] = "mean over seeds of the per-seed values and bounds (no per-item scores)"
+            row["seeds"] = sum(1 for r in per_seed if name in r and metric in r[name]["metrics"])
             metrics[metric] = row
         models.append(
             {
@@ -101,56 +173,60 @@ def aggregate(cfg: Config) -> dict[str, Any]:
         )
     order = {"base": 0, "sft": 1, "external": 2, "rl": 3}
     models.sort(key=lambda m: (order.get(m["kind"], 9), m["name"]))
-    comparisons = []
     names = {m["name"] for m in models}
-    for a, b in cfg.report.compare:
+    pairs = [tuple(p) for p in cfg.report.compare]
+    primary = (cfg.report.primary.a, cfg.report.primary.b)
+    if primary not in pairs:
+        pairs.insert(0, primary)
+    comparisons = []
+    for a, b in pairs:
         if a not in names or b not in names:
             continue
         for metric in per_seed[0][a]["scores"]:
             aligned = _aligned(per_seed, metric, (a, b))
             if aligned is None:
                 continue
-            d, lo, hi = paired_diff_ci(aligned[0], aligned[1], **boot)
-            comparisons.append(_verdict(a, b, metric, d, lo, hi, sum(map(len, aligned[0])), len(runs)))
+            d, lo, hi, stats = paired_diff(aligned[0], aligned[1], **boot)
+            comparisons.append(_comparison(a, b, metric, d, lo, hi, stats, len(aligned[0][0]), n_seeds))
         for summary, domain in (("id/mean_accuracy", "in"), ("ood/mean_accuracy", "out")):
-            keys = [
-                k
-                for k, m in per_seed[0][a]["metrics"].items()
-                if m.get("domain") == domain
-                and k.endswith("/accuracy")
-                and "/" in k
-                and not k.startswith(("id/", "ood/"))
-            ]  # noqa: E501
-            groups_a, groups_b = [], []
-            for k in keys:
-                al = _aligned(per_seed, k, (a, b))
-                if al is not None:
-                    groups_a += al[0]
-                    groups_b += al[1]
-            if groups_a:
-                d, lo, hi = paired_diff_ci(groups_a, groups_b, **boot)
-                comparisons.append(_verdict(a, b, summary, d, lo, hi, sum(map(len, groups_a)), len(runs)))
-    bench_file = cfg.run_dir / "eval" / "benchmarks.json"
+            keys = [k for k in _strata(per_seed, a, domain) if k in _strata(per_seed, b, domain)]
+            nested = _nested(per_seed, keys, (a, b)) if keys else []
+            if nested:
+                d, lo, hi, stats = paired_diff(nested[0], nested[1], **boot)
+                n = sum(len(x) for x in nested[0][0])
+                comparisons.append(_comparison(a, b, summary, d, lo, hi, stats, n, n_seeds))
+    _holm_verdicts(comparisons, cfg, 1 - ev.confidence)
+    bench_file = runs[0] / "eval" / "benchmarks.json"
     benchmarks = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
-    return {
+    labels = _seed_labels(cfg, runs)
+    data = {
         "run": str(cfg.run_dir),
-        "seeds": len(runs),
+        "seeds": [*cfg.seed_list, *cfg.report.seed_runs],
+        "n_seeds": n_seeds,
         "seed_runs": [str(r) for r in runs],
         "models": models,
-        "rl": _rl_curves(cfg.run_dir),
+        "rl": {k: v for r, s in zip(runs, labels, strict=True) for k, v in _rl_curves(r, s).items()},
         "comparisons": comparisons,
+        "seed_control": _seed_control(cfg, per_seed, labels, boot),
         "benchmarks": benchmarks,
+        "rotation_dir": str(runs[0]),
     }
+    data["claims"] = claims(data)
+    return data
 
 
-def _verdict(a: str, b: str, metric: str, d: float, lo: float, hi: float, n: int, seeds: int) -> dict[str, Any]:
-    lower_better = metric in _LOWER_IS_BETTER
-    if lo > 0:
-        verdict = f"{a} is higher" + (" (worse: more drift from the base)" if lower_better else "")
-    elif hi < 0:
-        verdict = f"{a} is lower" + (" (better: closer to the base)" if lower_better else "")
-    else:
-        verdict = "no significant difference"
+def _seed_labels(cfg: Config, runs: list[Path]) -> list[str]:
+    if len(runs) == 1:
+        return [""]
+    return [f"seed {s}" for s in cfg.seed_list] + [f"seed run {Path(r).name}" for r in cfg.report.seed_runs]
+
+
+def level_of(n_seeds: int) -> str:
+    """What a verdict is about: methods need at least 3 training seeds; below that it describes these checkpoints."""
+    return "method" if n_seeds >= 3 else "checkpoint"
+
+
+def _comparison(a, b, metric, d, lo, hi, stats, n: int, seeds: int) -> dict[str, Any]:
     return {
         "a": a,
         "b": b,
@@ -160,18 +236,135 @@ def _verdict(a: str, b: str, metric: str, d: float, lo: float, hi: float, n: int
         "ci_high": hi,
         "n": n,
         "seeds": seeds,
-        "verdict": verdict,
-        "significant": verdict != "no significant difference",
+        "level": level_of(seeds),
+        "p_value": bootstrap_p_value(stats),
     }
 
 
+def _family(cfg: Config, c: dict[str, Any]) -> bool:
+    """The headline family: the primary comparison and the headline metrics of the configured pairs."""
+    p = cfg.report.primary
+    if (c["a"], c["b"], c["metric"]) == (p.a, p.b, p.metric):
+        return True
+    return c["metric"] in _HEADLINE and (c["a"], c["b"]) in {tuple(x) for x in cfg.report.compare}
+
+
+def _holm_verdicts(comparisons: list[dict[str, Any]], cfg: Config, alpha: float) -> None:
+    """Verdicts in place. In the headline family, significance is Holm-adjusted p < alpha; elsewhere the unadjusted
+    interval excluding 0 (marked as such). "Not distinguishable" claims no equivalence: it gives the interval."""
+    fam = [c for c in comparisons if _family(cfg, c)]
+    for c, adj in zip(fam, holm([c["p_value"] for c in fam]), strict=True):
+        c["p_holm"] = adj
+        c["family"] = "headline"
+    for c in comparisons:
+        in_family = "p_holm" in c
+        significant = c["p_holm"] < alpha if in_family else (c["ci_low"] > 0 or c["ci_high"] < 0)
+        c["significant"] = bool(significant)
+        lower_better = c["metric"] in _LOWER_IS_BETTER
+        scale, dp = (100, 2) if _is_pct(c["metric"]) else (1, 4)
+        span = f"[{scale * c['ci_low']:+.{dp}f}, {scale * c['ci_high']:+.{dp}f}]"
+        if significant and c["diff"] > 0:
+            verdict = f"{c['a']} is higher" + (" (worse: more drift from the base)" if lower_better else "")
+        elif significant:
+            verdict = f"{c['a']} is lower" + (" (better: closer to the base)" if lower_better else "")
+        else:
+            verdict = f"not distinguishable at this size: {span}"
+        if not in_family:
+            verdict += " (unadjusted)"
+        if c["level"] == "checkpoint":
+            verdict += f" (about these checkpoints: {c['seeds']} seed{'s' if c['seeds'] > 1 else ''}, not the method)"
+        c["verdict"] = verdict
+
+
+def _seed_control(cfg: Config, per_seed, labels: list[str], boot: dict[str, Any]) -> list[dict[str, Any]]:
+    """The negative control of a multi-seed run: the same model in two seed runs, on the primary metric, paired by
+    item. A method difference is read against this run-to-run spread."""
+    if len(per_seed) < 2:
+        return []
+    p = cfg.report.primary
+    out = []
+    for model in dict.fromkeys((p.b, p.a)):
+        for i in range(len(per_seed)):
+            for j in range(i + 1, len(per_seed)):
+                pair = [per_seed[i], per_seed[j]]
+                if p.metric in ("id/mean_accuracy", "ood/mean_accuracy"):
+                    keys = _strata(pair, model, "in" if p.metric.startswith("id/") else "out")
+                    sides = [_nested([r], keys, (model,)) if keys else [] for r in pair]
+                    if not all(sides) or [len(x) for x in sides[0][0][0]] != [len(x) for x in sides[1][0][0]]:
+                        continue
+                    a_side, b_side = sides[0][0], sides[1][0]
+                else:
+                    if any(model not in r or p.metric not in r[model]["scores"] for r in pair):
+                        continue
+                    sa, sb = (r[model]["scores"][p.metric] for r in pair)
+                    if sa["ids"] != sb["ids"]:
+                        continue
+                    a_side, b_side = [sa["scores"]], [sb["scores"]]
+                d, lo, hi, _ = paired_diff(a_side, b_side, **boot)
+                out.append(
+                    {"model": model, "metric": p.metric, "runs": [labels[i], labels[j]], "diff": d, "ci_low": lo}
+                    | {"ci_high": hi}
+                )
+    return out
+
+
+def claims(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paper's three claims, each supported / contradicted / inconclusive from this run's comparisons:
+    (a) a better in-domain / out-of-domain trade-off than SFT; (b) representations closer to the base;
+    (c) RL from RPSFT ends better than RL from SFT. ``level`` says whether that is about methods (>= 3 seeds)."""
+    comps = {(c["a"], c["b"], c["metric"]): c for c in data["comparisons"]}
+    level = level_of(data["n_seeds"])
+
+    def sign(a: str, b: str, metric: str) -> tuple[dict[str, Any] | None, int]:
+        c = comps.get((a, b, metric))
+        if c is None:
+            return None, 0
+        return c, ((1 if c["diff"] > 0 else -1) if c["significant"] else 0)
+
+    def claim(name: str, verdict: str, why: str, evidence: list) -> dict[str, Any]:
+        return {"claim": name, "verdict": verdict, "level": level, "why": why, "evidence": [e for e in evidence if e]}
+
+    ood, s_ood = sign("rpsft", "sft", "ood/mean_accuracy")
+    idm, s_id = sign("rpsft", "sft", "id/mean_accuracy")
+    if ood is None:
+        out = [claim("tradeoff", "inconclusive", "rpsft and sft were not both evaluated out of domain", [idm])]
+    elif s_ood == 1 and s_id != -1:
+        out = [
+            claim("tradeoff", "supported", "RPSFT keeps more out-of-domain accuracy, in-domain no worse", [ood, idm])
+        ]
+    elif s_ood == -1 or (s_id == -1 and s_ood != 1):
+        why = "RPSFT is worse out of domain, or loses in-domain accuracy without an out-of-domain gain"
+        out = [claim("tradeoff", "contradicted", why, [ood, idm])]
+    else:
+        why = "the out-of-domain difference is not distinguishable from 0 at this size"
+        out = [claim("tradeoff", "inconclusive", why, [ood, idm])]
+    kl, s_kl = sign("rpsft", "sft", "forgetting/kl_to_base")
+    table = {
+        -1: ("supported", "RPSFT's outputs stay closer to the base model (lower KL on general text)"),
+        1: ("contradicted", "RPSFT's outputs drift further from the base model (higher KL)"),
+        0: ("inconclusive", "the KL difference is not distinguishable from 0 at this size"),
+    }
+    verdict, why = table[s_kl] if kl else ("inconclusive", "no paired KL-to-base measurement of rpsft and sft")
+    out.append(claim("representation", verdict, why, [kl]))
+    rl, s_rl = sign("rl-rpsft", "rl-sft", "id/mean_accuracy")
+    table = {
+        1: ("supported", "RL from RPSFT ends with higher in-domain accuracy than RL from SFT"),
+        -1: ("contradicted", "RL from RPSFT ends with lower in-domain accuracy than RL from SFT"),
+        0: ("inconclusive", "the in-domain difference after RL is not distinguishable from 0 at this size"),
+    }
+    verdict, why = table[s_rl] if rl else ("inconclusive", "RL from both initialisations was not evaluated")
+    out.append(claim("rl_init", verdict, why, [rl]))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ plots
-def _rl_curves(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+def _rl_curves(run_dir: Path, label: str = "") -> dict[str, list[dict[str, Any]]]:
+    """RL arms' per-step rows, keyed by arm (``rl-sft (seed 1)`` in a multi-seed run)."""
     curves = {}
     for d in sorted(run_dir.glob("*/metrics.jsonl")):
         rows = [json.loads(line) for line in d.read_text().splitlines() if line.strip()]
         if rows:
-            curves[d.parent.name] = rows
+            curves[f"{d.parent.name} ({label})" if label else d.parent.name] = rows
     return curves
 
 
@@ -258,7 +451,7 @@ def make_plots(cfg: Config, data: dict[str, Any], plot_dir: Path) -> dict[str, P
     save(fig, "rl_curves")
 
     # 3. Rotation per layer.
-    rot = _rotation(cfg.run_dir)
+    rot = _rotation(Path(data["rotation_dir"]))
     fig, ax = plt.subplots(figsize=(7, 4))
     if rot:
         for arm, per_layer in rot.items():
@@ -340,6 +533,50 @@ def _sentences(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def _claim_lines(data: dict[str, Any]) -> list[str]:
+    names = {
+        "tradeoff": "(a) RPSFT gives a better in-domain / out-of-domain trade-off than SFT",
+        "representation": "(b) RPSFT keeps representations closer to the pretrained model",
+        "rl_init": "(c) RL from RPSFT ends better than RL from SFT",
+    }
+    out = []
+    for c in data["claims"]:
+        ev = (
+            "; ".join(f"{e['a']} - {e['b']} {e['metric']}: {_fmt_diff(e)}, {e['verdict']}" for e in c["evidence"])
+            or "no evidence in this run"
+        )
+        about = "the method" if c["level"] == "method" else "these checkpoints only (fewer than 3 seeds)"
+        out.append(f"{names[c['claim']]}: **{c['verdict']}** about {about}. {c['why']}. Evidence: {ev}.")
+    return out
+
+
+def _seed_control_lines(data: dict[str, Any]) -> list[str]:
+    out = []
+    for c in data["seed_control"]:
+        out.append(f"{c['model']}, {c['runs'][0]} vs {c['runs'][1]}, {c['metric']}: {_fmt_diff(c)}")
+    spread = max(abs(c["diff"]) for c in data["seed_control"])
+    prim = next(
+        (c for c in data["comparisons"] if c.get("family") and c["metric"] == data["seed_control"][0]["metric"]), None
+    )
+    if prim is not None:
+        bigger = abs(prim["diff"]) > spread
+        out.append(
+            f"{prim['a']} - {prim['b']} on {prim['metric']} is {_fmt_diff(prim)}: "
+            + ("larger" if bigger else "not larger")
+            + f" than the largest seed-to-seed difference of one model ({_scaled(prim['metric'], spread)})."
+        )
+    return out
+
+
+def _scaled(metric: str, x: float) -> str:
+    return f"{100 * x:.2f} points" if _is_pct(metric) else f"{x:.4f} nats"
+
+
+def _fmt_diff(c: dict[str, Any]) -> str:
+    scale, dp = (100, 2) if _is_pct(c["metric"]) else (1, 4)
+    return f"{scale * c['diff']:+.{dp}f} [{scale * c['ci_low']:+.{dp}f}, {scale * c['ci_high']:+.{dp}f}]"
+
+
 def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[tuple]:
     metric_names: list[str] = []
     for m in data["models"]:
@@ -351,15 +588,26 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
     blocks.append(
         (
             "p",
-            f"Run folder `{data['run']}`; {len(data['models'])} models; {data['seeds']} seed run(s). "
-            f"Accuracies in percent with {conf}% bootstrap intervals over items"
-            + (" (items resampled within each seed, scores averaged across seeds)" if data["seeds"] > 1 else "")
-            + "; KL in nats per token; CKA in [0, 1].",
+            f"Run folder `{data['run']}`; {len(data['models'])} models; {data['n_seeds']} training seed(s) "
+            f"({', '.join(map(str, data['seeds']))}). Accuracies in percent with {conf}% intervals"
+            + (
+                " (seeds resampled, then items within each seed: the intervals include run-to-run spread)"
+                if data["n_seeds"] > 1
+                else " over items (Wilson for proportions); one training seed, so every verdict is about these "
+                "checkpoints, not the methods"
+            )
+            + "; KL in nats per token; CKA in [0, 1]. Verdicts on the headline metrics are Holm-corrected; "
+            "'not distinguishable' gives the interval and claims no equivalence.",
         )
     )
     blocks.append(("h2", "What this run shows"))
     sentences = _sentences(data)
     blocks.append(("ul", sentences or ["No pairs to compare: evaluate at least two of the models in report.compare."]))
+    blocks.append(("h2", "The paper's claims, on this run"))
+    blocks.append(("ul", _claim_lines(data)))
+    if data["seed_control"]:
+        blocks.append(("h2", "Seed control (the same model, two training seeds)"))
+        blocks.append(("ul", _seed_control_lines(data)))
     blocks.append(("h2", "Scores"))
     header = ["model", "init", *metric_names]
     rows = [
@@ -393,11 +641,12 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
             c["metric"],
             _fmt({"value": c["diff"], "ci_low": c["ci_low"], "ci_high": c["ci_high"]}, _is_pct(c["metric"])),
             str(c["n"]),
+            f"{c['p_value']:.3f}" + (f" ({c['p_holm']:.3f})" if "p_holm" in c else ""),
             c["verdict"],
         ]
         for c in data["comparisons"]
     ]
-    blocks.append(("table", ["pair", "metric", "difference", "items", "verdict"], crows))
+    blocks.append(("table", ["pair", "metric", "difference", "items", "p (Holm)", "verdict"], crows))
     curves = data["rl"]
     if curves:
         blocks.append(("h2", "RL runs"))
@@ -491,7 +740,10 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         "benchmarks": data["benchmarks"],
         "summary": _sentences(data),
         "seeds": data["seeds"],
+        "n_seeds": data["n_seeds"],
         "seed_runs": data["seed_runs"],
+        "claims": data["claims"],
+        "seed_control": data["seed_control"],
         "plots": {k: str(v) for k, v in plots.items()},
         "rl": data["rl"],
     }

@@ -158,7 +158,19 @@ def test_report_files_hold_every_model_and_plot(finished_run):
     assert {("rpsft", "sft"), ("rl-rpsft", "rl-sft"), ("sft", "base"), ("rpsft", "base")} <= pairs
     for c in data["comparisons"]:
         assert c["ci_low"] <= c["diff"] <= c["ci_high"]
-        assert c["significant"] == (c["ci_low"] > 0 or c["ci_high"] < 0)
+        assert c["level"] == "checkpoint" and "about these checkpoints" in c["verdict"]  # one training seed
+        if c.get("family") == "headline":  # Holm within the headline family
+            assert c["significant"] == (c["p_holm"] < 0.05) and c["p_holm"] >= c["p_value"]
+        else:
+            assert c["significant"] == (c["ci_low"] > 0 or c["ci_high"] < 0) and "(unadjusted)" in c["verdict"]
+        if not c["significant"]:
+            assert c["verdict"].startswith("not distinguishable at this size: [")
+    assert [c["claim"] for c in data["claims"]] == ["tradeoff", "representation", "rl_init"]
+    assert all(
+        c["level"] == "checkpoint" and c["verdict"] in ("supported", "contradicted", "inconclusive")
+        for c in data["claims"]
+    )
+    assert "## The paper's claims, on this run" in (run_dir / "report.md").read_text()
     md = (run_dir / "report.md").read_text()
     html = (run_dir / "report.html").read_text()
     for plot in PLOTS:
@@ -177,11 +189,16 @@ def test_report_aggregates_seed_runs(finished_run, tmp_path):
     other = tmp_path / "seed1"
     shutil.copytree(cfg.run_dir, other)
     agg = report_run(make(f"report.seed_runs=[{other}]"))
-    assert agg["seeds"] == 2
+    assert agg["n_seeds"] == 2 and len(agg["seeds"]) == 2
     one = {m["name"]: m for m in single["models"]}["sft"]["metrics"]["agreement/accuracy"]
     two = {m["name"]: m for m in agg["models"]}["sft"]["metrics"]["agreement/accuracy"]
-    assert two["n"] == 2 * one["n"] and two["seeds"] == 2
+    assert two["n"] == one["n"] and two["seeds"] == 2
     assert two["value"] == pytest.approx(one["value"])  # the copy has the same scores
+    control = agg["seed_control"]  # the same model in two runs with identical scores: no spread at all
+    assert control and all(c["diff"] == 0 and c["ci_low"] == c["ci_high"] == 0 for c in control)
+    for bad in (f"[{cfg.run_dir}]", f"[{other}, {other}]"):  # the run itself, or one run twice, is refused
+        with pytest.raises(ConfigError, match="this run or is listed twice"):
+            report_run(make(f"report.seed_runs={bad}"))
     report_run(cfg)  # restore the single-seed report
 
 

@@ -55,11 +55,50 @@ def test_bootstrap_on_a_known_sample():
     assert M.bootstrap_ci(x, seed=3) == M.bootstrap_ci(x, seed=3)
 
 
-def test_seeds_bootstrap_matches_single_seed_and_averages_seeds():
+def test_stratified_bootstrap_matches_single_stratum_and_averages_strata():
     x = np.array([1.0] * 30 + [0.0] * 70)
-    assert M.seeds_bootstrap_ci([x], seed=2) == M.bootstrap_ci(x, seed=2)
-    mean, lo, hi = M.seeds_bootstrap_ci([np.ones(50), np.zeros(50)])
-    assert (mean, lo, hi) == (0.5, 0.5, 0.5)  # no within-seed variance: the mean across seeds is exact
+    v, lo, hi = M.stratified_bootstrap_ci([x], seed=2)
+    assert v == pytest.approx(0.3) and 0.2 < lo < 0.3 < hi < 0.4
+    mean, lo, hi = M.stratified_bootstrap_ci([np.ones(50), np.zeros(50)])
+    assert (mean, lo, hi) == (0.5, 0.5, 0.5)  # no within-stratum variance: the mean of the strata is exact
+
+
+def test_hierarchical_bootstrap_includes_seeds_that_disagree_in_sign():
+    """Two training seeds whose paired differences disagree in sign: resampling seeds gives an interval that includes
+    0, while resampling items only (seeds as fixed strata) excludes it."""
+    rng = np.random.default_rng(0)
+    seed_a = rng.normal(0.30, 0.05, size=200)  # seed 0: method a clearly better
+    seed_b = rng.normal(-0.10, 0.05, size=200)  # seed 1: method a worse
+    d, lo, hi, _ = M.hierarchical_bootstrap([[seed_a], [seed_b]], n_boot=4000, seed=1)
+    assert d == pytest.approx((seed_a.mean() + seed_b.mean()) / 2)
+    assert lo < 0 < hi
+    item_only = M.stratified_bootstrap_ci([np.concatenate([seed_a, seed_b])], n_boot=4000, seed=1)
+    assert item_only[1] > 0  # the naive interval would call it significant
+    # One seed: the hierarchical bootstrap is the item bootstrap.
+    assert M.hierarchical_bootstrap([[seed_a]], seed=3)[:3] == pytest.approx(M.bootstrap_ci(seed_a, seed=3), abs=0.01)
+
+
+def test_holm_on_a_known_case():
+    # p = (0.01, 0.04, 0.03, 0.005): sorted 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone 0.06
+    assert M.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert M.holm([0.5]) == [0.5]
+    assert M.holm([0.4, 0.6]) == [0.8, 0.8]
+
+
+def test_wilson_interval_is_not_zero_width_at_the_edges():
+    lo, hi = M.wilson_ci(0, 200)
+    assert lo == 0.0 and hi == pytest.approx(0.01884, abs=1e-4)  # 1.96^2 / (200 + 1.96^2)
+    lo, hi = M.wilson_ci(200, 200)
+    assert hi == 1.0 and lo == pytest.approx(1 - 0.01884, abs=1e-4)
+    lo, hi = M.wilson_ci(30, 100)
+    assert lo == pytest.approx(0.2189, abs=1e-3) and hi == pytest.approx(0.3958, abs=1e-3)
+    assert M.proportion_ci([0.0] * 200)[2] > 0  # the percentile bootstrap would say [0, 0]
+
+
+def test_bootstrap_p_value():
+    assert M.bootstrap_p_value(np.zeros(100)) == 1.0
+    assert M.bootstrap_p_value(np.ones(999)) == pytest.approx(2 / 1000)
+    assert M.bootstrap_p_value(np.array([-1.0] * 500 + [1.0] * 500)) == 1.0
 
 
 def test_paired_difference():

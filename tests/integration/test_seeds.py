@@ -1,0 +1,87 @@
+"""Seeds as a first-class part of a run: every arm trained and evaluated once per training seed in
+<run_dir>/seeds/seed-<s>/, one report that resamples seeds then items, a seed control, and the paper's claims at the
+level the number of seeds supports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages.evaluate import run as eval_run
+from stages.report import run as report_run
+from stages.sft import run as sft_run
+
+BENCHES = [
+    {"name": "task", "source": "train_task", "size": 10, "max_new_tokens": 8},
+    {"name": "agreement", "source": "agreement", "domain": "out", "size": 16},
+    {"name": "facts", "source": "facts", "domain": "out", "size": 12},
+]
+
+
+@pytest.fixture(scope="module")
+def three_seed_run(tmp_path_factory, cache_dir):
+    from stages.config import load_config
+    from tests.conftest import CONFIGS
+
+    tmp = tmp_path_factory.mktemp("seeds")
+    cfg = load_config(
+        CONFIGS / "tiny.yaml",
+        [
+            f"runs_root={tmp / 'runs'}",
+            f"cache_dir={cache_dir}",
+            "seeds=[0, 1, 2]",
+            "sft.training.max_steps=3",
+            f"eval.benchmarks={json.dumps(BENCHES)}",
+            "eval.forgetting.num_prompts=4",
+            "eval.forgetting.max_new_tokens=8",
+            "eval.forgetting.cka_bootstrap=20",
+            "eval.bootstrap=300",
+            "eval.models=[base, sft, rpsft]",
+        ],
+    )
+    for seed in cfg.seed_list:
+        scfg = cfg.for_seed(seed)
+        assert scfg.run_dir == cfg.run_dir / "seeds" / f"seed-{seed}" and scfg.seed == seed
+        for method in ("sft", "rpsft"):
+            sft_run(scfg.model_copy(update={"sft": scfg.sft.model_copy(update={"method": method})}))
+        eval_run(scfg)
+    return cfg, report_run(cfg)
+
+
+def test_each_seed_trains_from_the_same_base_with_its_own_seed(three_seed_run):
+    cfg, _ = three_seed_run
+    metrics = [json.loads((cfg.for_seed(s).run_dir / "sft" / "metrics.json").read_text()) for s in cfg.seed_list]
+    assert len({m["base_model"] for m in metrics}) == 1  # one pretrained model for every seed
+    assert len({round(m["train_loss"], 8) for m in metrics}) == 3  # but three different training runs
+
+
+def test_the_report_pools_seeds_and_reads_claims_about_the_method(three_seed_run):
+    cfg, report = three_seed_run
+    assert report["seeds"] == [0, 1, 2] and report["n_seeds"] == 3
+    sft = {m["name"]: m for m in report["models"]}["sft"]["metrics"]
+    assert sft["agreement/accuracy"]["seeds"] == 3 and sft["agreement/accuracy"]["n"] == 16
+    for c in report["comparisons"]:
+        assert c["level"] == "method" and c["seeds"] == 3 and "checkpoints" not in c["verdict"]
+    assert {c["claim"] for c in report["claims"]} == {"tradeoff", "representation", "rl_init"}
+    assert all(c["level"] == "method" for c in report["claims"])
+    rl = next(c for c in report["claims"] if c["claim"] == "rl_init")
+    assert rl["verdict"] == "inconclusive" and not rl["evidence"]  # no RL in this run, and the report says so
+    # The seed control: the same method, every pair of seeds, on the primary metric.
+    control = report["seed_control"]
+    assert {(c["model"], tuple(c["runs"])) for c in control} >= {
+        ("sft", ("seed 0", "seed 1")),
+        ("rpsft", ("seed 1", "seed 2")),
+    }
+    md = (cfg.run_dir / "report.md").read_text()
+    assert "## Seed control (the same model, two training seeds)" in md and "seeds resampled" in md
+    assert "(a) RPSFT gives a better in-domain / out-of-domain trade-off than SFT" in md
+
+
+def test_with_fewer_than_three_seeds_verdicts_are_about_checkpoints(three_seed_run, tmp_path):
+    cfg, _ = three_seed_run
+    two = cfg.model_copy(update={"seeds": [0, 1]})
+    report = report_run(two)
+    assert report["n_seeds"] == 2 and all(c["level"] == "checkpoint" for c in report["claims"])
+    assert all("about these checkpoints: 2 seeds" in c["verdict"] for c in report["comparisons"])
+    report_run(cfg)
