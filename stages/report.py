@@ -1,9 +1,11 @@
 """Report stage: one readable comparison of every evaluated model, with intervals, paired comparisons and plots.
 
-Reads ``<run_dir>/eval/`` (and the same folders of ``report.seed_runs``), the SFT arms' rotation diagnostics and the
-RL arms' ``metrics.jsonl``; writes ``<run_dir>/report.md``, ``report.html`` (self-contained, images embedded),
-``report.json`` and ``<run_dir>/plots/*.png``. Every sentence is computed from the numbers; an interval that
-includes zero is reported as "no significant difference".
+Reads ``<run_dir>/eval/`` (or, with ``seeds``, every ``<run_dir>/seeds/seed-<s>/eval/``, plus ``report.seed_runs``),
+the SFT arms' rotation diagnostics and the RL arms' ``metrics.jsonl``; writes ``<run_dir>/report.md``,
+``report.html`` (self-contained, images embedded), ``report.json`` and ``<run_dir>/plots/*.png``. Intervals resample
+seeds, then items; headline verdicts are Holm-corrected; a non-significant difference is "not distinguishable at
+this size: [a, b]", never "the same"; the paper's three claims are each read as supported, contradicted or
+inconclusive, about methods only with at least three seeds.
 
     sft2rl stage report --config configs/smollm2-cpu.yaml
 """
