@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -373,11 +374,80 @@ class RPSFTRegularizer:
         return out
 
 
-@torch.no_grad()
-def subspace_diagnostics(anchors: Anchors, final: dict[str, torch.Tensor], method: str = "gram") -> dict[str, dict]:
-    """Per matrix: principal angles (degrees) between the pretrained and final top-k left/right singular subspaces,
-    the relative drift of the top singular value and of the preserved block.
+def principal_angles_deg(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """Principal angles (degrees, ascending) between the column spans of A and B (orthonormal columns), in float64.
 
+    Small angles come from their sines, the singular values of ``B - A (A^T B)``: the arccos of cosines near 1 loses
+    all precision there (fp32 ``arccos`` reads 0.005-0.04 degrees for identical subspaces). Large angles (> 45
+    degrees) come from the cosines, which are accurate there.
+    """
+    A, B = A.double(), B.double()
+    cosines = torch.linalg.svdvals(A.T @ B).clamp(0.0, 1.0)  # descending: angles ascending
+    sines = torch.linalg.svdvals(B - A @ (A.T @ B)).clamp(0.0, 1.0).flip(0)  # ascending
+    from_sin, from_cos = torch.arcsin(sines), torch.arccos(cosines)
+    return torch.rad2deg(torch.where(from_sin < math.pi / 4, from_sin, from_cos))
+
+
+def _top_subspaces_fp64(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All singular vectors and values of W in float64 (the short side's Gram eigenproblem for tall matrices)."""
+    W = W.double()
+    m, n = W.shape
+    if max(m, n) > 4 * min(m, n):  # e.g. a (vocab, hidden) embedding: the Gram route is much cheaper
+        tall = m >= n
+        A = W if tall else W.T
+        evals, evecs = torch.linalg.eigh(A.T @ A)
+        s = evals.flip(0).clamp(min=0).sqrt()
+        V_ = evecs.flip(1)
+        U_, _ = torch.linalg.qr(A @ V_)
+        return (U_, s, V_) if tall else (V_, s, U_)
+    U, s, Vh = torch.linalg.svd(W, full_matrices=False)
+    return U, s, Vh.T
+
+
+DEGENERATE_GAP = 1e-3  # s_k / s_(k+1) below 1 + this: the k-th direction is not defined by the matrix
+
+
+def _stable_k(s: torch.Tensor, k: int) -> int:
+    """The largest j <= k whose boundary s_j / s_(j+1) is not near-degenerate (directions across a near-degenerate
+    boundary swap places under any perturbation, so their angles say nothing about rotation)."""
+    j = k
+    while 0 < j < s.numel() and s[j] > 0 and float(s[j - 1] / s[j]) < 1 + DEGENERATE_GAP:
+        j -= 1
+    return j
+
+
+def base_weight_loader(model_path: str):
+    """``name -> pretrained tensor or None``, read lazily from the safetensors files of ``model_path``."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_path).glob("*.safetensors")) if model_path and Path(model_path).is_dir() else []
+    index = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as h:
+            for key in h.keys():  # noqa: SIM118 - safe_open handles have keys(), not iteration
+                index[key] = f
+
+    def load(name: str) -> torch.Tensor | None:
+        for key in (name, name.removeprefix("model."), f"model.{name}"):
+            if key in index:
+                with safe_open(str(index[key]), framework="pt") as h:
+                    return h.get_tensor(key)
+        return None
+
+    return load
+
+
+@torch.no_grad()
+def subspace_diagnostics(
+    anchors: Anchors, final: dict[str, torch.Tensor], method: str = "gram", base=None
+) -> dict[str, dict]:
+    """Per matrix: principal angles (degrees, float64, through sines) between the pretrained and final top-k left and
+    right singular subspaces, the relative drift of the top singular value and of the preserved block.
+
+    ``base(name)`` gives the pretrained matrix (:func:`base_weight_loader`); both subspaces then come from float64
+    decompositions, and unchanged weights read exactly 0. Without it the anchors' fp32 factors are used. When the
+    pretrained spectrum is near-degenerate at k (s_k / s_(k+1) < 1 + 1e-3), the angles are reported for the stable
+    top ``stable_k`` directions, and the boundary directions apart (``principal_angle_boundary_max_deg``).
     Full-rank anchors report only the relative change ||W - W0|| / ||W0|| (their subspace is the whole space).
     """
     out: dict[str, dict] = {}
@@ -390,18 +460,39 @@ def subspace_diagnostics(anchors: Anchors, final: dict[str, torch.Tensor], metho
             rel = float(torch.linalg.matrix_norm(W - W0) / torch.linalg.matrix_norm(W0).clamp(min=1e-12))
             out[name] = {"k": a.k, "full_rank": True, "relative_change": rel}
             continue
-        U1, s1, V1 = top_k_factors(W, a.k, method)
-        U0, V0 = a.U.cpu(), a.V.cpu()
-        ang_u = torch.rad2deg(torch.arccos(torch.linalg.svdvals(U0.T @ U1).clamp(-1, 1)))
-        ang_v = torch.rad2deg(torch.arccos(torch.linalg.svdvals(V0.T @ V1).clamp(-1, 1)))
-        block = U0.T @ W @ V0 - a.S_ref.cpu()
+        W0 = base(name) if base is not None else None
+        if W0 is not None and tuple(W0.shape) != tuple(W.shape):
+            W0 = None
+        U1, s1, V1 = _top_subspaces_fp64(W)
+        if W0 is not None:
+            W0 = W0.float()
+            U0, s0, V0 = _top_subspaces_fp64(W0)
+        else:
+            U0, _ = torch.linalg.qr(a.U.cpu().double())
+            V0, _ = torch.linalg.qr(a.V.cpu().double())
+            s0 = s1
+        k = a.k
+        j = _stable_k(s0, k) if W0 is not None else k
+        if W0 is not None and torch.equal(W, W0):  # unchanged: exactly 0, not round-off
+            ang_u = ang_v = su = sv = torch.zeros(k, dtype=torch.float64)
+        else:
+            ang_u = principal_angles_deg(U0[:, :k], U1[:, :k])
+            ang_v = principal_angles_deg(V0[:, :k], V1[:, :k])
+            su, sv = ang_u, ang_v
+            if 0 < j < k:  # the stable directions alone; the boundary ones are reported apart
+                su = principal_angles_deg(U0[:, :j], U1[:, :j])
+                sv = principal_angles_deg(V0[:, :j], V1[:, :j])
+        block = a.U.cpu().T @ W @ a.V.cpu() - a.S_ref.cpu()
         out[name] = {
-            "k": a.k,
+            "k": k,
             "full_rank": False,
-            "principal_angle_left_mean_deg": float(ang_u.mean()),
-            "principal_angle_left_max_deg": float(ang_u.max()),
-            "principal_angle_right_mean_deg": float(ang_v.mean()),
-            "principal_angle_right_max_deg": float(ang_v.max()),
+            "stable_k": j,
+            "boundary_gap": float(s0[k - 1] / s0[k]) if k < s0.numel() and s0[k] > 0 else None,
+            "principal_angle_left_mean_deg": float(su.mean()),
+            "principal_angle_left_max_deg": float(su.max()),
+            "principal_angle_right_mean_deg": float(sv.mean()),
+            "principal_angle_right_max_deg": float(sv.max()),
+            "principal_angle_boundary_max_deg": float(torch.maximum(ang_u.max(), ang_v.max())),
             "top_singular_value_drift": float((s1[0] - a.s_top) / max(a.s_top, 1e-12)),
             "block_drift": float(torch.linalg.matrix_norm(block) / torch.linalg.matrix_norm(a.S_ref.cpu())),
         }
@@ -420,6 +511,7 @@ def summarize_diagnostics(per_matrix: dict[str, dict]) -> dict[str, float]:
 
     return {
         "matrices": len(per_matrix),
+        "degenerate_boundary_matrices": sum(1 for d in block if d.get("stable_k", d["k"]) < d["k"]),
         "principal_angle_left_mean_deg": mean("principal_angle_left_mean_deg"),
         "principal_angle_right_mean_deg": mean("principal_angle_right_mean_deg"),
         "principal_angle_max_deg": float(

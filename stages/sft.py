@@ -319,7 +319,7 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
 
 
 def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
-    from stages.rpsft import subspace_diagnostics, summarize_diagnostics
+    from stages.rpsft import base_weight_loader, subspace_diagnostics, summarize_diagnostics
 
     arm_dir = cfg.arm_dir
     method = cfg.sft.method
@@ -351,7 +351,9 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
     if method == "lora":
         trainer.model.save_pretrained(arm_dir / "adapter")  # before merging: merging folds the adapters away
         final_model = merge_lora(trainer.model)
-    diag = subspace_diagnostics(anchors, _final_weights(final_model), rp.anchor_method)
+    diag = subspace_diagnostics(
+        anchors, _final_weights(final_model), rp.anchor_method, base=base_weight_loader(model_path)
+    )
     save_checkpoint(final_model, tokenizer, arm_dir / "checkpoint")
 
     history = [h for h in trainer.state.log_history if "loss" in h]

@@ -11,9 +11,11 @@ from stages.rpsft import (
     RPSFTError,
     RPSFTRegularizer,
     compute_anchors,
+    principal_angles_deg,
     resolve_k,
     select_matrices,
     subspace_diagnostics,
+    summarize_diagnostics,
     top_k_factors,
 )
 
@@ -182,3 +184,43 @@ def test_diagnostics_zero_when_unchanged_positive_after_rotation():
     d = subspace_diagnostics(anchors, {"w": W1.float()})["w"]
     assert d["principal_angle_left_max_deg"] == pytest.approx(30.0, abs=0.5)
     assert d["block_drift"] > 0.05
+
+
+def test_fp64_angles_of_identical_weights_are_exactly_zero_and_small_rotations_are_exact():
+    s = torch.linspace(8, 1, 12)
+    W0, U, V = spectrum_matrix(20, 12, s)
+    _, _, anchors = make_reg({"w": W0}, k=4)
+    base = {"w": W0.float()}.get
+    same = subspace_diagnostics(anchors, {"w": W0.float()}, base=base)["w"]
+    assert same["principal_angle_left_max_deg"] == 0.0 and same["principal_angle_right_max_deg"] == 0.0
+    # A 0.01-degree rotation of the leading direction into the tail: fp32 arccos could not see it (its round-off
+    # reads 0.005-0.04 degrees); the float64 sines measure it.
+    th = math.radians(0.01)
+    U2 = U.clone()
+    U2[:, 0] = math.cos(th) * U[:, 0] + math.sin(th) * U[:, 10]
+    U2[:, 10] = -math.sin(th) * U[:, 0] + math.cos(th) * U[:, 10]
+    W1 = (U2 * s.double()) @ V.T
+    d = subspace_diagnostics(anchors, {"w": W1.float()}, base={"w": W0.float()}.get)["w"]
+    assert d["principal_angle_left_max_deg"] == pytest.approx(0.01, rel=0.05)
+    assert d["principal_angle_right_max_deg"] < 1e-3
+
+
+def test_principal_angles_match_their_definition_at_every_size():
+    rng = torch.Generator().manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(30, 30, generator=rng, dtype=torch.float64))
+    for deg in (0.0, 1e-4, 0.5, 30.0, 60.0, 89.9):
+        th = math.radians(deg)
+        B = torch.stack([math.cos(th) * Q[:, 0] + math.sin(th) * Q[:, 5], Q[:, 1]], 1)
+        angles = principal_angles_deg(Q[:, :2], B)
+        assert angles.tolist() == pytest.approx(sorted([deg, 0.0]), abs=1e-9)
+
+
+def test_a_near_degenerate_k_boundary_is_reported_apart():
+    s = torch.tensor([9.0, 8.0, 7.0, 5.0, 4.9999, 3.0, 2.0, 1.0])  # s_4 / s_5 = 1.00002: direction 4 is not defined
+    W0, U, V = spectrum_matrix(16, 8, s)
+    _, _, anchors = make_reg({"w": W0}, k=4)
+    W1 = W0 + 1e-3 * torch.randn(16, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    d = subspace_diagnostics(anchors, {"w": W1.float()}, base={"w": W0.float()}.get)["w"]
+    assert d["stable_k"] == 3 and d["boundary_gap"] == pytest.approx(5.0 / 4.9999, rel=1e-4)
+    assert d["principal_angle_boundary_max_deg"] > 5 * d["principal_angle_left_max_deg"]
+    assert summarize_diagnostics({"w": d})["degenerate_boundary_matrices"] == 1
