@@ -251,6 +251,7 @@ class GenerationSpec(Strict):
     num_generations: int = Field(4, ge=2, description="Completions per prompt (the GRPO group size).")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0: no top-k truncation (explicit: transformers would fill in 50).")
     max_completion_length: int = Field(64, ge=1)
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     vllm_enable_sleep_mode: bool = False
@@ -462,6 +463,11 @@ class EvalConfig(Strict):
         description="Names (base, an SFT arm, an RL arm) or checkpoint folders; empty: base + every finished arm.",
     )
     backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine; vllm batches far faster.")
+    cpu_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Precision of every evaluation axis on the CPU (generation, probes, KL, CKA). bfloat16 makes "
+        "vLLM faster but rounds weights by ~0.4%, as large as the SFT-vs-RPSFT weight difference.",
+    )
     batch_size: int = Field(32, ge=1)
     benchmarks: list[BenchmarkSpec] = Field(default_factory=_default_benchmarks)
     forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)

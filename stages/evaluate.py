@@ -107,6 +107,17 @@ def _fingerprint(cfg: Config, path: str) -> str:
     return h.hexdigest()[:16]
 
 
+def eval_dtype(cfg: Config, torch_dtype: bool = False):
+    """The one precision of every evaluation axis: ``eval.cpu_dtype`` on the CPU (float32 by default), the
+    checkpoint's own (``auto``) on a GPU, for vLLM and transformers alike."""
+    name = cfg.eval.cpu_dtype if use_cpu(cfg) else "auto"
+    if not torch_dtype or name == "auto":
+        return name
+    import torch
+
+    return getattr(torch, name)
+
+
 # ------------------------------------------------------------------------------------------------- generation
 class HFGenerator:
     def __init__(self, model, tokenizer, batch_size: int):
@@ -122,13 +133,16 @@ class HFGenerator:
         step = max(1, self.batch // n)
         for i in range(0, len(prompts), step):
             enc = tok(prompts[i : i + step], return_tensors="pt", padding=True, add_special_tokens=False)
-            kwargs = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "num_return_sequences": n}
+            # greedy exactly when temperature == 0, as under vLLM; sampling from the full softmax (top_k=0 explicit:
+            # transformers would fill in top_k=50 and Avg@k / pass@k would differ from vLLM's)
+            sample = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
             with torch.no_grad():
                 gen = self.model.generate(
                     **enc.to(self.model.device),
                     max_new_tokens=max_new_tokens,
                     pad_token_id=tok.pad_token_id,
-                    **(kwargs if n > 1 or temperature != 0 else {"do_sample": False}),
+                    num_return_sequences=n,
+                    **(sample if temperature > 0 else {"do_sample": False}),
                 )
             texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             out += [texts[j * n : (j + 1) * n] for j in range(len(texts) // n)]
@@ -149,7 +163,7 @@ class VLLMGenerator:
         cpu = use_cpu(cfg)
         self.llm = LLM(
             model=path,
-            dtype="bfloat16" if cpu else "auto",
+            dtype=eval_dtype(cfg),
             enforce_eager=cpu,
             seed=cfg.seed,
             max_model_len=max_len,
@@ -160,8 +174,9 @@ class VLLMGenerator:
     def generate(self, prompts: list[str], *, n: int, temperature: float, max_new_tokens: int, seed: int):
         from vllm import SamplingParams
 
-        # Per-request seeds crash vLLM's CPU engine; the engine itself is seeded.
-        params = SamplingParams(n=n, temperature=temperature if n > 1 else 0.0, max_tokens=max_new_tokens)
+        # Per-request seeds crash vLLM's CPU engine; the engine itself is seeded. Greedy exactly when temperature
+        # == 0 (samples: 1 is one sampled completion on both backends), full softmax otherwise.
+        params = SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens)
         return [[c.text for c in r.outputs] for r in self.llm.generate(prompts, params, use_tqdm=False)]
 
     def close(self):
@@ -404,7 +419,7 @@ def evaluate_model(
         if cfg.eval.backend == "vllm":
             generator = VLLMGenerator(entry["path"], cfg, max_len)
         else:
-            model = load_model(entry["path"], cfg.model).eval()
+            model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
             generator = HFGenerator(model, tok, cfg.eval.batch_size)
         try:
             for spec, items, _ in gen_benches:
@@ -444,7 +459,7 @@ def evaluate_model(
     choice_benches = [(s, it, n) for s, it, n in benches if s.is_choice]
     need_hf = choice_benches or cfg.eval.forgetting.enabled
     if need_hf and model is None:
-        model = load_model(entry["path"], cfg.model).eval()
+        model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
     t = time.perf_counter()
     for spec, items, _ in choice_benches:
         correct = choice_correct(model, tok, items, cfg.eval.batch_size)
@@ -536,7 +551,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         (out_dir / "DONE").unlink(missing_ok=True)
         if base_model is None and cfg.eval.forgetting.enabled:
             base_tok = load_tokenizer(base_path, cfg.model)
-            base_model = load_model(base_path, cfg.model).eval()
+            base_model = load_model(base_path, cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
         log.info("eval %s (%s)", entry["name"], entry["path"])
         results[entry["name"]] = evaluate_model(cfg, entry, benches, base_model, base_tok)
         r = results[entry["name"]]

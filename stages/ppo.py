@@ -72,9 +72,10 @@ def clipped_value_loss(values, old_values, returns, mask, eps: float) -> torch.T
 class PolicyWithValue(torch.nn.Module):
     """A causal LM and a scalar value head on its last hidden state."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, temperature: float = 1.0):
         super().__init__()
         self.policy = policy
+        self.temperature = temperature  # log-probs of the distribution the rollouts are sampled from
         hidden = policy.config.hidden_size
         self.value_head = torch.nn.Linear(hidden, 1)
         torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
@@ -83,7 +84,7 @@ class PolicyWithValue(torch.nn.Module):
     def forward(self, input_ids, attention_mask, n_completion: int):
         """Log-probs of the last ``n_completion`` tokens and the values at the positions that predict them."""
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        logits = out.logits[:, -n_completion - 1 : -1].float()  # (B, Tc, V)
+        logits = out.logits[:, -n_completion - 1 : -1].float() / self.temperature  # (B, Tc, V)
         targets = input_ids[:, -n_completion:]
         logp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         values = self.value_head(out.hidden_states[-1][:, -n_completion - 1 : -1].float()).squeeze(-1)
@@ -99,8 +100,9 @@ class Rollout:
     n_completion: int
 
 
-def sequence_logp(model, input_ids, attention_mask, n_completion: int) -> torch.Tensor:
+def sequence_logp(model, input_ids, attention_mask, n_completion: int, temperature: float = 1.0) -> torch.Tensor:
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -n_completion - 1 : -1].float()
+    logits = logits / temperature
     return torch.log_softmax(logits, -1).gather(-1, input_ids[:, -n_completion:].unsqueeze(-1)).squeeze(-1)
 
 
@@ -109,8 +111,14 @@ def rollout(policy, tokenizer, prompts: list[str], num_generations: int, gen_kwa
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     enc = {k: v.to(policy.device) for k, v in enc.items()}
+    # top_k=0 explicitly: transformers would otherwise fill top_k=50 from the generation config, and the ratios and KL
+    # (full softmax at the same temperature) would be computed for a distribution the samples do not come from
     out = policy.generate(
-        **enc, do_sample=True, num_return_sequences=num_generations, pad_token_id=tokenizer.pad_token_id, **gen_kwargs
+        **enc,
+        do_sample=True,
+        num_return_sequences=num_generations,
+        pad_token_id=tokenizer.pad_token_id,
+        **{"top_k": 0, **gen_kwargs},
     )
     n_prompt = enc["input_ids"].shape[1]
     completion = out[:, n_prompt:]
@@ -166,7 +174,7 @@ def train_ppo(
         mask = ro.completion_mask
         with torch.no_grad():
             old_logp, old_values = model(ro.input_ids, ro.attention_mask, ro.n_completion)
-            ref_logp = sequence_logp(ref_model, ro.input_ids, ro.attention_mask, ro.n_completion)
+            ref_logp = sequence_logp(ref_model, ro.input_ids, ro.attention_mask, ro.n_completion, model.temperature)
             kl = (old_logp - ref_logp) * mask
             rewards = -s.kl_coef * kl
             last = (mask.sum(1).long() - 1).clamp(min=0)  # index of the last completion token (EOS if it ended)

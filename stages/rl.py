@@ -82,6 +82,7 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
         num_generations=g.num_generations,
         temperature=g.temperature,
         top_p=g.top_p,
+        top_k=g.top_k,
         max_completion_length=g.max_completion_length,
         use_vllm=g.backend == "vllm",
         vllm_mode=g.vllm_mode,
@@ -303,7 +304,7 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
 
     t, g, p = cfg.rl.training, cfg.rl.generation, cfg.rl.ppo
     device = "cpu" if use_cpu(cfg) else "cuda"
-    model = PolicyWithValue(models.load_model(init_path, cfg.model)).to(device)
+    model = PolicyWithValue(models.load_model(init_path, cfg.model), temperature=g.temperature).to(device)
     ref = models.load_model(init_path, cfg.model).to(device).eval()
     for q in ref.parameters():
         q.requires_grad_(False)
@@ -340,7 +341,12 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
         kl_coef=p.kl_coef,
         max_grad_norm=t.max_grad_norm,
         weight_decay=t.weight_decay,
-        gen_kwargs={"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_completion_length},
+        gen_kwargs={
+            "temperature": g.temperature,
+            "top_p": g.top_p,
+            "top_k": g.top_k,
+            "max_new_tokens": g.max_completion_length,
+        },
     )
     arm_dir.mkdir(parents=True, exist_ok=True)
     (arm_dir / "DONE").unlink(missing_ok=True)

@@ -58,3 +58,25 @@ def test_whiten_masked():
     x = torch.tensor([[1.0, 3.0, 100.0]])
     w = whiten(x, torch.tensor([[1.0, 1.0, 0.0]]))
     assert w[0, :2].tolist() == pytest.approx([-1.0, 1.0], abs=1e-3) and w[0, 2] == 0
+
+
+def test_ppo_log_probs_are_those_of_the_sampling_distribution():
+    """Rollouts are sampled at temperature T from the full softmax (top_k=0); the ratios and KL must use the same
+    distribution: log_softmax(logits / T), for the policy and the reference alike."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from stages.ppo import PolicyWithValue, sequence_logp
+
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(
+        LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    ).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        logits = lm(input_ids=ids).logits[:, -4:-1].float()
+        for t in (1.0, 0.7):
+            want = torch.log_softmax(logits / t, -1).gather(-1, ids[:, -3:].unsqueeze(-1)).squeeze(-1)
+            got, _ = PolicyWithValue(lm, temperature=t)(ids, mask, 3)
+            assert torch.allclose(got, want, atol=1e-6)
+            assert torch.allclose(sequence_logp(lm, ids, mask, 3, t), want, atol=1e-6)
