@@ -209,10 +209,16 @@ class RPSFTConfig(Strict):
 
 
 class IWConfig(Strict):
-    """Importance-weighted SFT: w = min(max_weight, exp(tau * mean_t(log p_theta - log p_ref))), detached."""
+    """Importance-weighted SFT: per sequence w = min(max_weight, exp(tau * r)), detached, with r the log-likelihood
+    ratio log p_theta - log p_base per token (``estimator: token_mean``, a geometric mean, the release's form) or
+    summed over the sequence (``sequence``, the IW-SFT estimator's sequence ratio). ``normalize`` divides by the
+    batch mean, so weights re-weight sequences without scaling the learning rate (unnormalised weights up to 16
+    act as a learning-rate multiplier)."""
 
     tau: float = Field(1.0, gt=0)
     max_weight: float = Field(16.0, gt=0)
+    estimator: Literal["token_mean", "sequence"] = "token_mean"
+    normalize: bool = Field(True, description="Self-normalise the weights over the batch (mean 1).")
 
 
 class LoraSpec(Strict):
@@ -221,6 +227,12 @@ class LoraSpec(Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] | str = Field("all-linear", description="peft target_modules; embeddings added below.")
     include_embeddings: bool = True
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="LoRA's own learning rate (default 10x sft.training.learning_rate: at the full fine-tuning "
+        "rate LoRA barely moves, so 'forgets less' would mean 'learns less').",
+    )
 
 
 class SFTStageConfig(Strict):

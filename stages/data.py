@@ -78,6 +78,7 @@ def _reasoning_gym_items(spec: TaskSpec, size: int, seed: int, holdout: set[int]
                 response, answer = x["metadata"]["answer_cot"].strip(), str(x["answer"]).strip()
             else:  # pragma: no cover - the schema restricts names
                 raise DataError(f"no worked solutions for task {spec.name!r}")
+            meta = x.get("metadata", {})
             items.append(
                 {
                     "id": _item_id(spec.name, x["question"]),
@@ -86,6 +87,10 @@ def _reasoning_gym_items(spec: TaskSpec, size: int, seed: int, holdout: set[int]
                     "response": response,
                     "answer": answer,
                     "source_id": source_id,
+                    # the generator's parameters of this item: evaluation sets keep their distribution
+                    "stratum": f"{spec.name}:{meta.get('num_terms')}x{meta.get('num_digits')}"
+                    if spec.name == "chain_sum"
+                    else f"{spec.name}:{source_id}",
                 }
             )
             if len(items) == size:

@@ -116,10 +116,13 @@ def build_benchmark(
             )
         seen = training_questions(cfg, trained)
         data = cfg.data.model_copy(update={"holdout_source_ids": sorted(training_source_ids(cfg, trained))})
-        pool = build_items(data, size=size + len(seen), seed=spec.seed)
-        items = [x for x in pool if x["question"] not in seen]
-        note = {"excluded": len(pool) - len(items), "why": "question seen in SFT data or RL prompts"}
-        items = items[:size]
+        pool = build_items(data, size=2 * size + len(seen), seed=spec.seed)
+        items = stratified_unseen(pool, seen, size)
+        note = {
+            "excluded": sum(1 for x in pool if x["question"] in seen),
+            "why": "question seen in SFT data or RL prompts; the rest drawn per generator setting (terms x digits) "
+            "in the shares of the unfiltered pool, so exclusion does not skew the set toward longer problems",
+        }
     elif spec.source == "gsm_symbolic":
         used = training_source_ids(cfg, trained)
         data = DataConfig(tasks=[{"name": "gsm_symbolic"}], holdout_source_ids=sorted(used), size=size)
@@ -178,6 +181,32 @@ def build_benchmark(
             )
     note["n"] = len(items)
     return items, note
+
+
+def stratified_unseen(pool: list[dict[str, Any]], seen: set[str], size: int) -> list[dict[str, Any]]:
+    """``size`` items of ``pool`` whose question is not in ``seen``, with each stratum (the generator's parameters,
+    ``item["stratum"]``) in its share of the whole pool (largest remainders). Short problems collide with training
+    more often; dropping collisions and taking the first ``size`` would shift the set toward long ones. A stratum
+    without enough unseen items gives its quota to the others, in pool order."""
+    from collections import Counter, defaultdict
+
+    shares = Counter(x.get("stratum") for x in pool)
+    exact = {k: size * n / len(pool) for k, n in shares.items()}
+    quota = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - quota[k], reverse=True)[: size - sum(quota.values())]:
+        quota[k] += 1
+    by_stratum: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for x in pool:
+        if x["question"] not in seen:
+            by_stratum[x.get("stratum")].append(x)
+    chosen = {id(x) for k, q in quota.items() for x in by_stratum[k][:q]}
+    short = size - len(chosen)
+    if short > 0:  # strata short of unseen items: fill from the rest, in pool order
+        for x in pool:
+            if short and id(x) not in chosen and x["question"] not in seen:
+                chosen.add(id(x))
+                short -= 1
+    return [x for x in pool if id(x) in chosen]
 
 
 def benchmark_label(cfg: Config, spec: BenchmarkSpec) -> str:

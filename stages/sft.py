@@ -48,8 +48,17 @@ def build_sft_config(cfg: Config, output_dir: str | os.PathLike):
         report_to="none",
         use_cpu=use_cpu(cfg),
         disable_tqdm=bool(os.environ.get("CI")),
-        **cfg.sft.training.model_dump(),
+        **training_args(cfg),
     )
+
+
+def training_args(cfg: Config) -> dict[str, Any]:
+    """``sft.training`` as TRL arguments; the LoRA arm trains at its own rate (``sft.lora.learning_rate``, default
+    10x the full fine-tuning rate), so that the baselines are compared at matched strength."""
+    args = cfg.sft.training.model_dump()
+    if cfg.sft.method == "lora":
+        args["learning_rate"] = cfg.sft.lora.learning_rate or 10 * cfg.sft.training.learning_rate
+    return args
 
 
 def build_lora_config(cfg: Config, model):
@@ -95,6 +104,7 @@ def merge_lora(peft_model):
 
 def _make_trainer_class():
     import torch
+    from transformers import TrainerCallback
     from trl import SFTTrainer
 
     class Sft2rlTrainer(SFTTrainer):
@@ -109,6 +119,7 @@ def _make_trainer_class():
             self.reg_stats: dict[str, float] = {}
             if regularizer is not None:
                 self._refuse_sharding()
+                self.add_callback(_PenaltyAfterStep(self))
 
         def _refuse_sharding(self) -> None:
             from accelerate.utils import DistributedType
@@ -160,9 +171,13 @@ def _make_trainer_class():
                 ref_logits = self.ref_model(**fwd, use_cache=False).logits[:, :-1].float()
                 ref_logp = torch.log_softmax(ref_logits, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1) * mask
                 n_seq = mask.sum(1).clamp(min=1)
-                ratio = ((logp.detach() - ref_logp).sum(1) / n_seq) * self.iw.tau
-                # Detached importance weight (a constant per sequence), capped; see README "Baselines".
-                w = ratio.exp().clamp(max=self.iw.max_weight)
+                log_ratio = (logp.detach() - ref_logp).sum(1)  # (B,) sequence log-likelihood ratio
+                if self.iw.estimator == "token_mean":
+                    log_ratio = log_ratio / n_seq  # per-token geometric mean (the release's form)
+                # Detached importance weight (a constant per sequence), capped; see README "Methods".
+                w = (log_ratio * self.iw.tau).clamp(max=math.log(self.iw.max_weight)).exp()
+                if self.iw.normalize:
+                    w = w / w.mean().clamp(min=1e-12)
             num = mask.sum() if num_items_in_batch is None else num_items_in_batch
             loss = -(w.unsqueeze(1) * logp).sum() / torch.as_tensor(num).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -190,13 +205,37 @@ def _make_trainer_class():
                         f"RPSFT penalty is {stats['penalty']} at step {self.state.global_step + 1}; lower the "
                         "learning rate or lambda. The last good trainer checkpoint is kept."
                     )
-                self.reg_stats.update({f"rpsft/{k}": v for k, v in stats.items()})
+                # the values before this step's update; the logged ones are taken after it (_PenaltyAfterStep)
+                self.reg_stats.update({f"rpsft/{k}_before_step": v for k, v in stats.items()})
             return loss
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "loss" in logs and self.reg_stats:
                 logs = {**logs, **self.reg_stats}
             super().log(logs, start_time)
+
+    class _PenaltyAfterStep(TrainerCallback):
+        """At a logged step, the penalty of the weights the optimizer step just produced: ``rpsft/penalty`` (R, without
+        lambda), ``rpsft/weighted_penalty`` (lambda * R, the term in the loss) and the block drift. Computed only when
+        the step is logged (one pass over the matrices)."""
+
+        def __init__(self, trainer):
+            self.trainer = trainer
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if not control.should_log:
+                return
+            reg = self.trainer.regularizer
+            penalty = reg.penalty()
+            drift = list(reg.block_drift().values())
+            self.trainer.reg_stats.update(
+                {
+                    "rpsft/penalty": penalty,
+                    "rpsft/weighted_penalty": reg.lam * penalty,
+                    "rpsft/block_drift_mean": sum(drift) / max(1, len(drift)),
+                    "rpsft/block_drift_max": max(drift, default=0.0),
+                }
+            )
 
     return Sft2rlTrainer
 

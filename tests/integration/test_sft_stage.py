@@ -67,7 +67,7 @@ def test_every_method_trains_and_every_trainable_parameter_changes(tiny_cfg, met
 
 
 def test_rpsft_metrics_contract(tiny_cfg):
-    cfg = tiny_cfg("sft.method=rpsft", "sft.training.max_steps=3")
+    cfg = tiny_cfg("sft.method=rpsft", "sft.training.max_steps=3", "sft.training.logging_steps=1")
     m = run(cfg)
     # 2 layers x 7 projections + untied embedding + lm_head; biases and norms are 1-D and never regularised.
     assert m["regularized_matrices"] == 16 and m["full_rank_matrices"] == 0
@@ -75,7 +75,13 @@ def test_rpsft_metrics_contract(tiny_cfg):
     angles = m["principal_angles"]["model.layers.0.self_attn.q_proj.weight"]
     assert angles["k"] == 32 and angles["principal_angle_left_mean_deg"] >= 0
     logged = [h for h in m["log_history"] if "rpsft/penalty" in h]
-    assert len(logged) == 3 and logged[0]["rpsft/penalty"] == 0.0 and logged[-1]["rpsft/penalty"] > 0
+    assert len(logged) == 3 and logged[0]["rpsft/penalty_before_step"] == 0.0
+    # Logged after the optimizer step: step t's penalty is that of the weights step t+1 starts from (no lag), and the
+    # weighted penalty is lambda * R, the term the loss adds.
+    for now, nxt in zip(logged, logged[1:], strict=False):
+        assert now["rpsft/penalty"] > 0 and now["rpsft/penalty"] == pytest.approx(nxt["rpsft/penalty_before_step"])
+    assert all(h["rpsft/weighted_penalty"] == pytest.approx(1.0 * h["rpsft/penalty"]) for h in logged)
+    assert logged[-1]["rpsft/penalty"] == pytest.approx(m["penalty_at_end"])
 
 
 def test_rerun_skips_a_complete_arm(tiny_cfg):
@@ -271,3 +277,17 @@ def test_lora_merged_checkpoint_is_the_trained_model_with_tied_embeddings_too(ti
     if tied:
         assert torch.equal(merged.get_output_embeddings().weight, emb0)  # the head was not
         assert merged.config.tie_word_embeddings is False
+
+
+def test_baselines_at_matched_strength(tiny_cfg):
+    """LoRA trains at its own rate (10x by default); IW weights are self-normalised over the batch (mean 1)."""
+    from stages.sft import build_sft_config
+
+    cfg = tiny_cfg("sft.method=lora")
+    assert build_sft_config(cfg, "/tmp/x").learning_rate == pytest.approx(10 * cfg.sft.training.learning_rate)
+    cfg = tiny_cfg("sft.method=lora", "sft.lora.learning_rate=3e-4")
+    assert build_sft_config(cfg, "/tmp/x").learning_rate == pytest.approx(3e-4)
+    assert build_sft_config(tiny_cfg("sft.method=sft"), "/tmp/x").learning_rate == pytest.approx(1e-3)
+    m = run(tiny_cfg("sft.method=iw", "sft.training.max_steps=2", "sft.training.logging_steps=1"))
+    weights = [h["iw/weight_mean"] for h in m["log_history"] if "iw/weight_mean" in h]
+    assert weights and all(w == pytest.approx(1.0, abs=1e-5) for w in weights)

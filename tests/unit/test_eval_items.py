@@ -1,0 +1,29 @@
+"""Evaluation sets keep the generator's distribution when training collisions are removed."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from stages.eval_items import stratified_unseen
+
+
+def test_dropping_seen_items_does_not_skew_the_set_toward_long_problems():
+    # 60% short problems, 40% long; training has seen most short ones (short problems collide far more often).
+    pool = [{"question": f"s{i}", "stratum": "2x1"} for i in range(300)]
+    pool += [{"question": f"l{i}", "stratum": "3x2"} for i in range(200)]
+    pool.sort(key=lambda x: int(x["question"][1:]))  # interleaved, as a generator yields them
+    seen = {f"s{i}" for i in range(0, 300, 2)}  # half of the short ones
+    naive = [x for x in pool if x["question"] not in seen][:100]
+    chosen = stratified_unseen(pool, seen, 100)
+    assert len(chosen) == 100 and not {x["question"] for x in chosen} & seen
+    assert Counter(x["stratum"] for x in chosen) == {"2x1": 60, "3x2": 40}  # the pool's shares
+    assert Counter(x["stratum"] for x in naive)["2x1"] < 60  # what dropping and truncating would give
+
+
+def test_a_stratum_without_enough_unseen_items_gives_its_quota_to_the_rest():
+    pool = [{"question": f"s{i}", "stratum": "a"} for i in range(10)] + [
+        {"question": f"l{i}", "stratum": "b"} for i in range(10)
+    ]
+    seen = {f"s{i}" for i in range(9)}
+    chosen = stratified_unseen(pool, seen, 10)
+    assert len(chosen) == 10 and Counter(x["stratum"] for x in chosen) == {"a": 1, "b": 9}
