@@ -376,12 +376,25 @@ class BenchmarkSpec(Strict):
         template training saw are excluded (the report says how many remain).
       - ``gsm_symbolic``: reasoning-gym gsm_symbolic templates training never saw.
       - ``agreement`` / ``facts``: built-in multiple-choice probes of general language and world knowledge (OOD).
+      - ``chat_facts`` / ``instructions``: built-in generation probes in chat form, no system prompt (OOD): the
+        facts asked plainly, and verifiable instruction following; what narrow chat SFT breaks first.
       - ``reasoning_gym``: any reasoning-gym task (``task``), scored by its own checker.
       - ``file`` / ``hub``: a custom benchmark (``path``; ``fields`` maps the columns).
     """
 
     name: str = Field(description="Metric prefix: <name>/accuracy, <name>/avg@k, <name>/pass@k.")
-    source: Literal["train_task", "gsm8k", "gsm_symbolic", "agreement", "facts", "reasoning_gym", "file", "hub"]
+    source: Literal[
+        "train_task",
+        "gsm8k",
+        "gsm_symbolic",
+        "agreement",
+        "facts",
+        "chat_facts",
+        "instructions",
+        "reasoning_gym",
+        "file",
+        "hub",
+    ]
     domain: Literal["in", "out"] = "in"
     task: str | None = Field(None, description="reasoning-gym task name (source=reasoning_gym).")
     params: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym generator settings.")
@@ -461,6 +474,9 @@ class ForgettingSpec(Strict):
     (the base model's own greedy answers to built-in general prompts)."""
 
     enabled: bool = True
+    sampled: bool = Field(
+        True, description="Also KL on the base's sampled (temperature 1) answers: forgetting/kl_to_base_sampled."
+    )
     num_prompts: int = Field(40, ge=2)
     max_new_tokens: int = Field(48, ge=4)
     max_tokens_cka: int = Field(1024, ge=16, description="Tokens pooled for CKA (a cap on the N x N Gram matrix).")

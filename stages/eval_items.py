@@ -108,6 +108,10 @@ def build_benchmark(
         items = probes.agreement_items(size, spec.seed)
     elif spec.source == "facts":
         items = probes.facts_items(size, spec.seed)
+    elif spec.source == "chat_facts":
+        items = probes.chat_facts_items(size, spec.seed)
+    elif spec.source == "instructions":
+        items = probes.instruction_items(size, spec.seed)
     elif spec.source == "train_task":
         if cfg.data.source != "reasoning_gym":
             raise DataError(
@@ -165,7 +169,7 @@ def build_benchmark(
         items = _custom_items(spec, label)
     if not items:
         raise DataError(f"{label} has no items: check its size and source")
-    if not spec.is_choice and spec.answer_type in ("math", "number") and spec.source != "reasoning_gym":
+    if not spec.is_choice and spec.answer_type in ("math", "number") and spec.source not in OWN_SCORERS:
         from stages.answers import GoldError, parse_gold
 
         errors = []
@@ -181,6 +185,9 @@ def build_benchmark(
             )
     note["n"] = len(items)
     return items, note
+
+
+OWN_SCORERS = ("reasoning_gym", "chat_facts", "instructions")  # sources scored by their own checker
 
 
 def stratified_unseen(pool: list[dict[str, Any]], seen: set[str], size: int) -> list[dict[str, Any]]:

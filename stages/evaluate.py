@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
+from stages.eval_items import OWN_SCORERS
 from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done
 from stages.metrics import (
     avg_at_k,
@@ -196,7 +197,8 @@ def item_prompt(tok, cfg: Config, spec: BenchmarkSpec, item: dict[str, Any]) -> 
     system prompt (``data.system_prompt`` unless the benchmark sets one)."""
     if item.get("messages"):
         return tok.apply_chat_template(item["messages"], tokenize=False, add_generation_prompt=True)
-    system = cfg.data.system_prompt if spec.system_prompt is None else spec.system_prompt
+    default = None if spec.source in ("chat_facts", "instructions") else cfg.data.system_prompt  # no task tag
+    system = default if spec.system_prompt is None else spec.system_prompt
     return _chat_prompt(tok, system, item["question"])
 
 
@@ -213,6 +215,14 @@ def score_text(spec: BenchmarkSpec, item: dict[str, Any], text: str, *, lenient:
         m = _LAST_LINE.search(text)
         cands = [c for c in (final, m.group(0).strip() if m else None) if c]
         return float(any(fn(c, item["entry"]) >= 0.999 for c in cands))
+    if spec.source == "chat_facts":
+        from stages.probes import chat_fact_correct
+
+        return float(chat_fact_correct(item, text))
+    if spec.source == "instructions":
+        from stages.probes import follows_instruction
+
+        return float(follows_instruction(item["check"], text))
     if spec.answer_type == "choice":
         return float(choice_letter(text, item["n_choices"]) == item["answer"])
     if spec.answer_type == "text":
@@ -271,15 +281,17 @@ def choice_correct(model, tok, items: list[dict[str, Any]], batch_size: int) -> 
 
 
 # --------------------------------------------------------------------------------------------- forgetting
-def general_text(cfg: Config, base_model, tok) -> list[dict[str, list[int]]]:
-    """The base model's greedy answers to the built-in general prompts (cached in ``<run_dir>/eval``)."""
+def general_text(cfg: Config, base_model, tok, sampled: bool = False) -> list[dict[str, list[int]]]:
+    """The base model's answers to the built-in general prompts, greedy or sampled at temperature 1 with a fixed seed
+    (cached in ``<run_dir>/eval``). Greedy answers are the base's mode; sampled ones weigh its whole distribution."""
     import torch
 
     from stages.probes import GENERAL_PROMPTS
 
     spec = cfg.eval.forgetting
-    path = cfg.run_dir / "eval" / "general_text.json"
+    path = cfg.run_dir / "eval" / ("general_text_sampled.json" if sampled else "general_text.json")
     key = {"n": spec.num_prompts, "max_new_tokens": spec.max_new_tokens, "base": _fingerprint(cfg, _base_path(cfg))}
+    key["sampled"] = sampled
     if path.is_file():
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
@@ -293,8 +305,12 @@ def general_text(cfg: Config, base_model, tok) -> list[dict[str, list[int]]]:
             gen = base_model.generate(
                 **enc.to(base_model.device),
                 max_new_tokens=spec.max_new_tokens,
-                do_sample=False,
                 pad_token_id=tok.pad_token_id,
+                **(
+                    {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0}
+                    if sampled
+                    else {"do_sample": False}
+                ),
             )
         for j in range(gen.shape[0]):
             p = [t for t, m in zip(enc["input_ids"][j].tolist(), enc["attention_mask"][j].tolist(), strict=True) if m]
@@ -325,6 +341,20 @@ def _forward_states(model, seqs: list[dict[str, list[int]]], batch_size: int = 8
             logits = out.logits[j, p - 1 : p + r - 1].float().cpu()
             hidden = [h[j, p : p + r].float().cpu() for h in out.hidden_states[1:]]
             yield logits, hidden
+
+
+def sampled_kl(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
+    """KL(base || model) per token on the base's sampled answers (mean over sequences) with its interval."""
+    from stages.metrics import token_kl
+
+    per_seq = []
+    for (lb, _), (lm, _) in zip(_forward_states(base_model, seqs), _forward_states(model, seqs), strict=True):
+        per_seq.append(float(token_kl(lb, lm).mean()))
+    ev = cfg.eval
+    v, lo, hi = bootstrap_ci(per_seq, n_boot=ev.bootstrap, confidence=ev.confidence, seed=cfg.seed)
+    metric = {"value": v, "ci_low": lo, "ci_high": hi, "n": len(per_seq), "domain": "forgetting"}
+    metric["note"] = "per-token KL(base || model) on the base's sampled (temperature 1) answers"
+    return {"metric": metric, "per_sequence": per_seq}
 
 
 def forgetting_metrics(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
@@ -435,7 +465,7 @@ def evaluate_model(
                 scores[f"{spec.name}/accuracy"] = {"ids": [x["id"] for x in items], "scores": correct}
                 extra = {"domain": spec.domain, "chance": _chance(spec, items)}
                 metrics[f"{spec.name}/accuracy"] = _summary(correct, cfg, **extra, kind="greedy")
-                if spec.answer_type in ("math", "number", "text") and spec.source != "reasoning_gym":
+                if spec.answer_type in ("math", "number", "text") and spec.source not in OWN_SCORERS:
                     # lenient: also the last number of an answer with no marked final answer (format vs knowledge)
                     loose = [score_text(spec, x, g[0], lenient=True) for x, g in zip(items, greedy, strict=True)]
                     scores[f"{spec.name}/accuracy_lenient"] = {"ids": [x["id"] for x in items], "scores": loose}
@@ -475,6 +505,14 @@ def evaluate_model(
         metrics.update(f["metrics"])
         cka_layers = f["cka_layers"]
         scores["forgetting/kl_to_base"] = {"ids": [str(i) for i in range(len(seqs))], "scores": f["kl_per_sequence"]}
+        if cfg.eval.forgetting.sampled:
+            sampled = general_text(cfg, base_model, base_tok, sampled=True)
+            kl = sampled_kl(cfg, model, base_model, sampled)
+            metrics["forgetting/kl_to_base_sampled"] = kl["metric"]
+            scores["forgetting/kl_to_base_sampled"] = {
+                "ids": [str(i) for i in range(len(sampled))],
+                "scores": kl["per_sequence"],
+            }
         timing["forgetting_s"] = time.perf_counter() - t
     for domain in ("in", "out"):
         groups = [

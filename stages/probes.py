@@ -5,6 +5,10 @@
   sentences; chance 50%.
 - ``facts``: world knowledge with four options (capitals, the day or month that follows, opposites, animal young,
   colours of familiar things). Scored by the log-likelihood of each option after the question; chance 25%.
+- ``chat_facts``: the ``facts`` questions asked in the chat template with no options, scored by generation (the
+  answer names the gold and no distractor); chance near 0.
+- ``instructions``: verifiable instruction following (one word, all capitals, a JSON object with given keys, exactly
+  N bullet points, no commas, a given first word ...), checked by pure functions; chance near 0.
 - ``GENERAL_PROMPTS``: everyday instructions; the base model's own answers to them are the general text on which
   KL to the base and CKA of hidden states are measured.
 
@@ -15,7 +19,9 @@ shared by all options ("" for agreement, where the options are whole sentences).
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import re
 from typing import Any
 
 _NOUNS = [
@@ -189,3 +195,127 @@ def _facts_item(rng: random.Random) -> dict[str, Any]:
         q, right, pool = f"What colour is {thing}?", colour, _COLOUR_SET
     choices, answer = _options(rng, right, pool)
     return _item("facts", f"Question: {q}\nAnswer:", choices, answer)
+
+
+# ------------------------------------------------------------------------- generation probes (what narrow SFT breaks)
+# Narrow chat SFT damages chat behaviour and formatting before stored knowledge: these probes ask in the chat
+# template, with no system prompt (the SFT system prompt would act as a task tag), and score what the model writes.
+
+
+def chat_facts_items(size: int, seed: int) -> list[dict[str, Any]]:
+    """The ``facts`` questions asked plainly in chat form (no options shown), scored by generation: right when the
+    answer names the gold and none of the three distractors (:func:`chat_fact_correct`). Chance is near 0."""
+    out = []
+    for it in _distinct(size, seed, _facts_item):
+        question = it["question"].removeprefix("Question: ").removesuffix("\nAnswer:")
+        wrong = [c for i, c in enumerate(it["choices"]) if i != it["answer"]]
+        out.append({"id": it["id"], "question": question, "answer": it["answer_text"], "distractors": wrong})
+    return out
+
+
+def _mentions(text: str, word: str) -> bool:
+    return re.search(rf"(?<![A-Za-z]){re.escape(word.lower())}(?![A-Za-z])", text.lower()) is not None
+
+
+def chat_fact_correct(item: dict[str, Any], text: str) -> bool:
+    """The answer names the gold option and no distractor (listing every option is not an answer)."""
+    return _mentions(text, item["answer"]) and not any(_mentions(text, d) for d in item["distractors"])
+
+
+_TOPICS = [
+    "Describe a rainy afternoon in a city.", "Why do people keep pets?", "What makes a good breakfast?",
+    "Explain why exercise is healthy.", "Describe the ocean.", "What is a good way to learn a new language?",
+    "Why do leaves change colour in autumn?", "Describe a busy market.", "How can someone sleep better?",
+    "What do you like about trains?", "Why is reading useful?", "Describe a mountain village.",
+]  # fmt: skip
+_ONE_WORD = [
+    "Name an animal that lives in the sea.", "What colour is grass?", "Name a fruit that is yellow.",
+    "What is the opposite of cold?", "Name a day of the week.", "What do bees make?",
+]  # fmt: skip
+_START_WORDS = ["Certainly", "Indeed", "Well", "Sure"]
+_END_PHRASES = ["That is all.", "The end.", "Thank you."]
+_JSON_KEYS = [("name", "city"), ("title", "year"), ("colour", "size"), ("animal", "sound")]
+
+# kind -> (instruction template, needs a one-word question)
+_INSTRUCTIONS: dict[str, str] = {
+    "one_word": "Answer with one word only.",
+    "all_caps": "Write your whole answer in capital letters.",
+    "lowercase": "Write your whole answer in lowercase letters only.",
+    "json_keys": 'Reply with only a JSON object that has exactly the keys "{a}" and "{b}".',
+    "bullets": "Answer with exactly {n} bullet points, each on its own line starting with '- '.",
+    "no_commas": "Do not use any commas in your answer.",
+    "starts_with": "Start your answer with the word '{word}'.",
+    "ends_with": "End your answer with the exact phrase '{phrase}'",
+    "max_words": "Answer in at most {n} words.",
+    "quoted": "Wrap your whole answer in double quotation marks.",
+}
+
+
+def instruction_items(size: int, seed: int) -> list[dict[str, Any]]:
+    """Verifiable instruction following: a question plus one checkable constraint (one word, all capitals, a JSON
+    object with given keys, exactly N bullet points, no commas, a given first word, ...). Scored per item by
+    :func:`follows_instruction`, pure checks; chance near 0 for most kinds."""
+    return _distinct(size, seed, _instruction_item)
+
+
+def _instruction_item(rng: random.Random) -> dict[str, Any]:
+    kind = rng.choice(sorted(_INSTRUCTIONS))
+    args: dict[str, Any] = {}
+    if kind == "json_keys":
+        args["a"], args["b"] = rng.choice(_JSON_KEYS)
+    elif kind == "bullets":
+        args["n"] = rng.choice([2, 3, 4])
+    elif kind == "starts_with":
+        args["word"] = rng.choice(_START_WORDS)
+    elif kind == "ends_with":
+        args["phrase"] = rng.choice(_END_PHRASES)
+    elif kind == "max_words":
+        args["n"] = rng.choice([5, 8, 10])
+    topic = rng.choice(_ONE_WORD if kind == "one_word" else _TOPICS)
+    question = f"{topic} {_INSTRUCTIONS[kind].format(**args)}"
+    digest = hashlib.sha256(f"instructions\x00{question}".encode()).hexdigest()[:16]
+    return {"id": digest, "question": question, "answer": kind, "check": {"kind": kind, **args}}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z0-9']+", text)
+
+
+def _json_object(text: str) -> Any:
+    body = text.strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.S)
+    body = fenced.group(1) if fenced else body
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def follows_instruction(check: dict[str, Any], text: str) -> bool:
+    """Whether ``text`` satisfies the item's constraint. Pure; every kind is unit tested both ways."""
+    kind, t = check["kind"], text.strip()
+    letters = re.findall(r"[A-Za-z]", t)
+    if kind == "one_word":
+        return len(_words(t)) == 1
+    if kind == "all_caps":
+        return len(letters) >= 3 and not any(c.islower() for c in letters)
+    if kind == "lowercase":
+        return len(letters) >= 3 and not any(c.isupper() for c in letters)
+    if kind == "json_keys":
+        obj = _json_object(t)
+        return isinstance(obj, dict) and set(obj) == {check["a"], check["b"]}
+    if kind == "bullets":
+        lines = [ln.strip() for ln in t.splitlines() if ln.strip()]
+        return len(lines) == check["n"] and all(ln.startswith(("- ", "* ")) for ln in lines)
+    if kind == "no_commas":
+        return len(_words(t)) >= 3 and "," not in t
+    if kind == "starts_with":
+        first = _words(t)[:1]
+        return bool(first) and first[0].lower() == check["word"].lower()
+    if kind == "ends_with":
+        return t.endswith(check["phrase"])
+    if kind == "max_words":
+        return 1 <= len(_words(t)) <= check["n"]
+    if kind == "quoted":
+        return len(t) >= 3 and t[0] in '"“' and t[-1] in '"”'
+    raise ValueError(f"unknown instruction kind {kind!r}")

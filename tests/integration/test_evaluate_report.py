@@ -44,6 +44,8 @@ def _eval_overrides(tmp_path):
         },
         {"name": "agreement", "source": "agreement", "domain": "out", "size": 30},
         {"name": "facts", "source": "facts", "domain": "out", "size": 20},
+        {"name": "chat_facts", "source": "chat_facts", "domain": "out", "size": 8, "max_new_tokens": 8},
+        {"name": "instr", "source": "instructions", "domain": "out", "size": 8, "max_new_tokens": 8},
         {
             "name": "larger",
             "source": "file",
@@ -101,7 +103,10 @@ def test_every_model_is_scored_with_intervals(finished_run):
             "agreement/accuracy",
             "facts/accuracy",
             "larger/accuracy",
+            "chat_facts/accuracy",
+            "instr/accuracy",
             "forgetting/kl_to_base",
+            "forgetting/kl_to_base_sampled",
             "forgetting/cka_mean",
             "id/mean_accuracy",
             "ood/mean_accuracy",
@@ -118,6 +123,11 @@ def test_every_model_is_scored_with_intervals(finished_run):
     # The base compared with itself: KL exactly 0, CKA 1 in every layer.
     base = results["base"]
     assert base["metrics"]["forgetting/kl_to_base"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert base["metrics"]["forgetting/kl_to_base_sampled"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert "chat_facts/accuracy_lenient" not in base["metrics"]  # scored by their own checkers only
+    sampled = json.loads((cfg.run_dir / "eval" / "general_text_sampled.json").read_text())["sequences"]
+    greedy = json.loads((cfg.run_dir / "eval" / "general_text.json").read_text())["sequences"]
+    assert sampled != greedy  # the base's sampled answers, not its greedy ones again
     assert all(c["value"] == pytest.approx(1.0, abs=1e-6) for c in base["cka_layers"])
     # Training moved the SFT arm away from the base: KL > 0 with an interval above 0.
     assert results["sft"]["metrics"]["forgetting/kl_to_base"]["ci_low"] > 0
