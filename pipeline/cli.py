@@ -25,8 +25,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_stage(name: str, argv: list[str]) -> int:
-    """Run ``python -m stages.<name> ARGV`` in a child process (memory returns to the OS between stages)."""
-    return subprocess.call([sys.executable, "-m", STAGES[name], *argv], env=dict(os.environ))
+    """Run ``python -m stages.<name> ARGV`` in a child process (memory returns to the OS between stages).
+
+    SIGTERM, SIGHUP and SIGINT sent to this process are passed on to the stage, so stopping ``sft2rl stage`` stops
+    the training too (no orphan keeps running and holding the arm); the stage's exit code is returned.
+    """
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", STAGES[name], *argv], env=dict(os.environ))
+
+    def forward(signum, _frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {s: signal.signal(s, forward) for s in handled}
+    try:
+        return proc.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def shipped_configs() -> list[Path]:

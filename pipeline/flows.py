@@ -91,6 +91,7 @@ def resolve(params: StageParams) -> Config:
     if not path.is_absolute() and not path.exists() and (REPO / path).exists():
         path = REPO / path
     cfg = load_config(path, params.overrides)
+    deployment_guard(path, cfg)
     if params.launcher.num_processes > 1:
         acc = params.launcher.accelerate_config
         if not acc or not (Path(acc).is_file() or (REPO / acc).is_file()):
@@ -101,6 +102,47 @@ def resolve(params: StageParams) -> Config:
         methods = getattr(params, "arms", None) or [cfg.sft.method]
         refuse_unsupported_launcher(acc if Path(acc).is_file() else str(REPO / acc), methods)
     return cfg
+
+
+def _in_deployment() -> bool:
+    from prefect.runtime import deployment
+
+    return bool(deployment.id)
+
+
+def allowed_roots() -> list[Path]:
+    """Where a deployment run may read configs and write: the project, the model cache, and the folders the worker's
+    operator lists in SFT2RL_ALLOWED_ROOTS (os.pathsep-separated)."""
+    roots = [REPO, Path(os.environ.get("SFT2RL_CACHE_DIR", Path.home() / ".cache" / "sft2rl"))]
+    roots += [Path(p) for p in os.environ.get("SFT2RL_ALLOWED_ROOTS", "").split(os.pathsep) if p]
+    return [r.expanduser().resolve() for r in roots]
+
+
+def deployment_guard(config_path: Path, cfg: Config) -> None:
+    """What a deployment parameter may not do: whoever can trigger a deployment must not be able to run code on the
+    worker. Remote model code stays off (unless the worker sets SFT2RL_ALLOW_REMOTE_CODE=1), and the config file, the
+    run folders and the cache stay inside :func:`allowed_roots`. Runs started by hand (``sft2rl run``) are the
+    user's own and are not restricted.
+
+    Raises:
+        ConfigError: naming the parameter and the way to allow it on the worker.
+    """
+    if not _in_deployment():
+        return
+    if cfg.model.trust_remote_code and os.environ.get("SFT2RL_ALLOW_REMOTE_CODE") != "1":
+        raise ConfigError(
+            "model.trust_remote_code=true is refused for deployment runs: it would run code from the checkpoint on "
+            "this worker. The worker's operator may allow it with SFT2RL_ALLOW_REMOTE_CODE=1"
+        )
+    roots = allowed_roots()
+    for label, raw in (("config", config_path), ("runs_root", cfg.runs_root), ("cache_dir", cfg.cache_dir)):
+        path = Path(raw).expanduser()
+        path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+        if not any(path == r or r in path.parents for r in roots):
+            raise ConfigError(
+                f"{label}={raw} is outside the folders a deployment run may use ({', '.join(map(str, roots))}); the "
+                "worker's operator can add folders with SFT2RL_ALLOWED_ROOTS"
+            )
 
 
 PENALTY_METHODS = ("rpsft", "l2")
@@ -179,7 +221,7 @@ def run_child(cmd: list[str], label: str) -> None:
                 logger.info("%s", line)
         rc = proc.wait()
     if rc != 0:
-        kind = {2: "bad input", 3: "numerical fault"}.get(rc, "crash")
+        kind = {2: "bad input", 3: "numerical fault", 4: "not enough disk", 130: "interrupted"}.get(rc, "crash")
         raise StageFailed(f"stage {label} failed (exit {rc}, {kind}). Last output:\n" + "\n".join(tail))
 
 

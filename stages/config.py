@@ -16,7 +16,22 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SFT_METHODS = ("sft", "rpsft", "l2", "dft", "iw", "lora")
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_RUN_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # \Z: a trailing newline is not a name
+# Folder and file names a run folder already uses: an arm named like one of them would overwrite it.
+RESERVED_NAMES = {"eval", "data", "plots", "prepare", "seeds", "trainer", "checkpoint", "adapter", "base"}
+_FILE_SUFFIXES = (".md", ".html", ".json", ".jsonl", ".png", ".yaml", ".lock", ".tmp")
+
+
+def output_name_problem(name: str, field: str) -> str | None:
+    """Why ``name`` cannot name an output folder in a run folder (None when it can)."""
+    if not _RUN_NAME.match(name):
+        return f"{field} {name!r} must be a plain folder name (letters, digits, '.', '_', '-'; at most 100)"
+    if name.lower() in RESERVED_NAMES or name.lower().endswith(_FILE_SUFFIXES):
+        return (
+            f"{field} {name!r} is a name the run folder already uses ({', '.join(sorted(RESERVED_NAMES))}, report "
+            "files); choose another"
+        )
+    return None
 
 
 class ConfigError(ValueError):
@@ -24,7 +39,45 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+    # allow_inf_nan=False: inf or nan in a learning rate, lambda or clip norm fails here, not steps into training
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, allow_inf_nan=False)
+
+
+class _SafeConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load that also refuses aliases (a few nested aliases expand to gigabytes: the "billion laughs")
+    and duplicate keys (the later one would silently win)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(
+                f"YAML alias *{event.anchor} at line {event.start_mark.line + 1}: aliases are not allowed in configs; "
+                "write the value out"
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}: keep one of them")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse config YAML (no aliases, no duplicate keys, bounded nesting). Raises ConfigError or yaml.YAMLError."""
+    try:
+        return yaml.load(text, Loader=_SafeConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise ConfigError("the YAML is nested too deeply to be a config") from None
+
+
+def _shown(value: Any, limit: int = 120) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message never prints a huge value back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class TinyModelConfig(Strict):
@@ -114,6 +167,7 @@ class DataConfig(Strict):
     size: int | None = Field(
         None,
         ge=1,
+        le=10_000_000,
         description="Number of examples: generated (default 512), or the first N of a dataset (default all).",
     )
     seed: int = 1234
@@ -138,7 +192,18 @@ class TrainerArgs(Strict):
     learning_rate: float = Field(1e-5, gt=0)
     per_device_train_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    lr_scheduler_type: str = "constant_with_warmup"
+    lr_scheduler_type: str = Field("constant_with_warmup", description="A transformers SchedulerType name.")
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        from transformers.trainer_utils import SchedulerType
+
+        names = [t.value for t in SchedulerType]
+        if v not in names:
+            raise ValueError(f"unknown scheduler {v!r}; one of {', '.join(names)}")
+        return v
+
     warmup_steps: float = Field(0, ge=0, description="Warm-up steps (int), or a fraction of all steps (float < 1).")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0)
@@ -156,7 +221,7 @@ class TrainingArgs(TrainerArgs):
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_epsilon: float = Field(1e-8, gt=0)
-    max_length: int = Field(256, ge=8)
+    max_length: int = Field(256, ge=8, le=1_048_576)
     gradient_checkpointing: bool = False
     dataloader_num_workers: int = Field(0, ge=0)
 
@@ -184,6 +249,17 @@ class RPSFTConfig(Strict):
         description="per_step: penalty gradient added once per optimizer step (fast, same gradient); "
         "per_micro_batch: the naive autograd form of the authors' release (for comparison).",
     )
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _regexes(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({e})") from None
+        return v
+
     cache_dir: str | None = Field(None, description="Anchor cache folder; default <cache_dir>/anchors.")
     diagnostics_every: int = Field(10, ge=1, description="Block drift per matrix logged every N optimizer steps.")
 
@@ -251,8 +327,13 @@ class SFTStageConfig(Strict):
     @field_validator("arm")
     @classmethod
     def _arm(cls, v: str | None) -> str | None:
-        if v is not None and not _RUN_NAME.match(v):
-            raise ValueError(f"arm {v!r} must be a plain folder name (letters, digits, '.', '_', '-')")
+        if v is None:
+            return v
+        problem = output_name_problem(v, "sft.arm")
+        if problem is None and v.startswith("rl-"):
+            problem = f"sft.arm {v!r} starts with 'rl-', the prefix of RL outputs; choose another name"
+        if problem:
+            raise ValueError(problem)
         return v
 
 
@@ -333,8 +414,15 @@ class RLStageConfig(Strict):
             raise ValueError(
                 f"rl.reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards"
             )
-        if self.arm is not None and not _RUN_NAME.match(self.arm):
-            raise ValueError(f"rl.arm {self.arm!r} must be a plain folder name")
+        if self.arm is not None:
+            problem = output_name_problem(self.arm, "rl.arm")
+            if problem is None and not self.arm.startswith("rl-"):
+                problem = (
+                    f"rl.arm {self.arm!r} must start with 'rl-' (RL outputs have their own names, so an RL run can "
+                    "never overwrite an SFT arm)"
+                )
+            if problem:
+                raise ValueError(problem)
         if self.generation.vllm_mode == "server" and not self.generation.vllm_server_base_url:
             raise ValueError(
                 "rl.generation.vllm_mode=server needs rl.generation.vllm_server_base_url (the URL `trl vllm-serve` "
@@ -499,7 +587,7 @@ class EvalConfig(Strict):
     batch_size: int = Field(32, ge=1)
     benchmarks: list[BenchmarkSpec] = Field(default_factory=_default_benchmarks)
     forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)
-    bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for every interval.")
+    bootstrap: int = Field(2000, ge=100, le=100_000, description="Bootstrap resamples for every interval.")
     confidence: float = Field(0.95, gt=0.5, lt=1)
 
     @model_validator(mode="after")
@@ -547,7 +635,7 @@ class Config(Strict):
         default_factory=lambda: os.environ.get("SFT2RL_CACHE_DIR", str(Path.home() / ".cache" / "sft2rl")),
         description="Converted models and RPSFT anchors (env SFT2RL_CACHE_DIR).",
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="Training seed (numpy and torch take 0 <= seed < 2**32).")
     seeds: list[int] = Field(
         default_factory=list,
         description="Training seeds of a multi-seed run: every arm is trained, RL'd and evaluated once per seed in "
@@ -625,7 +713,7 @@ def use_cpu(cfg: Config) -> bool:
 def _parse_value(raw: str) -> Any:
     """Parse the right side of key=value as YAML (so 1e-5, true, [a, b], null work); fall back to the string."""
     try:
-        return yaml.safe_load(raw)
+        return safe_yaml(raw)
     except yaml.YAMLError:
         return raw
 
@@ -659,7 +747,7 @@ def _format_validation_error(err: ValidationError, origin: str) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see configs/*.yaml for every field)"
         bad = e.get("input")
-        shown = "" if e["type"] == "extra_forbidden" or isinstance(bad, dict) else f" (got {bad!r})"
+        shown = "" if e["type"] == "extra_forbidden" or isinstance(bad, dict) else f" (got {_shown(bad)})"
         lines.append(f"  - {loc}: {msg}{shown}")
     return "\n".join(lines)
 
@@ -678,9 +766,11 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist (pass --config configs/<name>.yaml)")
         try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+            loaded = safe_yaml(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {p} is not valid UTF-8 YAML: {_shown(str(e), 300)}") from None
+        except ConfigError as e:
+            raise ConfigError(f"config file {p}: {e}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -693,6 +783,20 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         raise ConfigError(_format_validation_error(e, origin)) from None
 
 
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s:]+(?::[^/@\s]*)?@")
+
+
+def _strip_credentials(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return _URL_CREDENTIALS.sub("***@", obj)
+    if isinstance(obj, dict):
+        return {k: _strip_credentials(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strip_credentials(v) for v in obj]
+    return obj
+
+
 def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML, with aliases (``lambda``) so it loads back unchanged."""
-    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)
+    """The resolved config as YAML, with aliases (``lambda``) so it loads back unchanged. Credentials inside URLs
+    (``http://user:token@host``) are written as ``***@``: the run folder must not hold a secret."""
+    return yaml.safe_dump(_strip_credentials(cfg.model_dump(mode="json", by_alias=True)), sort_keys=False)

@@ -201,6 +201,8 @@ def load_table(cfg: DataConfig) -> list[dict[str, Any]]:
 
     if cfg.source == "file":
         path = Path(cfg.path).expanduser()
+        if path.exists() and not path.is_file():
+            raise DataError(f"data.path {path} is not a regular file (a folder, device or pipe); point it at a file")
         if not path.is_file():
             raise DataError(f"data.path {path} does not exist (data.source=file)")
         suffix = path.suffix.lower()

@@ -76,15 +76,22 @@ def model_table(cfg: Config) -> list[dict[str, Any]]:
         elif name in finished:
             out.append(finished[name])
         elif Path(name).is_dir() and (Path(name) / "config.json").is_file():
-            p = Path(name)
-            label = p.parent.name if p.name == "checkpoint" else p.name
-            out.append({"name": label, "path": str(p), "kind": "external", "init": None})
+            p = Path(name).resolve()  # ".../x/.." names its parent, not a folder called ".."
+            out.append({"name": external_label(p), "path": str(p), "kind": "external", "init": None})
         else:
             raise ConfigError(
                 f"eval.models: {name!r} is neither 'base', a finished arm in {run_dir} "
                 f"({sorted(finished) or 'none yet'}), nor a model folder with config.json"
             )
     return out
+
+
+def external_label(path: Path) -> str:
+    """The evaluation name of a model folder from outside the run: ``ext-<folder>-<hash of the path>``, so it never
+    takes the name (and the eval folder) of the run's own arms, and two folders of the same name stay apart."""
+    stem = path.parent.name if path.name == "checkpoint" else path.name
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", stem)[:40].strip(".-") or "model"
+    return f"ext-{stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
 def _base_path(cfg: Config) -> str:

@@ -12,12 +12,22 @@ from typing import Any
 DONE_MARKER = "DONE"
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: outputs get the mode any other file would
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -99,51 +109,58 @@ class LockedError(RuntimeError):
     """Another live process is writing the same output folder."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class FolderLock:
-    """An exclusive lock on an output folder (``<folder>/.lock`` holding the owner's pid).
+    """An exclusive lock on an output folder: ``flock`` on ``<folder>/.lock``, which records the owner for messages.
 
-    A second process that wants the same folder is refused with a message naming the owner; a lock left by a
-    process that no longer exists (a crash) is taken over. Use as a context manager.
+    The kernel holds the lock, so it is released when its holder dies however it dies (no stale pid to judge), two
+    processes starting at the same instant cannot both get it, and it holds across containers that share the run
+    volume on one host. A second process is refused at once with a message naming the owner. Use as a context
+    manager.
     """
 
     def __init__(self, folder: str | os.PathLike, name: str = ".lock"):
         self.path = Path(folder) / name
+        self.fd: int | None = None
 
     def __enter__(self) -> FolderLock:
+        import fcntl
+        import socket
+
         self._created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        for _ in range(20):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    owner = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    owner = 0
-                if owner and owner != os.getpid() and _pid_alive(owner):
-                    raise LockedError(
-                        f"{self.path.parent} is being written by process {owner}; wait for it to finish, or use "
-                        "another run_name"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its owner died
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise LockedError(
+                    f"{self.path.parent} is being written by process {owner}; wait for it to finish, or use "
+                    "another run_name"
+                ) from None
+            try:  # the holder before us may have removed the file after we opened it: lock the file that is there
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if not current:
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} on {socket.gethostname()}".encode(), 0)
+            self.fd = fd
             return self
-        raise LockedError(f"could not lock {self.path.parent}")
+        raise LockedError(f"could not lock {self.path.parent}: the lock file keeps being replaced")
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        import fcntl
+
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # still holding it: a waiter that opened the old file retries (inode check)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
         if getattr(self, "_created", False):
             try:
                 self.path.parent.rmdir()  # only when nothing was written: bad input leaves no empty folder behind
@@ -249,21 +266,40 @@ def training_guards(model, checkpoint_dir: Path, *, optimizer_copies: int = 2) -
     return [Guards()]
 
 
+def last_complete_checkpoint(trainer_dir: Path):
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` reads, and that state; (None, None) if none.
+
+    A checkpoint a kill interrupted (no or a truncated trainer_state.json) is skipped with a warning, so the rerun
+    resumes from the one before it instead of failing on every rerun.
+    """
+    import logging
+
+    from transformers.trainer_callback import TrainerState
+
+    ckpts = [p for p in Path(trainer_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for ckpt in sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            return ckpt, TrainerState.load_from_json(str(ckpt / "trainer_state.json"))
+        except (OSError, ValueError) as e:
+            logging.getLogger(__name__).warning("skipping incomplete trainer checkpoint %s (%s)", ckpt, e)
+    return None, None
+
+
 def train_resumable(trainer, trainer_dir: Path, max_steps: int):
     """``trainer.train()``, resuming from the newest checkpoint in ``trainer_dir`` if there is one.
 
     When that checkpoint already holds the last step (a crash after it, before the final save), its weights and
     state are loaded without training: transformers 5.x would otherwise run one step past ``max_steps``.
     """
-    from transformers.trainer_callback import TrainerState
     from transformers.trainer_utils import TrainOutput
 
-    ckpts = [p for p in Path(trainer_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    if not ckpts:
+    last, state = last_complete_checkpoint(trainer_dir)
+    if last is None:
         return trainer.train()
-    last = max(ckpts, key=lambda p: int(p.name.split("-")[-1]))
-    state = TrainerState.load_from_json(str(last / "trainer_state.json"))
-    if state.global_step < max_steps:
+    # The budget the trainer resolved itself (state.max_steps): for an epoch-based run (max_steps = -1) it is the
+    # number of steps of all epochs, which the config value does not say.
+    budget = state.max_steps if state.max_steps and state.max_steps > 0 else max_steps
+    if state.global_step < budget:
         return trainer.train(resume_from_checkpoint=str(last))
     trainer._load_from_checkpoint(str(last))
     trainer.state = state

@@ -179,7 +179,7 @@ def resolve_model(cfg: Config, corpus: Iterable[str] | None = None) -> str:
         folder = Path(m.path).expanduser()
         if not folder.is_dir():
             raise ModelError(f"model.path {folder} does not exist or is not a folder (model.source=local)")
-        check_model_folder(folder)
+        check_model_folder(folder, trust_remote_code=m.trust_remote_code)
         return str(folder)
     # hub: resolved lazily by from_pretrained; fail early with a clear message when offline.
     try:
@@ -195,8 +195,30 @@ def resolve_model(cfg: Config, corpus: Iterable[str] | None = None) -> str:
         ) from None
 
 
-def check_model_folder(folder: Path, allow_pickle: bool = False) -> None:
-    """A model folder must hold a config.json and safetensors weights (pickle weights are refused)."""
+def _check_safetensors(path: Path) -> None:
+    """A safetensors file whose header reads and whose tensors all fit in the file (a cut download fails here, with
+    a message, instead of deep inside loading)."""
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > min(size, 100 << 20):
+                raise ValueError(f"header of {n} bytes in a file of {size}")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{path} is not a readable safetensors file ({e}); re-save or re-download it") from None
+    if 8 + n + end > size:
+        raise ModelError(
+            f"{path} is truncated: its tensors need {8 + n + end} bytes, the file has {size}; re-save or re-download it"
+        )
+
+
+def check_model_folder(folder: Path, allow_pickle: bool = False, trust_remote_code: bool = False) -> None:
+    """A model folder must hold a config.json and complete safetensors weights (pickle weights are refused), and
+    must not need its own code unless ``trust_remote_code`` is on."""
     if not (folder / "config.json").is_file():
         raise ModelError(f"{folder} has no config.json: it is not a Hugging Face model folder")
     for name in ("config.json", "tokenizer_config.json", "generation_config.json"):
@@ -208,6 +230,14 @@ def check_model_folder(folder: Path, allow_pickle: bool = False) -> None:
                 raise ModelError(
                     f"{f} is corrupt (not valid JSON: {e}); restore the model folder or re-save it"
                 ) from None
+    auto_map = json.loads((folder / "config.json").read_text()).get("auto_map")
+    if auto_map and not trust_remote_code:
+        raise ModelError(
+            f"{folder} needs its own Python code (config.json auto_map: {sorted(auto_map)[:3]}), which runs only with "
+            "model.trust_remote_code=true: set it only if you trust the folder's author"
+        )
+    for f in folder.glob("*.safetensors"):
+        _check_safetensors(f)
     if not any(folder.glob("*.safetensors")):
         pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
         hint = f" It has pickle weights ({', '.join(pickles)}), which are refused:" if pickles else ""

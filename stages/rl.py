@@ -190,11 +190,19 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
 
 def _truncate_metrics(path: Path, trainer_dir: Path) -> None:
     """On resume, drop metric lines logged after the last trainer checkpoint (they are logged again)."""
-    steps = [int(p.name.split("-")[-1]) for p in trainer_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    if not path.is_file() or not steps:
+    from stages.io import last_complete_checkpoint
+
+    ckpt, state = last_complete_checkpoint(trainer_dir)
+    if not path.is_file() or ckpt is None:
         return
-    last = max(steps)
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line cut by the kill: it is logged again after the resume
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= state.global_step:
+            rows.append(line)
     atomic_write_text(path, "".join(r + "\n" for r in rows))
 
 
@@ -217,7 +225,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
             raise ConfigError(
                 f"rl.init {init} does not exist: pass an SFT checkpoint folder (<run_dir>/<arm>/checkpoint)"
             )
-        models.check_model_folder(init)
+        models.check_model_folder(init, trust_remote_code=cfg.model.trust_remote_code)
         init_path = str(init)
     else:
         init_path = models.resolve_model(cfg)

@@ -240,6 +240,20 @@ def _make_trainer_class():
     return Sft2rlTrainer
 
 
+def warn_control_tokens(items: list[dict[str, Any]], tokenizer) -> int:
+    """Warn when training text contains the tokenizer's special tokens (``<|im_start|>`` ...): written inside a
+    message they forge chat turns the template did not make. Returns how many items do."""
+    specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if len(t) > 2]
+    hits = [x["id"] for x in items if any(t in (x.get("question") or "") + (x.get("response") or "") for t in specials)]
+    if hits:
+        log.warning(
+            "%d training item(s) contain chat control tokens (%s) inside their text, e.g. item %s: they forge chat "
+            "turns; clean the data unless that is intended",
+            len(hits), ", ".join(specials[:4]), hits[0],
+        )  # fmt: skip
+    return len(hits)
+
+
 def _final_weights(model) -> dict[str, Any]:
     return {n: p.detach() for n, p in model.named_parameters() if p.ndim == 2}
 
@@ -293,6 +307,7 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
         t0 = time.perf_counter()
         anchors = compute_anchors(named, rp.k, rp.k_fraction, rp.anchor_method, anchor_cache)
         anchor_s = time.perf_counter() - t0
+    warn_control_tokens(items, tokenizer)
     if use_cpu(cfg):
         copies = 4 + (0.4 if method in ("rpsft", "l2") else 0) + (1 if method == "iw" else 0)
         io.warn_memory(sum(p.numel() for p in model.parameters()), copies=copies, what=f"SFT ({method})", logger=log)

@@ -8,6 +8,7 @@ like, read from the environment) replaced by ``***``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -56,4 +57,24 @@ def stage_main(
     except (ConfigError, FloatingPointError, ResourceError) as e:
         print(f"error: {scrub(str(e))}", file=sys.stderr)
         return EXIT_CODES[type(e)] if type(e) in EXIT_CODES else 2  # ConfigError subclasses (DataError, ...): 2
+    except KeyboardInterrupt:
+        print("interrupted: finished outputs are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        print(
+            f"error: an input file is not readable text/JSON ({scrub(str(e))[:300]}); fix or remove it", file=sys.stderr
+        )
+        return 2
+    except Exception as e:
+        if type(e).__name__ in UNREADABLE_INPUT:  # raised by libraries for a corrupt or truncated input file
+            print(f"error: {UNREADABLE_INPUT[type(e).__name__]}: {scrub(str(e))[:300]}", file=sys.stderr)
+            return 2
+        raise
     return 0
+
+
+# Library exceptions that mean "this input file is damaged", by class name (their modules are imported lazily).
+UNREADABLE_INPUT = {
+    "SafetensorError": "a safetensors weights file is corrupt or truncated; rebuild or re-download that model folder",
+    "HeaderTooLarge": "a safetensors weights file is corrupt (its header is too large); re-download it",
+}

@@ -47,6 +47,7 @@ def prefect_server(tmp_path_factory, cache_dir):
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         SFT2RL_CACHE_DIR=str(cache_dir),
+        SFT2RL_ALLOWED_ROOTS=str(tmp_path_factory.getbasetemp()),  # the tests' run folders live there
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         HF_TOKEN=CANARY,
@@ -192,6 +193,32 @@ def test_bad_deployment_parameters_fail_before_any_stage(prefect_server, tmp_pat
         _post(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}})
     )
     assert not runs_root.exists()  # nothing ran, nothing written
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (["model.trust_remote_code=true"], "trust_remote_code=true is refused for deployment runs"),
+        (["runs_root=/var/tmp/sft2rl-elsewhere"], "outside the folders a deployment run may use"),
+        (["cache_dir=/var/tmp/sft2rl-cache-elsewhere"], "cache_dir=/var/tmp/sft2rl-cache-elsewhere is outside"),
+    ],
+)
+def test_a_deployment_run_cannot_enable_remote_code_or_leave_the_project_roots(
+    prefect_server, tmp_path, overrides, words
+):
+    env, api = prefect_server["env"], prefect_server["api"]
+    runs_root = tmp_path / "runs"
+    params = {"overrides": [*overrides] if "runs_root" in overrides[0] else [f"runs_root={runs_root}", *overrides]}
+    out = _deployment_run(env, "sft-to-rl/tiny", params, 300)
+    assert out.returncode != 0
+    runs = _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
+    run = next(r for r in runs if r["parameters"].get("overrides") == params["overrides"])
+    assert run["state"]["type"] == "FAILED"
+    logs = json.dumps(_post(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}}))
+    assert words in run["state"]["message"] or words in logs
+    task_runs = _post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+    assert not task_runs  # refused before any stage
+    assert not runs_root.exists() and not Path("/var/tmp/sft2rl-elsewhere").exists()
 
 
 def _cli_run(env, *args: str) -> subprocess.Popen:

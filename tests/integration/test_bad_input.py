@@ -52,6 +52,33 @@ def workspace(tmp_path_factory, cache_dir):
     shutil.copytree(model, pickle_only)
     for f in pickle_only.glob("*.safetensors"):
         f.rename(f.with_name("pytorch_model.bin"))
+    (ws / "alias-bomb.yaml").write_text(
+        "a: &a ['x', 'x', 'x', 'x', 'x', 'x', 'x', 'x']\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nrun_name: [*c, *c, *c, *c, *c, *c, *c, *c]\n"
+    )
+    (ws / "duplicate-keys.yaml").write_text("run_name: a\nseed: 1\nseed: 2\n")
+    (ws / "deep.yaml").write_text("x: " + "[" * 3000 + "]" * 3000 + "\n")
+    (ws / "latin1.yaml").write_bytes("run_name: caf\xe9\n".encode("latin-1"))
+    (ws / "ok.yaml").write_text((CONFIGS / "tiny.yaml").read_text())
+    (ws / "nested.jsonl").write_text(
+        json.dumps({"prompt": [{"role": "user", "content": "1+1?"}], "reward_model": {"ground_truth": "2"}}) + "\n"
+    )
+    (ws / "dict-gold.jsonl").write_text(json.dumps({"question": "1+1?", "answer": {"value": 2}}) + "\n")
+    (ws / "bad-chat.jsonl").write_text(json.dumps({"messages": [{"role": "robot", "content": "x"}]}) + "\n")
+    import os
+
+    os.mkfifo(ws / "pipe.jsonl")
+    (ws / "seedrun" / "eval").mkdir(parents=True)
+    truncated = ws / "truncated-model"
+    shutil.copytree(model, truncated)
+    for f in truncated.glob("*.safetensors"):
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2])
+    remote = ws / "remote-code-model"
+    shutil.copytree(model, remote)
+    rc = json.loads((remote / "config.json").read_text())
+    rc["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    (remote / "config.json").write_text(json.dumps(rc))
     no_template = ws / "no-template-model"
     shutil.copytree(model, no_template)
     (no_template / "chat_template.jinja").unlink(missing_ok=True)
@@ -118,6 +145,62 @@ ROWS = [
     ("deploy-override-not-kv", ("flow", {"overrides": ["seed"]}), "key=value"),
     ("deploy-launcher-without-config", ("flow", {"launcher": {"num_processes": 2}}), "accelerate_config"),
     ("deploy-missing-config", ("flow", {"config": "configs/nope.yaml"}), "does not exist"),
+    # Round two: output names, seeds, non-finite and unbounded numbers, hostile YAML, data and model files,
+    # deployment parameters (issue 13).
+    ("arm-named-report-file", _stage("sft", "--config", TINY, "sft.arm=report.md"), "already uses"),
+    ("arm-named-eval", _stage("sft", "--config", TINY, "sft.arm=eval"), "already uses"),
+    ("arm-named-data", _stage("sft", "--config", TINY, "sft.arm=data"), "already uses"),
+    ("arm-named-plots", _stage("sft", "--config", TINY, "sft.arm=plots"), "already uses"),
+    ("arm-named-prepare", _stage("sft", "--config", TINY, "sft.arm=prepare"), "already uses"),
+    ("arm-named-seeds", _stage("sft", "--config", TINY, "sft.arm=seeds"), "already uses"),
+    ("arm-with-rl-prefix", _stage("sft", "--config", TINY, "sft.arm=rl-sft"), "prefix of RL outputs"),
+    ("rl-arm-named-like-sft-arm", _stage("rl", "--config", TINY, "rl.arm=sft"), "must start with 'rl-'"),
+    ("rl-arm-reserved", _stage("rl", "--config", TINY, "rl.arm=eval"), "already uses"),
+    ("run-name-trailing-newline", _stage("sft", "--config", TINY, 'run_name="tiny\\n"'), "plain folder name"),
+    ("arm-trailing-newline", _stage("sft", "--config", TINY, 'sft.arm="x\\n"'), "plain folder name"),
+    ("seed-negative", _stage("sft", "--config", TINY, RP, "seed=-1"), "seed"),
+    ("seed-too-large", _stage("sft", "--config", TINY, RP, "seed=4294967296"), "seed"),
+    ("seeds-repeated", _stage("sft", "--config", TINY, RP, "seeds=[0, 0]"), "repeats"),
+    ("seeds-out-of-range", _stage("sft", "--config", TINY, RP, "seeds=[0, 4294967296]"), "outside [0, 2**32)"),
+    ("lr-inf", _stage("sft", "--config", TINY, RP, "sft.training.learning_rate=.inf"), "finite"),
+    ("lambda-inf", _stage("sft", "--config", TINY, RP, "sft.rpsft.lambda=.inf"), "finite"),
+    ("max-grad-norm-nan", _stage("sft", "--config", TINY, RP, "sft.training.max_grad_norm=.nan"), "finite"),
+    ("rl-lr-inf", _stage("rl", "--config", TINY, "rl.training.learning_rate=.inf"), "finite"),
+    ("rl-temperature-inf", _stage("rl", "--config", TINY, "rl.generation.temperature=.inf"), "finite"),
+    ("bootstrap-huge", _stage("evaluate", "--config", TINY, "eval.bootstrap=1000000000"), "100000"),
+    ("data-size-huge", _stage("sft", "--config", TINY, RP, "data.size=100000000000"), "data.size"),
+    ("max-length-huge", _stage("sft", "--config", TINY, RP, "sft.training.max_length=100000000000"), "max_length"),
+    ("yaml-alias-bomb", _stage("sft", "--config", "{ws}/alias-bomb.yaml"), "aliases are not allowed"),
+    ("yaml-duplicate-keys", _stage("sft", "--config", "{ws}/duplicate-keys.yaml"), "duplicate key 'seed'"),
+    ("yaml-deeply-nested", _stage("sft", "--config", "{ws}/deep.yaml"), "nested too deeply"),
+    ("yaml-not-utf8", _stage("sft", "--config", "{ws}/latin1.yaml"), "UTF-8"),
+    ("override-alias", _stage("sft", "--config", TINY, RP, "run_name=*x"), "aliases are not allowed"),
+    ("include-invalid-regex", _stage("sft", "--config", TINY, RP, "sft.rpsft.include=['(']"), "regular expression"),
+    ("unknown-scheduler", _stage("sft", "--config", TINY, RP, "sft.training.lr_scheduler_type=bogus"),
+     "unknown scheduler"),
+    ("data-field-index-out-of-range", _stage("sft", "--config", TINY, RP, FILE, "data.path={ws}/nested.jsonl",
+     "data.fields.question=prompt[5].content"), "has no [5]"),
+    ("data-field-path-malformed", _stage("sft", "--config", TINY, RP, FILE, "data.path={ws}/nested.jsonl",
+     "data.fields.question=prompt..content"), "not a field path"),
+    ("data-field-missing-key", _stage("sft", "--config", TINY, RP, FILE, "data.path={ws}/nested.jsonl",
+     "data.fields.question=reward_model.truth"), "has no key 'truth'"),
+    ("data-bad-chat-role", _stage("sft", "--config", TINY, RP, FILE, "data.path={ws}/bad-chat.jsonl",
+     "data.fields.question=messages", "data.fields.response=null"), "role system/user/assistant"),
+    ("rl-gold-is-a-dict", _stage("rl", "--config", TINY, "rl.prompt_data={source: file, path: {ws}/dict-gold.jsonl,"
+     " fields: {response: null}}", "rl.num_prompts=1"), "is a dict"),
+    ("data-is-a-pipe", _stage("sft", "--config", TINY, RP, FILE, "data.path={ws}/pipe.jsonl"), "not a regular file"),
+    ("data-is-a-device", _stage("sft", "--config", TINY, RP, FILE, "data.path=/dev/zero"), "not a regular file"),
+    ("model-truncated-safetensors", _stage("sft", "--config", TINY, RP, LOCAL, "model.path={ws}/truncated-model"),
+     "truncated"),
+    ("model-auto-map-remote-code-off", _stage("sft", "--config", TINY, RP, LOCAL,
+     "model.path={ws}/remote-code-model"), "trust_remote_code=true"),
+    ("report-seed-run-twice", _stage("report", "--config", TINY, "report.seed_runs=[{ws}/seedrun, {ws}/seedrun]"),
+     "listed twice"),
+    ("deploy-penalty-under-deepspeed", ("flow", {"arms": ["rpsft"], "launcher": {"num_processes": 2,
+     "accelerate_config": "configs/accelerate/zero2.yaml"}}), "cannot run under"),
+    ("deploy-remote-code", ("deployment", {"overrides": ["model.trust_remote_code=true"]}), "refused for deployment"),
+    ("deploy-config-outside-roots", ("deployment", {"config": "{ws}/ok.yaml"}), "outside the folders"),
+    ("deploy-runs-root-outside-roots", ("deployment", {}), "runs_root="),
 ]  # fmt: skip
 
 
@@ -131,8 +214,8 @@ def _fill(x, ws: Path):
     return x
 
 
-def test_the_table_has_at_least_25_rows():
-    assert len(ROWS) >= 25 and len({r[0] for r in ROWS}) == len(ROWS)
+def test_row_names_are_unique():
+    assert len({r[0] for r in ROWS}) == len(ROWS)
 
 
 @pytest.mark.parametrize(("case", "invocation", "fragment"), ROWS, ids=[r[0] for r in ROWS])
@@ -177,6 +260,9 @@ def test_bad_input_is_refused_with_a_named_message_and_nothing_touched(
         from pipeline.flows import PipelineParams, _params, resolve
         from stages.config import ConfigError
 
+        if kind == "deployment":  # what Prefect sets in a flow run started from a deployment
+            monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", "00000000-0000-0000-0000-000000000000")
+            monkeypatch.delenv("SFT2RL_ALLOWED_ROOTS", raising=False)
         params = {"config": TINY, **_fill(invocation[1], workspace)}
         params["overrides"] = [*params.get("overrides", []), *common]
         with pytest.raises(ConfigError) as err:

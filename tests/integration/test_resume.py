@@ -190,3 +190,34 @@ def test_killed_while_writing_the_final_checkpoint_then_rerun_completes(tmp_path
     w = load_file(arm / "checkpoint" / "model.safetensors")
     assert w and all(torch.isfinite(t).all() for t in w.values())
     assert (arm / "checkpoint" / "tokenizer_config.json").is_file()
+
+
+def test_an_epoch_based_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
+    """max_steps=-1 (epochs): the rerun resumes to the trainer's own step budget, not to "-1" (which published the
+    checkpoint-4 weights as final with DONE)."""
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    env.pop(FAULT_ENV, None)
+    epochs = ["sft.training.max_steps=-1", "sft.training.num_train_epochs=1", "data.size=48"]
+
+    def sft(root, extra_env):
+        cmd = [sys.executable, "-m", "stages.sft", *ARGS, *epochs, f"runs_root={root}"]
+        return subprocess.run(cmd, cwd=REPO, env={**env, **extra_env}, capture_output=True, text=True, timeout=300)
+
+    clean = sft(tmp_path / "clean", {})
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    steps = json.loads((tmp_path / "clean" / "tiny" / "rpsft" / "metrics.json").read_text())["steps"]
+    assert steps == 12  # 48 items / batch 4, one epoch
+    assert sft(tmp_path / "crash", {FAULT_ENV: "4"}).returncode == -signal.SIGKILL
+    arm = tmp_path / "crash" / "tiny" / "rpsft"
+    # A kill in the middle of writing the next checkpoint leaves one without trainer_state.json: skipped, not fatal.
+    (arm / "trainer" / "checkpoint-6").mkdir()
+    (arm / "trainer" / "checkpoint-6" / "model.safetensors").write_bytes(b"partial")
+    resumed = sft(tmp_path / "crash", {})
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "skipping incomplete trainer checkpoint" in resumed.stderr
+    m = json.loads((arm / "metrics.json").read_text())
+    assert m["steps"] == steps
+    w_clean = load_file(tmp_path / "clean" / "tiny" / "rpsft" / "checkpoint" / "model.safetensors")
+    w_res = load_file(arm / "checkpoint" / "model.safetensors")
+    for k in w_clean:
+        assert torch.allclose(w_clean[k], w_res[k], atol=1e-5), k

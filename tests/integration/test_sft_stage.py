@@ -228,17 +228,20 @@ def test_a_second_writer_of_the_same_arm_is_refused(tiny_cfg):
     from stages.io import FolderLock
 
     cfg = tiny_cfg("sft.training.max_steps=1")
-    holder = sp.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = f"from stages.io import FolderLock\nimport time\nwith FolderLock({str(cfg.arm_dir)!r}):\n"
+    code += "    print('HELD', flush=True)\n    time.sleep(60)\n"
+    holder = sp.Popen([sys.executable, "-c", code], cwd=REPO, stdout=sp.PIPE, text=True)
     try:
-        cfg.arm_dir.mkdir(parents=True)
-        (cfg.arm_dir / ".lock").write_text(str(holder.pid))  # a live process holds the arm
+        assert holder.stdout.readline().startswith("HELD")  # a live process holds the arm
         with pytest.raises(ConfigError, match=f"being written by process {holder.pid}"):
             run(cfg)
         assert not (cfg.arm_dir / "checkpoint").exists()
     finally:
         holder.kill()
         holder.wait()
-    # Its owner is gone: the stale lock is taken over and the run completes; the lock is released at the end.
+    # Its owner is gone (killed: the kernel released its lock, the file with its pid is left behind): the run
+    # completes and removes the lock file at the end.
+    assert (cfg.arm_dir / ".lock").exists()
     assert run(cfg)["steps"] == 1 and not (cfg.arm_dir / ".lock").exists()
     # Two different run names never share a folder or a lock.
     other = tiny_cfg("sft.training.max_steps=1", "run_name=other")

@@ -175,3 +175,14 @@ def test_gpu_check_script_parses():
     from tests.conftest import REPO
 
     assert subprocess.run(["bash", "-n", str(REPO / "scripts" / "gpu_check.sh")]).returncode == 0
+
+
+def test_credentials_inside_urls_never_reach_the_run_folder():
+    from stages.config import dump_config, load_config
+
+    cfg = load_config(
+        CONFIGS / "tiny.yaml",
+        ["rl.generation.vllm_mode=server", "rl.generation.vllm_server_base_url=http://alice:s3cret@127.0.0.1:8000"],
+    )
+    text = dump_config(cfg)
+    assert "s3cret" not in text and "alice" not in text and "http://***@127.0.0.1:8000" in text

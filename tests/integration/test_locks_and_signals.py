@@ -1,0 +1,96 @@
+"""The folder lock and the stage command line under races and signals: never two holders, no orphan, no stale lock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from stages.io import FolderLock, LockedError
+from tests.conftest import REPO
+
+_CONTENDER = """
+import sys, time
+from stages.io import FolderLock, LockedError
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+try:
+    with FolderLock(sys.argv[1]):
+        print("HELD", time.time(), flush=True)
+        time.sleep(0.4)
+        print("RELEASED", time.time(), flush=True)
+except LockedError as e:
+    print("REFUSED", e, flush=True)
+"""
+
+
+def test_twenty_simultaneous_starts_never_give_two_holders(tmp_path):
+    for trial in range(20):
+        folder = tmp_path / f"arm{trial}"
+        start = time.time() + 1.0
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CONTENDER, str(folder), str(start)],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            for _ in range(2)
+        ]
+        outs = [p.communicate(timeout=60)[0] for p in procs]
+        held = [o for o in outs if o.startswith("HELD")]
+        assert len(held) == 1, (trial, outs)  # exactly one holder, the other refused at once
+        refused = next(o for o in outs if o.startswith("REFUSED"))
+        assert "being written by process" in refused
+
+
+def test_a_lock_is_released_when_its_holder_is_killed(tmp_path):
+    folder = tmp_path / "arm"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from stages.io import FolderLock\nimport time\nwith FolderLock({str(folder)!r}):\n"
+         "    print('HELD', flush=True)\n    time.sleep(60)\n"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert holder.stdout.readline().startswith("HELD")
+    try:
+        FolderLock(folder).__enter__()
+        raise AssertionError("a live holder's lock was taken")
+    except LockedError as e:
+        assert str(holder.pid) in str(e)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with FolderLock(folder):  # the kernel released it with the process: no stale pid to judge
+        pass
+
+
+def test_sigterm_to_sft2rl_stage_stops_the_training_child_and_frees_the_arm(tmp_path, cache_dir):
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "pipeline.cli", "stage", "sft", "--config", "configs/tiny.yaml"]
+    cmd += [f"runs_root={tmp_path}", "sft.training.max_steps=100000", "sft.training.save_steps=100000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "tiny" / "sft" / ".lock"
+    deadline = time.time() + 120
+    while not (lock.is_file() and lock.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    child = int(lock.read_text().split()[0])
+    assert child != proc.pid  # the training runs in the stage's child process
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    for _ in range(100):  # the child got the signal too and is gone
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"stage child {child} outlived sft2rl stage")
+    with FolderLock(tmp_path / "tiny" / "sft"):  # and the arm is free for the rerun
+        pass
