@@ -67,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config=args.config,
             overrides=overrides,
             arms=args.arms,
-            rl=not args.no_rl,
+            rl=False if args.no_rl else None,
             evaluate=not args.no_eval,
             force=args.force,
             launcher=launcher,

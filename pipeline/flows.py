@@ -66,8 +66,11 @@ class PipelineParams(StageParams):
     """Parameters of the ``sft-to-rl`` flow."""
 
     arms: list[str] = Field(default_factory=lambda: ["sft", "rpsft"], description=f"SFT methods, of {SFT_METHODS}.")
-    rl: bool = Field(True, description="Run RL from every arm.")
+    rl: bool | None = Field(None, description="Run RL from every arm (default: yes, except for a sweep).")
     evaluate: bool = Field(True, description="Evaluate base, arms and RL runs, and write the report.")
+    sweep: bool | None = Field(
+        None, description="Train the config's sweep arms instead of arms (default: when the config has a sweep)."
+    )
     parallel_arms: bool = Field(False, description="Train arms concurrently (only with the resources for it).")
 
     @field_validator("arms")
@@ -100,6 +103,8 @@ def resolve(params: StageParams) -> Config:
                 f"file such as configs/accelerate/ddp.yaml (got {acc!r})"
             )
         methods = getattr(params, "arms", None) or [cfg.sft.method]
+        if cfg.sweep and getattr(params, "sweep", None) is not False:
+            methods = [a.method for a in cfg.sweep]
         refuse_unsupported_launcher(acc if Path(acc).is_file() else str(REPO / acc), methods)
     return cfg
 
@@ -324,12 +329,13 @@ def sft_to_rl(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,
     arms: list[str] | None = None,
-    rl: bool = True,
+    rl: bool | None = None,
     evaluate: bool = True,
     force: bool = False,
     parallel_arms: bool = False,
     launcher: Launcher | None = None,
     seeds: list[int] | None = None,
+    sweep: bool | None = None,
 ) -> dict[str, Any]:
     """prepare -> SFT arms (default sft and rpsft) -> RL from each arm -> evaluate all -> report; with several
     ``seeds``, arms, RL and evaluation once per training seed and one report that resamples seeds, then items.
@@ -338,12 +344,14 @@ def sft_to_rl(
         config: Config file (relative to the project folder).
         overrides: Dotted key=value overrides, e.g. ``sft.training.learning_rate=1e-4``.
         arms: SFT methods to train (sft, rpsft, l2, dft, iw, lora); default sft and rpsft.
-        rl: Run RL from every arm.
+        rl: Run RL from every arm (default: yes; for a sweep only when set to true).
         evaluate: Evaluate base, arms and RL runs, and write the report.
         force: Recompute stages whose outputs are already complete.
         parallel_arms: Train arms concurrently (only with the resources for it).
         launcher: How training stages start (processes, accelerate config).
         seeds: Training seeds, e.g. [0, 1, 2] (the config's ``seeds``); at least 3 for a verdict about methods.
+        sweep: Train the config's ``sweep`` arms (lambda, k, learning-rate grid) instead of ``arms``; default: yes
+            when the config has a sweep section. The report then draws the trade-off frontier.
     """
     if seeds:
         overrides = [*(overrides or []), f"seeds={json.dumps(list(seeds))}"]
@@ -357,6 +365,7 @@ def sft_to_rl(
         force=force,
         parallel_arms=parallel_arms,
         launcher=launcher,
+        sweep=sweep,
     )
     cfg = resolve(params)
     try:
@@ -372,6 +381,17 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
         "run folder %s; arms %s; rl %s; evaluate %s", cfg.run_dir.resolve(), params.arms, params.rl, params.evaluate
     )
     stage_task("prepare", params, "prepare")
+    use_sweep = params.sweep if params.sweep is not None else bool(cfg.sweep)
+    if use_sweep and not cfg.sweep:
+        raise ConfigError("sweep=true but the config has no sweep section (see configs/smollm2-cpu-sweep.yaml)")
+    # (arm folder, the stage's extra overrides): the flow's arms, or the config's sweep
+    arms = (
+        [(a.arm, a.as_overrides()) for a in cfg.sweep] if use_sweep else [(a, [f"sft.method={a}"]) for a in params.arms]
+    )
+    arm_names = [a for a, _ in arms]
+    run_rl = params.rl if params.rl is not None else not use_sweep  # a sweep is about SFT; RL only when asked
+    if use_sweep:
+        logger.info("sweep: %d arms %s", len(arms), arm_names)
     seeds = cfg.seed_list
     if len(seeds) > 1:
         logger.info("%d training seeds %s: one run per seed in %s", len(seeds), seeds, cfg.run_dir / "seeds")
@@ -381,18 +401,16 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
         scfg = cfg.for_seed(seed)
         tag = f"@seed{seed}" if so else ""
         if params.parallel_arms:
-            futures = [
-                stage_task.submit("sft", params, f"sft[{a}{tag}]", [*so, f"sft.method={a}"]) for a in params.arms
-            ]
+            futures = [stage_task.submit("sft", params, f"sft[{a}{tag}]", [*so, *extra]) for a, extra in arms]
             for f in futures:
                 f.result()
         else:
-            for arm in params.arms:
-                stage_task("sft", params, f"sft[{arm}{tag}]", [*so, f"sft.method={arm}"])
-        for arm in params.arms:
+            for arm, extra in arms:
+                stage_task("sft", params, f"sft[{arm}{tag}]", [*so, *extra])
+        for arm in arm_names:
             _metrics_artifact(scfg, arm, f"SFT arm {arm}{tag}")
-        if params.rl:
-            for arm in params.arms:
+        if run_rl:
+            for arm in arm_names:
                 stage_task("rl", params, f"rl[{arm}{tag}]", [*so, *_rl_extra(scfg, arm)])
                 _metrics_artifact(scfg, f"rl-{arm}", f"RL from {arm}{tag}")
         if params.evaluate:

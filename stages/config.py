@@ -599,6 +599,43 @@ class EvalConfig(Strict):
         return self
 
 
+class SweepArm(Strict):
+    """One arm of a trade-off sweep: a method, its own output name, and ``sft.*`` settings of its own."""
+
+    arm: str = Field(description="Output folder name, e.g. rpsft-l10-k0.25.")
+    method: Literal["sft", "rpsft", "l2", "dft", "iw", "lora"]
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Dotted sft.* settings of this arm, e.g. {sft.rpsft.lambda: 10}."
+    )
+
+    @field_validator("arm")
+    @classmethod
+    def _arm(cls, v: str) -> str:
+        problem = output_name_problem(v, "sweep arm")
+        if problem is None and v.startswith("rl-"):
+            problem = f"sweep arm {v!r} starts with 'rl-', the prefix of RL outputs"
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("overrides")
+    @classmethod
+    def _only_sft(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = [k for k in v if not k.startswith("sft.") or k in ("sft.method", "sft.arm")]
+        if bad:
+            raise ValueError(f"sweep overrides may set sft.* settings only (not sft.method / sft.arm); got {bad}")
+        return v
+
+    def as_overrides(self) -> list[str]:
+        import json
+
+        return [
+            f"sft.method={self.method}",
+            f"sft.arm={self.arm}",
+            *[f"{k}={json.dumps(v)}" for k, v in self.overrides.items()],
+        ]
+
+
 class PrimaryMetric(Strict):
     """The report's primary comparison: ``metric`` of model ``a`` minus model ``b``."""
 
@@ -641,6 +678,11 @@ class Config(Strict):
         description="Training seeds of a multi-seed run: every arm is trained, RL'd and evaluated once per seed in "
         "<run_dir>/seeds/seed-<s>/, and the report resamples seeds, then items. Empty: the one run of `seed`.",
     )
+    sweep: list[SweepArm] = Field(
+        default_factory=list,
+        description="Arms of a trade-off sweep (lambda, k, learning rate per method): the sft-to-rl flow trains these "
+        "instead of its arms when the config has them (configs/smollm2-cpu-sweep.yaml); the report draws the frontier.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: torch's choice.")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -657,6 +699,15 @@ class Config(Strict):
             raise ValueError(
                 f"run_name {v!r} must be a plain folder name (letters, digits, '.', '_', '-'; no '/' or '..')"
             )
+        return v
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_names(cls, v: list[SweepArm]) -> list[SweepArm]:
+        names = [a.arm for a in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"sweep arm names must be unique; repeated: {dup}")
         return v
 
     @field_validator("seeds")

@@ -214,7 +214,32 @@ def aggregate(cfg: Config) -> dict[str, Any]:
         "rotation_dir": str(runs[0]),
     }
     data["claims"] = claims(data)
+    data["frontier_points"], data["frontier"] = pareto_front(models)
     return data
+
+
+def pareto_front(models: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The SFT-kind models (base included) with both summary accuracies, and the names of those no other model beats
+    on both (in-domain and out-of-domain), ordered by in-domain accuracy. Only drawn for a sweep (>= 4 arms)."""
+    pts = [
+        {
+            "name": m["name"],
+            "id": m["metrics"]["id/mean_accuracy"]["value"],
+            "ood": m["metrics"]["ood/mean_accuracy"]["value"],
+        }
+        for m in models
+        if m["kind"] in ("base", "sft") and "id/mean_accuracy" in m["metrics"] and "ood/mean_accuracy" in m["metrics"]
+    ]
+    if sum(1 for p in pts if p["name"] != "base") < 4:
+        return pts, []
+    front = [
+        p
+        for p in pts
+        if not any(
+            q["id"] >= p["id"] and q["ood"] >= p["ood"] and (q["id"], q["ood"]) != (p["id"], p["ood"]) for q in pts
+        )
+    ]
+    return pts, [p["name"] for p in sorted(front, key=lambda p: p["id"])]
 
 
 def _seed_labels(cfg: Config, runs: list[Path]) -> list[str]:
@@ -430,6 +455,34 @@ def make_plots(cfg: Config, data: dict[str, Any], plot_dir: Path) -> dict[str, P
     else:
         note(ax, "needs at least one in-domain and one out-of-domain benchmark")
     save(fig, "tradeoff")
+
+    # 1b. The trade-off frontier of a sweep: every SFT-kind arm, the Pareto front drawn and named.
+    front = data.get("frontier") or []
+    if front:
+        fig, ax = plt.subplots(figsize=(7.2, 5.4))
+        byname = {m["name"]: m for m in data["models"]}
+        for name in [p["name"] for p in data["frontier_points"]]:
+            x, y = byname[name]["metrics"]["id/mean_accuracy"], byname[name]["metrics"]["ood/mean_accuracy"]
+            on = name in front
+            ax.errorbar(
+                x["value"],
+                y["value"],
+                xerr=[[x["value"] - x["ci_low"]], [x["ci_high"] - x["value"]]],
+                yerr=[[y["value"] - y["ci_low"]], [y["ci_high"] - y["value"]]],
+                fmt="o" if on else ".",
+                capsize=2,
+                alpha=1.0 if on else 0.5,
+            )
+            ax.annotate(name, (x["value"], y["value"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        fx = [byname[n]["metrics"]["id/mean_accuracy"]["value"] for n in front]
+        fy = [byname[n]["metrics"]["ood/mean_accuracy"]["value"] for n in front]
+        ax.plot(fx, fy, "-", color="black", alpha=0.6, label="Pareto front")
+        ax.set_xlabel("in-domain accuracy")
+        ax.set_ylabel("out-of-domain accuracy")
+        ax.set_title("Trade-off frontier of the sweep (points off the front faded)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        save(fig, "frontier")
 
     # 2. RL curves.
     curves = data["rl"]
@@ -675,6 +728,12 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
     }
     for name in PLOTS:
         blocks.append(("img", plots[name], captions[name]))
+    if "frontier" in plots:
+        caption = "Trade-off frontier: every arm of the sweep; the Pareto front (" + ", ".join(data["frontier"]) + ")."
+        blocks.insert(
+            3, ("p", f"Pareto front of the sweep (in-domain vs out-of-domain): {', '.join(data['frontier'])}.")
+        )
+        blocks.append(("img", plots["frontier"], caption))
     return blocks
 
 
@@ -746,6 +805,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         "seed_runs": data["seed_runs"],
         "claims": data["claims"],
         "seed_control": data["seed_control"],
+        "frontier": data["frontier"],
         "plots": {k: str(v) for k, v in plots.items()},
         "rl": data["rl"],
     }

@@ -85,3 +85,38 @@ def test_with_fewer_than_three_seeds_verdicts_are_about_checkpoints(three_seed_r
     assert report["n_seeds"] == 2 and all(c["level"] == "checkpoint" for c in report["claims"])
     assert all("about these checkpoints: 2 seeds" in c["verdict"] for c in report["comparisons"])
     report_run(cfg)
+
+
+def test_a_sweep_draws_the_frontier_and_names_its_pareto_arms(tmp_path, cache_dir):
+    """A small lambda sweep on the tiny model: every sweep arm trained under its own name, evaluated, and the
+    report's frontier plot and Pareto front computed from their in-domain and out-of-domain accuracies."""
+    from stages.config import load_config
+    from tests.conftest import CONFIGS
+
+    sweep = [
+        {"arm": "sft-a", "method": "sft", "overrides": {"sft.training.learning_rate": 1e-3}},
+        {"arm": "sft-b", "method": "sft", "overrides": {"sft.training.learning_rate": 3e-3}},
+        {"arm": "rpsft-l1", "method": "rpsft", "overrides": {"sft.rpsft.lambda": 1.0}},
+        {"arm": "rpsft-l100", "method": "rpsft", "overrides": {"sft.rpsft.lambda": 100.0}},
+    ]
+    common = [
+        f"runs_root={tmp_path}",
+        f"cache_dir={cache_dir}",
+        f"sweep={json.dumps(sweep)}",
+        "sft.training.max_steps=3",
+        f"eval.benchmarks={json.dumps(BENCHES)}",
+        "eval.forgetting.enabled=false",
+        "eval.bootstrap=200",
+    ]
+    cfg = load_config(CONFIGS / "tiny.yaml", common)
+    for arm in cfg.sweep:
+        sft_run(load_config(CONFIGS / "tiny.yaml", [*common, *arm.as_overrides()]))
+        assert (cfg.run_dir / arm.arm / "DONE").is_file()
+    assert "lambda: 100.0" in (cfg.run_dir / "rpsft-l100" / "config.yaml").read_text()  # its own settings
+    eval_run(cfg)
+    report = report_run(cfg)
+    assert (cfg.run_dir / "plots" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    names = {"base", "sft-a", "sft-b", "rpsft-l1", "rpsft-l100"}
+    assert report["frontier"] and set(report["frontier"]) <= names
+    md = (cfg.run_dir / "report.md").read_text()
+    assert "Pareto front of the sweep" in md and "plots/frontier.png" in md
