@@ -656,6 +656,13 @@ class ReportConfig(Strict):
         default_factory=lambda: [("rpsft", "sft"), ("rl-rpsft", "rl-sft"), ("sft", "base"), ("rpsft", "base")],
         description="Model pairs (a, b) compared as a - b, when both were evaluated.",
     )
+    matched_tolerance: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="The matched view: every arm is compared out of domain with the plain-SFT arm closest to it in "
+        "in-domain accuracy, when they are within this distance (0.02 = 2 points); meaningful with a sweep.",
+    )
     primary: PrimaryMetric = Field(
         default_factory=lambda: PrimaryMetric(),
         description="The one comparison the run is about; with the headline metrics it forms the Holm-corrected "

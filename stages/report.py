@@ -215,7 +215,36 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     }
     data["claims"] = claims(data)
     data["frontier_points"], data["frontier"] = pareto_front(models)
+    data["matched"] = _matched(cfg, runs[0], per_seed, models, boot)
     return data
+
+
+def _matched(cfg: Config, run_dir: Path, per_seed, models, boot) -> list[dict[str, Any]]:
+    """Arms compared at matched strength: each arm that is not plain SFT against the plain-SFT arm nearest to it in
+    in-domain accuracy, out of domain, when the two are within ``report.matched_tolerance``. "Forgets less" then
+    cannot mean "learns less". Needs several plain-SFT strengths (a sweep) to find matches."""
+    methods = {}
+    for m in models:
+        f = run_dir / m["name"] / "metrics.json"
+        if m["kind"] == "sft" and f.is_file():
+            methods[m["name"]] = json.loads(f.read_text()).get("method")
+    acc = {m["name"]: m["metrics"].get("id/mean_accuracy", {}).get("value") for m in models}
+    plain = [n for n, meth in methods.items() if meth == "sft" and acc.get(n) is not None]
+    out = []
+    for name, meth in methods.items():
+        if meth == "sft" or acc.get(name) is None or not plain:
+            continue
+        nearest = min(plain, key=lambda n: abs(acc[n] - acc[name]))
+        gap = acc[name] - acc[nearest]
+        row = {"arm": name, "method": meth, "matched_sft": nearest, "id_gap": gap}
+        if abs(gap) <= cfg.report.matched_tolerance:
+            keys = [k for k in _strata(per_seed, name, "out") if k in _strata(per_seed, nearest, "out")]
+            nested = _nested(per_seed, keys, (name, nearest)) if keys else []
+            if nested:
+                d, lo, hi, _ = paired_diff(nested[0], nested[1], **boot)
+                row.update(metric="ood/mean_accuracy", diff=d, ci_low=lo, ci_high=hi)
+        out.append(row)
+    return out
 
 
 def pareto_front(models: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -663,6 +692,13 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
     if data["seed_control"]:
         blocks.append(("h2", "Seed control (the same model, two training seeds)"))
         blocks.append(("ul", _seed_control_lines(data)))
+    if data.get("matched"):
+        blocks.append(("h2", "At matched in-domain accuracy (each arm vs the nearest plain-SFT arm)"))
+        rows = []
+        for r in data["matched"]:
+            ood = _fmt_diff(r) if "diff" in r else f"no match within {100 * cfg.report.matched_tolerance:.0f} points"
+            rows.append([r["arm"], r["method"], r["matched_sft"], f"{100 * r['id_gap']:+.2f}", ood])
+        blocks.append(("table", ["arm", "method", "plain SFT arm", "in-domain gap (points)", "OOD difference"], rows))
     blocks.append(("h2", "Scores"))
     header = ["model", "init", *metric_names]
     rows = [
@@ -806,6 +842,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         "claims": data["claims"],
         "seed_control": data["seed_control"],
         "frontier": data["frontier"],
+        "matched": data["matched"],
         "plots": {k: str(v) for k, v in plots.items()},
         "rl": data["rl"],
     }

@@ -120,3 +120,11 @@ def test_a_sweep_draws_the_frontier_and_names_its_pareto_arms(tmp_path, cache_di
     assert report["frontier"] and set(report["frontier"]) <= names
     md = (cfg.run_dir / "report.md").read_text()
     assert "Pareto front of the sweep" in md and "plots/frontier.png" in md
+    # The matched view: each RPSFT arm against the plain-SFT arm nearest in in-domain accuracy.
+    matched = {r["arm"]: r for r in report["matched"]}
+    assert set(matched) == {"rpsft-l1", "rpsft-l100"} and {r["matched_sft"] for r in matched.values()} <= {
+        "sft-a",
+        "sft-b",
+    }
+    for r in matched.values():
+        assert ("diff" in r) == (abs(r["id_gap"]) <= cfg.report.matched_tolerance)
