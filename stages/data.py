@@ -195,6 +195,19 @@ def scalar_answer(value: Any, where: str, label: str) -> str | None:
     return str(value)
 
 
+MAX_LINE_BYTES = 16 << 20
+
+
+def _check_line_lengths(path: Path) -> None:
+    """A JSONL row longer than 16 MiB is no training example: refuse it by number instead of stalling the reader."""
+    with open(path, "rb") as f:
+        for i, line in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b"")):
+            if len(line) > MAX_LINE_BYTES:
+                raise DataError(
+                    f"data.path {path}: line {i + 1} is longer than {MAX_LINE_BYTES >> 20} MiB; split or drop that row"
+                )
+
+
 def load_table(cfg: DataConfig) -> list[dict[str, Any]]:
     """Rows of a local JSON/JSONL/parquet file or a hub dataset (the first ``cfg.size`` rows; all when unset)."""
     import datasets
@@ -209,6 +222,8 @@ def load_table(cfg: DataConfig) -> list[dict[str, Any]]:
         kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
         if kind is None:
             raise DataError(f"data.path {path}: unsupported file type {suffix!r}; use .json, .jsonl or .parquet")
+        if suffix == ".jsonl":
+            _check_line_lengths(path)
         try:
             ds = datasets.load_dataset(kind, data_files=str(path), split="train")
         except Exception as e:  # noqa: BLE001 - datasets raises many types for malformed files

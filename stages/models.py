@@ -247,6 +247,16 @@ def check_model_folder(folder: Path, allow_pickle: bool = False, trust_remote_co
         )
 
 
+def check_vocab(model, tokenizer, path: str) -> None:
+    """The tokenizer must not produce ids the model has no embedding row for (a tokenizer from another model)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ModelError(
+            f"the tokenizer at {path} has {len(tokenizer)} tokens but the model has {rows} embedding rows: they do not "
+            "belong together; use the tokenizer saved with these weights"
+        )
+
+
 def load_tokenizer(path: str, cfg: ModelConfig):
     from transformers import AutoTokenizer
 

@@ -80,9 +80,36 @@ def seed_run_dirs(cfg: Config) -> list[Path]:
             raise ConfigError(
                 f"report.seed_runs: {r} is this run or is listed twice; each seed run must be a different run folder"
             )
+        _same_setup_but_seed(runs[0], r)
         seen.add(r.resolve())
         runs.append(r)
     return runs
+
+
+_SEED_KEYS = {"seed", "seeds", "runs_root", "run_name", "cache_dir", "report", "eval"}
+
+
+def _same_setup_but_seed(run: Path, other: Path) -> None:
+    """A seed run must be the same experiment with another seed: the resolved configs of the arms both runs have
+    may differ only in seed, names and folders (and the report/eval sections). Raises ConfigError naming the keys."""
+    from stages.config import safe_yaml
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(d, dict):
+            return {k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{prefix}{k}.").items()}
+        return {prefix.rstrip("."): d}
+
+    for mine in sorted(run.glob("*/config.yaml")):
+        theirs = other / mine.parent.name / "config.yaml"
+        if not theirs.is_file():
+            continue
+        a, b = flat(safe_yaml(mine.read_text())), flat(safe_yaml(theirs.read_text()))
+        diff = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in _SEED_KEYS and a.get(k) != b.get(k))
+        if diff:
+            raise ConfigError(
+                f"report.seed_runs: {other} is not the same experiment with another seed: {mine.parent.name}'s "
+                f"config differs in {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}"
+            )
 
 
 def _strata(per_seed: list[dict[str, Any]], name: str, domain: str) -> list[str]:

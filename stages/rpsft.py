@@ -30,12 +30,14 @@ from pathlib import Path
 
 import torch
 
+from stages.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 ANCHOR_FORMAT_VERSION = 3
 
 
-class RPSFTError(RuntimeError):
+class RPSFTError(ConfigError):
     """RPSFT cannot run as configured (nothing to regularise, sharded parameters ...)."""
 
 

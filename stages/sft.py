@@ -307,6 +307,7 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
         t0 = time.perf_counter()
         anchors = compute_anchors(named, rp.k, rp.k_fraction, rp.anchor_method, anchor_cache)
         anchor_s = time.perf_counter() - t0
+    models.check_vocab(model, tokenizer, model_path)
     warn_control_tokens(items, tokenizer)
     if use_cpu(cfg):
         copies = 4 + (0.4 if method in ("rpsft", "l2") else 0) + (1 if method == "iw" else 0)
@@ -336,18 +337,23 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
     peft_config = build_lora_config(cfg, model) if method == "lora" else None
 
     Trainer = _make_trainer_class()
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[*(callbacks or []), *io.training_guards(model, cfg.arm_dir / "trainer")],
-        regularizer=regularizer,
-        regularizer_mode=rp.mode,
-        iw=cfg.sft.iw if method == "iw" else None,
-        ref_model=ref_model,
-    )
+    try:
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[*(callbacks or []), *io.training_guards(model, cfg.arm_dir / "trainer")],
+            regularizer=regularizer,
+            regularizer_mode=rp.mode,
+            iw=cfg.sft.iw if method == "iw" else None,
+            ref_model=ref_model,
+        )
+    except ValueError as e:  # peft: a target module the model does not have
+        if "arget module" in str(e):
+            raise ConfigError(f"sft.lora.target_modules: {e}") from None
+        raise
     if ref_model is not None:
         ref_model.to(trainer.args.device)
     return ArmSetup(cfg, items, model_path, tokenizer, trainer, anchors, regularizer, anchor_s, penalty_at_start)

@@ -79,6 +79,14 @@ def workspace(tmp_path_factory, cache_dir):
     rc = json.loads((remote / "config.json").read_text())
     rc["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
     (remote / "config.json").write_text(json.dumps(rc))
+    (ws / "huge-line.jsonl").write_text(json.dumps({"question": "x" * (17 << 20), "response": "y"}) + "\n")
+    from transformers import AutoTokenizer
+
+    big_vocab = ws / "big-vocab-model"
+    shutil.copytree(model, big_vocab)
+    tok = AutoTokenizer.from_pretrained(big_vocab)
+    tok.add_tokens([f"extra{i}" for i in range(2000)])
+    tok.save_pretrained(big_vocab)
     no_template = ws / "no-template-model"
     shutil.copytree(model, no_template)
     (no_template / "chat_template.jinja").unlink(missing_ok=True)
@@ -194,6 +202,13 @@ ROWS = [
      "truncated"),
     ("model-auto-map-remote-code-off", _stage("sft", "--config", TINY, RP, LOCAL,
      "model.path={ws}/remote-code-model"), "trust_remote_code=true"),
+    ("lora-target-missing", _stage("sft", "--config", TINY, "sft.method=lora", "sft.lora.include_embeddings=false",
+     "sft.lora.target_modules=[no_such_proj]"), "sft.lora.target_modules"),
+    ("include-matches-nothing", _stage("sft", "--config", TINY, RP, "sft.rpsft.include=['^nothing$']"), "matched no"),
+    ("jsonl-line-too-long", _stage("sft", "--config", TINY, RP, FILE, "data.path={ws}/huge-line.jsonl"),
+     "longer than 16 MiB"),
+    ("tokenizer-vocab-mismatch", _stage("sft", "--config", TINY, RP, LOCAL, "model.path={ws}/big-vocab-model"),
+     "do not belong together"),
     ("report-seed-run-twice", _stage("report", "--config", TINY, "report.seed_runs=[{ws}/seedrun, {ws}/seedrun]"),
      "listed twice"),
     ("deploy-penalty-under-deepspeed", ("flow", {"arms": ["rpsft"], "launcher": {"num_processes": 2,
