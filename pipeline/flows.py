@@ -12,18 +12,19 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, field_validator
 
-from stages.config import SFT_METHODS, Config, ConfigError, load_config
+from stages.config import SFT_METHODS, Config, ConfigError, load_config, safe_yaml
 from stages.io import FolderLock, LockedError
 from stages.secrets import scrub
 
@@ -208,26 +209,68 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+_PROGRESS = re.compile(r"(\d+)/(\d+) \[[^\]]*\]")  # a tqdm bar: "19/40 [01:53<02:00,  5.75s/it]"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def log_level(line: str) -> int:
+    """The level a stage's output line deserves: errors and tracebacks at ERROR, warnings at WARNING, else INFO."""
+    import logging
+
+    if line.startswith(("error:", "Traceback", "RuntimeError", "ValueError")) or " ERROR " in line:
+        return logging.ERROR
+    if " WARNING " in line or "Warning:" in line or line.startswith("warning:"):
+        return logging.WARNING
+    return logging.INFO
+
+
+class ProgressThrottle:
+    """Progress-bar redraws become a line per 10% of the bar (and its last state): "progress 19/40 (47%) ..."."""
+
+    def __init__(self):
+        self.last: dict[int, int] = {}
+
+    def keep(self, line: str) -> str | None:
+        m = _PROGRESS.search(line)
+        if not m:
+            return line
+        done, total = int(m.group(1)), int(m.group(2))
+        step = max(1, total // 10)
+        prev = self.last.get(total, -step)
+        if done < total and done - prev < step:
+            return None
+        self.last[total] = done
+        return f"progress {done}/{total} ({100 * done // max(1, total)}%) {line[m.end() :].strip()}".rstrip()
+
+
 def run_child(cmd: list[str], label: str) -> None:
-    """Run a stage process; stream each output line to the run log; raise StageFailed with the tail on failure."""
+    """Run a stage process; stream its output lines to the run log (progress bars thinned to every 10%, warnings and
+    errors at their levels); raise StageFailed naming the cause (the stage's own error line) on failure."""
     logger = get_run_logger()
     logger.info("%s: %s", label, scrub(shlex.join(cmd)))
     tail: collections.deque[str] = collections.deque(maxlen=25)
+    errors: list[str] = []
+    throttle = ProgressThrottle()
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=_child_env(), cwd=os.getcwd()
     ) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip("\n")
-            # Progress bars redraw with carriage returns: log the last state of the line only.
-            line = scrub(line.rsplit("\r", 1)[-1])
-            if line.strip():
-                tail.append(line)
-                logger.info("%s", line)
+        for raw in proc.stdout:
+            # Progress bars redraw with carriage returns and cursor moves: keep the last state of the line only.
+            line = scrub(_ANSI.sub("", raw.rstrip("\n").rsplit("\r", 1)[-1]))
+            if not line.strip():
+                continue
+            tail.append(line)
+            if line.startswith("error:"):
+                errors.append(line)
+            kept = throttle.keep(line)
+            if kept is not None:
+                logger.log(log_level(line), "%s", kept)
         rc = proc.wait()
     if rc != 0:
         kind = {2: "bad input", 3: "numerical fault", 4: "not enough disk", 130: "interrupted"}.get(rc, "crash")
-        raise StageFailed(f"stage {label} failed (exit {rc}, {kind}). Last output:\n" + "\n".join(tail))
+        cause = errors[-1].removeprefix("error: ") if errors else (tail[-1] if tail else "no output")
+        raise StageFailed(f"stage {label} failed (exit {rc}, {kind}): {cause}\nLast output:\n" + "\n".join(tail))
 
 
 @task(name="stage", task_run_name="{label}", retries=0)
@@ -324,7 +367,31 @@ def _resolved(**kw: Any) -> tuple[StageParams, Config]:
 DEFAULT_CONFIG = "configs/smollm2-cpu.yaml"
 
 
-@flow(name="sft-to-rl", validate_parameters=True)
+def _run_namer(flow_name: str):
+    """Flow runs named ``<run name>/<flow>[/<arm>]`` (``smollm2-cpu/sft-to-rl``), so runs tell themselves apart."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        params = flow_run.parameters or {}
+        run_name = None
+        for o in params.get("overrides") or []:
+            if isinstance(o, str) and o.startswith("run_name="):
+                run_name = o.split("=", 1)[1]
+        if run_name is None:
+            try:
+                path = Path(params.get("config") or DEFAULT_CONFIG)
+                path = path if path.is_file() else REPO / path
+                run_name = str((safe_yaml(path.read_text()) or {}).get("run_name", path.stem))
+            except (OSError, yaml.YAMLError, ConfigError, AttributeError, UnicodeDecodeError):
+                run_name = Path(str(params.get("config", "run"))).stem
+        extra = params.get("method") or params.get("init_arm")
+        return f"{run_name}/{flow_name}" + (f"/{extra}" if extra else "")
+
+    return name
+
+
+@flow(name="sft-to-rl", validate_parameters=True, flow_run_name=_run_namer("sft-to-rl"))
 def sft_to_rl(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,
@@ -423,23 +490,37 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
     return out
 
 
-@flow(name="prepare", validate_parameters=True)
+@flow(name="prepare", validate_parameters=True, flow_run_name=_run_namer("prepare"))
 def prepare_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, force: bool = False) -> str:
-    """Prepare the initial model (convert and cache it once)."""
+    """Prepare the initial model (convert and cache it once).
+
+    Args:
+        config: Config file (relative to the project folder), e.g. configs/smollm2-cpu.yaml.
+        overrides: Dotted key=value overrides, e.g. seed=1 or sft.training.learning_rate=1e-4.
+        force: Recompute outputs that are already complete.
+    """
     params, cfg = _resolved(config=config, overrides=overrides, force=force)
     stage_task("prepare", params, "prepare")
     return str((cfg.run_dir / "prepare").resolve())
 
 
-@flow(name="sft", validate_parameters=True)
+@flow(name="sft", validate_parameters=True, flow_run_name=_run_namer("sft"))
 def sft_flow(
     config: str = DEFAULT_CONFIG,
-    method: str = "rpsft",
+    method: Literal["sft", "rpsft", "l2", "dft", "iw", "lora"] = "rpsft",
     overrides: list[str] | None = None,
     force: bool = False,
     launcher: Launcher | None = None,
 ) -> str:
-    """Train one SFT arm (sft, rpsft, l2, dft, iw or lora)."""
+    """Train one SFT arm (sft, rpsft, l2, dft, iw or lora).
+
+    Args:
+        config: Config file (relative to the project folder), e.g. configs/smollm2-cpu.yaml.
+        method: The SFT method: sft, rpsft (rotation-preserving), l2 (L2 to init), dft, iw or lora.
+        overrides: Dotted key=value overrides, e.g. sft.rpsft.lambda=10.
+        force: Retrain even if the arm is complete.
+        launcher: How the stage starts (processes, accelerate config).
+    """
     if method not in SFT_METHODS:
         raise ConfigError(f"method {method!r}: choose one of {list(SFT_METHODS)}")
     params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher)
@@ -448,7 +529,7 @@ def sft_flow(
     return str((cfg.run_dir / method).resolve())
 
 
-@flow(name="rl", validate_parameters=True)
+@flow(name="rl", validate_parameters=True, flow_run_name=_run_namer("rl"))
 def rl_flow(
     config: str = DEFAULT_CONFIG,
     init_arm: str = "rpsft",
@@ -456,7 +537,15 @@ def rl_flow(
     force: bool = False,
     launcher: Launcher | None = None,
 ) -> str:
-    """RL (the config's rl section) from a finished SFT arm of the same run."""
+    """RL (the config's rl section) from a finished SFT arm of the same run.
+
+    Args:
+        config: Config file (relative to the project folder), e.g. configs/smollm2-cpu.yaml.
+        init_arm: The finished SFT arm of this run to start from (its folder name, e.g. rpsft).
+        overrides: Dotted key=value overrides, e.g. rl.training.max_steps=20.
+        force: Rerun even if this RL run is complete.
+        launcher: How the stage starts (processes, accelerate config).
+    """
     params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher)
     if not (cfg.run_dir / init_arm / "DONE").is_file():
         raise ConfigError(
@@ -468,17 +557,28 @@ def rl_flow(
     return str((cfg.run_dir / f"rl-{init_arm}").resolve())
 
 
-@flow(name="evaluate", validate_parameters=True)
+@flow(name="evaluate", validate_parameters=True, flow_run_name=_run_namer("evaluate"))
 def evaluate_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, force: bool = False) -> str:
-    """Evaluate base, SFT arms and RL runs of one run folder."""
+    """Evaluate base, SFT arms and RL runs of one run folder.
+
+    Args:
+        config: Config file (relative to the project folder), e.g. configs/smollm2-cpu.yaml.
+        overrides: Dotted key=value overrides, e.g. seed=1 or sft.training.learning_rate=1e-4.
+        force: Recompute outputs that are already complete.
+    """
     params, cfg = _resolved(config=config, overrides=overrides, force=force)
     stage_task("evaluate", params, "evaluate")
     return str((cfg.run_dir / "eval").resolve())
 
 
-@flow(name="report", validate_parameters=True)
+@flow(name="report", validate_parameters=True, flow_run_name=_run_namer("report"))
 def report_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None) -> str:
-    """Write the comparison report and register it as artifacts."""
+    """Write the comparison report and register it as artifacts.
+
+    Args:
+        config: Config file (relative to the project folder), e.g. configs/smollm2-cpu.yaml.
+        overrides: Dotted key=value overrides, e.g. "seeds=[0,1,2]" to pool a multi-seed run.
+    """
     params, cfg = _resolved(config=config, overrides=overrides)
     stage_task("report", params, "report")
     report_artifacts(cfg)

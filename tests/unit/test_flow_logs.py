@@ -1,0 +1,46 @@
+"""What the Prefect run log shows of a stage's output: thinned progress, levels, the cause of a failure."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+
+from pipeline.flows import ProgressThrottle, StageFailed, log_level, run_child
+
+
+def test_progress_bar_redraws_become_one_line_per_tenth():
+    t = ProgressThrottle()
+    kept = [t.keep(f" {i}/40 [00:{i:02d}<01:00,  5.75s/it]") for i in range(41)]
+    lines = [k for k in kept if k]
+    assert len(lines) == 11 and lines[0].startswith("progress 0/40 (0%)") and lines[-1].startswith("progress 40/40")
+    assert t.keep("{'loss': '0.25', 'epoch': '0.5'}") == "{'loss': '0.25', 'epoch': '0.5'}"  # other lines untouched
+
+
+@pytest.mark.parametrize(
+    ("line", "level"),
+    [
+        ("error: data.path x does not exist", logging.ERROR),
+        ("Traceback (most recent call last):", logging.ERROR),
+        ("2026-12-01 10:00:00,000 WARNING stages.sft: memory", logging.WARNING),
+        ("2026-12-01 10:00:00,000 INFO stages.sft: done", logging.INFO),
+    ],
+)
+def test_levels(line, level):
+    assert log_level(line) == level
+
+
+def test_a_failed_stage_names_its_cause_first(monkeypatch):
+    class Quiet:
+        def log(self, *a, **k):
+            pass
+
+        info = log
+
+    monkeypatch.setattr("pipeline.flows.get_run_logger", lambda: Quiet())
+    code = "import sys; print('working'); print('error: sft.rpsft.lambda must be >= 0', file=sys.stderr); sys.exit(2)"
+    with pytest.raises(StageFailed) as err:
+        run_child([sys.executable, "-c", code], "sft[rpsft]")
+    first = str(err.value).splitlines()[0]
+    assert first == "stage sft[rpsft] failed (exit 2, bad input): sft.rpsft.lambda must be >= 0"
