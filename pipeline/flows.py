@@ -298,6 +298,13 @@ def _key(raw: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in raw.lower()).strip("-")[:100]
 
 
+def _cell(name: str, v: dict[str, Any]) -> str:
+    """A metric as the report writes it: accuracies in percent, KL and CKA as numbers, with the interval."""
+    if name.startswith("forgetting/"):
+        return f"{v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]"
+    return f"{100 * v['value']:.1f}% [{100 * v['ci_low']:.1f}, {100 * v['ci_high']:.1f}]"
+
+
 def report_artifacts(cfg: Config) -> None:
     """The report as a markdown artifact, the comparison as a table, links to the HTML report and the run folder."""
     run_dir = cfg.run_dir.resolve()
@@ -310,10 +317,12 @@ def report_artifacts(cfg: Config) -> None:
     data = json.loads((run_dir / "report.json").read_text())
     rows: list[dict[str, Any]] = []
     for m in data["models"]:
-        row: dict[str, Any] = {"model": m["name"], "init": m["init"] or "-"}
+        row: dict[str, Any] = {"model": m["name"], "init": m["init"] or "none"}
         for name, v in m["metrics"].items():
-            row[name] = f"{v['value']:.4g} [{v['ci_low']:.4g}, {v['ci_high']:.4g}]"
+            row[name] = _cell(name, v)
         rows.append(row)
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    rows = [{k: r.get(k, "n/a") for k in names} for r in rows]  # every row has every column
     create_table_artifact(key=_key(f"{cfg.run_name}-scores"), table=rows, description="Scores with intervals")
     comps = [
         {
