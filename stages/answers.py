@@ -249,6 +249,17 @@ def parse_gold(gold: Any) -> tuple:
     return _parse_gold_text(text[:MAX_ANSWER_CHARS])
 
 
+def unreadable_golds(items: list[dict[str, Any]], where) -> list[str]:
+    """Messages for the items whose ``answer`` :func:`parse_gold` cannot read; ``where(item)`` names an item."""
+    errors = []
+    for x in items:
+        try:
+            parse_gold(x["answer"])
+        except GoldError as e:
+            errors.append(f"{where(x)}: {e}")
+    return errors
+
+
 def gold_parses(gold: Any) -> bool:
     """Whether a gold answer is readable as a whole (:func:`parse_gold` does not raise)."""
     try:

@@ -22,6 +22,16 @@ RESERVED_NAMES = {"eval", "data", "plots", "prepare", "seeds", "trainer", "check
 _FILE_SUFFIXES = (".md", ".html", ".json", ".jsonl", ".png", ".yaml", ".lock", ".tmp")
 
 
+def _sft_arm_name(name: str, field: str) -> str:
+    """An SFT arm's folder name: a valid output name that does not take the RL outputs' ``rl-`` prefix."""
+    problem = output_name_problem(name, field)
+    if problem is None and name.startswith("rl-"):
+        problem = f"{field} {name!r} starts with 'rl-', the prefix of RL outputs; choose another name"
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
 def output_name_problem(name: str, field: str) -> str | None:
     """Why ``name`` cannot name an output folder in a run folder (None when it can)."""
     if not _RUN_NAME.match(name):
@@ -327,14 +337,7 @@ class SFTStageConfig(Strict):
     @field_validator("arm")
     @classmethod
     def _arm(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        problem = output_name_problem(v, "sft.arm")
-        if problem is None and v.startswith("rl-"):
-            problem = f"sft.arm {v!r} starts with 'rl-', the prefix of RL outputs; choose another name"
-        if problem:
-            raise ValueError(problem)
-        return v
+        return v if v is None else _sft_arm_name(v, "sft.arm")
 
 
 class GenerationSpec(Strict):
@@ -611,12 +614,7 @@ class SweepArm(Strict):
     @field_validator("arm")
     @classmethod
     def _arm(cls, v: str) -> str:
-        problem = output_name_problem(v, "sweep arm")
-        if problem is None and v.startswith("rl-"):
-            problem = f"sweep arm {v!r} starts with 'rl-', the prefix of RL outputs"
-        if problem:
-            raise ValueError(problem)
-        return v
+        return _sft_arm_name(v, "sweep arm")
 
     @field_validator("overrides")
     @classmethod

@@ -170,14 +170,9 @@ def build_benchmark(
     if not items:
         raise DataError(f"{label} has no items: check its size and source")
     if not spec.is_choice and spec.answer_type in ("math", "number") and spec.source not in OWN_SCORERS:
-        from stages.answers import GoldError, parse_gold
+        from stages.answers import unreadable_golds
 
-        errors = []
-        for x in items:
-            try:
-                parse_gold(x["answer"])
-            except GoldError as e:
-                errors.append(f"item {x['id']}: {e}")
+        errors = unreadable_golds(items, lambda x: f"item {x['id']}")
         if errors:
             raise DataError(
                 f"{label}.fields.answer: {len(errors)} of {len(items)} gold answers cannot be scored as math answers; "

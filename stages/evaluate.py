@@ -32,7 +32,7 @@ from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done
 from stages.metrics import (
     avg_at_k,
     bootstrap_ci,
-    cka_bootstrap_stats,
+    cka_bootstrap,
     pass_at_k,
     proportion_ci,
     stratified_bootstrap_ci,
@@ -404,9 +404,7 @@ def forgetting_metrics(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
         km = (xm @ xm.T).numpy()
         # the same seed draws the same sequences for every layer: averaging the statistics resample by resample
         # gives the bootstrap distribution of the mean CKA itself
-        v, lo, hi, st = cka_bootstrap_stats(
-            kb, km, g, n_boot=spec.cka_bootstrap, confidence=ev.confidence, seed=cfg.seed
-        )
+        v, lo, hi, st = cka_bootstrap(kb, km, g, n_boot=spec.cka_bootstrap, confidence=ev.confidence, seed=cfg.seed)
         layers.append({"value": v, "ci_low": lo, "ci_high": hi})
         layer_stats.append(st)
     if layers:

@@ -228,22 +228,9 @@ def cka_bootstrap(
     n_boot: int = 100,
     confidence: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float, float]:
-    """CKA and a bootstrap interval that resamples whole sequences (``groups[i]`` = sequence of token i)."""
-    value, lo, hi, _ = cka_bootstrap_stats(kx, ky, groups, n_boot=n_boot, confidence=confidence, seed=seed)
-    return value, lo, hi
-
-
-def cka_bootstrap_stats(
-    kx: np.ndarray,
-    ky: np.ndarray,
-    groups: np.ndarray,
-    *,
-    n_boot: int = 100,
-    confidence: float = 0.95,
-    seed: int = 0,
 ) -> tuple[float, float, float, np.ndarray]:
-    """:func:`cka_bootstrap` and its statistics. The same ``seed`` and ``groups`` draw the same sequences, so the
+    """CKA, a bootstrap interval that resamples whole sequences (``groups[i]`` = sequence of token i), and the
+    bootstrap statistics. The same ``seed`` and ``groups`` draw the same sequences, so the
     statistics of several layers can be averaged resample by resample into the interval of the mean CKA."""
     value = cka_from_grams(kx, ky)
     ids = np.unique(groups)

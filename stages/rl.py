@@ -108,14 +108,9 @@ def rl_prompts(cfg: Config) -> list[dict[str, Any]]:
         raise ConfigError(f"RL prompts need gold answers: map {label}.fields.answer to a column or path")
     items = [x for x in items if x["question"] not in sft_questions][: cfg.rl.num_prompts]
     if "math_correct" in cfg.rl.rewards:
-        from stages.answers import GoldError, parse_gold
+        from stages.answers import unreadable_golds
 
-        errors = []
-        for x in items:
-            try:
-                parse_gold(x["answer"])
-            except GoldError as e:
-                errors.append(f"{e} (prompt {x['question'][:60]!r})")
+        errors = unreadable_golds(items, lambda x: f"prompt {x['question'][:60]!r}")
         if errors:
             raise ConfigError(
                 f"{len(errors)} RL prompt(s) in {label} have a gold answer the math_correct reward cannot read: "

@@ -132,9 +132,9 @@ def test_cka_bootstrap_interval_contains_value():
     x = rng.normal(size=(120, 8))
     y = x + 0.5 * rng.normal(size=(120, 8))
     groups = np.repeat(np.arange(12), 10)
-    v, lo, hi = M.cka_bootstrap(x @ x.T, y @ y.T, groups, n_boot=50)
+    v, lo, hi, _ = M.cka_bootstrap(x @ x.T, y @ y.T, groups, n_boot=50)
     assert lo <= v <= hi and 0 < v < 1
-    v, lo, hi = M.cka_bootstrap(x @ x.T, x @ x.T, groups, n_boot=20)
+    v, lo, hi, _ = M.cka_bootstrap(x @ x.T, x @ x.T, groups, n_boot=20)
     assert v == pytest.approx(1.0) and lo == pytest.approx(1.0)
 
 
