@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # One GRPO step, split: run the RL stage itself (vLLM backend) from the base model for a few steps.
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "stages.rl", "--config", args.config, f"runs_root={tmp}", "arm=bench"]
+        cmd = [sys.executable, "-m", "stages.rl", "--config", args.config, f"runs_root={tmp}", "arm=rl-bench"]
         cmd += [f"max_steps={args.grpo_steps}", "backend=vllm", "rl.training.save_steps=1000"]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-3000:])
-        rows = [json.loads(x) for x in (Path(tmp) / cfg.run_name / "bench" / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(x) for x in (Path(tmp) / cfg.run_name / "rl-bench" / "metrics.jsonl").read_text().splitlines()]
     steady = rows[1:] or rows
     result = {
         "model": "SmolLM2-135M-Instruct",

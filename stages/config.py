@@ -823,8 +823,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise ConfigError(f"config file {p} does not exist (pass --config configs/<name>.yaml)")
         try:
             loaded = safe_yaml(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {p} is not valid UTF-8 YAML: {_shown(str(e), 300)}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e)[:300]}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         except ConfigError as e:
             raise ConfigError(f"config file {p}: {e}") from None
         if loaded is None:

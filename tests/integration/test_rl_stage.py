@@ -82,7 +82,7 @@ def test_bad_rl_input_fails_before_generation(tiny_cfg, tmp_path, sft_checkpoint
     AutoModelForCausalLM.from_pretrained(sft_checkpoint).save_pretrained(bad)
     tok.save_pretrained(bad)
     with pytest.raises(ConfigError, match="EOS token"):
-        rl_run(tiny_cfg(f"rl.init={bad}", "rl.arm=bad"))
+        rl_run(tiny_cfg(f"rl.init={bad}", "rl.arm=rl-bad"))
     assert not (tmp_path / "runs" / "tiny" / "bad").exists()
 
 
@@ -92,13 +92,13 @@ def test_ppo_trains_policy_and_value_head(tiny_cfg, sft_checkpoint):
     cfg = tiny_cfg(
         "rl.algorithm=ppo",
         f"rl.init={sft_checkpoint}",
-        "rl.arm=ppo",
+        "rl.arm=rl-ppo",
         "rl.rewards=[digit_share]",
         "rl.training.max_steps=3",
         "rl.training.learning_rate=1e-3",
     )
     summary = rl_run(cfg)
-    arm = cfg.run_dir / "ppo"
+    arm = cfg.run_dir / "rl-ppo"
     assert summary["algorithm"] == "ppo" and summary["steps"] == 3 and (arm / "DONE").is_file()
     rows = [json.loads(line) for line in (arm / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
