@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-3000:])
-        rows = [json.loads(x) for x in (Path(tmp) / cfg.run_name / "rl-bench" / "metrics.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(x) for x in (Path(tmp) / cfg.run_name / "rl-bench" / "metrics.jsonl").read_text().splitlines()
+        ]
     steady = rows[1:] or rows
     result = {
         "model": "SmolLM2-135M-Instruct",
