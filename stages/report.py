@@ -657,7 +657,8 @@ def _claim_lines(data: dict[str, Any]) -> list[str]:
             or "no evidence in this run"
         )
         about = "the method" if c["level"] == "method" else "these checkpoints only (fewer than 3 seeds)"
-        out.append(f"{names[c['claim']]}: **{c['verdict']}** about {about}. {c['why']}. Evidence: {ev}.")
+        why = c["why"][:1].upper() + c["why"][1:]
+        out.append(f"{names[c['claim']]}: **{c['verdict']}** about {about}. {why}. Evidence: {ev}.")
     return out
 
 
