@@ -288,7 +288,8 @@ def answers_match(prediction: str | None, gold: Any) -> bool:
         return False
     gold_parsed = parse_gold(gold)
     pred = prediction[:MAX_ANSWER_CHARS]
-    if _text_key(pred) and _text_key(pred) == _text_key(str(gold)):
+    key = _text_key(pred)
+    if key and key == _text_key(str(gold)):
         return True
     pred_parsed = _parse_prediction(pred)
     if not pred_parsed:

@@ -328,8 +328,9 @@ def general_text(cfg: Config, base_model, tok, sampled: bool = False) -> list[di
     return seqs
 
 
-def _forward_states(model, seqs: list[dict[str, list[int]]], batch_size: int = 8):
-    """Per sequence: response-token logits (predicting each response token) and hidden states per layer."""
+def _forward_states(model, seqs: list[dict[str, list[int]]], batch_size: int = 8, hidden: bool = True):
+    """Per sequence: response-token logits (predicting each response token) and hidden states per layer (an empty
+    list when ``hidden`` is off: KL alone needs no hidden states)."""
     import torch
 
     for b in range(0, len(seqs), batch_size):
@@ -342,12 +343,13 @@ def _forward_states(model, seqs: list[dict[str, list[int]]], batch_size: int = 8
             ids[j, : len(f)] = torch.tensor(f)
             mask[j, : len(f)] = 1
         with torch.no_grad():
-            out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), output_hidden_states=True)
+            out = model(
+                input_ids=ids.to(model.device), attention_mask=mask.to(model.device), output_hidden_states=hidden
+            )
         for j, s in enumerate(chunk):
             p, r = len(s["prompt"]), len(s["response"])
             logits = out.logits[j, p - 1 : p + r - 1].float().cpu()
-            hidden = [h[j, p : p + r].float().cpu() for h in out.hidden_states[1:]]
-            yield logits, hidden
+            yield logits, [h[j, p : p + r].float().cpu() for h in out.hidden_states[1:]] if hidden else []
 
 
 def sampled_kl(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
@@ -355,7 +357,10 @@ def sampled_kl(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
     from stages.metrics import token_kl
 
     per_seq = []
-    for (lb, _), (lm, _) in zip(_forward_states(base_model, seqs), _forward_states(model, seqs), strict=True):
+    pairs = zip(
+        _forward_states(base_model, seqs, hidden=False), _forward_states(model, seqs, hidden=False), strict=True
+    )
+    for (lb, _), (lm, _) in pairs:
         per_seq.append(float(token_kl(lb, lm).mean()))
     ev = cfg.eval
     v, lo, hi = bootstrap_ci(per_seq, n_boot=ev.bootstrap, confidence=ev.confidence, seed=cfg.seed)
