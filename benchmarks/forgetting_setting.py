@@ -49,12 +49,29 @@ def _paired(a: dict, b: dict, metric: str) -> dict | None:
     return {"diff": d, "ci_low": lo, "ci_high": hi, "n": len(ids)}
 
 
+def metrics_file_timing(path: Path) -> float | None:
+    return json.loads(path.read_text()).get("timing", {}).get("total_s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/smollm2-cpu.yaml")
     parser.add_argument("--lrs", default="2e-5,1e-4,2e-4,4e-4", help="learning rates, with the SFT system prompt")
     parser.add_argument("--no-tag-lrs", default="", help="learning rates also run without the SFT system prompt")
     parser.add_argument("--steps", type=int, default=None, help="SFT steps (default: the config's)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="extra dotted overrides for every candidate, e.g. "
+        "sft.training.per_device_train_batch_size=4 (repeatable; recorded with each candidate)",
+    )
+    parser.add_argument(
+        "--previous",
+        default="",
+        help="eval folder of the previous default's SFT arm (e.g. runs/forgetting-setting/lr2e-05/eval/sft): each "
+        "candidate's in-domain accuracy is also compared with it, paired by item",
+    )
     parser.add_argument("--runs-root", default="runs/forgetting-setting")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -69,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     common = [f"runs_root={args.runs_root}", f"eval.benchmarks={json.dumps(benches)}"]
     if args.steps:
         common.append(f"sft.training.max_steps={args.steps}")
+    common += args.set
     candidates = [(float(x), True) for x in args.lrs.split(",") if x] + [
         (float(x), False) for x in args.no_tag_lrs.split(",") if x
     ]
@@ -88,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         scores = json.loads((eval_dir / "sft" / "scores.json").read_text())
         metrics = json.loads((eval_dir / "sft" / "metrics.json").read_text())["metrics"]
         vs_base = {m: _paired(scores, base_scores, m) for m in scores}
+        vs_previous = None
+        if args.previous:
+            prev = json.loads((Path(args.previous) / "scores.json").read_text())
+            vs_previous = {m: _paired(scores, prev, m) for m in scores if metrics.get(m, {}).get("domain") == "in"}
         drops = [m for m, d in vs_base.items() if d and m.endswith("/accuracy") and d["ci_high"] < 0]
         ood_drops = [m for m in drops if metrics.get(m, {}).get("domain") == "out"]
         results.append(
@@ -95,10 +117,17 @@ def main(argv: list[str] | None = None) -> int:
                 "learning_rate": lr,
                 "system_prompt_tag": tag,
                 "steps": args.steps or cfg.sft.training.max_steps,
-                "sft_s": sft_s,
+                "overrides": args.set,
+                "sft_s": sft_s,  # wall time of the stage processes of this invocation (a few s: complete, skipped)
                 "eval_s": eval_s,
+                # the persisted measures, the same on a rerun that skips complete stages
+                "sft_train_runtime_s": json.loads(
+                    (REPO / args.runs_root / run_name / "sft" / "metrics.json").read_text()
+                )["train_runtime_s"],
+                "eval_model_s": metrics_file_timing(eval_dir / "sft" / "metrics.json"),
                 "metrics": {m: {k: v[k] for k in ("value", "ci_low", "ci_high", "n")} for m, v in metrics.items()},
                 "vs_base": vs_base,
+                "vs_previous_default": vs_previous,
                 "ood_drops_beyond_interval": ood_drops,
                 "kl_ratio_to_previous_default": metrics.get("forgetting/kl_to_base", {}).get("value", 0) / TODAY_KL,
             }

@@ -321,6 +321,73 @@ class LoraSpec(Strict):
     )
 
 
+# Fields the stages set themselves on TRL's configs (never from a passthrough mapping).
+SFT_STAGE_SETS = frozenset(
+    {
+        "output_dir",
+        "seed",
+        "data_seed",
+        "save_strategy",
+        "loss_type",
+        "completion_only_loss",
+        "report_to",
+        "use_cpu",
+        "disable_tqdm",
+        "run_name",
+        "logging_dir",
+    }
+)
+GRPO_STAGE_SETS = frozenset(
+    {
+        "output_dir",
+        "seed",
+        "data_seed",
+        "save_strategy",
+        "report_to",
+        "use_cpu",
+        "disable_tqdm",
+        "num_generations",
+        "temperature",
+        "top_p",
+        "top_k",
+        "max_completion_length",
+        "use_vllm",
+        "vllm_mode",
+        "vllm_server_base_url",
+        "vllm_tensor_parallel_size",
+        "vllm_gpu_memory_utilization",
+        "vllm_enable_sleep_mode",
+        "reward_weights",
+        "run_name",
+        "logging_dir",
+    }
+)
+
+
+def check_trl_passthrough(
+    extra: dict[str, Any], trl_class: str, where: str, own: dict[str, str | None]
+) -> dict[str, Any]:
+    """Validate a mapping of extra TRL config fields: every name a field of ``trl.<trl_class>``, none that this
+    project sets itself. ``own`` maps the project's own field names to the config key that sets them (None: the
+    stage sets it, with no key)."""
+    import dataclasses
+    import difflib
+
+    import trl
+
+    fields = {f.name for f in dataclasses.fields(getattr(trl, trl_class)) if f.init}
+    for name in extra:
+        if name in own and own[name] is None:
+            raise ValueError(f"{where}.{name}: the stage sets this field itself (run folders, seeds, logging)")
+        if name in own:
+            raise ValueError(f"{where}.{name}: set it as {own[name]} (this project's own field for it)")
+        if name not in fields:
+            close = difflib.get_close_matches(name, sorted(fields), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{where}.{name}: not a field of TRL's {trl_class}{hint}")
+    return extra
+
+
 class SFTStageConfig(Strict):
     method: Literal["sft", "rpsft", "l2", "dft", "iw", "lora"] = "sft"
     arm: str | None = Field(None, description="Output folder name of this arm; default: the method name.")
@@ -329,10 +396,23 @@ class SFTStageConfig(Strict):
     l2_lambda: float = Field(1.0, ge=0, description="lambda of the L2-to-init baseline (RPSFT with k = min(m, n)).")
     iw: IWConfig = Field(default_factory=IWConfig)
     lora: LoraSpec = Field(default_factory=LoraSpec)
+    trl: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other field of TRL's SFTConfig under its own name (e.g. packing: true, "
+        "use_liger_kernel: true); fields sft.training sets, or the stage sets itself, are refused.",
+    )
 
     @property
     def arm_name(self) -> str:
         return self.arm or self.method
+
+    @field_validator("trl")
+    @classmethod
+    def _trl(cls, v: dict[str, Any]) -> dict[str, Any]:
+        own: dict[str, str | None] = dict.fromkeys(SFT_STAGE_SETS)
+        own |= {f: f"sft.training.{f}" for f in TrainingArgs.model_fields}
+        own["report_to"] = "tracking.report_to"
+        return check_trl_passthrough(v, "SFTConfig", "sft.trl", own) if v else v
 
     @field_validator("arm")
     @classmethod
@@ -402,9 +482,26 @@ class RLStageConfig(Strict):
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     training: GRPOArgs = Field(default_factory=GRPOArgs)
     ppo: PPOArgs = Field(default_factory=PPOArgs)
+    trl: dict[str, Any] = Field(
+        default_factory=dict,
+        description="GRPO only: any other field of TRL's GRPOConfig under its own name (e.g. log_completions: true, "
+        "mask_truncated_completions); fields rl.training/rl.generation set, or the stage sets itself, are refused.",
+    )
+
+    @field_validator("trl")
+    @classmethod
+    def _trl(cls, v: dict[str, Any]) -> dict[str, Any]:
+        gen = {f: f"rl.generation.{f}" for f in GenerationSpec.model_fields if f != "backend"}
+        own: dict[str, str | None] = dict.fromkeys(GRPO_STAGE_SETS) | gen
+        own |= {f: f"rl.training.{f}" for f in GRPOArgs.model_fields}
+        own |= {"use_vllm": "rl.generation.backend", "reward_weights": "rl.reward_weights"}
+        own["report_to"] = "tracking.report_to"
+        return check_trl_passthrough(v, "GRPOConfig", "rl.trl", own) if v else v
 
     @model_validator(mode="after")
     def _batch(self) -> RLStageConfig:
+        if self.trl and self.algorithm != "grpo":
+            raise ValueError("rl.trl passes fields to TRL's GRPOConfig; with rl.algorithm=ppo use rl.ppo instead")
         t, g = self.training, self.generation
         batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
         if batch % g.num_generations:
@@ -570,6 +667,7 @@ class ForgettingSpec(Strict):
     )
     num_prompts: int = Field(40, ge=2)
     max_new_tokens: int = Field(48, ge=4)
+    seed: int = Field(0, ge=0, description="Seed of the base's sampled answers (the same texts for every model).")
     max_tokens_cka: int = Field(1024, ge=16, description="Tokens pooled for CKA (a cap on the N x N Gram matrix).")
     cka_bootstrap: int = Field(50, ge=20, description="Bootstrap resamples (whole sequences) of the CKA intervals.")
 
@@ -651,7 +749,14 @@ class ReportConfig(Strict):
         "by item and seed.",
     )
     compare: list[tuple[str, str]] = Field(
-        default_factory=lambda: [("rpsft", "sft"), ("rl-rpsft", "rl-sft"), ("sft", "base"), ("rpsft", "base")],
+        default_factory=lambda: [
+            ("rpsft", "sft"),
+            ("rl-rpsft", "rl-sft"),
+            ("sft", "base"),
+            ("rpsft", "base"),
+            ("rl-sft", "sft"),
+            ("rl-rpsft", "rpsft"),
+        ],
         description="Model pairs (a, b) compared as a - b, when both were evaluated.",
     )
     matched_tolerance: float = Field(
@@ -666,6 +771,34 @@ class ReportConfig(Strict):
         description="The one comparison the run is about; with the headline metrics it forms the Holm-corrected "
         "family of the report's verdicts.",
     )
+
+
+class TrackingConfig(Strict):
+    """Experiment tracking: the integrations every trainer logs to (transformers' ``report_to``), one tracked run per
+    arm named ``<run>/<arm>`` (``<run>/seed-<s>/<arm>`` in a multi-seed run), grouped by the run (the project).
+    TensorBoard logs go to ``<run_dir>/tensorboard/``, evaluation metrics included: ``tensorboard --logdir``."""
+
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Any of transformers' integrations: tensorboard, trackio, wandb, mlflow, comet_ml, ... "
+        "(empty: no tracking). Each must be installed where the stage runs.",
+    )
+    project: str | None = Field(None, description="Project (trackio, W&B) that groups the arms; default: run name.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        if not v:
+            return v
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        bad = [x for x in v if x not in INTEGRATION_TO_CALLBACK]
+        if bad or "none" in v or "all" in v:
+            raise ValueError(
+                f"tracking.report_to: {bad or v} unknown; name integrations from "
+                f"{sorted(INTEGRATION_TO_CALLBACK)} (an empty list means no tracking)"
+            )
+        return v
 
 
 class Config(Strict):
@@ -696,6 +829,7 @@ class Config(Strict):
     rl: RLStageConfig = Field(default_factory=RLStageConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("run_name")
     @classmethod

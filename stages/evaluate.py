@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stages import tracking
 from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
 from stages.eval_items import OWN_SCORERS
 from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done
@@ -299,6 +300,8 @@ def general_text(cfg: Config, base_model, tok, sampled: bool = False) -> list[di
     path = cfg.run_dir / "eval" / ("general_text_sampled.json" if sampled else "general_text.json")
     key = {"n": spec.num_prompts, "max_new_tokens": spec.max_new_tokens, "base": _fingerprint(cfg, _base_path(cfg))}
     key["sampled"] = sampled
+    if sampled:
+        key["seed"] = spec.seed
     if path.is_file():
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
@@ -306,6 +309,8 @@ def general_text(cfg: Config, base_model, tok, sampled: bool = False) -> list[di
     prompts = [_chat_prompt(tok, None, p) for p in GENERAL_PROMPTS[: spec.num_prompts]]
     tok.padding_side = "left"
     seqs = []
+    if sampled:
+        torch.manual_seed(spec.seed)  # the same sampled texts on every run and seed of this experiment
     for i in range(0, len(prompts), 16):
         enc = tok(prompts[i : i + 16], return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
@@ -571,6 +576,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
             raise ConfigError(
                 "eval.backend=vllm but vllm is not installed: install it or set eval.backend=hf"
             ) from None
+    tracking.check_installed(cfg)
     table = model_table(cfg)
     benches = []
     needs_training = any(b.source in ("train_task", "gsm_symbolic", "gsm8k") for b in cfg.eval.benchmarks)
@@ -597,11 +603,15 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
                 results[entry["name"]] = prev
                 continue
         (out_dir / "DONE").unlink(missing_ok=True)
+        if entry["kind"] == "base" and not force and (reused := _base_from_other_seed(cfg, entry)) is not None:
+            results["base"] = reused
+            continue
         if base_model is None and cfg.eval.forgetting.enabled:
             base_tok = load_tokenizer(base_path, cfg.model)
             base_model = load_model(base_path, cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
         log.info("eval %s (%s)", entry["name"], entry["path"])
         results[entry["name"]] = evaluate_model(cfg, entry, benches, base_model, base_tok)
+        tracking.log_eval_metrics(cfg, entry["name"], results[entry["name"]]["metrics"])
         r = results[entry["name"]]
         log.info(
             "eval %s done in %.0f s: %s",
@@ -610,6 +620,41 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
             ", ".join(f"{k}={m['value']:.3f}" for k, m in r["metrics"].items()),
         )
     return results
+
+
+def _base_from_other_seed(cfg: Config, entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The base model's evaluation from another seed run of the same experiment (``<run>/seeds/seed-<s>/``), copied
+    when it is complete, has this run's fingerprint and was scored on the same items: the base does not depend on
+    the training seed, so a multi-seed run evaluates it once. None when there is no such evaluation."""
+    if cfg.run_dir.parent.name != "seeds":
+        return None
+    fp = _fingerprint(cfg, entry["path"])
+    mine = cfg.run_dir / "eval"
+    for other in sorted(cfg.run_dir.parent.glob("seed-*/eval")):
+        src = other / "base"
+        if other == mine or not is_done(src) or not (src / "metrics.json").is_file():
+            continue
+        prev = json.loads((src / "metrics.json").read_text())
+        if prev.get("fingerprint") != fp or not _same_items(other / "items", mine / "items", cfg):
+            continue
+        for name in ("scores.json", "outputs.jsonl", "metrics.json"):
+            if (src / name).is_file():
+                atomic_write_text(mine / "base" / name, (src / name).read_text())
+        for name in ("general_text.json", "general_text_sampled.json"):  # the base's texts, keyed by fingerprint
+            if (other / name).is_file() and not (mine / name).is_file():
+                atomic_write_text(mine / name, (other / name).read_text())
+        mark_done(mine / "base")
+        log.info("eval base: the same evaluation as %s (same settings and items), copied", src)
+        return prev
+    return None
+
+
+def _same_items(a: Path, b: Path, cfg: Config) -> bool:
+    return all(
+        (a / f"{s.name}.jsonl").is_file()
+        and (a / f"{s.name}.jsonl").read_bytes() == (b / f"{s.name}.jsonl").read_bytes()
+        for s in cfg.eval.benchmarks
+    )
 
 
 SHORTCUTS = {"models": "eval.models", "backend": "eval.backend"}
@@ -624,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Evaluate base, SFT and RL checkpoints in-domain, out-of-domain and for forgetting.",
         run=run,
         shortcuts=SHORTCUTS,
+        per_seed=True,
     )
 
 

@@ -440,6 +440,23 @@ def claims(data: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def rl_moved(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Did RL change the model? One sentence per RL arm: its in-domain accuracy against its own starting checkpoint
+    (paired by item), and whether the change is beyond the interval. Rising reward curves alone are not evidence."""
+    out = []
+    for c in comparisons:
+        if c["metric"] == "id/mean_accuracy" and c["a"].startswith("rl-") and c["b"] == c["a"][3:]:
+            change = f"{100 * c['diff']:+.1f} points [{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]"
+            if c["ci_low"] > 0:
+                verdict = "RL improved it beyond the interval."
+            elif c["ci_high"] < 0:
+                verdict = "RL made it worse beyond the interval."
+            else:
+                verdict = "not beyond the interval: this RL run changed nothing measurable in domain."
+            out.append(f"RL from {c['b']}: in-domain accuracy {change} against its starting checkpoint; {verdict}")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------ plots
 def _rl_curves(run_dir: Path, label: str = "") -> dict[str, list[dict[str, Any]]]:
     """RL arms' per-step rows, keyed by arm (``rl-sft (seed 1)`` in a multi-seed run)."""
@@ -783,6 +800,8 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
                 ]
             )
         blocks.append(("table", ["arm", "steps", "reward first", "reward last", "mean KL", "s/step"], rrows))
+        for line in rl_moved(data["comparisons"]):
+            blocks.append(("p", line))
     blocks.append(("h2", "Plots"))
     captions = {
         "tradeoff": "In-domain vs out-of-domain accuracy, one point per model, with intervals.",

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages import io
+from stages import io, tracking
 from stages.config import Config, ConfigError, dump_config, use_cpu
 from stages.io import FolderLock, LockedError, atomic_write_json, atomic_write_text, is_done, mark_done, save_checkpoint
 
@@ -76,7 +76,7 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
         seed=cfg.seed,
         data_seed=cfg.seed,
         save_strategy="steps",
-        report_to="none",
+        **tracking.trainer_args(cfg, rl_arm_name(cfg)),
         use_cpu=use_cpu(cfg),
         disable_tqdm=bool(os.environ.get("CI")),
         num_generations=g.num_generations,
@@ -92,6 +92,7 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
         vllm_enable_sleep_mode=g.vllm_enable_sleep_mode,
         reward_weights=cfg.rl.reward_weights,
         **cfg.rl.training.model_dump(),
+        **cfg.rl.trl,
     )
 
 
@@ -174,6 +175,7 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     if is_done(arm_dir) and not force:
         log.info("%s is complete; skipping (pass --force to rerun)", arm_dir)
         return json.loads((arm_dir / "metrics.json").read_text())
+    tracking.check_installed(cfg)  # before any model is loaded
     if int(os.environ.get("RANK", "0")) != 0:
         return _run(cfg, force, callbacks, arm, arm_dir)
     try:
@@ -358,15 +360,28 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
     metrics_path.unlink(missing_ok=True)  # PPO has no mid-run checkpoints yet: a rerun starts over
     steps: list[dict[str, float]] = []
 
+    writer = tracking.scalar_writer(cfg, arm)  # PPO is not a transformers Trainer: TensorBoard only
+    if others := [x for x in cfg.tracking.report_to if x != "tensorboard"]:
+        log.warning("tracking: PPO logs its steps to TensorBoard only, not to %s", others)
+
     def on_step(row: dict[str, float]) -> None:
         steps.append(row)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        if writer is not None:
+            for k, v in row.items():
+                if k != "step":
+                    writer.add_scalar(f"train/{k}", float(v), int(row["step"]))
+            writer.flush()
         log.info("ppo step %d: reward %.3f, kl %.4f", row["step"], row["reward"], row["kl"])
 
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    train_ppo(model, ref, tokenizer, prompts, reward_fn, settings, on_step)
+    try:
+        train_ppo(model, ref, tokenizer, prompts, reward_fn, settings, on_step)
+    finally:
+        if writer is not None:
+            writer.close()
     save_checkpoint(model.policy, tokenizer, arm_dir / "checkpoint")
     save_file(value_head_state(model), str(arm_dir / "value_head.safetensors"))
     summary = {
@@ -396,7 +411,20 @@ def main(argv: list[str] | None = None) -> int:
         description="RL (GRPO or PPO) from an SFT checkpoint or the base model.",
         run=lambda cfg, force: run(cfg, force=force),
         shortcuts=SHORTCUTS,
+        per_seed=init_for_seed,
     )
+
+
+def init_for_seed(main: Config, seed_cfg: Config) -> Config:
+    """On a multi-seed config, an ``rl.init`` inside the run folder (``runs/<run>/<arm>/checkpoint``) means that arm
+    of each seed (``runs/<run>/seeds/seed-<s>/<arm>/checkpoint``); any other init is shared by every seed."""
+    if not main.rl.init:
+        return seed_cfg
+    try:
+        rel = Path(main.rl.init).expanduser().resolve().relative_to(main.run_dir.resolve())
+    except ValueError:
+        return seed_cfg
+    return seed_cfg.model_copy(update={"rl": seed_cfg.rl.model_copy(update={"init": str(seed_cfg.run_dir / rel)})})
 
 
 if __name__ == "__main__":

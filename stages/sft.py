@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages import io
+from stages import io, tracking
 from stages.config import Config, ConfigError, dump_config, use_cpu
 from stages.io import FolderLock, LockedError, atomic_write_json, atomic_write_text, is_done, mark_done, save_checkpoint
 
@@ -45,10 +45,11 @@ def build_sft_config(cfg: Config, output_dir: str | os.PathLike):
         save_strategy="steps",
         loss_type="dft" if cfg.sft.method == "dft" else "nll",
         completion_only_loss=True,
-        report_to="none",
+        **tracking.trainer_args(cfg, cfg.sft.arm_name),
         use_cpu=use_cpu(cfg),
         disable_tqdm=bool(os.environ.get("CI")),
         **training_args(cfg),
+        **cfg.sft.trl,
     )
 
 
@@ -369,6 +370,7 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     if is_done(arm_dir) and not force:
         log.info("%s is complete; skipping (pass --force to retrain)", arm_dir)
         return json.loads((arm_dir / "metrics.json").read_text())
+    tracking.check_installed(cfg)  # before any model is loaded
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 holds the lock (it alone writes)
         return _train(cfg, force, callbacks)
     try:
@@ -466,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Train one SFT arm (sft, rpsft, l2, dft, iw, lora).",
         run=lambda cfg, force: run(cfg, force=force),
         shortcuts=SHORTCUTS,
+        per_seed=True,
     )
 
 

@@ -45,15 +45,25 @@ def stage_main(
     description: str,
     run: Callable[[Config, bool], Any],
     shortcuts: dict[str, str] | None = None,
+    per_seed: bool | Callable[[Config, Config], Config] = False,
 ) -> int:
-    """Parse, load and validate the config, call ``run(cfg, force)``; turn known failures into one-line errors."""
+    """Parse, load and validate the config, call ``run(cfg, force)``; turn known failures into one-line errors.
+
+    ``per_seed``: on a config with several ``seeds``, run once per seed in ``<run_dir>/seeds/seed-<s>/`` (where the
+    flow puts them, so the report pools them); a callable adapts each seed's config from the main one."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(SecretFilter())
     args = parse_args(argv, description, prog)
     try:
         cfg = load_config(args.config, expand_shortcuts(args.overrides, shortcuts or {}))
-        run(cfg, args.force)
+        if per_seed and len(cfg.seed_list) > 1:
+            for seed in cfg.seed_list:
+                scfg = cfg.for_seed(seed)
+                logging.getLogger(prog).info("seed %d of %s: %s", seed, cfg.seed_list, scfg.run_dir)
+                run(per_seed(cfg, scfg) if callable(per_seed) else scfg, args.force)
+        else:
+            run(cfg, args.force)
     except (ConfigError, FloatingPointError, ResourceError) as e:
         print(f"error: {scrub(str(e))}", file=sys.stderr)
         return EXIT_CODES[type(e)] if type(e) in EXIT_CODES else 2  # ConfigError subclasses (DataError, ...): 2

@@ -56,6 +56,17 @@ def test_each_seed_trains_from_the_same_base_with_its_own_seed(three_seed_run):
     assert len({round(m["train_loss"], 8) for m in metrics}) == 3  # but three different training runs
 
 
+def test_the_base_is_evaluated_once_and_shared_by_every_seed_run(three_seed_run):
+    cfg, _ = three_seed_run
+    runs = [cfg.for_seed(s).run_dir / "eval" for s in cfg.seed_list]
+    first = (runs[0] / "base" / "metrics.json").read_text()
+    for other in runs[1:]:
+        # byte-identical, timings included: copied from seed 0's evaluation, not measured again
+        assert (other / "base" / "metrics.json").read_text() == first
+        assert (other / "base" / "DONE").is_file()
+        assert (other / "general_text.json").read_bytes() == (runs[0] / "general_text.json").read_bytes()
+
+
 def test_the_report_pools_seeds_and_reads_claims_about_the_method(three_seed_run):
     cfg, report = three_seed_run
     assert report["seeds"] == [0, 1, 2] and report["n_seeds"] == 3
@@ -128,3 +139,24 @@ def test_a_sweep_draws_the_frontier_and_names_its_pareto_arms(tmp_path, cache_di
     }
     for r in matched.values():
         assert ("diff" in r) == (abs(r["id_gap"]) <= cfg.report.matched_tolerance)
+
+
+def test_a_stage_run_by_hand_on_a_multi_seed_config_runs_every_seed(tmp_path, cache_dir):
+    from stages.config import load_config
+    from stages.rl import init_for_seed
+    from stages.sft import main as sft_main
+    from tests.conftest import CONFIGS
+
+    over = [f"runs_root={tmp_path / 'runs'}", f"cache_dir={cache_dir}", "seeds=[3, 4]", "sft.training.max_steps=2"]
+    assert sft_main(["--config", str(CONFIGS / "tiny.yaml"), *over]) == 0
+    cfg = load_config(CONFIGS / "tiny.yaml", over)
+    for s in (3, 4):  # where the flow puts them, so evaluate and report find them
+        assert (cfg.run_dir / "seeds" / f"seed-{s}" / "sft" / "DONE").is_file()
+        assert json.loads((cfg.run_dir / "seeds" / f"seed-{s}" / "sft" / "metrics.json").read_text())["steps"] == 2
+    assert not (cfg.run_dir / "sft").exists()
+    # RL from "<run>/sft/checkpoint" means each seed's own sft arm; an outside checkpoint is shared
+    rl_cfg = load_config(CONFIGS / "tiny.yaml", [*over, f"rl.init={cfg.run_dir / 'sft' / 'checkpoint'}"])
+    seeded = init_for_seed(rl_cfg, rl_cfg.for_seed(4))
+    assert seeded.rl.init == str(cfg.run_dir.resolve() / "seeds" / "seed-4" / "sft" / "checkpoint")
+    outside = load_config(CONFIGS / "tiny.yaml", [*over, f"rl.init={tmp_path / 'elsewhere'}"])
+    assert init_for_seed(outside, outside.for_seed(4)).rl.init == str(tmp_path / "elsewhere")
