@@ -1,6 +1,6 @@
 # make test: create/reuse .venv, install the pinned CPU stack, lint, run the tests.
 # make run: the whole sft-to-rl flow on CONFIG (default: the embedded CPU default) with a local Prefect server.
-# make setup: only the environment.   make bench: the RPSFT overhead benchmark (writes benchmarks/results/).
+# make test-fast: the quick subset while developing.   make setup: only the environment.   make bench: the RPSFT overhead benchmark (writes benchmarks/results/).
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.sft2rl-installed
 CONFIG ?= configs/smollm2-cpu.yaml
 ARMS ?= sft,rpsft
 
-.PHONY: setup test lint run bench clean
+.PHONY: setup test test-fast lint run bench clean
 
 $(STAMP): requirements/cpu.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# unit and integration tests without the slow ones (real model, vLLM, DDP, resume kills) and the e2e server test
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests/unit tests/integration
 
 run: $(STAMP)
 	$(VENV)/bin/sft2rl run --config $(CONFIG) --arms $(ARMS) $(OVERRIDES)

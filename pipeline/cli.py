@@ -14,13 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-STAGES = {
-    "prepare": "stages.prepare",
-    "sft": "stages.sft",
-    "rl": "stages.rl",
-    "evaluate": "stages.evaluate",
-    "report": "stages.report",
-}
+from stages.stage_cli import DEFAULT_CONFIG
+from stages.stage_cli import STAGE_MODULES as STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -183,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="prepare -> SFT arms -> RL from each arm -> evaluate -> report, as a Prefect "
         "flow run (a local server is started in the background unless PREFECT_API_URL answers).",
     )
-    p_run.add_argument("--config", default="configs/smollm2-cpu.yaml", help="YAML config (default: %(default)s)")
+    p_run.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
     p_run.add_argument(
         "--arms",
         type=lambda v: [a for a in v.split(",") if a],

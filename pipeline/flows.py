@@ -27,10 +27,9 @@ from pydantic import BaseModel, Field, field_validator
 from stages.config import SFT_METHODS, Config, ConfigError, load_config, safe_yaml
 from stages.io import FolderLock, LockedError
 from stages.secrets import scrub
+from stages.stage_cli import DEFAULT_CONFIG, STAGE_MODULES, TRAINING_STAGES, exit_kind
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_MODULES = {s: f"stages.{s}" for s in ("prepare", "sft", "rl", "evaluate", "report")}
-TRAINING_STAGES = ("sft", "rl")
 
 
 class StageFailed(RuntimeError):
@@ -49,7 +48,7 @@ class Launcher(BaseModel):
 class StageParams(BaseModel):
     """What every flow takes: a config file, dotted overrides, and whether to recompute finished outputs."""
 
-    config: str = Field("configs/smollm2-cpu.yaml", description="Config file (relative to the project folder).")
+    config: str = Field(DEFAULT_CONFIG, description="Config file (relative to the project folder).")
     overrides: list[str] = Field(default_factory=list, description="Dotted key=value overrides, e.g. seed=1.")
     force: bool = Field(False, description="Recompute stages whose outputs are already complete.")
     launcher: Launcher = Field(default_factory=Launcher)
@@ -268,7 +267,7 @@ def run_child(cmd: list[str], label: str) -> None:
                 logger.log(log_level(line), "%s", kept)
         rc = proc.wait()
     if rc != 0:
-        kind = {2: "bad input", 3: "numerical fault", 4: "not enough disk", 130: "interrupted"}.get(rc, "crash")
+        kind = exit_kind(rc)
         cause = errors[-1].removeprefix("error: ") if errors else (tail[-1] if tail else "no output")
         raise StageFailed(f"stage {label} failed (exit {rc}, {kind}): {cause}\nLast output:\n" + "\n".join(tail))
 
@@ -371,9 +370,6 @@ def _resolved(**kw: Any) -> tuple[StageParams, Config]:
     """A stage flow's parameters, validated, and its config, loaded: both before any stage starts."""
     params = _params(StageParams, **kw)
     return params, resolve(params)
-
-
-DEFAULT_CONFIG = "configs/smollm2-cpu.yaml"
 
 
 def _run_namer(flow_name: str):

@@ -271,7 +271,6 @@ class RPSFTConfig(Strict):
         return v
 
     cache_dir: str | None = Field(None, description="Anchor cache folder; default <cache_dir>/anchors.")
-    diagnostics_every: int = Field(10, ge=1, description="Block drift per matrix logged every N optimizer steps.")
 
     @field_validator("k")
     @classmethod

@@ -289,15 +289,27 @@ def build_items(
     return items
 
 
+def prompt_messages(item: dict[str, Any], system_prompt: str | None) -> list[dict[str, str]]:
+    """The one way a prompt becomes a chat, for training, RL and evaluation alike: an item with ``messages`` (a chat
+    prompt from the data file) keeps that chat, its own system message included; others are the question under
+    ``system_prompt`` (none when empty)."""
+    if item.get("messages"):
+        return [dict(m) for m in item["messages"]]
+    prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*prompt, {"role": "user", "content": item["question"]}]
+
+
+def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
+    """A chat as the model's generation prompt: its chat template with the assistant turn opened."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def to_conversation(item: dict[str, Any], system_prompt: str | None) -> dict[str, list[dict[str, str]]]:
-    """TRL's conversational prompt-completion format: the chat template is applied, loss on the completion only.
-    An item with ``messages`` (a chat prompt from the data file) keeps that chat; others get ``system_prompt``."""
-    if item.get("messages"):  # a chat from the data file: used as it is, its own system message included
-        prompt = [dict(m) for m in item["messages"]]
-    else:
-        prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        prompt.append({"role": "user", "content": item["question"]})
-    return {"prompt": prompt, "completion": [{"role": "assistant", "content": item["response"]}]}
+    """TRL's conversational prompt-completion format: the chat template is applied, loss on the completion only."""
+    return {
+        "prompt": prompt_messages(item, system_prompt),
+        "completion": [{"role": "assistant", "content": item["response"]}],
+    }
 
 
 def to_trl_dataset(items: list[dict[str, Any]], system_prompt: str | None):

@@ -28,6 +28,7 @@ from typing import Any
 
 from stages import tracking
 from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
+from stages.data import prompt_messages, prompt_text
 from stages.eval_items import OWN_SCORERS
 from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done
 from stages.metrics import (
@@ -193,21 +194,12 @@ class VLLMGenerator:
         gc.collect()
 
 
-def _chat_prompt(tok, system_prompt: str | None, question: str) -> str:
-    msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": question}
-    ]
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-
-
 def item_prompt(tok, cfg: Config, spec: BenchmarkSpec, item: dict[str, Any]) -> str:
     """The generation prompt of an item: its own chat when the file had one, else the question under the benchmark's
     system prompt (``data.system_prompt`` unless the benchmark sets one)."""
-    if item.get("messages"):
-        return tok.apply_chat_template(item["messages"], tokenize=False, add_generation_prompt=True)
     default = None if spec.source in ("chat_facts", "instructions") else cfg.data.system_prompt  # no task tag
     system = default if spec.system_prompt is None else spec.system_prompt
-    return _chat_prompt(tok, system, item["question"])
+    return prompt_text(tok, prompt_messages(item, system))
 
 
 def score_text(spec: BenchmarkSpec, item: dict[str, Any], text: str, *, lenient: bool = False) -> float:
@@ -306,7 +298,7 @@ def general_text(cfg: Config, base_model, tok, sampled: bool = False) -> list[di
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
             return cached["sequences"]
-    prompts = [_chat_prompt(tok, None, p) for p in GENERAL_PROMPTS[: spec.num_prompts]]
+    prompts = [prompt_text(tok, prompt_messages({"question": p}, None)) for p in GENERAL_PROMPTS[: spec.num_prompts]]
     tok.padding_side = "left"
     seqs = []
     if sampled:

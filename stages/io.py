@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +23,29 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
+    """The one way files are written: ``write(tmp)`` fills a uniquely named temporary file beside ``path``, which is
+    synced and renamed into place, so a reader sees the old file or the whole new one, never a part (several ranks
+    may write the same path at once). The temporary file is removed on any failure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: outputs get the mode any other file would
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
+        os.close(fd)
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -66,6 +75,28 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> Path:
         os.replace(tmp_dir, final_dir)
     mark_done(final_dir)
     return final_dir
+
+
+def run_arm_once(arm_dir: Path, force: bool, work: Callable[[], dict[str, Any]], redo_hint: str) -> dict[str, Any]:
+    """The wrapper of every training stage: a complete arm (``DONE``) returns its ``metrics.json`` unless ``force``;
+    otherwise ``work()`` runs under the arm's folder lock (rank 0 only: under torchrun the other ranks do not write).
+
+    Raises:
+        ConfigError: another process holds this arm's lock.
+    """
+    from stages.config import ConfigError
+
+    arm_dir = Path(arm_dir)
+    if is_done(arm_dir) and not force:
+        logging.getLogger(__name__).info("%s is complete; skipping (%s)", arm_dir, redo_hint)
+        return json.loads((arm_dir / "metrics.json").read_text())
+    if int(os.environ.get("RANK", "0")) != 0:
+        return work()
+    try:
+        with FolderLock(arm_dir):
+            return work()
+    except LockedError as e:
+        raise ConfigError(str(e)) from None
 
 
 def save_checkpoint(model, tokenizer, folder: str | os.PathLike) -> Path:
@@ -272,8 +303,6 @@ def last_complete_checkpoint(trainer_dir: Path):
     A checkpoint a kill interrupted (no or a truncated trainer_state.json) is skipped with a warning, so the rerun
     resumes from the one before it instead of failing on every rerun.
     """
-    import logging
-
     from transformers.trainer_callback import TrainerState
 
     ckpts = [p for p in Path(trainer_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]

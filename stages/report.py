@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.config import Config, ConfigError
-from stages.io import atomic_write_json, atomic_write_text, is_done
+from stages.io import atomic_write, atomic_write_json, atomic_write_text, is_done
 from stages.metrics import bootstrap_p_value, hierarchical_bootstrap, holm, paired_diff, wilson_ci
 
 log = logging.getLogger(__name__)
@@ -495,10 +495,12 @@ def make_plots(cfg: Config, data: dict[str, Any], plot_dir: Path) -> dict[str, P
     paths = {}
 
     def save(fig, name):
-        tmp = plot_dir / f".{name}.png.tmp"
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        tmp.replace(plot_dir / f"{name}.png")
+        try:
+            atomic_write(
+                plot_dir / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+            )
+        finally:
+            plt.close(fig)
         paths[name] = plot_dir / f"{name}.png"
 
     def note(ax, text):

@@ -20,7 +20,14 @@ from typing import Any
 
 from stages import io, tracking
 from stages.config import Config, ConfigError, dump_config, use_cpu
-from stages.io import FolderLock, LockedError, atomic_write_json, atomic_write_text, is_done, mark_done, save_checkpoint
+from stages.io import (
+    atomic_write_json,
+    atomic_write_text,
+    is_done,
+    mark_done,
+    run_arm_once,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,17 +179,9 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     """
     arm = rl_arm_name(cfg)
     arm_dir = cfg.run_dir / arm
-    if is_done(arm_dir) and not force:
-        log.info("%s is complete; skipping (pass --force to rerun)", arm_dir)
-        return json.loads((arm_dir / "metrics.json").read_text())
-    tracking.check_installed(cfg)  # before any model is loaded
-    if int(os.environ.get("RANK", "0")) != 0:
-        return _run(cfg, force, callbacks, arm, arm_dir)
-    try:
-        with FolderLock(arm_dir):
-            return _run(cfg, force, callbacks, arm, arm_dir)
-    except LockedError as e:
-        raise ConfigError(str(e)) from None
+    if not (is_done(arm_dir) and not force):
+        tracking.check_installed(cfg)  # before any model is loaded
+    return run_arm_once(arm_dir, force, lambda: _run(cfg, force, callbacks, arm, arm_dir), "pass --force to rerun")
 
 
 def _truncate_metrics(path: Path, trainer_dir: Path) -> None:
@@ -208,7 +207,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     from transformers import set_seed
 
     from stages import models
-    from stages.data import to_conversation
+    from stages.data import prompt_messages
     from stages.rewards import get_reward
 
     if cfg.torch_threads:
@@ -232,7 +231,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     items = rl_prompts(cfg)
     import datasets
 
-    rows = [{"prompt": to_conversation(x, cfg.data.system_prompt)["prompt"], "answer": x["answer"]} for x in items]
+    rows = [{"prompt": prompt_messages(x, cfg.data.system_prompt), "answer": x["answer"]} for x in items]
     train_ds = datasets.Dataset.from_list(rows)
     if cfg.rl.algorithm == "ppo":
         return _run_ppo(cfg, arm, arm_dir, init_path, tokenizer, items, reward_funcs)
@@ -273,22 +272,37 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     save_checkpoint(trainer.model, tokenizer, arm_dir / "checkpoint")
 
     steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    reward_key = "reward"
+    extra = {"steps": trainer.state.global_step, "train_loss": float(result.training_loss)}
+    return _finish(cfg, arm, arm_dir, init_path, steps, train_s, len(items), cfg.rl.generation.backend, extra)
+
+
+def _finish(
+    cfg: Config,
+    arm: str,
+    arm_dir: Path,
+    init_path: str,
+    steps: list[dict[str, Any]],
+    train_s: float,
+    prompts: int,
+    backend: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The one summary of an RL run (GRPO or PPO): ``metrics.json`` from its per-step rows, then ``DONE``."""
     summary = {
         "algorithm": cfg.rl.algorithm,
         "arm": arm,
         "init": init_path,
-        "backend": cfg.rl.generation.backend,
-        "steps": trainer.state.global_step,
-        "train_loss": float(result.training_loss),
+        "backend": backend,
+        "steps": len(steps),
+        **extra,
         "train_runtime_s": train_s,
-        "reward_first": steps[0].get(reward_key) if steps else None,
-        "reward_last": steps[-1].get(reward_key) if steps else None,
+        "reward_first": steps[0].get("reward") if steps else None,
+        "reward_last": steps[-1].get("reward") if steps else None,
         "frac_reward_zero_std_mean": (
             sum(s.get("frac_reward_zero_std", 0.0) for s in steps) / len(steps) if steps else None
         ),
         "rewards": cfg.rl.rewards,
-        "prompts": len(items),
+        "prompts": prompts,
     }
     atomic_write_json(arm_dir / "metrics.json", summary)
     mark_done(arm_dir)
@@ -304,7 +318,7 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
     from safetensors.torch import save_file
 
     from stages import models
-    from stages.data import to_conversation
+    from stages.data import prompt_messages, prompt_text
     from stages.ppo import PolicyWithValue, PPOSettings, train_ppo, value_head_state
 
     t, g, p = cfg.rl.training, cfg.rl.generation, cfg.rl.ppo
@@ -315,9 +329,7 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
         q.requires_grad_(False)
     prompts = [
         {
-            "text": tokenizer.apply_chat_template(
-                to_conversation(x, cfg.data.system_prompt)["prompt"], tokenize=False, add_generation_prompt=True
-            ),
+            "text": prompt_text(tokenizer, prompt_messages(x, cfg.data.system_prompt)),
             "answer": x["answer"],
         }
         for x in items
@@ -384,22 +396,7 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
             writer.close()
     save_checkpoint(model.policy, tokenizer, arm_dir / "checkpoint")
     save_file(value_head_state(model), str(arm_dir / "value_head.safetensors"))
-    summary = {
-        "algorithm": "ppo",
-        "arm": arm,
-        "init": init_path,
-        "backend": "hf",
-        "steps": len(steps),
-        "train_runtime_s": time.perf_counter() - t0,
-        "reward_first": steps[0]["reward"] if steps else None,
-        "reward_last": steps[-1]["reward"] if steps else None,
-        "frac_reward_zero_std_mean": sum(r["frac_reward_zero_std"] for r in steps) / max(1, len(steps)),
-        "rewards": cfg.rl.rewards,
-        "prompts": len(items),
-    }
-    atomic_write_json(arm_dir / "metrics.json", summary)
-    mark_done(arm_dir)
-    return summary
+    return _finish(cfg, arm, arm_dir, init_path, steps, time.perf_counter() - t0, len(items), "hf", {})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +29,7 @@ from pathlib import Path
 import torch
 
 from stages.config import ConfigError
+from stages.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -243,15 +242,8 @@ def save_anchors(anchors: Anchors, path: Path) -> None:
             t = getattr(a, key)
             if t is not None:
                 tensors[f"{i}.{key}"] = t.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique temporary name: several ranks may write the same entry at once; the rename is atomic.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"sft2rl": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # several ranks may write the same entry at once: each to its own temporary file, renamed atomically
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"sft2rl": json.dumps(meta)}))
 
 
 def load_anchors(path: Path) -> Anchors:

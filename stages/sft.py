@@ -29,7 +29,14 @@ from typing import Any
 
 from stages import io, tracking
 from stages.config import Config, ConfigError, dump_config, use_cpu
-from stages.io import FolderLock, LockedError, atomic_write_json, atomic_write_text, is_done, mark_done, save_checkpoint
+from stages.io import (
+    atomic_write_json,
+    atomic_write_text,
+    is_done,
+    mark_done,
+    run_arm_once,
+    save_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -366,18 +373,9 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     Raises:
         ConfigError: bad model, data or settings, or another process writing this arm, before any training.
     """
-    arm_dir = cfg.arm_dir
-    if is_done(arm_dir) and not force:
-        log.info("%s is complete; skipping (pass --force to retrain)", arm_dir)
-        return json.loads((arm_dir / "metrics.json").read_text())
-    tracking.check_installed(cfg)  # before any model is loaded
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 holds the lock (it alone writes)
-        return _train(cfg, force, callbacks)
-    try:
-        with FolderLock(arm_dir):
-            return _train(cfg, force, callbacks)
-    except LockedError as e:
-        raise ConfigError(str(e)) from None
+    if not (is_done(cfg.arm_dir) and not force):
+        tracking.check_installed(cfg)  # before any model is loaded
+    return run_arm_once(cfg.arm_dir, force, lambda: _train(cfg, force, callbacks), "pass --force to retrain")
 
 
 def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:

@@ -18,7 +18,19 @@ from stages.config import Config, ConfigError, load_config
 from stages.io import ResourceError
 from stages.secrets import SecretFilter, scrub
 
+# The stages, by the name users type, and the module each runs as (``python -m <module>``).
+STAGE_MODULES = {s: f"stages.{s}" for s in ("prepare", "sft", "rl", "evaluate", "report")}
+TRAINING_STAGES = ("sft", "rl")
+DEFAULT_CONFIG = "configs/smollm2-cpu.yaml"  # the embedded default (README "Two commands")
+
+# The one table of exit codes: the stages return them, the flows name them in a failed stage's message.
 EXIT_CODES = {ConfigError: 2, FloatingPointError: 3, ResourceError: 4}
+EXIT_KINDS = {0: "done", 2: "bad input", 3: "numerical fault", 4: "not enough disk", 130: "interrupted"}
+
+
+def exit_kind(rc: int) -> str:
+    """What a stage's exit code means (anything not in the table: a crash, e.g. a signal or an uncaught error)."""
+    return EXIT_KINDS.get(rc, "crash")
 
 
 def parse_args(argv: list[str] | None, description: str, prog: str) -> argparse.Namespace:

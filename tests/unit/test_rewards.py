@@ -70,4 +70,8 @@ def test_rewards_are_pure_and_batched():
     comps = ["#### 1", "#### 2", "\\boxed{3}"]
     golds = ["1", "5", "3"]
     assert math_correct(comps, answer=golds, prompts=["p"] * 3) == [1.0, 0.0, 1.0]
-    assert math_correct(comps, answer=golds) == math_correct(comps, answer=golds)
+    # pure: each completion scores the same alone as in the batch, in any order, and the inputs are not changed
+    alone = [math_correct([c], answer=[g])[0] for c, g in zip(comps, golds, strict=True)]
+    assert alone == [1.0, 0.0, 1.0]
+    assert math_correct(comps[::-1], answer=golds[::-1]) == [1.0, 0.0, 1.0]
+    assert comps == ["#### 1", "#### 2", "\\boxed{3}"] and golds == ["1", "5", "3"]
