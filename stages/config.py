@@ -165,6 +165,18 @@ class FieldMap(Strict):
     answer: str | None = Field("answer", description="The gold final answer (a single value, not a dict or list).")
 
 
+class MixturePart(Strict):
+    """One source of a data mixture: where its rows come from and its share of ``data.size``."""
+
+    source: Literal["reasoning_gym", "file", "hub"] = "file"
+    path: str | None = Field(None, description="Local file (source=file) or hub dataset id (source=hub).")
+    split: str = "train"
+    subset: str | None = None
+    tasks: list[TaskSpec] = Field(default_factory=list, description="reasoning-gym tasks (source=reasoning_gym).")
+    fields: FieldMap = Field(default_factory=FieldMap)
+    weight: float = Field(1.0, gt=0, description="Share of data.size, relative to the other parts' weights.")
+
+
 class DataConfig(Strict):
     """SFT training data. Built in: reasoning-gym tasks. Or any hub dataset / local JSON, JSONL or parquet file."""
 
@@ -178,7 +190,12 @@ class DataConfig(Strict):
         None,
         ge=1,
         le=10_000_000,
-        description="Number of examples: generated (default 512), or the first N of a dataset (default all).",
+        description="Number of examples: generated (default 512), or N rows of a dataset (default all).",
+    )
+    shuffle: bool = Field(
+        True,
+        description="With size below a file's or hub set's row count: a random sample of N rows drawn with data.seed "
+        "(files are often sorted by source or difficulty); false: the first N rows.",
     )
     seed: int = 1234
     system_prompt: str = "Solve the problem step by step. Write the final answer on the last line as '#### <answer>'."
@@ -187,8 +204,25 @@ class DataConfig(Strict):
         description="gsm_symbolic source ids (GSM8K test indices) kept out of training, for evaluation.",
     )
 
+    mixture: list[MixturePart] = Field(
+        default_factory=list,
+        description="Several sources mixed by weight (data.size items in all, each part's share drawn with "
+        "data.seed); data.source, path and tasks are then unused.",
+    )
+
     @model_validator(mode="after")
     def _source(self) -> DataConfig:
+        if self.mixture:
+            if self.size is None:
+                raise ValueError("data.mixture needs data.size: the number of items the weights divide")
+            if self.path:
+                raise ValueError("data.mixture and data.path both set: put every source in data.mixture")
+            for i, part in enumerate(self.mixture):
+                if part.source in ("file", "hub") and not part.path:
+                    raise ValueError(f"data.mixture[{i}].path is required when its source is {part.source!r}")
+                if part.source == "reasoning_gym" and not part.tasks:
+                    raise ValueError(f"data.mixture[{i}].tasks is empty: list its reasoning-gym tasks")
+            return self
         if self.source in ("file", "hub") and not self.path:
             raise ValueError(f"data.path is required when data.source={self.source!r}")
         if self.source == "reasoning_gym" and not self.tasks:

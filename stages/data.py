@@ -209,7 +209,8 @@ def _check_line_lengths(path: Path) -> None:
 
 
 def load_table(cfg: DataConfig) -> list[dict[str, Any]]:
-    """Rows of a local JSON/JSONL/parquet file or a hub dataset (the first ``cfg.size`` rows; all when unset)."""
+    """Rows of a local JSON/JSONL/parquet file or a hub dataset: all, or ``cfg.size`` of them (a sample drawn with
+    ``cfg.seed`` unless ``cfg.shuffle`` is false, then the first ones)."""
     import datasets
 
     if cfg.source == "file":
@@ -239,6 +240,8 @@ def load_table(cfg: DataConfig) -> list[dict[str, Any]]:
     if len(ds) == 0:
         raise DataError(f"dataset {cfg.path} is empty: it needs at least one row with question and response")
     n = len(ds) if cfg.size is None else min(cfg.size, len(ds))
+    if cfg.shuffle and n < len(ds):  # a seeded sample, not the head of a file sorted by source or difficulty
+        return [ds[i] for i in random.Random(cfg.seed).sample(range(len(ds)), n)]
     return [ds[i] for i in range(n)]
 
 
@@ -249,6 +252,8 @@ def build_items(
     config (``data``, ``rl.prompt_data``), for messages."""
     size = cfg.size if size is None else size
     seed = cfg.seed if seed is None else seed
+    if cfg.mixture:
+        return _mixture_items(cfg, size, seed, label)
     if cfg.source == "reasoning_gym":
         size = DEFAULT_GENERATED_SIZE if size is None else size
         holdout = set(cfg.holdout_source_ids)
@@ -286,6 +291,37 @@ def build_items(
         if messages is not None:
             item["messages"] = messages
         items.append(item)
+    return items
+
+
+def _mixture_items(cfg: DataConfig, size: int, seed: int, label: str) -> list[dict[str, Any]]:
+    """``size`` items from the parts of ``data.mixture`` in proportion to their weights, each part sampled with its
+    own seed (derived from ``seed``), then shuffled together.
+
+    Raises:
+        DataError: a part has fewer rows than its share.
+    """
+    total = sum(p.weight for p in cfg.mixture)
+    shares = [int(size * p.weight / total) for p in cfg.mixture]
+    for i in range(size - sum(shares)):
+        shares[i % len(shares)] += 1
+    items: list[dict[str, Any]] = []
+    for i, (part, n) in enumerate(zip(cfg.mixture, shares, strict=True)):
+        if not n:
+            continue
+        part_seed = seed + 1000 * (i + 1)
+        own = part.model_dump(by_alias=True, exclude={"weight"})
+        sub = DataConfig.model_validate(
+            {**cfg.model_dump(by_alias=True), **own, "mixture": [], "size": n, "seed": part_seed}
+        )
+        got = build_items(sub, size=n, seed=part_seed, label=f"{label}.mixture[{i}]")
+        if len(got) < n:
+            raise DataError(
+                f"{label}.mixture[{i}] ({part.path or part.source}) has {len(got)} rows; its weight asks for {n} of "
+                f"{label}.size={size}: lower its weight or {label}.size"
+            )
+        items += got
+    random.Random(seed).shuffle(items)
     return items
 
 

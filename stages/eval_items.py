@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 import re
 import tomllib
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from stages import probes
 from stages.config import BenchmarkSpec, Config, DataConfig
 from stages.data import DataError, _item_id, _question_of, build_items, load_table, resolve_field, scalar_answer
 
@@ -89,84 +91,97 @@ def training_source_ids(cfg: Config, trained: list[dict[str, Any]] | None = None
     return {x["source_id"] for x in items if x.get("source_id") is not None}
 
 
-def build_benchmark(
-    cfg: Config, spec: BenchmarkSpec, trained: list[dict[str, Any]] | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+Built = tuple[list[dict[str, Any]], dict[str, Any]]
+NO_NOTE: dict[str, Any] = {"excluded": 0, "why": ""}
+
+
+def _probe(make: Callable[[int, int], list[dict[str, Any]]]) -> Callable[..., Built]:
+    return lambda cfg, spec, trained, label: (make(spec.n_items, spec.seed), dict(NO_NOTE))
+
+
+def _train_task(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
+    if cfg.data.source != "reasoning_gym":
+        raise DataError(
+            f"eval benchmark {spec.name!r}: source=train_task needs reasoning-gym training data; for a file or "
+            "hub training set add its test split as source=file/hub"
+        )
+    size = spec.n_items
+    seen = training_questions(cfg, trained)
+    data = cfg.data.model_copy(update={"holdout_source_ids": sorted(training_source_ids(cfg, trained))})
+    pool = build_items(data, size=2 * size + len(seen), seed=spec.seed)
+    note = {
+        "excluded": sum(1 for x in pool if x["question"] in seen),
+        "why": "question seen in SFT data or RL prompts; the rest drawn per generator setting (terms x digits) "
+        "in the shares of the unfiltered pool, so exclusion does not skew the set toward longer problems",
+    }
+    return stratified_unseen(pool, seen, size), note
+
+
+def _gsm_symbolic(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
+    used = training_source_ids(cfg, trained)
+    data = DataConfig(tasks=[{"name": "gsm_symbolic"}], holdout_source_ids=sorted(used), size=spec.n_items)
+    items = build_items(data, size=spec.n_items, seed=spec.seed)
+    return items, {"excluded_templates": len(used), "why": "template used in SFT data or RL prompts"}
+
+
+def _gsm8k(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
+    used = training_source_ids(cfg, trained)
+    to_gsm8k = gsm_symbolic_to_gsm8k()
+    seen_orig = {to_gsm8k[i] for i in used if i in to_gsm8k}
+    all_items = [
+        {"id": f"gsm8k-{p['gsm8k_id']}", "question": p["question"], "answer": p["answer"], "source_id": p["gsm8k_id"]}
+        for p in gsm8k_problems()
+    ]
+    items = [x for x in all_items if x["source_id"] not in seen_orig][: spec.n_items]
+    if not items:
+        raise DataError(f"eval benchmark {spec.name!r}: every GSM8K problem's template was used in training")
+    return items, {"excluded": len(all_items) - len(items), "why": "a template of this problem was used in training"}
+
+
+def _reasoning_gym(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
+    import reasoning_gym
+
+    try:
+        ds = reasoning_gym.create_dataset(spec.task, size=spec.n_items, seed=spec.seed, **spec.params)
+    except (KeyError, ValueError, TypeError) as e:
+        raise DataError(f"eval benchmark {spec.name!r}: reasoning-gym task {spec.task!r} failed: {e}") from None
+    items = [
+        {
+            "id": _item_id(spec.task, x["question"]),
+            "question": x["question"],
+            "answer": str(x["answer"]),
+            "entry": {"question": x["question"], "answer": x["answer"], "metadata": x["metadata"]},
+        }
+        for x in ds
+    ]
+    return items, dict(NO_NOTE)
+
+
+# Benchmark sources: each builds (items, note) from the config, the spec, the training items and the label.
+# Anything else (file, hub) is a custom benchmark read by _custom_items.
+SOURCES: dict[str, Callable[..., Built]] = {
+    "agreement": _probe(probes.agreement_items),
+    "facts": _probe(probes.facts_items),
+    "chat_facts": _probe(probes.chat_facts_items),
+    "instructions": _probe(probes.instruction_items),
+    "train_task": _train_task,
+    "gsm_symbolic": _gsm_symbolic,
+    "gsm8k": _gsm8k,
+    "reasoning_gym": _reasoning_gym,
+}
+NEEDS_TRAINING_ITEMS = ("train_task", "gsm_symbolic", "gsm8k")
+
+
+def build_benchmark(cfg: Config, spec: BenchmarkSpec, trained: list[dict[str, Any]] | None = None) -> Built:
     """Items of one benchmark and a note of what was excluded (``{"excluded": n, "why": ...}``).
 
     ``trained``: :func:`training_items`, when the caller builds several benchmarks (computed here otherwise).
     """
-    from stages import probes
-
-    if trained is None and spec.source in ("train_task", "gsm_symbolic", "gsm8k"):
+    if trained is None and spec.source in NEEDS_TRAINING_ITEMS:
         trained = training_items(cfg)
-
-    note: dict[str, Any] = {"excluded": 0, "why": ""}
-    size = spec.n_items
     label = benchmark_label(cfg, spec)
-    if spec.source == "agreement":
-        items = probes.agreement_items(size, spec.seed)
-    elif spec.source == "facts":
-        items = probes.facts_items(size, spec.seed)
-    elif spec.source == "chat_facts":
-        items = probes.chat_facts_items(size, spec.seed)
-    elif spec.source == "instructions":
-        items = probes.instruction_items(size, spec.seed)
-    elif spec.source == "train_task":
-        if cfg.data.source != "reasoning_gym":
-            raise DataError(
-                f"eval benchmark {spec.name!r}: source=train_task needs reasoning-gym training data; for a file or "
-                "hub training set add its test split as source=file/hub"
-            )
-        seen = training_questions(cfg, trained)
-        data = cfg.data.model_copy(update={"holdout_source_ids": sorted(training_source_ids(cfg, trained))})
-        pool = build_items(data, size=2 * size + len(seen), seed=spec.seed)
-        items = stratified_unseen(pool, seen, size)
-        note = {
-            "excluded": sum(1 for x in pool if x["question"] in seen),
-            "why": "question seen in SFT data or RL prompts; the rest drawn per generator setting (terms x digits) "
-            "in the shares of the unfiltered pool, so exclusion does not skew the set toward longer problems",
-        }
-    elif spec.source == "gsm_symbolic":
-        used = training_source_ids(cfg, trained)
-        data = DataConfig(tasks=[{"name": "gsm_symbolic"}], holdout_source_ids=sorted(used), size=size)
-        items = build_items(data, size=size, seed=spec.seed)
-        note = {"excluded_templates": len(used), "why": "template used in SFT data or RL prompts"}
-    elif spec.source == "gsm8k":
-        used = training_source_ids(cfg, trained)
-        to_gsm8k = gsm_symbolic_to_gsm8k()
-        seen_orig = {to_gsm8k[i] for i in used if i in to_gsm8k}
-        all_items = [
-            {
-                "id": f"gsm8k-{p['gsm8k_id']}",
-                "question": p["question"],
-                "answer": p["answer"],
-                "source_id": p["gsm8k_id"],
-            }
-            for p in gsm8k_problems()
-        ]
-        items = [x for x in all_items if x["source_id"] not in seen_orig][:size]
-        note = {"excluded": len(all_items) - len(items), "why": "a template of this problem was used in training"}
-        if not items:
-            raise DataError(f"eval benchmark {spec.name!r}: every GSM8K problem's template was used in training")
-    elif spec.source == "reasoning_gym":
-        import reasoning_gym
-
-        try:
-            ds = reasoning_gym.create_dataset(spec.task, size=size, seed=spec.seed, **spec.params)
-        except (KeyError, ValueError, TypeError) as e:
-            raise DataError(f"eval benchmark {spec.name!r}: reasoning-gym task {spec.task!r} failed: {e}") from None
-        items = [
-            {
-                "id": _item_id(spec.task, x["question"]),
-                "question": x["question"],
-                "answer": str(x["answer"]),
-                "entry": {"question": x["question"], "answer": x["answer"], "metadata": x["metadata"]},
-            }
-            for x in ds
-        ]
-    else:
-        items = _custom_items(spec, label)
+    build = SOURCES.get(spec.source)
+    items, note = build(cfg, spec, trained, label) if build else (_custom_items(spec, label), dict(NO_NOTE))
     if not items:
         raise DataError(f"{label} has no items: check its size and source")
     if not spec.is_choice and spec.answer_type in ("math", "number") and spec.source not in OWN_SCORERS:
@@ -263,7 +278,9 @@ def _gold_index(a: Any, choices: list[str] | None, n: int, spec: BenchmarkSpec, 
 
 
 def _custom_items(spec: BenchmarkSpec, label: str) -> list[dict[str, Any]]:
-    data = DataConfig(source=spec.source, path=spec.path, split=spec.split, subset=spec.subset, size=spec.n_items)
+    data = DataConfig(
+        source=spec.source, path=spec.path, split=spec.split, subset=spec.subset, size=spec.n_items, seed=spec.seed
+    )
     items = []
     f = spec.fields
     for i, row in enumerate(load_table(data)):

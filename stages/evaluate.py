@@ -558,7 +558,7 @@ def evaluate_model(
 
 def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     """Evaluate every model in :func:`model_table`; return ``{name: metrics}``."""
-    from stages.eval_items import build_benchmark, training_items
+    from stages.eval_items import NEEDS_TRAINING_ITEMS, build_benchmark, training_items
     from stages.models import load_model, load_tokenizer
 
     if cfg.eval.backend == "vllm":
@@ -571,7 +571,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     tracking.check_installed(cfg)
     table = model_table(cfg)
     benches = []
-    needs_training = any(b.source in ("train_task", "gsm_symbolic", "gsm8k") for b in cfg.eval.benchmarks)
+    needs_training = any(b.source in NEEDS_TRAINING_ITEMS for b in cfg.eval.benchmarks)
     trained = training_items(cfg) if needs_training else None
     for spec in cfg.eval.benchmarks:
         items, note = build_benchmark(cfg, spec, trained)

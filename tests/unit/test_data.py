@@ -111,3 +111,61 @@ def test_chat_control_tokens_in_training_text_are_warned_about(caplog):
     with caplog.at_level("WARNING"):
         assert warn_control_tokens(items, Tok()) == 1
     assert "chat control tokens" in caplog.text and "item b" in caplog.text
+
+
+def test_a_size_below_the_row_count_draws_a_seeded_sample_not_the_head(tmp_path):
+    from stages.data import load_table
+
+    f = tmp_path / "sorted.jsonl"
+    # sorted by difficulty, as many published sets are: the head would be the easy rows only
+    f.write_text(
+        "".join(json.dumps({"question": f"q{i}", "response": "r", "level": i // 50}) + "\n" for i in range(200))
+    )
+    picked = load_table(DataConfig(source="file", path=str(f), size=40, seed=7))
+    assert len(picked) == 40 and len({r["question"] for r in picked}) == 40
+    assert len({r["level"] for r in picked}) == 4  # every level, not only level 0
+    assert picked == load_table(DataConfig(source="file", path=str(f), size=40, seed=7))  # reproducible
+    assert picked != load_table(DataConfig(source="file", path=str(f), size=40, seed=8))
+    head = load_table(DataConfig(source="file", path=str(f), size=40, seed=7, shuffle=False))
+    assert [r["question"] for r in head] == [f"q{i}" for i in range(40)]
+    assert len(load_table(DataConfig(source="file", path=str(f), seed=7))) == 200  # no size: every row, in order
+
+
+def test_a_mixture_draws_each_source_by_its_weight(tmp_path):
+    from stages.config import ConfigError
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps({"question": f"a{i}", "response": "r", "answer": "1"}) + "\n" for i in range(100)))
+    b.write_text("".join(json.dumps({"q": f"b{i}", "sol": "s"}) + "\n" for i in range(100)))
+    mix = [
+        {"source": "file", "path": str(a), "weight": 3},
+        {"source": "file", "path": str(b), "weight": 1, "fields": {"question": "q", "response": "sol"}},
+        {"source": "reasoning_gym", "tasks": [{"name": "chain_sum"}], "weight": 1},
+    ]
+    cfg = DataConfig(mixture=mix, size=50, seed=3)
+    items = build_items(cfg)
+    origin = [x["question"][0] if x["question"][0] in "ab" else "gym" for x in items]
+    assert (origin.count("a"), origin.count("b"), origin.count("gym")) == (30, 10, 10)
+    assert origin[:30] != ["a"] * 30  # shuffled together, not one source after another
+    assert items == build_items(cfg) and items != build_items(DataConfig(mixture=mix, size=50, seed=4))
+    with pytest.raises(DataError, match=r"data.mixture\[0\] .* has 100 rows; its weight asks for 180"):
+        build_items(DataConfig(mixture=mix, size=300, seed=3))
+    for bad, msg in [
+        ({"mixture": mix}, "needs data.size"),
+        ({"mixture": mix, "size": 10, "path": str(a), "source": "file"}, "both set"),
+        ({"mixture": [{"source": "file"}], "size": 10}, r"mixture\[0\].path is required"),
+        ({"mixture": [{"source": "file", "path": str(a), "weight": 0}], "size": 10}, "greater than 0"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            _data_config(bad)
+
+
+def _data_config(d):
+    from pydantic import ValidationError
+
+    from stages.config import ConfigError
+
+    try:
+        return DataConfig.model_validate(d)
+    except ValidationError as e:
+        raise ConfigError(str(e)) from None
