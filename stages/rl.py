@@ -273,7 +273,8 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
 
     steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     extra = {"steps": trainer.state.global_step, "train_loss": float(result.training_loss)}
-    return _finish(cfg, arm, arm_dir, init_path, steps, train_s, len(items), cfg.rl.generation.backend, extra)
+    backend = cfg.rl.generation.backend
+    return _finish(cfg, arm, arm_dir, init_path, steps, train_s, len(items), backend, extra, trainer)
 
 
 def _finish(
@@ -286,8 +287,10 @@ def _finish(
     prompts: int,
     backend: str,
     extra: dict[str, Any],
+    trainer=None,
 ) -> dict[str, Any]:
-    """The one summary of an RL run (GRPO or PPO): ``metrics.json`` from its per-step rows, then ``DONE``."""
+    """The one summary of an RL run (GRPO or PPO): the model card, ``metrics.json`` from its per-step rows, then
+    ``DONE``."""
     summary = {
         "algorithm": cfg.rl.algorithm,
         "arm": arm,
@@ -304,6 +307,15 @@ def _finish(
         "rewards": cfg.rl.rewards,
         "prompts": prompts,
     }
+    facts = {
+        "method": f"{cfg.rl.algorithm} (RL)",
+        "initialisation": init_path,
+        "rewards": ", ".join(cfg.rl.rewards),
+        "training": f"{summary['steps']} steps, lr {cfg.rl.training.learning_rate}, {prompts} prompts, "
+        f"{cfg.rl.generation.num_generations} completions per prompt, generation {backend}, seed {cfg.seed}",
+        "reward first -> last step": f"{summary['reward_first']} -> {summary['reward_last']}",
+    }
+    tracking.write_model_card(trainer, arm_dir / "checkpoint", cfg, arm, facts)
     atomic_write_json(arm_dir / "metrics.json", summary)
     mark_done(arm_dir)
     log.info(

@@ -440,6 +440,7 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
         "principal_angles": diag,
         "log_history": history,
     }
+    tracking.write_model_card(trainer, arm_dir / "checkpoint", cfg, cfg.sft.arm_name, _card_facts(cfg, metrics))
     atomic_write_json(arm_dir / "metrics.json", metrics)
     mark_done(arm_dir)
     log.info(
@@ -452,6 +453,35 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
         arm_dir / "checkpoint",
     )
     return metrics
+
+
+def _card_facts(cfg: Config, m: dict[str, Any]) -> dict[str, Any]:
+    t, d = cfg.sft.training, cfg.data
+    method = m["method"]
+    settings = {
+        "rpsft": f"lambda {cfg.sft.rpsft.lam}, k {m['k_spec']}, anchors {cfg.sft.rpsft.anchor_method}",
+        "l2": f"lambda {cfg.sft.l2_lambda}",
+        "lora": f"r {cfg.sft.lora.r}, alpha {cfg.sft.lora.alpha} (merged into the weights)",
+    }.get(method)
+    source = ", ".join(x.name for x in d.tasks) if d.source == "reasoning_gym" and not d.mixture else d.path
+    rot = m.get("rotation_summary") or {}
+    return {
+        "method": method,
+        "method settings": settings,
+        "base model": m["base_model"],
+        "data": f"{d.source}: {source or 'mixture'}; {m['train_items']} items, data seed {d.seed}",
+        "training": f"{m['steps']} steps, lr {t.learning_rate} ({t.lr_scheduler_type}), batch "
+        f"{t.per_device_train_batch_size} x {t.gradient_accumulation_steps}, seed {cfg.seed}",
+        "train loss": f"{m['train_loss']:.4f}",
+        "RPSFT penalty start -> end": (
+            f"{m['penalty_at_start']} -> {m['penalty_at_end']}" if m.get("penalty_at_end") is not None else None
+        ),
+        "principal angles of the top-k subspaces to the base's (degrees, mean left / right)": (
+            f"{rot['principal_angle_left_mean_deg']:.4f} / {rot['principal_angle_right_mean_deg']:.4f}"
+            if "principal_angle_left_mean_deg" in rot
+            else None
+        ),
+    }
 
 
 SHORTCUTS = {"method": "sft.method", "arm": "sft.arm", "max_steps": "sft.training.max_steps"}

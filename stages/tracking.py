@@ -94,3 +94,21 @@ def scalar_writer(cfg: Config, arm: str):
     except ImportError:
         from tensorboardX import SummaryWriter
     return SummaryWriter(str(tensorboard_dir(cfg, arm)))
+
+
+def write_model_card(trainer, folder: Path, cfg: Config, arm: str, facts: dict[str, Any]) -> Path:
+    """``<folder>/README.md``: the model card TRL drafts for the trainer (base model, trainer, framework versions,
+    citation) followed by what sft2rl knows about the checkpoint: method and its settings, data, the run's numbers.
+    ``trainer`` None (PPO): the sft2rl section alone."""
+    from stages.io import atomic_write_text
+
+    head = f"# {tracked_name(cfg, arm)}\n"
+    if trainer is not None:
+        trainer.create_model_card(model_name=tracked_name(cfg, arm), tags=["sft2rl", facts.get("method", arm)])
+        drafted = Path(trainer.args.output_dir) / "README.md"
+        if drafted.is_file():
+            head = drafted.read_text(encoding="utf-8")
+    lines = ["", "## sft2rl", ""]
+    lines += [f"- **{k}**: {v}" for k, v in facts.items() if v is not None]
+    lines += ["", "The resolved config that produced this checkpoint is `config.yaml` in the arm's folder.", ""]
+    return atomic_write_text(Path(folder) / "README.md", head.rstrip("\n") + "\n" + "\n".join(lines))

@@ -49,6 +49,8 @@ def test_grpo_hf_trains_every_parameter_and_logs_each_step(tiny_cfg, sft_checkpo
     ):
         assert key in rows[0], key
     assert rows[0]["frac_reward_zero_std"] < 1.0  # the groups carried a learning signal
+    card = (arm / "checkpoint" / "README.md").read_text()
+    assert "## sft2rl" in card and "**method**: grpo (RL)" in card and "digit_share, math_correct" in card
     before = AutoModelForCausalLM.from_pretrained(sft_checkpoint)
     after = AutoModelForCausalLM.from_pretrained(arm / "checkpoint")
     b, a = dict(before.named_parameters()), dict(after.named_parameters())
@@ -113,6 +115,8 @@ def test_ppo_trains_policy_and_value_head(tiny_cfg, sft_checkpoint):
         assert key in rows[0]
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the policy starts at the reference
     assert rows[-1]["kl"] != 0.0
+    card = (arm / "checkpoint" / "README.md").read_text()
+    assert card.startswith("# ") and "**method**: ppo (RL)" in card  # no trainer: the sft2rl section alone
     before = dict(AutoModelForCausalLM.from_pretrained(sft_checkpoint).named_parameters())
     after = dict(AutoModelForCausalLM.from_pretrained(arm / "checkpoint").named_parameters())
     assert not [n for n in before if torch.equal(before[n], after[n])]

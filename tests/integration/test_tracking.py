@@ -50,6 +50,15 @@ def test_an_sft_arm_logs_its_curves_to_tensorboard(tiny_cfg):
     assert "train/rpsft/penalty" in scalars  # the method's own diagnostics too
 
 
+def test_every_checkpoint_carries_a_model_card(tiny_cfg):
+    cfg = tiny_cfg("sft.training.max_steps=2", "sft.method=rpsft", "sft.rpsft.lambda=3")
+    m = sft_run(cfg)
+    card = (cfg.arm_dir / "checkpoint" / "README.md").read_text()
+    assert card.startswith("---") and "library_name: transformers" in card  # TRL's draft, hub metadata first
+    assert "## sft2rl" in card and "**method**: rpsft" in card and "lambda 3.0" in card
+    assert f"{m['train_loss']:.4f}" in card and "2 steps" in card
+
+
 def test_evaluation_metrics_are_written_beside_the_training_curves(tiny_cfg):
     cfg = tiny_cfg("tracking.report_to=[tensorboard]")
     metrics = {"task/accuracy": {"value": 0.25, "ci_low": 0.1, "ci_high": 0.4}, "note": {"value": "text"}}
