@@ -440,6 +440,49 @@ def claims(data: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def reward_trend(rows: list[dict[str, Any]], *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any] | None:
+    """Did the reward curve rise? Mean reward of the last third of the steps minus the first third, with a bootstrap
+    interval (steps resampled within each third). None with fewer than 6 steps."""
+    import numpy as np
+
+    r = np.asarray([row["reward"] for row in rows if isinstance(row.get("reward"), int | float)], dtype=float)
+    if r.size < 6:
+        return None
+    k = r.size // 3
+    first, last = r[:k], r[-k:]
+    rng = np.random.default_rng(seed)
+    boot = last[rng.integers(0, k, (n_boot, k))].mean(1) - first[rng.integers(0, k, (n_boot, k))].mean(1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {
+        "steps": k,
+        "first": float(first.mean()),
+        "last": float(last.mean()),
+        "diff": float(last.mean() - first.mean()),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+    }
+
+
+def reward_lines(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One sentence per RL run: did its reward curve rise beyond its interval."""
+    out = []
+    for arm, rows in curves.items():
+        t = reward_trend(rows)
+        if t is None:
+            out.append(f"{arm}: {len(rows)} steps, too few to read a trend in the reward (6 or more needed).")
+            continue
+        rose = (
+            "rose beyond its interval"
+            if t["ci_low"] > 0
+            else ("fell beyond its interval" if t["ci_high"] < 0 else "did not rise beyond its interval")
+        )
+        out.append(
+            f"{arm}: mean reward {t['first']:.3f} over the first {t['steps']} steps, {t['last']:.3f} over the last "
+            f"{t['steps']}, {t['diff']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]: the reward {rose}."
+        )
+    return out
+
+
 def rl_moved(comparisons: list[dict[str, Any]]) -> list[str]:
     """Did RL change the model? One sentence per RL arm: its in-domain accuracy against its own starting checkpoint
     (paired by item), and whether the change is beyond the interval. Rising reward curves alone are not evidence."""
@@ -802,7 +845,7 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
                 ]
             )
         blocks.append(("table", ["arm", "steps", "reward first", "reward last", "mean KL", "s/step"], rrows))
-        for line in rl_moved(data["comparisons"]):
+        for line in [*reward_lines(curves), *rl_moved(data["comparisons"])]:
             blocks.append(("p", line))
     blocks.append(("h2", "Plots"))
     captions = {

@@ -180,3 +180,18 @@ def test_the_report_says_whether_rl_moved_each_model():
     assert lines[0].startswith("RL from sft: in-domain accuracy +1.0 points [-2.0, +4.0]")
     assert "changed nothing measurable" in lines[0]
     assert "improved it beyond the interval" in lines[1] and "worse beyond the interval" in lines[2]
+
+
+def test_the_report_reads_whether_each_reward_curve_rose():
+    from stages.report import reward_lines, reward_trend
+
+    flat = [{"reward": 0.5 + 0.01 * (i % 2)} for i in range(9)]
+    rising = [{"reward": 0.1 * i} for i in range(9)]
+    assert reward_trend(flat[:5]) is None
+    t = reward_trend(rising)
+    assert t["steps"] == 3 and t["first"] == pytest.approx(0.1) and t["last"] == pytest.approx(0.7)
+    assert t["ci_low"] > 0
+    lines = reward_lines({"rl-sft": flat, "rl-rpsft": rising, "rl-l2": flat[:4]})
+    assert "did not rise beyond its interval" in lines[0]
+    assert "rose beyond its interval" in lines[1] and "+0.600" in lines[1]
+    assert "too few to read a trend" in lines[2]
