@@ -82,6 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"Prefect UI: {server.ui_url(api)}"
             + (" (started in the background; stop: sft2rl server --stop)" if started else "")
         )
+        _serve_files(cfg.runs_root)
     from pipeline.flows import sft_to_rl
 
     state = sft_to_rl(
@@ -107,19 +108,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1
 
 
+def _serve_files(runs_root: str) -> None:
+    """The read-only file server for the runs folder (plots and reports in the UI); a warning if it cannot start."""
+    from pipeline import files
+
+    try:
+        print(f"Run files:  {files.start_background(runs_root)}/  (read-only, 127.0.0.1)")
+    except RuntimeError as e:
+        print(f"warning: {e}; the UI will show file:// links instead of plots", file=sys.stderr)
+
+
 def cmd_server(args: argparse.Namespace) -> int:
-    from pipeline import server
+    from pipeline import files, server
 
     server.configure(port=args.port, host=args.host)
     if args.stop:
+        files.stop_background()
         print("stopped" if server.stop_background() else "no background server recorded in PREFECT_HOME")
         return 0
     if args.background:
         api, started = server.start_background()
         print(f"Prefect UI: {server.ui_url(api)} ({'started' if started else 'already running'}); API: {api}")
+        _serve_files(args.runs_root)
         return 0
     print(f"Prefect UI: {server.ui_url()}  (Ctrl-C stops it; PREFECT_HOME={os.environ['PREFECT_HOME']})", flush=True)
-    return subprocess.call(server.server_command())
+    _serve_files(args.runs_root)
+    try:
+        return subprocess.call(server.server_command())
+    finally:
+        files.stop_background()
 
 
 def deployments(configs: list[Path]):
@@ -217,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p_srv.add_mutually_exclusive_group()
     g.add_argument("--background", action="store_true", help="start detached and return once it is healthy")
     g.add_argument("--stop", action="store_true", help="stop the background server")
+    p_srv.add_argument(
+        "--runs-root", default="runs", help="folder served read-only for the UI's plots and links (default: runs)"
+    )
     p_srv.set_defaults(func=cmd_server)
 
     p_serve = sub.add_parser(

@@ -21,7 +21,12 @@ from typing import Any, Literal
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_image_artifact,
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from pydantic import BaseModel, Field, field_validator
 
 from stages.config import SFT_METHODS, Config, ConfigError, load_config, safe_yaml
@@ -306,13 +311,17 @@ def _cell(name: str, v: dict[str, Any]) -> str:
 
 def report_artifacts(cfg: Config) -> None:
     """The report as a markdown artifact, the comparison as a table, links to the HTML report and the run folder."""
+    from pipeline import files
+
     run_dir = cfg.run_dir.resolve()
     md = run_dir / "report.md"
     if not md.is_file():
         return
-    create_markdown_artifact(
-        key=_key(f"{cfg.run_name}-report"), markdown=scrub(md.read_text()), description="sft2rl report"
-    )
+    base = files.url_for(run_dir)  # http://127.0.0.1:4201/<run>/ when the runs folder is served, else None
+    text = scrub(md.read_text())
+    if base:  # the report's figures load in the UI from the file server
+        text = text.replace("](plots/", f"]({base}plots/")
+    create_markdown_artifact(key=_key(f"{cfg.run_name}-report"), markdown=text, description="sft2rl report")
     data = json.loads((run_dir / "report.json").read_text())
     rows: list[dict[str, Any]] = []
     for m in data["models"]:
@@ -337,18 +346,22 @@ def report_artifacts(cfg: Config) -> None:
         create_table_artifact(key=_key(f"{cfg.run_name}-comparisons"), table=comps, description="Paired comparisons")
     create_link_artifact(
         key=_key(f"{cfg.run_name}-report-html"),
-        link=(run_dir / "report.html").as_uri(),
+        link=f"{base}report.html" if base else (run_dir / "report.html").as_uri(),
         link_text="report.html (self-contained)",
         description="The HTML report",
     )
     create_link_artifact(
         key=_key(f"{cfg.run_name}-run-folder"),
-        link=run_dir.as_uri(),
+        link=base or run_dir.as_uri(),
         link_text=str(run_dir),
         description="Run folder: checkpoints, metrics, plots",
     )
     for plot in sorted((run_dir / "plots").glob("*.png")):
-        create_link_artifact(key=_key(f"{cfg.run_name}-plot-{plot.stem}"), link=plot.as_uri(), link_text=plot.name)
+        key = _key(f"{cfg.run_name}-plot-{plot.stem}")
+        if base:
+            create_image_artifact(image_url=f"{base}plots/{plot.name}", key=key, description=f"Plot {plot.stem}")
+        else:
+            create_link_artifact(key=key, link=plot.as_uri(), link_text=plot.name)
 
 
 def _rl_extra(cfg: Config, arm: str) -> list[str]:

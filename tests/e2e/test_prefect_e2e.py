@@ -51,10 +51,12 @@ def prefect_server(tmp_path_factory, cache_dir):
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         HF_TOKEN=CANARY,
+        SFT2RL_FILES_PORT=str(_free_port()),
     )
     cli = [sys.executable, "-m", "pipeline.cli"]
     out = subprocess.run(
-        [*cli, "server", "--background", "--port", str(port)],
+        # the file server shows the tests' run folders (under the base temp folder) to the UI
+        [*cli, "server", "--background", "--port", str(port), "--runs-root", str(tmp_path_factory.getbasetemp())],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -147,6 +149,14 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
         assert key in by_key, sorted(by_key)
     assert by_key["tiny-report"]["type"] == "markdown" and "What this run shows" in by_key["tiny-report"]["data"]
     assert by_key["tiny-scores"]["type"] == "table"
+    # The report's figures load in the UI: http links to the read-only file server, which serves the PNG files.
+    files_url = f"http://127.0.0.1:{env['SFT2RL_FILES_PORT']}/"
+    assert f"]({files_url}" in by_key["tiny-report"]["data"] and "](plots/" not in by_key["tiny-report"]["data"]
+    plot = by_key["tiny-plot-tradeoff"]
+    assert plot["type"] == "image" and files_url in plot["data"], plot
+    with urllib.request.urlopen(plot["data"], timeout=30) as r:  # noqa: S310 - local server
+        assert r.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert files_url in by_key["tiny-report-html"]["data"]
     # The stage's own log lines reached the server (child process output streamed into the run log).
     logs = _post(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
     assert any("__main__" in log["message"] for log in logs)
