@@ -205,6 +205,7 @@ def _truncate_metrics(path: Path, trainer_dir: Path) -> None:
 def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Path) -> dict[str, Any]:
     import torch
     from transformers import set_seed
+    from transformers.trainer_utils import get_last_checkpoint
 
     from stages import models
     from stages.data import prompt_messages
@@ -248,7 +249,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
         (arm_dir / "DONE").unlink(missing_ok=True)
     atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
     trainer_dir = arm_dir / "trainer"
-    resume = any(trainer_dir.glob("checkpoint-*"))
+    resume = trainer_dir.is_dir() and get_last_checkpoint(str(trainer_dir)) is not None
     metrics_path = arm_dir / "metrics.jsonl"
     if resume:
         _truncate_metrics(metrics_path, trainer_dir)

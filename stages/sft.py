@@ -379,6 +379,8 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
 
 
 def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
+    from transformers.trainer_utils import get_last_checkpoint
+
     from stages.rpsft import base_weight_loader, subspace_diagnostics, summarize_diagnostics
 
     arm_dir = cfg.arm_dir
@@ -397,7 +399,7 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
         atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
         atomic_write_text(cfg.run_dir / "data" / "sft_train.jsonl", "".join(json.dumps(x) + "\n" for x in items))
     trainer_dir = arm_dir / "trainer"
-    resume = any(trainer_dir.glob("checkpoint-*"))
+    resume = trainer_dir.is_dir() and get_last_checkpoint(str(trainer_dir)) is not None
     if resume:
         log.info("resuming %s from the last trainer checkpoint in %s", cfg.sft.arm_name, trainer_dir)
     t0 = time.perf_counter()
