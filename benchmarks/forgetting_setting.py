@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tag-lrs", default="", help="learning rates also run without the SFT system prompt")
     parser.add_argument("--steps", type=int, default=None, help="SFT steps (default: the config's)")
     parser.add_argument(
+        "--method",
+        default="sft",
+        help="the method of every candidate (default plain sft; e.g. rpsft with --set "
+        "sft.rpsft.lambda=100 to read how much of the forgetting a regulariser keeps)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -92,19 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     ]
     results, base_scores, base_metrics = [], None, None
     for lr, tag in candidates:
-        run_name = f"lr{lr:g}" + ("" if tag else "-notag")
-        over = [*common, f"run_name={run_name}", f"sft.training.learning_rate={lr}", "sft.method=sft"]
+        run_name = ("" if args.method == "sft" else f"{args.method}-") + f"lr{lr:g}" + ("" if tag else "-notag")
+        over = [*common, f"run_name={run_name}", f"sft.training.learning_rate={lr}", f"sft.method={args.method}"]
         if not tag:
             over.append("data.system_prompt=''")
         sft_s = _stage("stages.sft", args.config, over)
-        models = "[sft]" if base_scores is not None else "[base,sft]"
+        arm = args.method  # the arm folder is named after its method
+        models = f"[{arm}]" if base_scores is not None else f"[base,{arm}]"
         eval_s = _stage("stages.evaluate", args.config, [*over, f"eval.models={models}"])
         eval_dir = REPO / args.runs_root / run_name / "eval"
         if base_scores is None:
             base_scores = json.loads((eval_dir / "base" / "scores.json").read_text())
             base_metrics = json.loads((eval_dir / "base" / "metrics.json").read_text())["metrics"]
-        scores = json.loads((eval_dir / "sft" / "scores.json").read_text())
-        metrics = json.loads((eval_dir / "sft" / "metrics.json").read_text())["metrics"]
+        scores = json.loads((eval_dir / arm / "scores.json").read_text())
+        metrics = json.loads((eval_dir / arm / "metrics.json").read_text())["metrics"]
         vs_base = {m: _paired(scores, base_scores, m) for m in scores}
         vs_previous = None
         if args.previous:
@@ -114,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         ood_drops = [m for m in drops if metrics.get(m, {}).get("domain") == "out"]
         results.append(
             {
+                "method": args.method,
                 "learning_rate": lr,
                 "system_prompt_tag": tag,
                 "steps": args.steps or cfg.sft.training.max_steps,
@@ -122,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
                 "eval_s": eval_s,
                 # the persisted measures, the same on a rerun that skips complete stages
                 "sft_train_runtime_s": json.loads(
-                    (REPO / args.runs_root / run_name / "sft" / "metrics.json").read_text()
+                    (REPO / args.runs_root / run_name / arm / "metrics.json").read_text()
                 )["train_runtime_s"],
-                "eval_model_s": metrics_file_timing(eval_dir / "sft" / "metrics.json"),
+                "eval_model_s": metrics_file_timing(eval_dir / arm / "metrics.json"),
                 "metrics": {m: {k: v[k] for k in ("value", "ci_low", "ci_high", "n")} for m, v in metrics.items()},
                 "vs_base": vs_base,
                 "vs_previous_default": vs_previous,

@@ -90,3 +90,21 @@ def test_task_accuracy_and_generation_benchmarks(tmp_path, cache_dir):
     r = json.loads(out.read_text())
     for key in ("vllm_tokens_per_s", "hf_tokens_per_s", "grpo_step_generation_s", "grpo_step_training_s"):
         assert r[key] > 0, key
+
+
+@pytest.mark.slow
+def test_forgetting_setting_benchmark_reads_each_candidate_against_the_base(tmp_path, cache_dir):
+    out = tmp_path / "f.json"
+    args = ["benchmarks/forgetting_setting.py", "--config", "configs/tiny.yaml", "--lrs", "1e-3", "--steps", "2"]
+    args += ["--method", "rpsft", "--set", "sft.rpsft.lambda=10", "--runs-root", str(tmp_path / "runs")]
+    _run([*args, "--out", str(out)], cache_dir)
+    r = json.loads(out.read_text())
+    (c,) = r["candidates"]
+    assert c["method"] == "rpsft" and c["steps"] == 2 and c["overrides"] == ["sft.rpsft.lambda=10"]
+    assert (tmp_path / "runs" / "rpsft-lr0.001" / "rpsft" / "DONE").is_file()
+    for probe in ("chat_facts/accuracy", "instructions/accuracy", "agreement/accuracy", "facts/accuracy"):
+        assert probe in r["base"] and probe in c["metrics"], probe
+        d = c["vs_base"][probe]
+        assert d["ci_low"] <= d["diff"] <= d["ci_high"] and d["n"] > 0
+    assert c["sft_train_runtime_s"] > 0 and c["eval_model_s"] > 0
+    assert isinstance(c["ood_drops_beyond_interval"], list)
