@@ -494,7 +494,7 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
                 stage_task("sft", params, f"sft[{arm}{tag}]", [*so, *extra])
         for arm in arm_names:
             _metrics_artifact(scfg, arm, f"SFT arm {arm}{tag}")
-        if run_rl:
+        if run_rl and cfg.rl_for_seed(seed):
             for arm in arm_names:
                 stage_task("rl", params, f"rl[{arm}{tag}]", [*so, *_rl_extra(scfg, arm)])
                 _metrics_artifact(scfg, f"rl-{arm}", f"RL from {arm}{tag}")

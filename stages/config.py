@@ -515,6 +515,11 @@ class RLStageConfig(Strict):
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     training: GRPOArgs = Field(default_factory=GRPOArgs)
     ppo: PPOArgs = Field(default_factory=PPOArgs)
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="In a multi-seed run, the training seeds whose SFT arms get RL (empty: every seed). RL is the "
+        "costly stage on a CPU; its comparisons then rest on these seeds only, and the report labels them so.",
+    )
     trl: dict[str, Any] = Field(
         default_factory=dict,
         description="GRPO only: any other field of TRL's GRPOConfig under its own name (e.g. log_completions: true, "
@@ -892,9 +897,20 @@ class Config(Strict):
             raise ValueError(f"seeds {bad} are outside [0, 2**32)")
         return v
 
+    @model_validator(mode="after")
+    def _rl_seeds(self) -> Config:
+        stray = [x for x in self.rl.seeds if x not in self.seed_list]
+        if self.seeds and stray:  # a seed run (seeds=[]) keeps the list of its parent run
+            raise ValueError(f"rl.seeds {stray} are not training seeds of this run ({self.seed_list})")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_root) / self.run_name
+
+    def rl_for_seed(self, seed: int) -> bool:
+        """Whether the SFT arms of training seed ``seed`` get RL (``rl.seeds``; empty: every seed)."""
+        return not self.rl.seeds or seed in self.rl.seeds
 
     @property
     def seed_list(self) -> list[int]:

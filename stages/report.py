@@ -174,20 +174,24 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     boot = {"n_boot": ev.bootstrap, "confidence": ev.confidence, "seed": cfg.seed}
     n_seeds = len(runs)
     models = []
-    for name, first in per_seed[0].items():
+    # every model of any seed run (RL may run from some seeds' arms only: rl.seeds), pooled over the runs that have it
+    names_all = list(dict.fromkeys(n for r in per_seed for n in r))
+    for name in names_all:
+        have = [r for r in per_seed if name in r]
+        first = have[0][name]
         metrics: dict[str, Any] = {}
         for metric, m in first["metrics"].items():
             row = dict(m)
-            if n_seeds > 1:
-                pooled = _metric_interval(per_seed, name, metric, boot)
+            if len(have) > 1:
+                pooled = _metric_interval(have, name, metric, boot)
                 if pooled is not None:
                     row.update(pooled)
                 else:
-                    vals = [r[name]["metrics"][metric] for r in per_seed if name in r and metric in r[name]["metrics"]]
+                    vals = [r[name]["metrics"][metric] for r in have if metric in r[name]["metrics"]]
                     for key in ("value", "ci_low", "ci_high"):
                         row[key] = sum(v[key] for v in vals) / len(vals)
                     row["note"] = "mean over seeds of the per-seed values and bounds (no per-item scores)"
-            row["seeds"] = sum(1 for r in per_seed if name in r and metric in r[name]["metrics"])
+            row["seeds"] = sum(1 for r in have if metric in r[name]["metrics"])
             metrics[metric] = row
         models.append(
             {
@@ -211,19 +215,22 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     for a, b in pairs:
         if a not in names or b not in names:
             continue
-        for metric in per_seed[0][a]["scores"]:
-            aligned = _aligned(per_seed, metric, (a, b))
+        both = [r for r in per_seed if a in r and b in r]  # the seed runs that have both models
+        if not both:
+            continue
+        for metric in both[0][a]["scores"]:
+            aligned = _aligned(both, metric, (a, b))
             if aligned is None:
                 continue
             d, lo, hi, stats = paired_diff(aligned[0], aligned[1], **boot)
-            comparisons.append(_comparison(a, b, metric, d, lo, hi, stats, len(aligned[0][0]), n_seeds))
+            comparisons.append(_comparison(a, b, metric, d, lo, hi, stats, len(aligned[0][0]), len(both)))
         for summary, domain in (("id/mean_accuracy", "in"), ("ood/mean_accuracy", "out")):
-            keys = [k for k in _strata(per_seed, a, domain) if k in _strata(per_seed, b, domain)]
-            nested = _nested(per_seed, keys, (a, b)) if keys else []
+            keys = [k for k in _strata(both, a, domain) if k in _strata(both, b, domain)]
+            nested = _nested(both, keys, (a, b)) if keys else []
             if nested:
                 d, lo, hi, stats = paired_diff(nested[0], nested[1], **boot)
                 n = sum(len(x) for x in nested[0][0])
-                comparisons.append(_comparison(a, b, summary, d, lo, hi, stats, n, n_seeds))
+                comparisons.append(_comparison(a, b, summary, d, lo, hi, stats, n, len(both)))
     _holm_verdicts(comparisons, cfg, 1 - ev.confidence)
     bench_file = runs[0] / "eval" / "benchmarks.json"
     benchmarks = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
@@ -405,7 +412,9 @@ def claims(data: dict[str, Any]) -> list[dict[str, Any]]:
         return c, ((1 if c["diff"] > 0 else -1) if c["significant"] else 0)
 
     def claim(name: str, verdict: str, why: str, evidence: list) -> dict[str, Any]:
-        return {"claim": name, "verdict": verdict, "level": level, "why": why, "evidence": [e for e in evidence if e]}
+        ev = [e for e in evidence if e]
+        lvl = level_of(min(e["seeds"] for e in ev)) if ev else level  # RL may rest on fewer seeds (rl.seeds)
+        return {"claim": name, "verdict": verdict, "level": lvl, "why": why, "evidence": ev}
 
     ood, s_ood = sign("rpsft", "sft", "ood/mean_accuracy")
     idm, s_id = sign("rpsft", "sft", "id/mean_accuracy")
@@ -845,6 +854,15 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
                 ]
             )
         blocks.append(("table", ["arm", "steps", "reward first", "reward last", "mean KL", "s/step"], rrows))
+        rl_seeds = {c["seeds"] for c in data["comparisons"] if c["a"].startswith("rl-") or c["b"].startswith("rl-")}
+        if rl_seeds and max(rl_seeds) < data["n_seeds"]:
+            blocks.append(
+                (
+                    "p",
+                    f"RL ran from the arms of {max(rl_seeds)} of the {data['n_seeds']} training seeds (rl.seeds): "
+                    "its comparisons rest on those seeds only and are labelled at that level.",
+                )
+            )
         for line in [*reward_lines(curves), *rl_moved(data["comparisons"])]:
             blocks.append(("p", line))
     blocks.append(("h2", "Plots"))

@@ -425,9 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     )
 
 
-def init_for_seed(main: Config, seed_cfg: Config) -> Config:
+def init_for_seed(main: Config, seed_cfg: Config) -> Config | None:
     """On a multi-seed config, an ``rl.init`` inside the run folder (``runs/<run>/<arm>/checkpoint``) means that arm
-    of each seed (``runs/<run>/seeds/seed-<s>/<arm>/checkpoint``); any other init is shared by every seed."""
+    of each seed (``runs/<run>/seeds/seed-<s>/<arm>/checkpoint``); any other init is shared by every seed. None for
+    a seed that ``rl.seeds`` leaves out."""
+    if not main.rl_for_seed(seed_cfg.seed):
+        return None
     if not main.rl.init:
         return seed_cfg
     try:

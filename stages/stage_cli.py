@@ -57,7 +57,7 @@ def stage_main(
     description: str,
     run: Callable[[Config, bool], Any],
     shortcuts: dict[str, str] | None = None,
-    per_seed: bool | Callable[[Config, Config], Config] = False,
+    per_seed: bool | Callable[[Config, Config], Config | None] = False,
 ) -> int:
     """Parse, load and validate the config, call ``run(cfg, force)``; turn known failures into one-line errors.
 
@@ -73,7 +73,9 @@ def stage_main(
             for seed in cfg.seed_list:
                 scfg = cfg.for_seed(seed)
                 logging.getLogger(prog).info("seed %d of %s: %s", seed, cfg.seed_list, scfg.run_dir)
-                run(per_seed(cfg, scfg) if callable(per_seed) else scfg, args.force)
+                one = per_seed(cfg, scfg) if callable(per_seed) else scfg
+                if one is not None:  # None: this seed is not run by this stage (rl.seeds)
+                    run(one, args.force)
         else:
             run(cfg, args.force)
     except (ConfigError, FloatingPointError, ResourceError) as e:

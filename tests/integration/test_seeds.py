@@ -160,3 +160,46 @@ def test_a_stage_run_by_hand_on_a_multi_seed_config_runs_every_seed(tmp_path, ca
     assert seeded.rl.init == str(cfg.run_dir.resolve() / "seeds" / "seed-4" / "sft" / "checkpoint")
     outside = load_config(CONFIGS / "tiny.yaml", [*over, f"rl.init={tmp_path / 'elsewhere'}"])
     assert init_for_seed(outside, outside.for_seed(4)).rl.init == str(tmp_path / "elsewhere")
+
+
+def test_rl_from_some_seeds_only_is_pooled_over_those_and_labelled_so(tmp_path, cache_dir):
+    from stages.config import load_config
+    from stages.rl import run as rl_run
+    from tests.conftest import CONFIGS
+
+    cfg = load_config(
+        CONFIGS / "tiny.yaml",
+        [
+            f"runs_root={tmp_path / 'runs'}",
+            f"cache_dir={cache_dir}",
+            "seeds=[0, 1]",
+            "rl.seeds=[0]",
+            "sft.training.max_steps=2",
+            "rl.training.max_steps=2",
+            f"eval.benchmarks={json.dumps(BENCHES)}",
+            "eval.forgetting.num_prompts=4",
+            "eval.forgetting.max_new_tokens=8",
+            "eval.forgetting.cka_bootstrap=20",
+            "eval.bootstrap=300",
+        ],
+    )
+    assert [cfg.rl_for_seed(s) for s in cfg.seed_list] == [True, False]
+    for seed in cfg.seed_list:
+        scfg = cfg.for_seed(seed)
+        for method in ("sft", "rpsft"):
+            sft_run(scfg.model_copy(update={"sft": scfg.sft.model_copy(update={"method": method})}))
+            if cfg.rl_for_seed(seed):
+                init = str(scfg.run_dir / method / "checkpoint")
+                rl_run(scfg.model_copy(update={"rl": scfg.rl.model_copy(update={"init": init})}))
+        eval_run(scfg)
+    report = report_run(cfg)
+    models = {m["name"]: m for m in report["models"]}
+    assert models["sft"]["metrics"]["id/mean_accuracy"]["seeds"] == 2
+    assert models["rl-sft"]["metrics"]["id/mean_accuracy"]["seeds"] == 1  # seed 1 has no RL run
+    comps = {(c["a"], c["b"], c["metric"]): c for c in report["comparisons"]}
+    assert comps[("rpsft", "sft", "id/mean_accuracy")]["seeds"] == 2
+    rl = comps[("rl-rpsft", "rl-sft", "id/mean_accuracy")]
+    assert rl["seeds"] == 1 and rl["level"] == "checkpoint"
+    assert next(c for c in report["claims"] if c["claim"] == "rl_init")["level"] == "checkpoint"
+    md = (cfg.run_dir / "report.md").read_text()
+    assert "RL ran from the arms of 1 of the 2 training seeds (rl.seeds)" in md
