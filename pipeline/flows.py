@@ -25,12 +25,14 @@ from prefect.artifacts import (
     create_image_artifact,
     create_link_artifact,
     create_markdown_artifact,
+    create_progress_artifact,
     create_table_artifact,
+    update_progress_artifact,
 )
 from pydantic import BaseModel, Field, field_validator
 
 from stages.config import SFT_METHODS, Config, ConfigError, load_config, safe_yaml
-from stages.io import FolderLock, LockedError
+from stages.io import PROGRESS_ENV, PROGRESS_MARK, FolderLock, LockedError
 from stages.secrets import scrub
 from stages.stage_cli import DEFAULT_CONFIG, STAGE_MODULES, TRAINING_STAGES, exit_kind
 
@@ -208,6 +210,7 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env[PROGRESS_ENV] = "1"  # the stage prints its progress lines for the progress artifact
     root = str(REPO)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
@@ -247,6 +250,33 @@ class ProgressThrottle:
         return f"progress {done}/{total} ({100 * done // max(1, total)}%) {line[m.end() :].strip()}".rstrip()
 
 
+class StageProgress:
+    """The stage's progress lines (``sft2rl-progress 12/80 optimizer steps``) as one Prefect progress artifact per
+    task run, updated as the stage runs (at most once per percent)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.artifact_id = None
+        self.shown = -1.0
+
+    def update(self, line: str) -> None:
+        m = re.match(rf"{PROGRESS_MARK} (\d+)/(\d+) ?(.*)", line)
+        if not m or int(m.group(2)) <= 0:
+            return
+        pct = min(100.0, round(100.0 * int(m.group(1)) / int(m.group(2)), 0))
+        if pct == self.shown:
+            return
+        self.shown = pct
+        what = f"{self.label}: {m.group(1)}/{m.group(2)} {m.group(3)}".strip()
+        try:
+            if self.artifact_id is None:
+                self.artifact_id = create_progress_artifact(progress=pct, description=what)
+            else:
+                update_progress_artifact(self.artifact_id, progress=pct, description=what)
+        except Exception as e:  # noqa: BLE001 - progress display must never fail a stage
+            get_run_logger().debug("progress artifact not updated: %s", e)
+
+
 def run_child(cmd: list[str], label: str) -> None:
     """Run a stage process; stream its output lines to the run log (progress bars thinned to every 10%, warnings and
     errors at their levels); raise StageFailed naming the cause (the stage's own error line) on failure."""
@@ -255,6 +285,7 @@ def run_child(cmd: list[str], label: str) -> None:
     tail: collections.deque[str] = collections.deque(maxlen=25)
     errors: list[str] = []
     throttle = ProgressThrottle()
+    progress = StageProgress(label)
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=_child_env(), cwd=os.getcwd()
     ) as proc:
@@ -263,6 +294,9 @@ def run_child(cmd: list[str], label: str) -> None:
             # Progress bars redraw with carriage returns and cursor moves: keep the last state of the line only.
             line = scrub(_ANSI.sub("", raw.rstrip("\n").rsplit("\r", 1)[-1]))
             if not line.strip():
+                continue
+            if line.startswith(PROGRESS_MARK):  # the stage's own progress: the task's progress artifact
+                progress.update(line)
                 continue
             tail.append(line)
             if line.startswith("error:"):

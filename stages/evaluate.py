@@ -30,7 +30,7 @@ from stages import tracking
 from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
 from stages.data import prompt_messages, prompt_text
 from stages.eval_items import OWN_SCORERS
-from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done
+from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, report_progress
 from stages.metrics import (
     avg_at_k,
     bootstrap_ci,
@@ -586,7 +586,8 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     base_path = _base_path(cfg)
     base_model = base_tok = None
     results = {}
-    for entry in table:
+    for i, entry in enumerate(table):
+        report_progress(i, len(table), f"models evaluated (next: {entry['name']})")
         out_dir = cfg.run_dir / "eval" / entry["name"]
         if not force and is_done(out_dir):
             prev = json.loads((out_dir / "metrics.json").read_text())
@@ -611,6 +612,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
             r["timing"]["total_s"],
             ", ".join(f"{k}={m['value']:.3f}" for k, m in r["metrics"].items()),
         )
+    report_progress(len(table), len(table), "models evaluated")
     return results
 
 

@@ -261,6 +261,18 @@ FAULT_ENV = "SFT2RL_FAULT_KILL_AFTER_SAVE"
 FAULT_DURING_SAVE_ENV = "SFT2RL_FAULT_KILL_DURING_SAVE"
 
 
+PROGRESS_MARK = "sft2rl-progress"
+PROGRESS_ENV = "SFT2RL_PROGRESS_LINES"  # set by the flows for their child stages
+
+
+def report_progress(done: int, total: int, what: str) -> None:
+    """One machine-readable progress line on stdout (``sft2rl-progress 12/80 optimizer steps``) when a flow runs the
+    stage (``SFT2RL_PROGRESS_LINES=1``): the flow turns it into the stage's Prefect progress artifact. A stage run by
+    hand prints none (its progress bars show)."""
+    if os.environ.get(PROGRESS_ENV):
+        print(f"{PROGRESS_MARK} {done}/{total} {what}", flush=True)
+
+
 def training_guards(model, checkpoint_dir: Path, *, optimizer_copies: int = 2) -> list:
     """Trainer callbacks every training stage uses:
 
@@ -278,6 +290,8 @@ def training_guards(model, checkpoint_dir: Path, *, optimizer_copies: int = 2) -
 
     class Guards(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                report_progress(state.global_step, state.max_steps, "optimizer steps")
             if control.should_save and state.is_world_process_zero:
                 require_disk(checkpoint_dir, size, f"the trainer checkpoint of step {state.global_step}")
 

@@ -391,6 +391,7 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
 
     def on_step(row: dict[str, float]) -> None:
         steps.append(row)
+        io.report_progress(int(row["step"]), t.max_steps, "PPO steps")
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if writer is not None:

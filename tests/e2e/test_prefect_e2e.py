@@ -157,6 +157,11 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
     with urllib.request.urlopen(plot["data"], timeout=30) as r:  # noqa: S310 - local server
         assert r.read(8) == b"\x89PNG\r\n\x1a\n"
     assert files_url in by_key["tiny-report-html"]["data"]
+    # Progress inside the stages: one progress artifact per stage that reports it, at 100% once done.
+    progress = [a for a in arts if a["type"] == "progress"]
+    assert len(progress) >= 5 and all(float(a["data"]) == 100.0 for a in progress), progress
+    assert any("optimizer steps" in (a.get("description") or "") for a in progress)
+    assert any("models evaluated" in (a.get("description") or "") for a in progress)
     # The stage's own log lines reached the server (child process output streamed into the run log).
     logs = _post(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
     assert any("__main__" in log["message"] for log in logs)

@@ -44,3 +44,28 @@ def test_a_failed_stage_names_its_cause_first(monkeypatch):
         run_child([sys.executable, "-c", code], "sft[rpsft]")
     first = str(err.value).splitlines()[0]
     assert first == "stage sft[rpsft] failed (exit 2, bad input): sft.rpsft.lambda must be >= 0"
+
+
+def test_stage_progress_lines_drive_one_progress_artifact(monkeypatch):
+    import pipeline.flows as flows
+
+    calls = []
+    monkeypatch.setattr(flows, "create_progress_artifact", lambda **k: calls.append(("create", k)) or "art-1")
+    monkeypatch.setattr(flows, "update_progress_artifact", lambda a, **k: calls.append(("update", a, k)))
+    p = flows.StageProgress("sft[rpsft]")
+    for line in ["sft2rl-progress 1/80 optimizer steps", "sft2rl-progress 1/80 optimizer steps", "sft2rl-progress x"]:
+        p.update(line)
+    p.update("sft2rl-progress 80/80 optimizer steps")
+    assert calls[0] == ("create", {"progress": 1.0, "description": "sft[rpsft]: 1/80 optimizer steps"})
+    assert calls[1:] == [("update", "art-1", {"progress": 100.0, "description": "sft[rpsft]: 80/80 optimizer steps"})]
+
+
+def test_a_stage_prints_progress_lines_the_flow_reads(capsys, monkeypatch):
+    from stages.io import PROGRESS_ENV, PROGRESS_MARK, report_progress
+
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    report_progress(3, 8, "models evaluated")
+    assert capsys.readouterr().out == ""  # by hand: no extra lines
+    monkeypatch.setenv(PROGRESS_ENV, "1")  # as the flows run it
+    report_progress(3, 8, "models evaluated")
+    assert capsys.readouterr().out == f"{PROGRESS_MARK} 3/8 models evaluated\n"
