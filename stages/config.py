@@ -132,9 +132,25 @@ class ModelConfig(Strict):
     revision: str | None = None
     trust_remote_code: bool = Field(False, description="Run model code from the checkpoint. Off unless you trust it.")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Precision the training stages load the weights in (evaluation: eval.cpu_dtype on CPU). float32 "
+        "master weights with sft.training.bf16 autocast is what RPSFT needs: bf16 weights round the preserved block "
+        "by ~0.4%, so its penalty is not 0 at step 0.",
+    )
+    attn_implementation: str | None = Field(
+        None, description="transformers' attn_implementation (eager, sdpa, flash_attention_2, ...); default: its own."
+    )
+    chat_template_path: str | None = Field(
+        None,
+        description="A Jinja chat template file for a model whose tokenizer has none (or to replace it); saved with "
+        "every checkpoint's tokenizer.",
+    )
 
     @model_validator(mode="after")
     def _path_needed(self) -> ModelConfig:
+        if self.chat_template_path and not Path(self.chat_template_path).expanduser().is_file():
+            raise ValueError(f"model.chat_template_path {self.chat_template_path} is not a file")
         if self.source in ("local", "hub") and not self.path:
             raise ValueError(f"model.path is required when model.source={self.source!r} (a folder or a hub id)")
         return self

@@ -264,10 +264,12 @@ def load_tokenizer(path: str, cfg: ModelConfig):
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
         raise ModelError(f"the tokenizer at {path} could not be loaded: {e}") from None
+    if cfg.chat_template_path:  # the user's template wins; it is saved with every checkpoint's tokenizer
+        tok.chat_template = Path(cfg.chat_template_path).expanduser().read_text(encoding="utf-8")
     if not tok.chat_template:
         raise ModelError(
             f"the tokenizer at {path} has no chat template; sft2rl formats every example with it. Use an instruct "
-            "model, or add one (tokenizer.chat_template = ...; tokenizer.save_pretrained(dir))"
+            "model, or give one with model.chat_template_path=<a Jinja file>"
         )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -279,9 +281,11 @@ def load_model(path: str, cfg: ModelConfig, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM
 
+    extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     return AutoModelForCausalLM.from_pretrained(
         path,
-        dtype=dtype or torch.float32,
+        dtype=dtype or getattr(torch, cfg.dtype),
         trust_remote_code=cfg.trust_remote_code,
         use_safetensors=True,
+        **extra,
     )
