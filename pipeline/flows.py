@@ -42,6 +42,26 @@ REPO = Path(__file__).resolve().parents[1]
 class StageFailed(RuntimeError):
     """A stage's child process exited non-zero; the message holds its exit code and last output lines."""
 
+    def __init__(self, message: str, rc: int | None = None):
+        super().__init__(message)
+        self.rc = rc
+
+    @property
+    def transient(self) -> bool:
+        """A crash (killed by a signal, the OOM killer, an uncaught error), not a refusal: bad input (2), a
+        numerical fault (3), no disk (4) and an interrupt (130) would fail the same way again."""
+        return self.rc is not None and exit_kind(self.rc) == "crash"
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect's retry condition for stages: retry a crashed stage once (it resumes from its last trainer
+    checkpoint); never a stage that refused its input or hit a numerical or disk fault."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - an unreadable result is not worth a retry
+        return False
+    return isinstance(exc, StageFailed) and exc.transient
+
 
 class Launcher(BaseModel):
     """How training stages start: one process, or ``accelerate launch`` with a config from configs/accelerate/."""
@@ -308,10 +328,10 @@ def run_child(cmd: list[str], label: str) -> None:
     if rc != 0:
         kind = exit_kind(rc)
         cause = errors[-1].removeprefix("error: ") if errors else (tail[-1] if tail else "no output")
-        raise StageFailed(f"stage {label} failed (exit {rc}, {kind}): {cause}\nLast output:\n" + "\n".join(tail))
+        raise StageFailed(f"stage {label} failed (exit {rc}, {kind}): {cause}\nLast output:\n" + "\n".join(tail), rc=rc)
 
 
-@task(name="stage", task_run_name="{label}", retries=0)
+@task(name="stage", task_run_name="{label}", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient)
 def stage_task(stage: str, params: StageParams, label: str, extra: list[str] | None = None) -> str:
     run_child(stage_command(stage, params, extra), label)
     return label

@@ -221,3 +221,40 @@ def test_an_epoch_based_run_killed_after_a_checkpoint_resumes_to_the_uninterrupt
     w_res = load_file(arm / "checkpoint" / "model.safetensors")
     for k in w_clean:
         assert torch.allclose(w_clean[k], w_res[k], atol=1e-5), k
+
+
+_FLOW = """
+import sys
+from pipeline.flows import sft_flow
+state = sft_flow(config="configs/tiny.yaml", method="rpsft", overrides=sys.argv[1:], return_state=True)
+print("FLOW STATE", state.type.value, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_crashed_stage_is_retried_once_by_the_flow_and_resumes(tmp_path, cache_dir):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        SFT2RL_CACHE_DIR=str(cache_dir),
+        OMP_NUM_THREADS="1",
+        PREFECT_HOME=str(tmp_path / "prefect"),  # no PREFECT_API_URL: a temporary server for this flow
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        FAULT_ENV: "4",  # the first attempt is SIGKILLed right after its step-4 checkpoint
+    )
+    over = [a for a in ARGS[2:] if a != "sft.method=rpsft"] + [f"runs_root={tmp_path / 'runs'}"]
+    out = subprocess.run(
+        [sys.executable, "-c", _FLOW, *over], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    log = out.stdout + out.stderr
+    assert "FLOW STATE COMPLETED" in log, log[-4000:]
+    assert "exit -9, crash" in log and "Retry" in log  # the crash, then Prefect's retry of the task
+    m = json.loads((tmp_path / "runs" / "tiny" / "rpsft" / "metrics.json").read_text())
+    assert [h["step"] for h in m["log_history"]] == list(range(1, 9))  # resumed at step 5, not restarted
+
+
+def test_refusals_are_never_retried_crashes_are():
+    from pipeline.flows import StageFailed
+
+    assert StageFailed("x", rc=-9).transient and StageFailed("x", rc=1).transient
+    for rc in (2, 3, 4, 130, None):
+        assert not StageFailed("x", rc=rc).transient
