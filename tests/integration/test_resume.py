@@ -239,8 +239,8 @@ def test_a_crashed_stage_is_retried_once_by_the_flow_and_resumes(tmp_path, cache
         OMP_NUM_THREADS="1",
         PREFECT_HOME=str(tmp_path / "prefect"),  # no PREFECT_API_URL: a temporary server for this flow
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        FAULT_ENV: "4",  # the first attempt is SIGKILLed right after its step-4 checkpoint
     )
+    env[FAULT_ENV] = "4"  # the first attempt is SIGKILLed right after its step-4 checkpoint
     over = [a for a in ARGS[2:] if a != "sft.method=rpsft"] + [f"runs_root={tmp_path / 'runs'}"]
     out = subprocess.run(
         [sys.executable, "-c", _FLOW, *over], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
