@@ -589,11 +589,12 @@ class RLStageConfig(Strict):
     @field_validator("rewards")
     @classmethod
     def _rewards(cls, v: list[str]) -> list[str]:
-        from stages.rewards import REWARDS
+        from stages.rewards import REWARDS, installed_rewards
 
-        unknown = [r for r in v if r not in REWARDS]
+        known = {*REWARDS, *installed_rewards()}  # built in, or declared by an installed package (entry points)
+        unknown = [r for r in v if r not in known]
         if unknown or not v:
-            raise ValueError(f"unknown rewards {unknown}; registered: {sorted(REWARDS)}")
+            raise ValueError(f"unknown rewards {unknown}; registered: {sorted(known)}")
         return v
 
 

@@ -33,10 +33,34 @@ def register(name: str) -> Callable[[RewardFn], RewardFn]:
     return deco
 
 
+ENTRY_POINT_GROUP = "sft2rl.rewards"
+
+
+def installed_rewards() -> dict[str, Any]:
+    """Rewards that installed packages declare under the ``sft2rl.rewards`` entry-point group (name -> entry point),
+    e.g. in a package's pyproject.toml: ``[project.entry-points."sft2rl.rewards"] my_reward = "my_pkg.rewards:fn"``.
+    Only what the machine's operator installed: configs still name rewards, never import paths."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def get_reward(name: str) -> RewardFn:
-    """The registered reward ``name``. Raises ValueError naming the known ones."""
+    """The registered reward ``name`` (built in, or declared by an installed package). Raises ValueError naming the
+    known ones."""
     if name not in REWARDS:
-        raise ValueError(f"unknown reward {name!r}; registered rewards: {', '.join(sorted(REWARDS))}")
+        installed = installed_rewards()
+        if name in installed:
+            fn = installed[name].load()
+            if not callable(fn):
+                raise ValueError(f"reward {name!r} of an installed package ({installed[name].value}) is not callable")
+            register(name)(fn)
+        else:
+            known = sorted({*REWARDS, *installed})
+            raise ValueError(
+                f"unknown reward {name!r}; registered rewards: {', '.join(known)} (packages add rewards through the "
+                f"{ENTRY_POINT_GROUP!r} entry-point group)"
+            )
     return REWARDS[name]
 
 

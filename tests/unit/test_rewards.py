@@ -75,3 +75,25 @@ def test_rewards_are_pure_and_batched():
     assert alone == [1.0, 0.0, 1.0]
     assert math_correct(comps[::-1], answer=golds[::-1]) == [1.0, 0.0, 1.0]
     assert comps == ["#### 1", "#### 2", "\\boxed{3}"] and golds == ["1", "5", "3"]
+
+
+def test_an_installed_package_adds_a_reward_by_name_through_entry_points(tmp_path, monkeypatch):
+    from stages.config import ConfigError, load_config
+    from tests.conftest import CONFIGS
+
+    (tmp_path / "acme_rewards.py").write_text(
+        "def brevity(completions, **_):\n    return [1.0 / (1 + len(str(c))) for c in completions]\n"
+    )
+    dist = tmp_path / "acme_rewards-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-rewards\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[sft2rl.rewards]\nbrevity = acme_rewards:brevity\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(REWARDS, "brevity", raising=False)
+    cfg = load_config(CONFIGS / "tiny.yaml", ["rl.rewards=[math_correct, brevity]"])  # validated by name
+    assert cfg.rl.rewards == ["math_correct", "brevity"]
+    fn = get_reward("brevity")
+    assert fn(["ab", "abcd"]) == [1 / 3, 1 / 5] and fn.__name__ == "brevity"
+    monkeypatch.delitem(REWARDS, "brevity")
+    with pytest.raises(ConfigError, match="unknown rewards \\['acme_rewards:brevity'\\]"):
+        load_config(CONFIGS / "tiny.yaml", ["rl.rewards=[acme_rewards:brevity]"])  # never an import path
