@@ -39,6 +39,7 @@ from stages.metrics import (
     proportion_ci,
     stratified_bootstrap_ci,
 )
+from stages.models import fetch_from_hub, is_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,14 @@ def model_table(cfg: Config) -> list[dict[str, Any]]:
         elif Path(name).is_dir() and (Path(name) / "config.json").is_file():
             p = Path(name).resolve()  # ".../x/.." names its parent, not a folder called ".."
             out.append({"name": external_label(p), "path": str(p), "kind": "external", "init": None})
+        elif is_hub_id(name):  # a hub model, fetched once into the hub cache; named after its id
+            p = Path(fetch_from_hub(name, "eval.models", source_hint="a local model folder"))
+            label = "ext-" + re.sub(r"[^A-Za-z0-9._-]", "-", name)[:60]
+            out.append({"name": label, "path": str(p), "kind": "external", "init": None})
         else:
             raise ConfigError(
                 f"eval.models: {name!r} is neither 'base', a finished arm in {run_dir} "
-                f"({sorted(finished) or 'none yet'}), nor a model folder with config.json"
+                f"({sorted(finished) or 'none yet'}), a model folder with config.json, nor a hub id (org/name)"
             )
     return out
 

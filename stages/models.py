@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -181,18 +182,48 @@ def resolve_model(cfg: Config, corpus: Iterable[str] | None = None) -> str:
             raise ModelError(f"model.path {folder} does not exist or is not a folder (model.source=local)")
         check_model_folder(folder, trust_remote_code=m.trust_remote_code)
         return str(folder)
-    # hub: resolved lazily by from_pretrained; fail early with a clear message when offline.
+    return fetch_from_hub(m.path, "model.path", revision=m.revision, source_hint="model.source=local")
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+
+
+def fetch_from_hub(repo_id: str, label: str, revision: str | None = None, source_hint: str = "a folder") -> str:
+    """A hub model's files (safetensors, configs, tokenizer; never pickles) in the local hub cache.
+
+    Raises:
+        ModelError: the hub is unreachable or has no such model, naming ``label`` and the offline way out.
+    """
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(
-            m.path, revision=m.revision, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
-        )
+        return snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES)
     except Exception as e:  # noqa: BLE001 - any hub failure gets the same actionable message
         raise ModelError(
-            f"model.path {m.path!r} (model.source=hub) could not be fetched: {type(e).__name__}: {e}. Offline? "
-            "Download it elsewhere and use model.source=local model.path=<folder>, or model.source=smollm2-gguf."
+            f"{label} {repo_id!r} could not be fetched from the hub: {type(e).__name__}: {e}. Offline? Download it "
+            f"elsewhere and give {source_hint} instead."
         ) from None
+
+
+def resolve_checkpoint(ref: str, label: str) -> str:
+    """One resolver for every place that names a model to start from or evaluate (``rl.init``, ``eval.models``): an
+    existing folder as it is, else a hub id (``org/name``) fetched once into the hub cache.
+
+    Raises:
+        ModelError: neither a folder nor a hub id, or a hub id that cannot be fetched here.
+    """
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        return str(folder)
+    if is_hub_id(ref):
+        return fetch_from_hub(ref, label, source_hint="a local folder")
+    raise ModelError(f"{label} {ref!r} is neither a folder here nor a hub id (org/name)")
+
+
+def is_hub_id(ref: str) -> bool:
+    """``org/name`` that is not a path here: ``runs/sft`` (its ``runs`` exists) is a mistyped folder, not a hub id."""
+    return bool(HUB_ID.match(ref)) and not ref.startswith((".", "/", "~")) and not Path(ref.split("/")[0]).exists()
 
 
 def _check_safetensors(path: Path) -> None:

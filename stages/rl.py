@@ -218,6 +218,8 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
 
     if cfg.rl.init:
         init = Path(cfg.rl.init).expanduser()
+        if not init.is_dir() and models.is_hub_id(cfg.rl.init):  # a hub model: fetched once into the hub cache
+            init = Path(models.fetch_from_hub(cfg.rl.init, "rl.init", source_hint="an SFT checkpoint folder"))
         if not init.is_dir():
             raise ConfigError(
                 f"rl.init {init} does not exist: pass an SFT checkpoint folder (<run_dir>/<arm>/checkpoint)"

@@ -40,3 +40,21 @@ def test_a_chat_template_file_is_used_and_saved_with_the_checkpoint(tiny_cfg, tm
 def test_a_missing_template_file_is_refused_at_load(tiny_cfg, tmp_path):
     with pytest.raises(ConfigError, match="chat_template_path .* is not a file"):
         tiny_cfg(f"model.chat_template_path={tmp_path / 'nope.jinja'}")
+
+
+def test_hub_ids_resolve_through_one_resolver_and_fail_clearly_offline(tiny_cfg, tmp_path, monkeypatch):
+    from stages.evaluate import model_table
+    from stages.models import ModelError, is_hub_id, resolve_checkpoint
+    from stages.rl import run as rl_run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no hub here: the message must say what to do instead
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert is_hub_id("acme/tiny-chat") and not is_hub_id("runs/sft") and not is_hub_id("./a/b")
+    assert resolve_checkpoint(str(tmp_path / "runs"), "rl.init") == str(tmp_path / "runs")  # a folder as it is
+    with pytest.raises(ModelError, match="neither a folder here nor a hub id"):
+        resolve_checkpoint("runs/sft", "rl.init")
+    with pytest.raises(ConfigError, match=r"rl.init 'acme/tiny-chat' could not be fetched from the hub.*Offline\?"):
+        rl_run(tiny_cfg("rl.init=acme/tiny-chat"))
+    with pytest.raises(ConfigError, match=r"eval.models 'acme/tiny-chat' could not be fetched from the hub"):
+        model_table(tiny_cfg("eval.models=[acme/tiny-chat]"))
