@@ -856,6 +856,22 @@ class TrackingConfig(Strict):
         return v
 
 
+class HubConfig(Strict):
+    """Pushing finished checkpoints to the Hugging Face Hub (off by default; needs HF_TOKEN and network)."""
+
+    push: bool = Field(False, description="Upload every finished SFT and RL checkpoint (with its model card).")
+    repo_prefix: str | None = Field(
+        None, description="<user or org>/<prefix>: each checkpoint goes to <repo_prefix>-<run>-<arm>."
+    )
+    private: bool = Field(True, description="Create the repositories private.")
+
+    @model_validator(mode="after")
+    def _prefix(self) -> HubConfig:
+        if self.push and not (self.repo_prefix and re.match(r"^[\w.-]+/[\w.-]+$", self.repo_prefix)):
+            raise ValueError("hub.push needs hub.repo_prefix as <user or org>/<prefix>, e.g. my-org/sft2rl")
+        return self
+
+
 class Config(Strict):
     """The whole sft2rl config."""
 
@@ -885,6 +901,7 @@ class Config(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
 
     @field_validator("run_name")
     @classmethod

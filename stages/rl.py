@@ -319,6 +319,8 @@ def _finish(
         "reward first -> last step": f"{summary['reward_first']} -> {summary['reward_last']}",
     }
     tracking.write_model_card(trainer, arm_dir / "checkpoint", cfg, arm, facts)
+    if (pushed := tracking.push_to_hub(cfg, arm, arm_dir / "checkpoint")) is not None:
+        summary["hub"] = pushed
     atomic_write_json(arm_dir / "metrics.json", summary)
     mark_done(arm_dir)
     log.info(

@@ -443,6 +443,8 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
         "log_history": history,
     }
     tracking.write_model_card(trainer, arm_dir / "checkpoint", cfg, cfg.sft.arm_name, _card_facts(cfg, metrics))
+    if (pushed := tracking.push_to_hub(cfg, cfg.sft.arm_name, arm_dir / "checkpoint")) is not None:
+        metrics["hub"] = pushed
     atomic_write_json(arm_dir / "metrics.json", metrics)
     mark_done(arm_dir)
     log.info(

@@ -112,3 +112,26 @@ def write_model_card(trainer, folder: Path, cfg: Config, arm: str, facts: dict[s
     lines += [f"- **{k}**: {v}" for k, v in facts.items() if v is not None]
     lines += ["", "The resolved config that produced this checkpoint is `config.yaml` in the arm's folder.", ""]
     return atomic_write_text(Path(folder) / "README.md", head.rstrip("\n") + "\n" + "\n".join(lines))
+
+
+def push_to_hub(cfg: Config, arm: str, folder: Path) -> dict[str, Any] | None:
+    """Upload a finished checkpoint folder (weights, tokenizer, model card) to ``<hub.repo_prefix>-<run>-<arm>``
+    when ``hub.push`` is on. The checkpoint is complete on disk before this runs, so a failed upload loses nothing:
+    it is logged and recorded (``{"repo": ..., "error": ...}``) and the stage ends normally."""
+    import logging
+    import re
+
+    if not cfg.hub.push:
+        return None
+    name = re.sub(r"[^\w.-]+", "-", tracked_name(cfg, arm)).strip("-")
+    repo = f"{cfg.hub.repo_prefix}-{name}"[:96]
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo, private=cfg.hub.private, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message=f"sft2rl: {tracked_name(cfg, arm)}")
+        return {"repo": repo, "pushed": True}
+    except Exception as e:  # noqa: BLE001 - any hub failure: the local checkpoint stands, the failure is recorded
+        logging.getLogger(__name__).warning("hub push of %s to %s failed: %s: %s", folder, repo, type(e).__name__, e)
+        return {"repo": repo, "pushed": False, "error": f"{type(e).__name__}: {e}"[:500]}

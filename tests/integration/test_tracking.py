@@ -118,3 +118,13 @@ def test_a_missing_integration_is_named_before_training(tiny_cfg, monkeypatch):
     with pytest.raises(ConfigError, match=r"\['mlflow'\] not installed here; install mlflow"):
         sft_run(cfg)
     assert not (cfg.arm_dir / "checkpoint").exists()
+
+
+def test_a_hub_push_that_fails_keeps_the_checkpoint_and_records_why(tiny_cfg, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="hub.push needs hub.repo_prefix"):
+        tiny_cfg("hub.push=true")
+    cfg = tiny_cfg("sft.training.max_steps=1", "hub.push=true", "hub.repo_prefix=acme/sft2rl")
+    m = sft_run(cfg)
+    assert (cfg.arm_dir / "DONE").is_file() and (cfg.arm_dir / "checkpoint" / "model.safetensors").is_file()
+    assert m["hub"]["repo"] == "acme/sft2rl-tiny-sft" and m["hub"]["pushed"] is False and m["hub"]["error"]
