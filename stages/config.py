@@ -623,6 +623,9 @@ class BenchmarkSpec(Strict):
         facts asked plainly, and verifiable instruction following; what narrow chat SFT breaks first.
       - ``reasoning_gym``: any reasoning-gym task (``task``), scored by its own checker.
       - ``file`` / ``hub``: a custom benchmark (``path``; ``fields`` maps the columns).
+      - ``lm_eval``: a task of lm-evaluation-harness (``task``: its name, e.g. arc_easy, mmlu_abstract_algebra; or
+        a task of your own YAML in ``include_path``), run and scored by lm-eval itself; its per-sample ``metric``
+        (acc by default) becomes the per-item score, so the paired and seed bootstrap apply unchanged.
     """
 
     name: str = Field(description="Metric prefix: <name>/accuracy, <name>/avg@k, <name>/pass@k.")
@@ -637,9 +640,13 @@ class BenchmarkSpec(Strict):
         "reasoning_gym",
         "file",
         "hub",
+        "lm_eval",
     ]
     domain: Literal["in", "out"] = "in"
-    task: str | None = Field(None, description="reasoning-gym task name (source=reasoning_gym).")
+    task: str | None = Field(None, description="reasoning-gym task (source=reasoning_gym) or lm-eval task (lm_eval).")
+    include_path: str | None = Field(None, description="lm_eval: a folder of your own task YAMLs (lm-eval's own).")
+    num_fewshot: int | None = Field(None, ge=0, description="lm_eval: few-shot examples (default: the task's).")
+    metric: str = Field("acc", description="lm_eval: the per-sample metric used as the item score (acc, exact_match).")
     params: dict[str, Any] = Field(default_factory=dict, description="reasoning-gym generator settings.")
     path: str | None = None
     split: str = "test"
@@ -685,8 +692,10 @@ class BenchmarkSpec(Strict):
     def _needs(self) -> BenchmarkSpec:
         if self.source in ("file", "hub") and not self.path:
             raise ValueError(f"eval benchmark {self.name!r}: path is required when source={self.source!r}")
-        if self.source == "reasoning_gym" and not self.task:
-            raise ValueError(f"eval benchmark {self.name!r}: task (a reasoning-gym task name) is required")
+        if self.source in ("reasoning_gym", "lm_eval") and not self.task:
+            raise ValueError(f"eval benchmark {self.name!r}: task (a {self.source} task name) is required")
+        if self.include_path and not Path(self.include_path).expanduser().is_dir():
+            raise ValueError(f"eval benchmark {self.name!r}: include_path {self.include_path} is not a folder")
         return self
 
     @property
@@ -699,7 +708,7 @@ class BenchmarkSpec(Strict):
     @property
     def n_items(self) -> int | None:
         """Items to take: ``size``, or all (None) for file/hub/gsm8k, or 100 for generated sources."""
-        if self.size is not None or self.source in ("file", "hub", "gsm8k"):
+        if self.size is not None or self.source in ("file", "hub", "gsm8k", "lm_eval"):
             return self.size
         return 100
 

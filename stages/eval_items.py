@@ -157,6 +157,12 @@ def _reasoning_gym(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Bui
     return items, dict(NO_NOTE)
 
 
+def _lm_eval(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
+    from stages import lm_eval_bench
+
+    return lm_eval_bench.items(spec), {"excluded": 0, "why": "", "engine": "lm-evaluation-harness"}
+
+
 # Benchmark sources: each builds (items, note) from the config, the spec, the training items and the label.
 # Anything else (file, hub) is a custom benchmark read by _custom_items.
 SOURCES: dict[str, Callable[..., Built]] = {
@@ -168,6 +174,7 @@ SOURCES: dict[str, Callable[..., Built]] = {
     "gsm_symbolic": _gsm_symbolic,
     "gsm8k": _gsm8k,
     "reasoning_gym": _reasoning_gym,
+    "lm_eval": _lm_eval,
 }
 NEEDS_TRAINING_ITEMS = ("train_task", "gsm_symbolic", "gsm8k")
 
@@ -197,7 +204,7 @@ def build_benchmark(cfg: Config, spec: BenchmarkSpec, trained: list[dict[str, An
     return items, note
 
 
-OWN_SCORERS = ("reasoning_gym", "chat_facts", "instructions")  # sources scored by their own checker
+OWN_SCORERS = ("reasoning_gym", "chat_facts", "instructions", "lm_eval")  # sources scored by their own checker
 
 
 def stratified_unseen(pool: list[dict[str, Any]], seen: set[str], size: int) -> list[dict[str, Any]]:

@@ -453,7 +453,7 @@ def evaluate_model(
     metrics: dict[str, Any] = {}
     outputs: list[str] = []
     timing: dict[str, float] = {}
-    gen_benches = [(s, it, n) for s, it, n in benches if not s.is_choice]
+    gen_benches = [(s, it, n) for s, it, n in benches if not s.is_choice and s.source != "lm_eval"]
     model = None
     if gen_benches:
         t = time.perf_counter()
@@ -498,6 +498,18 @@ def evaluate_model(
             timing["generation_s"] = time.perf_counter() - t
         finally:
             generator.close()
+    for spec, items, _ in [(s, it, n) for s, it, n in benches if s.source == "lm_eval"]:
+        from stages.lm_eval_bench import score as lm_eval_score
+
+        t = time.perf_counter()
+        per_item = lm_eval_score(cfg, spec, entry["path"], len(items), "cpu" if use_cpu(cfg) else "cuda")
+        missing = [x["id"] for x in items if x["id"] not in per_item]
+        if missing:
+            raise ConfigError(f"lm-eval scored no sample for {len(missing)} items of {spec.name!r} ({missing[0]} ...)")
+        vals = [per_item[x["id"]] for x in items]
+        scores[f"{spec.name}/accuracy"] = {"ids": [x["id"] for x in items], "scores": vals}
+        metrics[f"{spec.name}/accuracy"] = _summary(vals, cfg, domain=spec.domain, chance=spec.chance, kind="lm_eval")
+        timing["lm_eval_s"] = timing.get("lm_eval_s", 0.0) + time.perf_counter() - t
     choice_benches = [(s, it, n) for s, it, n in benches if s.is_choice]
     need_hf = choice_benches or cfg.eval.forgetting.enabled
     if need_hf and model is None:
