@@ -146,13 +146,32 @@ def deployments(configs: list[Path]):
     out = []
     for c in configs:
         rel = str(c.resolve().relative_to(REPO)) if c.resolve().is_relative_to(REPO) else str(c.resolve())
+        about, tags = deployment_meta(c)
         for flow_ in FLOWS.values():
+            what = " ".join((flow_.description or flow_.name).strip().split("\n\n")[0].split())
             out.append(
                 flow_.to_deployment(
-                    name=c.stem, parameters={"config": rel}, description=f"{flow_.name} on {rel}", tags=["sft2rl"]
+                    name=c.stem,
+                    parameters={"config": rel},
+                    description=f"{what}\n\nConfig {rel}: {about}",
+                    tags=tags,
                 )
             )
     return out
+
+
+def deployment_meta(config: Path) -> tuple[str, list[str]]:
+    """What a deployment's config is, from the config itself: its header comment's first sentence, and tags a user
+    can filter by (``sft2rl``, ``config:<name>``, ``model:<source>``, ``gpu`` or ``cpu``)."""
+    from stages.config import safe_yaml
+
+    text = config.read_text()
+    header = " ".join(line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#"))
+    about = header.split(". ")[0].rstrip(".") + "." if header else "(no header comment)"
+    raw = safe_yaml(text) or {}
+    model = (raw.get("model") or {}).get("source", "smollm2-gguf")
+    device = "gpu" if raw.get("device") == "cuda" else "cpu"
+    return about, ["sft2rl", f"config:{config.stem}", f"model:{model}", device]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -72,8 +72,13 @@ def test_prefect_yaml_declares_what_serve_serves():
         assert (REPO / d["parameters"]["config"]).is_file()
         assert d["work_pool"]["name"] in ("sft2rl-process", "sft2rl-gpu")
         declared.add(f"{flow_obj.name}/{d['name']}")
-    served = {f"{dep.flow_name}/{dep.name}" for dep in deployments(shipped_configs())}
-    assert declared == served
+    served = {f"{dep.flow_name}/{dep.name}": dep for dep in deployments(shipped_configs())}
+    assert declared == set(served)
+    for d in spec["deployments"]:  # the same description and tags, so a user can tell them apart in the UI
+        dep = served[f"{getattr(flows, d['entrypoint'].split(':')[1]).name}/{d['name']}"]
+        assert d["description"] == dep.description and d["tags"] == dep.tags
+        assert f"config:{d['name']}" in d["tags"] and ("gpu" in d["tags"]) == (d["work_pool"]["name"] == "sft2rl-gpu")
+        assert f"Config {d['parameters']['config']}: " in d["description"]
     assert {f"sft-to-rl/{c.stem}" for c in shipped_configs()} <= declared
 
 
