@@ -201,6 +201,7 @@ def test_bad_deployment_parameters_fail_before_any_stage(prefect_server, tmp_pat
     runs_root = tmp_path / "runs"
     out = _deployment_run(env, "sft-to-rl/tiny", {"arms": ["bogus"], "overrides": [f"runs_root={runs_root}"]}, 300)
     assert out.returncode != 0
+    assert "bogus" in out.stdout + out.stderr  # --watch shows the cause, not only "Failed"
     runs = _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
     run = next(r for r in runs if r["parameters"].get("arms") == ["bogus"])
     assert run["state"]["type"] == "FAILED"
@@ -234,6 +235,20 @@ def test_a_deployment_run_cannot_enable_remote_code_or_leave_the_project_roots(
     task_runs = _post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
     assert not task_runs  # refused before any stage
     assert not runs_root.exists() and not Path("/var/tmp/sft2rl-elsewhere").exists()
+
+
+def test_a_numerical_fault_shows_its_cause_in_watch(prefect_server, tmp_path):
+    env, api = prefect_server["env"], prefect_server["api"]
+    over = [f"runs_root={tmp_path / 'runs'}", "sft.training.learning_rate=1e10", "sft.training.max_grad_norm=0"]
+    out = _deployment_run(env, "sft/tiny", {"method": "sft", "overrides": over}, 300)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "numerical fault" in text and "non-finite training loss" in text, text[-3000:]
+    runs = _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
+    run = next(r for r in runs if r["parameters"].get("overrides") == over)
+    assert run["state"]["type"] == "FAILED" and "non-finite training loss" in run["state"]["message"]
+    tasks = _post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+    assert [t["run_count"] for t in tasks] == [1]  # a numerical fault is never retried
 
 
 def _cli_run(env, *args: str) -> subprocess.Popen:
