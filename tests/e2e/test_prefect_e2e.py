@@ -176,6 +176,19 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
     out = _deployment_run(env, "sft-to-rl/tiny", {"overrides": [f"runs_root={runs_root}"]})
     assert out.returncode == 0, out.stdout[-2000:]
     assert (run_dir / "sft" / "metrics.json").stat().st_mtime_ns == before
+    # In the browser, as a user sees it: the report artifact's page shows every figure (each image loaded).
+    ui = api.removesuffix("/api")
+    shots = os.environ.get("SFT2RL_SCREENSHOTS")  # a folder: refresh the docs/ screenshots from this run
+    page = _browse(
+        f"{ui}/artifacts/artifact/{by_key['tiny-report']['id']}",
+        lambda st: sum(1 for i in st["images"] if i["complete"] and i["width"] > 0) >= 4,
+        Path(shots) / "ui-report-artifact.png" if shots else None,
+    )
+    figures = [i for i in page["images"] if files_url in i["src"]]
+    assert len(figures) >= 4 and all(i["width"] > 0 for i in figures), page["images"]
+    assert "What this run shows" in page["text"]
+    if shots:
+        _browse(f"{ui}/runs/flow-run/{run['id']}", lambda st: "report" in st["text"], Path(shots) / "ui-flow-run.png")
 
 
 def test_pipeline_times_benchmark_reads_the_finished_run(prefect_server, tmp_path):
@@ -209,6 +222,9 @@ def test_bad_deployment_parameters_fail_before_any_stage(prefect_server, tmp_pat
         _post(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}})
     )
     assert not runs_root.exists()  # nothing ran, nothing written
+    # the run's page in the browser shows why it failed
+    page = _browse(f"{api.removesuffix('/api')}/runs/flow-run/{run['id']}", lambda st: "bogus" in st["text"])
+    assert "bogus" in page["text"], page["text"][-2000:]
 
 
 @pytest.mark.parametrize(
@@ -249,6 +265,17 @@ def test_a_numerical_fault_shows_its_cause_in_watch(prefect_server, tmp_path):
     assert run["state"]["type"] == "FAILED" and "non-finite training loss" in run["state"]["message"]
     tasks = _post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
     assert [t["run_count"] for t in tasks] == [1]  # a numerical fault is never retried
+
+
+def _browse(url: str, until, screenshot: Path | None = None) -> dict:
+    """The page in headless Chromium (.ci/run installs it; required under CI, skipped elsewhere without it)."""
+    from tests.e2e.browser import Page, chromium
+
+    if chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs it (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed: the browser checks need it (apt-get install -y chromium)")
+    return Page(url, until, timeout=90, screenshot=screenshot).state
 
 
 def _cli_run(env, *args: str) -> subprocess.Popen:
