@@ -434,6 +434,9 @@ def _summary(values: list[float], cfg: Config, **extra: Any) -> dict[str, Any]:
     return {"value": v, "ci_low": lo, "ci_high": hi, "n": len(values), **extra}
 
 
+Scores = dict[str, dict[str, Any]]
+
+
 def evaluate_model(
     cfg: Config,
     entry: dict[str, Any],
@@ -441,7 +444,8 @@ def evaluate_model(
     base_model,
     base_tok,
 ) -> dict[str, Any]:
-    """Score one model on every benchmark; write its folder; return its metrics."""
+    """Score one model on every benchmark; write its folder; return its metrics. Phases: generation benchmarks,
+    lm-eval tasks, log-likelihood multiple choice, forgetting (KL and CKA against the base), summaries."""
     import torch
 
     from stages.models import load_model, load_tokenizer
@@ -449,111 +453,24 @@ def evaluate_model(
     out_dir = cfg.run_dir / "eval" / entry["name"]
     t0 = time.perf_counter()
     tok = load_tokenizer(entry["path"], cfg.model)
-    scores: dict[str, dict[str, Any]] = {}
+    scores: Scores = {}
     metrics: dict[str, Any] = {}
-    outputs: list[str] = []
     timing: dict[str, float] = {}
-    gen_benches = [(s, it, n) for s, it, n in benches if not s.is_choice and s.source != "lm_eval"]
-    model = None
-    if gen_benches:
-        t = time.perf_counter()
-        max_len = 2048
-        if cfg.eval.backend == "vllm":
-            generator = VLLMGenerator(entry["path"], cfg, max_len)
-        else:
-            model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
-            generator = HFGenerator(model, tok, cfg.eval.batch_size)
-        try:
-            for spec, items, _ in gen_benches:
-                prompts = [item_prompt(tok, cfg, spec, x) for x in items]
-                greedy = generator.generate(
-                    prompts, n=1, temperature=0.0, max_new_tokens=spec.max_new_tokens, seed=spec.seed
-                )
-                correct = [score_text(spec, x, g[0]) for x, g in zip(items, greedy, strict=True)]
-                outputs += [
-                    json.dumps({"benchmark": spec.name, "id": x["id"], "output": g[0]}) + "\n"
-                    for x, g in zip(items, greedy, strict=True)
-                ]
-                scores[f"{spec.name}/accuracy"] = {"ids": [x["id"] for x in items], "scores": correct}
-                extra = {"domain": spec.domain, "chance": _chance(spec, items)}
-                metrics[f"{spec.name}/accuracy"] = _summary(correct, cfg, **extra, kind="greedy")
-                if spec.answer_type in ("math", "number", "text") and spec.source not in OWN_SCORERS:
-                    # lenient: also the last number of an answer with no marked final answer (format vs knowledge)
-                    loose = [score_text(spec, x, g[0], lenient=True) for x, g in zip(items, greedy, strict=True)]
-                    scores[f"{spec.name}/accuracy_lenient"] = {"ids": [x["id"] for x in items], "scores": loose}
-                    metrics[f"{spec.name}/accuracy_lenient"] = _summary(loose, cfg, **extra, kind="greedy_lenient")
-                if spec.samples:
-                    k = spec.samples
-                    sampled = generator.generate(
-                        prompts, n=k, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens, seed=spec.seed
-                    )
-                    per = [[score_text(spec, x, s) > 0 for s in ss] for x, ss in zip(items, sampled, strict=True)]
-                    avg = [avg_at_k(p) for p in per]
-                    pas = [pass_at_k(k, sum(p), k) for p in per]
-                    for name, vals in ((f"avg@{k}", avg), (f"pass@{k}", pas)):
-                        scores[f"{spec.name}/{name}"] = {"ids": [x["id"] for x in items], "scores": vals}
-                        metrics[f"{spec.name}/{name}"] = _summary(
-                            vals, cfg, **extra, kind=name, temperature=spec.temperature
-                        )
-            timing["generation_s"] = time.perf_counter() - t
-        finally:
-            generator.close()
-    for spec, items, _ in [(s, it, n) for s, it, n in benches if s.source == "lm_eval"]:
-        from stages.lm_eval_bench import score as lm_eval_score
-
-        t = time.perf_counter()
-        per_item = lm_eval_score(cfg, spec, entry["path"], len(items), "cpu" if use_cpu(cfg) else "cuda")
-        missing = [x["id"] for x in items if x["id"] not in per_item]
-        if missing:
-            raise ConfigError(f"lm-eval scored no sample for {len(missing)} items of {spec.name!r} ({missing[0]} ...)")
-        vals = [per_item[x["id"]] for x in items]
-        scores[f"{spec.name}/accuracy"] = {"ids": [x["id"] for x in items], "scores": vals}
-        metrics[f"{spec.name}/accuracy"] = _summary(vals, cfg, domain=spec.domain, chance=spec.chance, kind="lm_eval")
-        timing["lm_eval_s"] = timing.get("lm_eval_s", 0.0) + time.perf_counter() - t
-    choice_benches = [(s, it, n) for s, it, n in benches if s.is_choice]
-    need_hf = choice_benches or cfg.eval.forgetting.enabled
-    if need_hf and model is None:
+    gen_benches = [(s, it) for s, it, _ in benches if not s.is_choice and s.source != "lm_eval"]
+    model, outputs = _generation_phase(cfg, entry, tok, gen_benches, scores, metrics, timing)
+    _lm_eval_phase(cfg, entry, [(s, it) for s, it, _ in benches if s.source == "lm_eval"], scores, metrics, timing)
+    choice_benches = [(s, it) for s, it, _ in benches if s.is_choice]
+    if (choice_benches or cfg.eval.forgetting.enabled) and model is None:
         model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
     t = time.perf_counter()
-    for spec, items, _ in choice_benches:
+    for spec, items in choice_benches:
         correct = choice_correct(model, tok, items, cfg.eval.batch_size)
         chance = _chance(spec, items)
         scores[f"{spec.name}/accuracy"] = {"ids": [x["id"] for x in items], "scores": correct}
         metrics[f"{spec.name}/accuracy"] = _summary(correct, cfg, domain=spec.domain, chance=chance, kind="choice")
     timing["choice_s"] = time.perf_counter() - t
-    cka_layers: list[dict[str, float]] = []
-    if cfg.eval.forgetting.enabled:
-        t = time.perf_counter()
-        seqs = general_text(cfg, base_model, base_tok)
-        f = forgetting_metrics(cfg, model, base_model, seqs)
-        metrics.update(f["metrics"])
-        cka_layers = f["cka_layers"]
-        scores["forgetting/kl_to_base"] = {"ids": [str(i) for i in range(len(seqs))], "scores": f["kl_per_sequence"]}
-        if cfg.eval.forgetting.sampled:
-            sampled = general_text(cfg, base_model, base_tok, sampled=True)
-            kl = sampled_kl(cfg, model, base_model, sampled)
-            metrics["forgetting/kl_to_base_sampled"] = kl["metric"]
-            scores["forgetting/kl_to_base_sampled"] = {
-                "ids": [str(i) for i in range(len(sampled))],
-                "scores": kl["per_sequence"],
-            }
-        timing["forgetting_s"] = time.perf_counter() - t
-    for domain in ("in", "out"):
-        groups = [
-            scores[k]["scores"] for k, m in metrics.items() if m.get("domain") == domain and k.endswith("/accuracy")
-        ]
-        if groups:
-            v, lo, hi = stratified_bootstrap_ci(
-                groups, n_boot=cfg.eval.bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed
-            )
-            metrics[f"{'id' if domain == 'in' else 'ood'}/mean_accuracy"] = {
-                "value": v,
-                "ci_low": lo,
-                "ci_high": hi,
-                "n": sum(map(len, groups)),
-                "domain": domain,
-                "note": "unweighted mean of the benchmark accuracies; items resampled within each benchmark",
-            }
+    cka_layers = _forgetting_phase(cfg, model, base_model, base_tok, scores, metrics, timing)
+    metrics.update(_domain_summaries(cfg, scores, metrics))
     del model
     gc.collect()
     if torch.cuda.is_available():
@@ -571,6 +488,122 @@ def evaluate_model(
     atomic_write_json(out_dir / "metrics.json", result)
     mark_done(out_dir)
     return result
+
+
+def _generation_phase(cfg: Config, entry, tok, gen_benches, scores: Scores, metrics, timing) -> tuple[Any, list[str]]:
+    """Greedy (strict and lenient) and sampled (Avg@k, pass@k) scores of the generation benchmarks. Returns the
+    transformers model when the hf backend loaded one (the later phases reuse it) and the output lines."""
+    from stages.models import load_model
+
+    outputs: list[str] = []
+    if not gen_benches:
+        return None, outputs
+    model = None
+    t = time.perf_counter()
+    if cfg.eval.backend == "vllm":
+        generator = VLLMGenerator(entry["path"], cfg, 2048)
+    else:
+        model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
+        generator = HFGenerator(model, tok, cfg.eval.batch_size)
+    try:
+        for spec, items in gen_benches:
+            prompts = [item_prompt(tok, cfg, spec, x) for x in items]
+            greedy = generator.generate(
+                prompts, n=1, temperature=0.0, max_new_tokens=spec.max_new_tokens, seed=spec.seed
+            )
+            ids = [x["id"] for x in items]
+            correct = [score_text(spec, x, g[0]) for x, g in zip(items, greedy, strict=True)]
+            outputs += [
+                json.dumps({"benchmark": spec.name, "id": x["id"], "output": g[0]}) + "\n"
+                for x, g in zip(items, greedy, strict=True)
+            ]
+            scores[f"{spec.name}/accuracy"] = {"ids": ids, "scores": correct}
+            extra = {"domain": spec.domain, "chance": _chance(spec, items)}
+            metrics[f"{spec.name}/accuracy"] = _summary(correct, cfg, **extra, kind="greedy")
+            if spec.answer_type in ("math", "number", "text") and spec.source not in OWN_SCORERS:
+                # lenient: also the last number of an answer with no marked final answer (format vs knowledge)
+                loose = [score_text(spec, x, g[0], lenient=True) for x, g in zip(items, greedy, strict=True)]
+                scores[f"{spec.name}/accuracy_lenient"] = {"ids": ids, "scores": loose}
+                metrics[f"{spec.name}/accuracy_lenient"] = _summary(loose, cfg, **extra, kind="greedy_lenient")
+            if spec.samples:
+                k = spec.samples
+                sampled = generator.generate(
+                    prompts, n=k, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens, seed=spec.seed
+                )
+                per = [[score_text(spec, x, s) > 0 for s in ss] for x, ss in zip(items, sampled, strict=True)]
+                for name, vals in (
+                    (f"avg@{k}", [avg_at_k(p) for p in per]),
+                    (f"pass@{k}", [pass_at_k(k, sum(p), k) for p in per]),
+                ):
+                    scores[f"{spec.name}/{name}"] = {"ids": ids, "scores": vals}
+                    metrics[f"{spec.name}/{name}"] = _summary(
+                        vals, cfg, **extra, kind=name, temperature=spec.temperature
+                    )
+        timing["generation_s"] = time.perf_counter() - t
+    finally:
+        generator.close()
+    return model, outputs
+
+
+def _lm_eval_phase(cfg: Config, entry, lm_benches, scores: Scores, metrics, timing) -> None:
+    """lm-evaluation-harness tasks, run and scored by lm-eval on the checkpoint; per-sample metric = item score."""
+    if not lm_benches:
+        return
+    from stages.lm_eval_bench import score as lm_eval_score
+
+    for spec, items in lm_benches:
+        t = time.perf_counter()
+        per_item = lm_eval_score(cfg, spec, entry["path"], len(items), "cpu" if use_cpu(cfg) else "cuda")
+        missing = [x["id"] for x in items if x["id"] not in per_item]
+        if missing:
+            raise ConfigError(f"lm-eval scored no sample for {len(missing)} items of {spec.name!r} ({missing[0]} ...)")
+        vals = [per_item[x["id"]] for x in items]
+        scores[f"{spec.name}/accuracy"] = {"ids": [x["id"] for x in items], "scores": vals}
+        metrics[f"{spec.name}/accuracy"] = _summary(vals, cfg, domain=spec.domain, chance=spec.chance, kind="lm_eval")
+        timing["lm_eval_s"] = timing.get("lm_eval_s", 0.0) + time.perf_counter() - t
+
+
+def _forgetting_phase(cfg: Config, model, base_model, base_tok, scores: Scores, metrics, timing) -> list[dict]:
+    """KL(base || model) on the base's greedy (and sampled) general text, and CKA per layer; returns the layers."""
+    if not cfg.eval.forgetting.enabled:
+        return []
+    t = time.perf_counter()
+    seqs = general_text(cfg, base_model, base_tok)
+    f = forgetting_metrics(cfg, model, base_model, seqs)
+    metrics.update(f["metrics"])
+    scores["forgetting/kl_to_base"] = {"ids": [str(i) for i in range(len(seqs))], "scores": f["kl_per_sequence"]}
+    if cfg.eval.forgetting.sampled:
+        sampled = general_text(cfg, base_model, base_tok, sampled=True)
+        kl = sampled_kl(cfg, model, base_model, sampled)
+        metrics["forgetting/kl_to_base_sampled"] = kl["metric"]
+        scores["forgetting/kl_to_base_sampled"] = {
+            "ids": [str(i) for i in range(len(sampled))],
+            "scores": kl["per_sequence"],
+        }
+    timing["forgetting_s"] = time.perf_counter() - t
+    return f["cka_layers"]
+
+
+def _domain_summaries(cfg: Config, scores: Scores, metrics: dict[str, Any]) -> dict[str, Any]:
+    """id/mean_accuracy and ood/mean_accuracy: the unweighted mean of each domain's benchmark accuracies."""
+    out = {}
+    for domain in ("in", "out"):
+        groups = [
+            scores[k]["scores"] for k, m in metrics.items() if m.get("domain") == domain and k.endswith("/accuracy")
+        ]
+        if groups:
+            v, lo, hi = stratified_bootstrap_ci(
+                groups, n_boot=cfg.eval.bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed
+            )
+            out[f"{'id' if domain == 'in' else 'ood'}/mean_accuracy"] = {
+                "value": v,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": sum(map(len, groups)),
+                "domain": domain,
+                "note": "unweighted mean of the benchmark accuracies; items resampled within each benchmark",
+            }
+    return out
 
 
 def run(cfg: Config, force: bool = False) -> dict[str, Any]:
