@@ -158,11 +158,21 @@ def train_ppo(
     reward_fn: Callable[[list[str], list[dict[str, Any]]], list[float]],
     s: PPOSettings,
     on_step: Callable[[dict[str, float]], None],
+    *,
+    start_step: int = 0,
+    optimizer_state: dict | None = None,
+    on_save: Callable[[int, torch.optim.Optimizer], None] | None = None,
+    save_steps: int = 0,
 ) -> None:
-    """Run ``s.max_steps`` PPO steps; ``prompts`` are dicts with ``text`` (chat-formatted) and reward columns."""
+    """Run PPO steps ``start_step + 1 .. s.max_steps``; ``prompts`` are dicts with ``text`` (chat-formatted) and
+    reward columns. ``on_save(step, optimizer)`` runs after every ``save_steps`` steps (a checkpoint); a resumed run
+    passes the checkpoint's step and optimizer state (the caller restores weights and RNG), and continues exactly as
+    the uninterrupted run would."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
-    for step in range(s.max_steps):
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    for step in range(start_step, s.max_steps):
         t0 = time.perf_counter()
         start = (step * s.prompts_per_step) % len(prompts)
         batch = [prompts[(start + i) % len(prompts)] for i in range(s.prompts_per_step)]
@@ -219,6 +229,8 @@ def train_ppo(
                 "timing/training_s": time.perf_counter() - t0 - t_gen,
             }
         )
+        if on_save is not None and save_steps and (step + 1) % save_steps == 0 and step + 1 < s.max_steps:
+            on_save(step + 1, opt)
 
 
 def value_head_state(model: PolicyWithValue) -> dict[str, torch.Tensor]:

@@ -237,7 +237,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     rows = [{"prompt": prompt_messages(x, cfg.data.system_prompt), "answer": x["answer"]} for x in items]
     train_ds = datasets.Dataset.from_list(rows)
     if cfg.rl.algorithm == "ppo":
-        return _run_ppo(cfg, arm, arm_dir, init_path, tokenizer, items, reward_funcs)
+        return _run_ppo(cfg, arm, arm_dir, init_path, tokenizer, items, reward_funcs, force)
     model = models.load_model(init_path, cfg.model)
     if cfg.rl.generation.backend == "vllm" and not torch.cuda.is_available():
         from stages.vllm_cpu import apply_cpu_colocate_patches
@@ -329,7 +329,9 @@ def _finish(
     return summary
 
 
-def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, items, reward_funcs) -> dict[str, Any]:
+def _run_ppo(
+    cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, items, reward_funcs, force: bool = False
+) -> dict[str, Any]:
     """PPO (stages.ppo) with the same prompts, rewards and outputs as GRPO."""
     import torch
     from safetensors.torch import save_file
@@ -386,8 +388,22 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
     (arm_dir / "DONE").unlink(missing_ok=True)
     atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
     metrics_path = arm_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)  # PPO has no mid-run checkpoints yet: a rerun starts over
+    trainer_dir = arm_dir / "trainer"
+    if force:  # --force trains again from the start, like the SFT stage
+        import shutil
+
+        shutil.rmtree(trainer_dir, ignore_errors=True)
+    torch.manual_seed(cfg.seed)
+    resumed = ppo_resume(model, trainer_dir)  # weights, optimizer, RNG and step of the last complete checkpoint
+    start_step = resumed["step"] if resumed else 0
     steps: list[dict[str, float]] = []
+    if resumed:
+        log.info("resuming PPO from %s (step %d)", resumed["folder"], start_step)
+        old = metrics_path.read_text().splitlines() if metrics_path.is_file() else []
+        steps = [r for r in (json.loads(x) for x in old if x.strip().startswith("{")) if r.get("step", 0) <= start_step]
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in steps))
+    else:
+        metrics_path.unlink(missing_ok=True)
 
     writer = tracking.scalar_writer(cfg, arm)  # PPO is not a transformers Trainer: TensorBoard only
     if others := [x for x in cfg.tracking.report_to if x != "tensorboard"]:
@@ -405,16 +421,77 @@ def _run_ppo(cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, it
             writer.flush()
         log.info("ppo step %d: reward %.3f, kl %.4f", row["step"], row["reward"], row["kl"])
 
-    torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
+    size = io.model_bytes(model) * 3  # weights + AdamW's two moments
+
+    def on_save(step: int, opt) -> None:
+        io.require_disk(trainer_dir, size, f"the PPO checkpoint of step {step}")
+        ppo_save(model, opt, trainer_dir, step, t.save_total_limit)
+
     try:
-        train_ppo(model, ref, tokenizer, prompts, reward_fn, settings, on_step)
+        train_ppo(
+            model,
+            ref,
+            tokenizer,
+            prompts,
+            reward_fn,
+            settings,
+            on_step,
+            start_step=start_step,
+            optimizer_state=resumed["optimizer"] if resumed else None,
+            on_save=on_save,
+            save_steps=t.save_steps,
+        )
     finally:
         if writer is not None:
             writer.close()
     save_checkpoint(model.policy, tokenizer, arm_dir / "checkpoint")
     save_file(value_head_state(model), str(arm_dir / "value_head.safetensors"))
     return _finish(cfg, arm, arm_dir, init_path, steps, time.perf_counter() - t0, len(items), "hf", {})
+
+
+def ppo_save(model, opt, trainer_dir: Path, step: int, keep: int) -> Path:
+    """``trainer/checkpoint-<step>/``: policy and value head (safetensors), optimizer and RNG states, the step;
+    written to a temporary folder and renamed into place (complete or absent), older ones pruned to ``keep``."""
+    import shutil
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    trainer_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=trainer_dir))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")  # tensors and numbers only: loads with weights_only=True
+    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))  # sampling and mini-batch order
+    atomic_write_json(tmp / "state.json", {"step": step})
+    final = io.publish_dir(tmp, trainer_dir / f"checkpoint-{step}")
+    done = sorted((d for d in trainer_dir.glob("checkpoint-*") if is_done(d)), key=lambda d: int(d.name.split("-")[1]))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    fault = os.environ.get(io.FAULT_ENV)  # test-only: die right after this checkpoint, as a kill would
+    if fault and int(fault) == step:
+        os.kill(os.getpid(), 9)
+    return final
+
+
+def ppo_resume(model, trainer_dir: Path) -> dict[str, Any] | None:
+    """Restore the last complete PPO checkpoint into ``model`` and torch's RNG; return its step and optimizer state
+    (None when there is none). The optimizer state loads with ``weights_only=True`` (no arbitrary pickles)."""
+    import torch
+    from safetensors.torch import load_file
+
+    done = [d for d in trainer_dir.glob("checkpoint-*") if is_done(d) and (d / "state.json").is_file()]
+    if not done:
+        return None
+    last = max(done, key=lambda d: int(d.name.split("-")[1]))
+    model.load_state_dict(load_file(str(last / "model.safetensors")))
+    torch.set_rng_state(load_file(str(last / "rng.safetensors"))["torch"])
+    return {
+        "step": json.loads((last / "state.json").read_text())["step"],
+        "optimizer": torch.load(last / "optimizer.pt", weights_only=True),
+        "folder": last,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

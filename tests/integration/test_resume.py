@@ -258,3 +258,46 @@ def test_refusals_are_never_retried_crashes_are():
     assert StageFailed("x", rc=-9).transient and StageFailed("x", rc=1).transient
     for rc in (2, 3, 4, 130, None):
         assert not StageFailed("x", rc=rc).transient
+
+
+_PPO_ARGS = [
+    "--config",
+    "configs/tiny.yaml",
+    "rl.algorithm=ppo",
+    "rl.generation.backend=hf",
+    "rl.training.max_steps=4",
+    "rl.training.save_steps=2",
+    "rl.training.learning_rate=1e-3",
+    "rl.arm=rl-ppo",
+]
+
+
+@pytest.mark.slow
+def test_ppo_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path, cache_dir):
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    env.pop(FAULT_ENV, None)
+
+    def ppo(root, extra_env):
+        cmd = [sys.executable, "-m", "stages.rl", *_PPO_ARGS, f"runs_root={root}"]
+        return subprocess.run(cmd, cwd=REPO, env=extra_env, capture_output=True, text=True, timeout=600)
+
+    clean = ppo(tmp_path / "clean", env)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    crashed = ppo(tmp_path / "crash", {**env, FAULT_ENV: "2"})
+    arm = tmp_path / "crash" / "tiny" / "rl-ppo"
+    assert crashed.returncode == -signal.SIGKILL and (arm / "trainer" / "checkpoint-2" / "DONE").is_file()
+    assert not (arm / "DONE").exists()
+    resumed = ppo(tmp_path / "crash", env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming PPO" in resumed.stderr
+
+    def rows(root):
+        return [json.loads(x) for x in (root / "tiny" / "rl-ppo" / "metrics.jsonl").read_text().splitlines()]
+
+    a, b = rows(tmp_path / "clean"), rows(tmp_path / "crash")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]  # every step once: 1-2 before the kill, 3-4 after
+    for key in ("reward", "kl", "policy_loss", "value_loss"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=1e-4, abs=1e-6), key
+    w_clean = load_file(tmp_path / "clean" / "tiny" / "rl-ppo" / "checkpoint" / "model.safetensors")
+    w_res = load_file(arm / "checkpoint" / "model.safetensors")
+    assert max(float((w_clean[k] - w_res[k]).abs().max()) for k in w_clean) < 1e-5
