@@ -903,6 +903,13 @@ class Config(Strict):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads; default: torch's choice.")
+    disk_reserve_gb: float = Field(
+        0.0625,
+        ge=0,
+        le=1_000_000,
+        description="Free space (GiB) every checkpoint write must leave on its disk; a write that would not is "
+        "refused before it starts (exit 4), and the last complete checkpoint is kept.",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)

@@ -212,18 +212,27 @@ def free_bytes(path: str | os.PathLike) -> int:
     return shutil.disk_usage(p).free
 
 
+_DISK_RESERVE = 64 << 20  # bytes every write must leave free (config disk_reserve_gb; set by the stage entry point)
+
+
+def set_disk_reserve(gib: float) -> None:
+    global _DISK_RESERVE
+    _DISK_RESERVE = int(gib * 2**30)
+
+
 def require_disk(path: str | os.PathLike, needed: int, what: str) -> None:
-    """Raise ResourceError unless ``needed`` bytes (plus a 64 MiB margin) are free where ``path`` lives.
+    """Raise ResourceError unless ``needed`` bytes plus the reserve (``disk_reserve_gb``, 64 MiB by default) are
+    free where ``path`` lives.
 
     Raises:
         ResourceError: names the folder, the bytes needed and free, and the fix.
     """
     free = free_bytes(path)
-    if free < needed + (64 << 20):
+    if free < needed + _DISK_RESERVE:
         raise ResourceError(
-            f"not enough disk for {what} in {path}: needs about {needed / 2**30:.2f} GiB, "
-            f"{free / 2**30:.2f} GiB free. Free space or point runs_root / cache_dir elsewhere; the last complete "
-            "checkpoint is kept and the run resumes from it"
+            f"not enough disk for {what} in {path}: needs about {needed / 2**30:.2f} GiB and keeps "
+            f"{_DISK_RESERVE / 2**30:.2f} GiB free (disk_reserve_gb), {free / 2**30:.2f} GiB free. Free space or point "
+            "runs_root / cache_dir elsewhere; the last complete checkpoint is kept and the run resumes from it"
         )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stages.config import Config, ConfigError, load_config
-from stages.io import ResourceError
+from stages.io import ResourceError, set_disk_reserve
 from stages.secrets import SecretFilter, scrub
 
 # The stages, by the name users type, and the module each runs as (``python -m <module>``).
@@ -69,6 +69,7 @@ def stage_main(
     args = parse_args(argv, description, prog)
     try:
         cfg = load_config(args.config, expand_shortcuts(args.overrides, shortcuts or {}))
+        set_disk_reserve(cfg.disk_reserve_gb)
         if per_seed and len(cfg.seed_list) > 1:
             for seed in cfg.seed_list:
                 scfg = cfg.for_seed(seed)

@@ -253,18 +253,26 @@ def test_a_deployment_run_cannot_enable_remote_code_or_leave_the_project_roots(
     assert not runs_root.exists() and not Path("/var/tmp/sft2rl-elsewhere").exists()
 
 
-def test_a_numerical_fault_shows_its_cause_in_watch(prefect_server, tmp_path):
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["sft.training.learning_rate=1e10", "sft.training.max_grad_norm=0"], ("numerical fault", "non-finite")),
+        (["disk_reserve_gb=1000000"], ("not enough disk", "disk_reserve_gb")),  # as a full disk looks to the stage
+    ],
+    ids=["nan", "disk-full"],
+)
+def test_a_fault_shows_its_cause_in_watch_and_is_not_retried(prefect_server, tmp_path, extra, words):
     env, api = prefect_server["env"], prefect_server["api"]
-    over = [f"runs_root={tmp_path / 'runs'}", "sft.training.learning_rate=1e10", "sft.training.max_grad_norm=0"]
+    over = [f"runs_root={tmp_path / 'runs'}", *extra]
     out = _deployment_run(env, "sft/tiny", {"method": "sft", "overrides": over}, 300)
     assert out.returncode != 0
     text = out.stdout + out.stderr
-    assert "numerical fault" in text and "non-finite training loss" in text, text[-3000:]
+    assert all(w in text for w in words), text[-3000:]
     runs = _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
     run = next(r for r in runs if r["parameters"].get("overrides") == over)
-    assert run["state"]["type"] == "FAILED" and "non-finite training loss" in run["state"]["message"]
+    assert run["state"]["type"] == "FAILED" and words[1] in run["state"]["message"]
     tasks = _post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
-    assert [t["run_count"] for t in tasks] == [1]  # a numerical fault is never retried
+    assert [t["run_count"] for t in tasks] == [1]  # a refusal or fault is never retried
 
 
 def _browse(url: str, until, screenshot: Path | None = None) -> dict:
