@@ -189,6 +189,13 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
     assert "What this run shows" in page["text"]
     if shots:
         _browse(f"{ui}/runs/flow-run/{run['id']}", lambda st: "report" in st["text"], Path(shots) / "ui-flow-run.png")
+        with urllib.request.urlopen(f"{api}/deployments/name/sft-to-rl/tiny", timeout=30) as r:  # noqa: S310
+            dep = json.loads(r.read())
+        _browse(  # the documented run form: every parameter with its description and default
+            f"{ui}/deployments/deployment/{dep['id']}/run",
+            lambda st: "Dotted key=value overrides" in st["text"],
+            Path(shots) / "ui-run-form.png",
+        )
 
 
 def test_pipeline_times_benchmark_reads_the_finished_run(prefect_server, tmp_path):
