@@ -270,6 +270,16 @@ class ProgressThrottle:
         return f"progress {done}/{total} ({100 * done // max(1, total)}%) {line[m.end() :].strip()}".rstrip()
 
 
+def split_glued(line: str) -> list[str]:
+    """A stage's message printed while a progress bar was drawn shares its line (``' 74%|...| 59/80 [..]error: not
+    enough disk ...'``): split it off, so the error is seen as the stage's error, at its level."""
+    for mark in ("error: ", "Traceback (most recent call last)"):
+        pos = line.find(mark)
+        if pos > 0 and _PROGRESS.search(line[:pos]):
+            return [line[:pos], line[pos:]]
+    return [line]
+
+
 class StageProgress:
     """The stage's progress lines (``sft2rl-progress 12/80 optimizer steps``) as one Prefect progress artifact per
     task run, updated as the stage runs (at most once per percent)."""
@@ -312,18 +322,18 @@ def run_child(cmd: list[str], label: str) -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:
             # Progress bars redraw with carriage returns and cursor moves: keep the last state of the line only.
-            line = scrub(_ANSI.sub("", raw.rstrip("\n").rsplit("\r", 1)[-1]))
-            if not line.strip():
-                continue
-            if line.startswith(PROGRESS_MARK):  # the stage's own progress: the task's progress artifact
-                progress.update(line)
-                continue
-            tail.append(line)
-            if line.startswith("error:"):
-                errors.append(line)
-            kept = throttle.keep(line)
-            if kept is not None:
-                logger.log(log_level(line), "%s", kept)
+            for line in split_glued(scrub(_ANSI.sub("", raw.rstrip("\n").rsplit("\r", 1)[-1]))):
+                if not line.strip():
+                    continue
+                if line.startswith(PROGRESS_MARK):  # the stage's own progress: the task's progress artifact
+                    progress.update(line)
+                    continue
+                tail.append(line)
+                if line.startswith("error:"):
+                    errors.append(line)
+                kept = throttle.keep(line)
+                if kept is not None:
+                    logger.log(log_level(line), "%s", kept)
         rc = proc.wait()
     if rc != 0:
         kind = exit_kind(rc)

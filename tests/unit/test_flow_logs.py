@@ -69,3 +69,13 @@ def test_a_stage_prints_progress_lines_the_flow_reads(capsys, monkeypatch):
     monkeypatch.setenv(PROGRESS_ENV, "1")  # as the flows run it
     report_progress(3, 8, "models evaluated")
     assert capsys.readouterr().out == f"{PROGRESS_MARK} 3/8 models evaluated\n"
+
+
+def test_an_error_glued_to_a_progress_bar_is_still_the_stage_error():
+    from pipeline.flows import split_glued
+
+    glued = " 74%|███████▍  | 59/80 [03:39<01:09,  3.30s/it]error: not enough disk for the trainer checkpoint"
+    bar, err = split_glued(glued)
+    assert bar.endswith("3.30s/it]") and err == "error: not enough disk for the trainer checkpoint"
+    assert split_glued("error: data.path x does not exist") == ["error: data.path x does not exist"]
+    assert split_glued("a line about error: handling") == ["a line about error: handling"]  # no bar before it
