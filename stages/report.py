@@ -936,6 +936,25 @@ def render_html(blocks: list[tuple], title: str) -> str:
     )
 
 
+def _track_headline(cfg: Config, comparisons: list[dict[str, Any]]) -> None:
+    """The report's headline comparisons beside the run's curves in TensorBoard (``tensorboard/report``): each
+    difference with its interval, under ``report/<a>-minus-<b>/<metric>``."""
+    from stages import tracking
+
+    w = tracking.scalar_writer(cfg, "report")
+    if w is None:
+        return
+    try:
+        for c in comparisons:
+            if c.get("family") != "headline":
+                continue
+            tag = f"report/{c['a']}-minus-{c['b']}/{c['metric']}"
+            for key, suffix in (("diff", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):
+                w.add_scalar(tag + suffix, float(c[key]), 0)
+    finally:
+        w.close()
+
+
 def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     """Aggregate, plot and write the report files; return report.json's content."""
     data = aggregate(cfg)
@@ -960,6 +979,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     atomic_write_text(cfg.run_dir / "report.md", render_md(blocks, cfg.run_dir))
     atomic_write_text(cfg.run_dir / "report.html", render_html(blocks, f"sft2rl report: {cfg.run_name}"))
     log.info("report written: %s (.md, .html, .json), plots in %s", cfg.run_dir / "report.md", cfg.run_dir / "plots")
+    _track_headline(cfg, data["comparisons"])
     for s in report["summary"]:
         log.info("%s", s)
     return report

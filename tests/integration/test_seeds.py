@@ -181,6 +181,7 @@ def test_rl_from_some_seeds_only_is_pooled_over_those_and_labelled_so(tmp_path, 
             "eval.forgetting.max_new_tokens=8",
             "eval.forgetting.cka_bootstrap=20",
             "eval.bootstrap=300",
+            "tracking.report_to=[tensorboard]",
         ],
     )
     assert [cfg.rl_for_seed(s) for s in cfg.seed_list] == [True, False]
@@ -203,3 +204,12 @@ def test_rl_from_some_seeds_only_is_pooled_over_those_and_labelled_so(tmp_path, 
     assert next(c for c in report["claims"] if c["claim"] == "rl_init")["level"] == "checkpoint"
     md = (cfg.run_dir / "report.md").read_text()
     assert "RL ran from the arms of 1 of the 2 training seeds (rl.seeds)" in md
+    # tracked: every seed's arms and evaluations, and the report's headline numbers, in one TensorBoard folder
+    from tests.integration.test_tracking import read_scalars
+
+    tb = cfg.run_dir / "tensorboard"
+    assert "train/loss" in read_scalars(tb / "seed-1" / "rpsft") and "train/loss" in read_scalars(tb / "seed-0" / "rl-sft")
+    assert "eval/task/accuracy" in read_scalars(tb / "seed-0" / "eval-rl-sft")
+    headline = read_scalars(tb / "report")
+    primary = "report/rpsft-minus-sft/ood/mean_accuracy"
+    assert headline[primary][0][1] == pytest.approx(comps[("rpsft", "sft", "ood/mean_accuracy")]["diff"], abs=1e-6)
