@@ -208,7 +208,8 @@ def test_rl_from_some_seeds_only_is_pooled_over_those_and_labelled_so(tmp_path, 
     from tests.integration.test_tracking import read_scalars
 
     tb = cfg.run_dir / "tensorboard"
-    assert "train/loss" in read_scalars(tb / "seed-1" / "rpsft") and "train/loss" in read_scalars(tb / "seed-0" / "rl-sft")
+    assert "train/loss" in read_scalars(tb / "seed-1" / "rpsft")
+    assert "train/loss" in read_scalars(tb / "seed-0" / "rl-sft")
     assert "eval/task/accuracy" in read_scalars(tb / "seed-0" / "eval-rl-sft")
     headline = read_scalars(tb / "report")
     primary = "report/rpsft-minus-sft/ood/mean_accuracy"
