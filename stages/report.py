@@ -568,8 +568,8 @@ def make_plots(cfg: Config, data: dict[str, Any], plot_dir: Path) -> dict[str, P
             ax.errorbar(
                 x["value"],
                 y["value"],
-                xerr=[[x["value"] - x["ci_low"]], [x["ci_high"] - x["value"]]],
-                yerr=[[y["value"] - y["ci_low"]], [y["ci_high"] - y["value"]]],
+                xerr=_err([x]),
+                yerr=_err([y]),
                 fmt="o",
                 capsize=3,
                 label=m["name"],
@@ -594,8 +594,8 @@ def make_plots(cfg: Config, data: dict[str, Any], plot_dir: Path) -> dict[str, P
             ax.errorbar(
                 x["value"],
                 y["value"],
-                xerr=[[x["value"] - x["ci_low"]], [x["ci_high"] - x["value"]]],
-                yerr=[[y["value"] - y["ci_low"]], [y["ci_high"] - y["value"]]],
+                xerr=_err([x]),
+                yerr=_err([y]),
                 fmt="o" if on else ".",
                 capsize=2,
                 alpha=1.0 if on else 0.5,
@@ -656,7 +656,7 @@ def make_plots(cfg: Config, data: dict[str, Any], plot_dir: Path) -> dict[str, P
         axes[0].bar(
             range(len(kl)),
             [k["value"] for _, k in kl],
-            yerr=[[k["value"] - k["ci_low"] for _, k in kl], [k["ci_high"] - k["value"] for _, k in kl]],
+            yerr=_err([k for _, k in kl]),
             capsize=3,
         )
         axes[0].set_xticks(range(len(kl)), [n for n, _ in kl], rotation=30, ha="right")
@@ -934,6 +934,12 @@ def render_html(blocks: list[tuple], title: str) -> str:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style>"
         f"</head><body>{''.join(body)}</body></html>\n"
     )
+
+
+def _err(points: list[dict[str, Any]]) -> list[list[float]]:
+    """Error-bar lengths below and above each value. A pooled value can sit a hair outside its percentile interval
+    (a mean of seeds against a resampled distribution; round-off for an interval of zero width): never negative."""
+    return [[max(0.0, p["value"] - p["ci_low"]) for p in points], [max(0.0, p["ci_high"] - p["value"]) for p in points]]
 
 
 def _track_headline(cfg: Config, comparisons: list[dict[str, Any]]) -> None:

@@ -195,3 +195,11 @@ def test_the_report_reads_whether_each_reward_curve_rose():
     assert "did not rise beyond its interval" in lines[0]
     assert "rose beyond its interval" in lines[1] and "+0.600" in lines[1]
     assert "too few to read a trend" in lines[2]
+
+
+def test_error_bars_are_never_negative():
+    from stages.report import _err
+
+    points = [{"value": 0.0, "ci_low": 1e-18, "ci_high": 0.0}, {"value": 0.3, "ci_low": 0.2, "ci_high": 0.5}]
+    low, high = _err(points)
+    assert low == [0.0, pytest.approx(0.1)] and high == [0.0, pytest.approx(0.2)]
