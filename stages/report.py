@@ -155,7 +155,7 @@ def _metric_interval(per_seed, name: str, metric: str, boot: dict[str, Any]) -> 
         return None
     v, lo, hi, _ = hierarchical_bootstrap([[x] for x in aligned[0]], **boot)
     flat = [x for seed in aligned[0] for x in seed]
-    if lo == hi and all(x in (0, 1) for x in flat):
+    if lo == hi and not metric.startswith("forgetting/") and all(x in (0, 1) for x in flat):  # proportions only
         lo, hi = wilson_ci(int(sum(flat)), len(flat), boot["confidence"])
     return {"value": v, "ci_low": lo, "ci_high": hi, "n": len(aligned[0][0])}
 
@@ -451,11 +451,11 @@ def claims(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 def reward_trend(rows: list[dict[str, Any]], *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any] | None:
     """Did the reward curve rise? Mean reward of the last third of the steps minus the first third, with a bootstrap
-    interval (steps resampled within each third). None with fewer than 6 steps."""
+    interval (steps resampled within each third). None with fewer than 9 steps."""
     import numpy as np
 
     r = np.asarray([row["reward"] for row in rows if isinstance(row.get("reward"), int | float)], dtype=float)
-    if r.size < 6:
+    if r.size < 9:  # at least 3 steps per third: a bootstrap of 2 values is no interval
         return None
     k = r.size // 3
     first, last = r[:k], r[-k:]
@@ -478,7 +478,10 @@ def reward_lines(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
     for arm, rows in curves.items():
         t = reward_trend(rows)
         if t is None:
-            out.append(f"{arm}: {len(rows)} steps, too few to read a trend in the reward (6 or more needed).")
+            out.append(
+                f"{arm}: {len(rows)} steps, too few to read a trend in the reward (9 or more: 3 per third), so this "
+                "report makes no claim that the reward rose."
+            )
             continue
         rose = (
             "rose beyond its interval"
