@@ -165,7 +165,7 @@ def test_verl_rl_prompts_and_openai_sft_files_load_through_the_config(tiny_cfg, 
         "rl.num_prompts=10",
     )
     prompts = rl_prompts(cfg)
-    assert len(prompts) == 10 and prompts[0]["answer"] == MATH_GOLDS[0]
+    assert len(prompts) == 10 and all(p["answer"] in MATH_GOLDS for p in prompts)  # a seeded sample of the rows
     assert to_conversation(prompts[0], cfg.data.system_prompt)["prompt"][0]["content"] == SYSTEM
     chats = [
         {"messages": [{"role": "user", "content": f"{a} + {a}"}, {"role": "assistant", "content": f"#### {2 * a}"}]}

@@ -141,7 +141,19 @@ def test_rl_prompts_from_a_local_file_with_answers(tiny_cfg, tmp_path):
         "rl.num_prompts=4",
     )
     prompts = rl_prompts(cfg)
-    assert [p["answer"] for p in prompts] == ["1", "2", "3", "4"] and prompts[0]["response"] is None
+    answers = [p["answer"] for p in prompts]
+    assert len(set(answers)) == 4 and set(answers) <= {str(i + 1) for i in range(10)} and prompts[0]["response"] is None
+    assert answers == [p["answer"] for p in rl_prompts(cfg)]  # a seeded sample of the file, the same every time
+    head = rl_prompts(
+        cfg.model_copy(
+            update={
+                "rl": cfg.rl.model_copy(
+                    update={"prompt_data": cfg.rl.prompt_data.model_copy(update={"shuffle": False})}
+                )
+            }
+        )
+    )
+    assert [p["answer"] for p in head] == ["1", "2", "3", "4"]  # shuffle: false takes the first rows
     with pytest.raises(ConfigError, match="gold answers"):
         rl_prompts(
             tiny_cfg(
