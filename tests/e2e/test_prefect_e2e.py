@@ -263,7 +263,10 @@ def test_a_deployment_run_cannot_enable_remote_code_or_leave_the_project_roots(
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        (["sft.training.learning_rate=1e10", "sft.training.max_grad_norm=0"], ("numerical fault", "non-finite")),
+        (
+            ["sft.training.learning_rate=1e10", "sft.training.max_grad_norm=0"],
+            ("numerical fault", "lower the learning rate"),
+        ),
         (["disk_reserve_gb=1000000"], ("not enough disk", "disk_reserve_gb")),  # as a full disk looks to the stage
     ],
     ids=["nan", "disk-full"],
