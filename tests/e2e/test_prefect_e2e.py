@@ -107,7 +107,7 @@ def _deployment_run(env, name: str, params: dict, timeout: int = 900) -> subproc
             "--watch-timeout",
             str(timeout),
         ],
-        env=env,
+        env={**env, "COLUMNS": "400"},  # --watch prints through rich: no wrapping inside the cause
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -276,7 +276,7 @@ def test_a_fault_shows_its_cause_in_watch_and_is_not_retried(prefect_server, tmp
     over = [f"runs_root={tmp_path / 'runs'}", *extra]
     out = _deployment_run(env, "sft/tiny", {"method": "sft", "overrides": over}, 300)
     assert out.returncode != 0
-    text = out.stdout + out.stderr
+    text = " ".join((out.stdout + out.stderr).split())
     assert all(w in text for w in words), text[-3000:]
     runs = _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
     run = next(r for r in runs if r["parameters"].get("overrides") == over)
@@ -339,7 +339,7 @@ def test_same_run_name_is_refused_and_other_runs_do_not_interfere(prefect_server
     assert not _post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [refused[0]["id"]]}}})
 
 
-def test_flow_rerun_resumes_a_killed_stage(prefect_server, tmp_path):
+def test_a_killed_stage_is_retried_by_the_flow_and_resumes(prefect_server, tmp_path):
     env = prefect_server["env"]
     runs = tmp_path / "runs"
     args = [
@@ -352,17 +352,18 @@ def test_flow_rerun_resumes_a_killed_stage(prefect_server, tmp_path):
         "sft.training.save_steps=2",
         "sft.training.save_total_limit=10",
     ]
+    # The stage is SIGKILLed right after its step-4 checkpoint: Prefect retries the crashed task once, and the
+    # retry resumes from that checkpoint; the flow completes without the user doing anything.
     crashed = _cli_run({**env, "SFT2RL_FAULT_KILL_AFTER_SAVE": "4"}, *args)
     out, _ = crashed.communicate(timeout=600)
-    assert crashed.returncode != 0 and "exit -9" in out, out[-2000:]
+    assert crashed.returncode == 0 and "exit -9, crash" in out and "resuming" in out, out[-3000:]
     arm = runs / "tiny" / "rpsft"
-    assert (arm / "trainer" / "checkpoint-4").is_dir() and not (arm / "DONE").exists()
-    resumed = _cli_run(env, *args)
-    out, _ = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, out[-2000:]
     history = json.loads((arm / "metrics.json").read_text())["log_history"]
-    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]  # steps 5-6 only were trained by the rerun
-    assert "resuming" in out
+    assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]  # steps 5-6 only were trained by the retry
+    # A rerun by hand finds the arm complete and trains nothing.
+    again = _cli_run(env, *args)
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0 and "complete" in out, out[-2000:]
 
 
 def test_secrets_are_scrubbed_from_flow_logs(prefect_server, tmp_path):
