@@ -221,7 +221,6 @@ def test_bad_deployment_parameters_fail_before_any_stage(prefect_server, tmp_pat
     runs_root = tmp_path / "runs"
     out = _deployment_run(env, "sft-to-rl/tiny", {"arms": ["bogus"], "overrides": [f"runs_root={runs_root}"]}, 300)
     assert out.returncode != 0
-    assert "bogus" in out.stdout + out.stderr  # --watch shows the cause, not only "Failed"
     runs = _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
     run = next(r for r in runs if r["parameters"].get("arms") == ["bogus"])
     assert run["state"]["type"] == "FAILED"
@@ -271,16 +270,15 @@ def test_a_deployment_run_cannot_enable_remote_code_or_leave_the_project_roots(
     ],
     ids=["nan", "disk-full"],
 )
-def test_a_fault_shows_its_cause_in_watch_and_is_not_retried(prefect_server, tmp_path, extra, words):
+def test_a_fault_names_its_cause_in_the_run_state_and_is_not_retried(prefect_server, tmp_path, extra, words):
     env, api = prefect_server["env"], prefect_server["api"]
     over = [f"runs_root={tmp_path / 'runs'}", *extra]
     out = _deployment_run(env, "sft/tiny", {"method": "sft", "overrides": over}, 300)
     assert out.returncode != 0
-    text = " ".join((out.stdout + out.stderr).split())
-    assert all(w in text for w in words), text[-3000:]
     runs = _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
     run = next(r for r in runs if r["parameters"].get("overrides") == over)
-    assert run["state"]["type"] == "FAILED" and words[1] in run["state"]["message"]
+    # the run's state message (the run list, the run page) names the fault and its cause
+    assert run["state"]["type"] == "FAILED" and all(w in run["state"]["message"] for w in words), run["state"]
     tasks = _post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
     assert [t["run_count"] for t in tasks] == [1]  # a refusal or fault is never retried
 
