@@ -306,6 +306,12 @@ class StageProgress:
         except Exception as e:  # noqa: BLE001 - progress display must never fail a stage
             get_run_logger().debug("progress artifact not updated: %s", e)
 
+    def finish(self) -> None:
+        """A stage that completed is done: its artifact shows 100% whatever its last progress line said."""
+        if self.artifact_id is not None and self.shown < 100:
+            self.shown = -1.0
+            self.update(f"{PROGRESS_MARK} 1/1 done")
+
 
 def run_child(cmd: list[str], label: str) -> None:
     """Run a stage process; stream its output lines to the run log (progress bars thinned to every 10%, warnings and
@@ -335,6 +341,8 @@ def run_child(cmd: list[str], label: str) -> None:
                 if kept is not None:
                     logger.log(log_level(line), "%s", kept)
         rc = proc.wait()
+    if rc == 0:
+        progress.finish()
     if rc != 0:
         kind = exit_kind(rc)
         cause = errors[-1].removeprefix("error: ") if errors else (tail[-1] if tail else "no output")

@@ -312,6 +312,10 @@ def training_guards(model, checkpoint_dir: Path, *, optimizer_copies: int = 2) -
                     "check the data; the last good trainer checkpoint is kept"
                 )
 
+        def on_train_end(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:  # the data may end before max_steps: the stage is done all the same
+                report_progress(state.global_step, max(1, state.global_step), "optimizer steps")
+
         def on_save(self, args, state, control, **kwargs):
             step = os.environ.get(FAULT_ENV)
             if step and state.global_step == int(step):

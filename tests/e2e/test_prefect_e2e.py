@@ -159,7 +159,9 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
     assert files_url in by_key["tiny-report-html"]["data"]
     # Progress inside the stages: one progress artifact per stage that reports it, at 100% once done.
     progress = [a for a in arts if a["type"] == "progress"]
-    assert len(progress) >= 5 and all(float(a["data"]) == 100.0 for a in progress), progress
+    assert len(progress) >= 5 and all(float(a["data"]) == 100.0 for a in progress), [
+        (a["data"], a.get("description")) for a in progress
+    ]
     assert any("optimizer steps" in (a.get("description") or "") for a in progress)
     assert any("models evaluated" in (a.get("description") or "") for a in progress)
     # The stage's own log lines reached the server (child process output streamed into the run log).
