@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     benches = [
         {**b, "samples": 0} for b in cfg.eval.model_dump(mode="json")["benchmarks"] if b["domain"] == "in"
     ] + PROBES
-    common = [f"runs_root={args.runs_root}", f"eval.benchmarks={json.dumps(benches)}"]
+    # one training seed per candidate (the default config trains two): the candidates are read against the base
+    common = [f"runs_root={args.runs_root}", f"eval.benchmarks={json.dumps(benches)}", "seeds=[]"]
     if args.steps:
         common.append(f"sft.training.max_steps={args.steps}")
     common += args.set
