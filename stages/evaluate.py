@@ -39,7 +39,7 @@ from stages.metrics import (
     proportion_ci,
     stratified_bootstrap_ci,
 )
-from stages.models import fetch_from_hub, is_hub_id
+from stages.models import is_hub_id, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def model_table(cfg: Config) -> list[dict[str, Any]]:
             p = Path(name).resolve()  # ".../x/.." names its parent, not a folder called ".."
             out.append({"name": external_label(p), "path": str(p), "kind": "external", "init": None})
         elif is_hub_id(name):  # a hub model, fetched once into the hub cache; named after its id
-            p = Path(fetch_from_hub(name, "eval.models", source_hint="a local model folder"))
+            p = Path(resolve_checkpoint(name, "eval.models"))
             label = "ext-" + re.sub(r"[^A-Za-z0-9._-]", "-", name)[:60]
             out.append({"name": label, "path": str(p), "kind": "external", "init": None})
         else:
