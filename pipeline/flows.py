@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
@@ -31,7 +31,7 @@ from prefect.artifacts import (
 )
 from pydantic import BaseModel, Field, field_validator
 
-from stages.config import SFT_METHODS, Config, ConfigError, load_config, safe_yaml
+from stages.config import SFT_METHODS, Config, ConfigError, RlAlgorithm, SftMethod, load_config, safe_yaml
 from stages.io import PROGRESS_ENV, PROGRESS_MARK, FolderLock, LockedError
 from stages.secrets import scrub
 from stages.stage_cli import DEFAULT_CONFIG, STAGE_MODULES, TRAINING_STAGES, exit_kind
@@ -485,7 +485,7 @@ def _run_namer(flow_name: str):
 def sft_to_rl(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,
-    arms: list[str] | None = None,
+    arms: list[SftMethod] | None = None,
     rl: bool | None = None,
     evaluate: bool = True,
     force: bool = False,
@@ -597,7 +597,7 @@ def prepare_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
 @flow(name="sft", validate_parameters=True, flow_run_name=_run_namer("sft"))
 def sft_flow(
     config: str = DEFAULT_CONFIG,
-    method: Literal["sft", "rpsft", "l2", "dft", "iw", "lora"] = "rpsft",
+    method: SftMethod = "rpsft",
     overrides: list[str] | None = None,
     force: bool = False,
     launcher: Launcher | None = None,
@@ -623,6 +623,7 @@ def sft_flow(
 def rl_flow(
     config: str = DEFAULT_CONFIG,
     init_arm: str = "rpsft",
+    algorithm: RlAlgorithm | None = None,
     overrides: list[str] | None = None,
     force: bool = False,
     launcher: Launcher | None = None,
@@ -631,11 +632,15 @@ def rl_flow(
 
     Args:
         config: Config file (relative to the project folder), e.g. configs/smollm2-cpu.yaml.
-        init_arm: The finished SFT arm of this run to start from (its folder name, e.g. rpsft).
+        init_arm: The finished SFT arm of this run to start from (its folder name: a method such as rpsft, or a
+            sweep arm such as rpsft-l10-k0.25).
+        algorithm: grpo or ppo; default: the config's rl.algorithm.
         overrides: Dotted key=value overrides, e.g. rl.training.max_steps=20.
         force: Rerun even if this RL run is complete.
         launcher: How the stage starts (processes, accelerate config).
     """
+    if algorithm is not None:
+        overrides = [*(overrides or []), f"rl.algorithm={algorithm}"]
     params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher)
     if not (cfg.run_dir / init_arm / "DONE").is_file():
         raise ConfigError(

@@ -31,6 +31,10 @@ def configure(
     os.environ.setdefault("PREFECT_HOME", str(home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Stream run logs to subscribers: `prefect deployment run --watch` then prints each log line of the run (a failed
+    # stage's cause and fix included) between the state events; Prefect leaves both off by default.
+    os.environ.setdefault("PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED", "true")
+    os.environ.setdefault("PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED", "true")
     os.environ.setdefault("PREFECT_SERVER_API_HOST", host)
     if port is not None:
         os.environ["PREFECT_SERVER_API_PORT"] = str(port)

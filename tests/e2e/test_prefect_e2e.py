@@ -218,21 +218,17 @@ def test_pipeline_times_benchmark_reads_the_finished_run(prefect_server, tmp_pat
     assert sum(data["stages_s"].values()) <= data["total_s"] + 1
 
 
-def test_bad_deployment_parameters_fail_before_any_stage(prefect_server, tmp_path):
+def test_a_bad_choice_is_refused_before_a_run_is_created(prefect_server, tmp_path):
+    """The run form's choices are enums in the deployment's parameter schema, which the server enforces."""
     env, api = prefect_server["env"], prefect_server["api"]
     runs_root = tmp_path / "runs"
+    before = len(_post(api, "/flow_runs/filter", {}))
     out = _deployment_run(env, "sft-to-rl/tiny", {"arms": ["bogus"], "overrides": [f"runs_root={runs_root}"]}, 300)
     assert out.returncode != 0
-    runs = _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
-    run = next(r for r in runs if r["parameters"].get("arms") == ["bogus"])
-    assert run["state"]["type"] == "FAILED"
-    assert "arms" in run["state"]["message"] or "bogus" in json.dumps(
-        _post(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}})
-    )
+    said = " ".join((out.stdout + out.stderr).split())  # rich wraps long lines
+    assert "bogus" in said and "rpsft" in said, said[-3000:]  # the bad value and the choices
+    assert len(_post(api, "/flow_runs/filter", {})) == before  # no run created
     assert not runs_root.exists()  # nothing ran, nothing written
-    # the run's page in the browser shows why it failed
-    page = _browse(f"{api.removesuffix('/api')}/runs/flow-run/{run['id']}", lambda st: "bogus" in st["text"])
-    assert "bogus" in page["text"], page["text"][-2000:]
 
 
 @pytest.mark.parametrize(
@@ -256,6 +252,7 @@ def test_a_deployment_run_cannot_enable_remote_code_or_leave_the_project_roots(
     assert run["state"]["type"] == "FAILED"
     logs = json.dumps(_post(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}}))
     assert words in run["state"]["message"] or words in logs
+    assert words in out.stdout, out.stdout[-3000:]  # what `prefect deployment run --watch` printed
     task_runs = _post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
     assert not task_runs  # refused before any stage
     assert not runs_root.exists() and not Path("/var/tmp/sft2rl-elsewhere").exists()
@@ -281,6 +278,11 @@ def test_a_fault_names_its_cause_in_the_run_state_and_is_not_retried(prefect_ser
     run = next(r for r in runs if r["parameters"].get("overrides") == over)
     # the run's state message (the run list, the run page) names the fault and its cause
     assert run["state"]["type"] == "FAILED" and all(w in run["state"]["message"] for w in words), run["state"]
+    # and `prefect deployment run --watch` prints it (the stage's ERROR line streamed from the server)
+    assert all(w in out.stdout for w in words), out.stdout[-3000:]
+    # and the run's page in the browser shows it
+    page = _browse(f"{api.removesuffix('/api')}/runs/flow-run/{run['id']}", lambda st: words[0] in st["text"])
+    assert words[0] in page["text"], page["text"][-2000:]
     tasks = _post(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
     assert [t["run_count"] for t in tasks] == [1]  # a refusal or fault is never retried
 

@@ -1,0 +1,46 @@
+"""The Prefect run forms, as the UI draws them from each flow's parameter schema: every parameter described, choices as
+enums (a dropdown in the form, refused by the server before a run is created), real defaults."""
+
+from __future__ import annotations
+
+import pytest
+from prefect.utilities.callables import parameter_schema
+
+from pipeline.flows import evaluate_flow, prepare_flow, report_flow, rl_flow, sft_flow, sft_to_rl
+from stages.config import SFT_METHODS
+
+FLOWS = [sft_to_rl, prepare_flow, sft_flow, rl_flow, evaluate_flow, report_flow]
+
+
+def _schema(flow) -> dict:
+    return parameter_schema(flow).model_dump_for_openapi()
+
+
+def _enum(prop: dict, defs: dict) -> list:
+    """The choices of a property: inline, behind a $ref, or in an anyOf with null."""
+    for option in [prop, *prop.get("anyOf", []), *prop.get("allOf", [])]:
+        if "$ref" in option:
+            option = defs[option["$ref"].rsplit("/", 1)[-1]]
+        if "enum" in option:
+            return option["enum"]
+        if option.get("type") == "array":
+            return _enum(option["items"], defs)
+    return []
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_every_parameter_has_a_description(flow):
+    props = _schema(flow)["properties"]
+    assert props
+    missing = [name for name, prop in props.items() if not prop.get("description")]
+    assert not missing, f"{flow.name}: no description for {missing} (the flow docstring's Args: section)"
+
+
+def test_methods_arms_and_algorithm_are_choices():
+    pipe, sft, rl = _schema(sft_to_rl), _schema(sft_flow), _schema(rl_flow)
+    assert _enum(pipe["properties"]["arms"], pipe.get("definitions", {})) == list(SFT_METHODS)
+    assert _enum(sft["properties"]["method"], sft.get("definitions", {})) == list(SFT_METHODS)
+    assert sft["properties"]["method"]["default"] == "rpsft"
+    assert _enum(rl["properties"]["algorithm"], rl.get("definitions", {})) == ["grpo", "ppo"]
+    # a sweep arm has a name of its own (rpsft-l10-k0.25): the RL start is free text, described
+    assert "sweep arm" in rl["properties"]["init_arm"]["description"]
