@@ -21,9 +21,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from stages.config import Config, ConfigError
+import matplotlib
+import numpy as np
+
+from stages import tracking
+from stages.config import SFT_METHODS, Config, ConfigError, safe_yaml
 from stages.io import atomic_write, atomic_write_json, atomic_write_text, is_done
 from stages.metrics import bootstrap_p_value, hierarchical_bootstrap, holm, paired_diff, wilson_ci
+from stages.stage_cli import stage_main
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +97,6 @@ _SEED_KEYS = {"seed", "seeds", "runs_root", "run_name", "cache_dir", "report", "
 def _same_setup_but_seed(run: Path, other: Path) -> None:
     """A seed run must be the same experiment with another seed: the resolved configs of the arms both runs have
     may differ only in seed, names and folders (and the report/eval sections). Raises ConfigError naming the keys."""
-    from stages.config import safe_yaml
 
     def flat(d: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(d, dict):
@@ -247,7 +251,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
         "benchmarks": benchmarks,
         "rotation_dir": str(runs[0]),
     }
-    data["claims"] = claims(data)
+    data["claims"] = claims(data, claim_pair(cfg))
     data["frontier_points"], data["frontier"] = pareto_front(models)
     data["matched"] = _matched(cfg, runs[0], per_seed, models, boot)
     return data
@@ -398,10 +402,20 @@ def _seed_control(cfg: Config, per_seed, labels: list[str], boot: dict[str, Any]
     return out
 
 
-def claims(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The paper's three claims, each supported / contradicted / inconclusive from this run's comparisons:
-    (a) a better in-domain / out-of-domain trade-off than SFT; (b) representations closer to the base;
-    (c) RL from RPSFT ends better than RL from SFT. ``level`` says whether that is about methods (>= 3 seeds)."""
+def claim_pair(cfg: Config) -> tuple[str, str]:
+    """The RPSFT arm and the plain-SFT arm the paper's claims read: the primary comparison when it sets an rpsft arm
+    against an sft arm (a sweep names its arms, e.g. rpsft-l1-k0.25 vs sft-lr2e-4), else the arms rpsft and sft."""
+    method = {m: m for m in SFT_METHODS} | {a.arm: a.method for a in cfg.sweep}
+    a, b = cfg.report.primary.a, cfg.report.primary.b
+    return (a, b) if method.get(a) == "rpsft" and method.get(b) == "sft" else ("rpsft", "sft")
+
+
+def claims(data: dict[str, Any], pair: tuple[str, str] = ("rpsft", "sft")) -> list[dict[str, Any]]:
+    """The paper's three claims, each supported / contradicted / inconclusive from this run's comparisons of the
+    RPSFT and SFT arms in ``pair``: (a) a better in-domain / out-of-domain trade-off than SFT; (b) representations
+    closer to the base; (c) RL from RPSFT ends better than RL from SFT. ``level`` says whether that is about methods
+    (>= 3 seeds)."""
+    rp, sf = pair
     comps = {(c["a"], c["b"], c["metric"]): c for c in data["comparisons"]}
     level = level_of(data["n_seeds"])
 
@@ -416,10 +430,10 @@ def claims(data: dict[str, Any]) -> list[dict[str, Any]]:
         lvl = level_of(min(e["seeds"] for e in ev)) if ev else level  # RL may rest on fewer seeds (rl.seeds)
         return {"claim": name, "verdict": verdict, "level": lvl, "why": why, "evidence": ev}
 
-    ood, s_ood = sign("rpsft", "sft", "ood/mean_accuracy")
-    idm, s_id = sign("rpsft", "sft", "id/mean_accuracy")
+    ood, s_ood = sign(rp, sf, "ood/mean_accuracy")
+    idm, s_id = sign(rp, sf, "id/mean_accuracy")
     if ood is None:
-        out = [claim("tradeoff", "inconclusive", "rpsft and sft were not both evaluated out of domain", [idm])]
+        out = [claim("tradeoff", "inconclusive", f"{rp} and {sf} were not both evaluated out of domain", [idm])]
     elif s_ood == 1 and s_id != -1:
         out = [
             claim("tradeoff", "supported", "RPSFT keeps more out-of-domain accuracy, in-domain no worse", [ood, idm])
@@ -430,15 +444,15 @@ def claims(data: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         why = "the out-of-domain difference is not distinguishable from 0 at this size"
         out = [claim("tradeoff", "inconclusive", why, [ood, idm])]
-    kl, s_kl = sign("rpsft", "sft", "forgetting/kl_to_base")
+    kl, s_kl = sign(rp, sf, "forgetting/kl_to_base")
     table = {
         -1: ("supported", "RPSFT's outputs stay closer to the base model (lower KL on general text)"),
         1: ("contradicted", "RPSFT's outputs drift further from the base model (higher KL)"),
         0: ("inconclusive", "the KL difference is not distinguishable from 0 at this size"),
     }
-    verdict, why = table[s_kl] if kl else ("inconclusive", "no paired KL-to-base measurement of rpsft and sft")
+    verdict, why = table[s_kl] if kl else ("inconclusive", f"no paired KL-to-base measurement of {rp} and {sf}")
     out.append(claim("representation", verdict, why, [kl]))
-    rl, s_rl = sign("rl-rpsft", "rl-sft", "id/mean_accuracy")
+    rl, s_rl = sign(f"rl-{rp}", f"rl-{sf}", "id/mean_accuracy")
     table = {
         1: ("supported", "RL from RPSFT ends with higher in-domain accuracy than RL from SFT"),
         -1: ("contradicted", "RL from RPSFT ends with lower in-domain accuracy than RL from SFT"),
@@ -452,8 +466,6 @@ def claims(data: dict[str, Any]) -> list[dict[str, Any]]:
 def reward_trend(rows: list[dict[str, Any]], *, n_boot: int = 2000, seed: int = 0) -> dict[str, Any] | None:
     """Did the reward curve rise? Mean reward of the last third of the steps minus the first third, with a bootstrap
     interval (steps resampled within each third). None with fewer than 9 steps."""
-    import numpy as np
-
     r = np.asarray([row["reward"] for row in rows if isinstance(row.get("reward"), int | float)], dtype=float)
     if r.size < 9:  # at least 3 steps per third: a bootstrap of 2 values is no interval
         return None
@@ -541,145 +553,144 @@ def _rotation(run_dir: Path) -> dict[str, dict[int, float]]:
 
 
 def make_plots(cfg: Config, data: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
-    import matplotlib
-
+    """Draw the report's figures into ``plot_dir``: one function per figure; a figure without data says why."""
     matplotlib.use("Agg")
+    # lazy: pyplot only after the Agg backend is chosen, and only when plotting (choosing it at import would switch
+    # the backend of every process that imports this module)
     import matplotlib.pyplot as plt
 
     plot_dir.mkdir(parents=True, exist_ok=True)
+    figures = [
+        ("tradeoff", (1, (6.4, 4.8)), _plot_tradeoff),
+        ("frontier", (1, (7.2, 5.4)), _plot_frontier),
+        ("rl_curves", (2, (11, 4)), _plot_rl_curves),
+        ("rotation", (1, (7, 4)), _plot_rotation),
+        ("forgetting", (2, (11, 4)), _plot_forgetting),
+    ]
     paths = {}
-
-    def save(fig, name):
+    for name, (panels, size), draw in figures:
+        if name == "frontier" and not data.get("frontier"):
+            continue  # only a sweep has a frontier
+        fig, axes = plt.subplots(1, panels, figsize=size)
         try:
-            atomic_write(
-                plot_dir / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-            )
+            draw(list(axes) if panels > 1 else [axes], cfg, data)
+            path = plot_dir / f"{name}.png"
+            atomic_write(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
         finally:
             plt.close(fig)
-        paths[name] = plot_dir / f"{name}.png"
+        paths[name] = path
+    return paths
 
-    def note(ax, text):
-        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
-        ax.set_axis_off()
 
-    # 1. In-domain vs out-of-domain trade-off.
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+def _note(ax, text: str) -> None:
+    """What a figure shows when it has no data."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, wrap=True)
+    ax.set_axis_off()
+
+
+def _plot_tradeoff(axes, cfg: Config, data: dict[str, Any]) -> None:
+    """In-domain vs out-of-domain accuracy of every model, with intervals."""
+    ax = axes[0]
     pts = [(m, m["metrics"].get("id/mean_accuracy"), m["metrics"].get("ood/mean_accuracy")) for m in data["models"]]
     pts = [p for p in pts if p[1] and p[2]]
-    if pts:
-        for m, x, y in pts:
-            ax.errorbar(
-                x["value"],
-                y["value"],
-                xerr=_err([x]),
-                yerr=_err([y]),
-                fmt="o",
-                capsize=3,
-                label=m["name"],
-            )
-        ax.set_xlabel("in-domain accuracy (mean of in-domain benchmarks)")
-        ax.set_ylabel("out-of-domain accuracy (mean of OOD benchmarks)")
-        ax.set_title(f"In-domain vs out-of-domain ({int(cfg.eval.confidence * 100)}% intervals)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    else:
-        note(ax, "needs at least one in-domain and one out-of-domain benchmark")
-    save(fig, "tradeoff")
+    if not pts:
+        _note(ax, "needs at least one in-domain and one out-of-domain benchmark")
+        return
+    for m, x, y in pts:
+        ax.errorbar(x["value"], y["value"], xerr=_err([x]), yerr=_err([y]), fmt="o", capsize=3, label=m["name"])
+    ax.set_xlabel("in-domain accuracy (mean of in-domain benchmarks)")
+    ax.set_ylabel("out-of-domain accuracy (mean of OOD benchmarks)")
+    ax.set_title(f"In-domain vs out-of-domain ({int(cfg.eval.confidence * 100)}% intervals)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
 
-    # 1b. The trade-off frontier of a sweep: every SFT-kind arm, the Pareto front drawn and named.
-    front = data.get("frontier") or []
-    if front:
-        fig, ax = plt.subplots(figsize=(7.2, 5.4))
-        byname = {m["name"]: m for m in data["models"]}
-        for name in [p["name"] for p in data["frontier_points"]]:
-            x, y = byname[name]["metrics"]["id/mean_accuracy"], byname[name]["metrics"]["ood/mean_accuracy"]
-            on = name in front
-            ax.errorbar(
-                x["value"],
-                y["value"],
-                xerr=_err([x]),
-                yerr=_err([y]),
-                fmt="o" if on else ".",
-                capsize=2,
-                alpha=1.0 if on else 0.5,
-            )
-            ax.annotate(name, (x["value"], y["value"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        fx = [byname[n]["metrics"]["id/mean_accuracy"]["value"] for n in front]
-        fy = [byname[n]["metrics"]["ood/mean_accuracy"]["value"] for n in front]
-        ax.plot(fx, fy, "-", color="black", alpha=0.6, label="Pareto front")
-        ax.set_xlabel("in-domain accuracy")
-        ax.set_ylabel("out-of-domain accuracy")
-        ax.set_title("Trade-off frontier of the sweep (points off the front faded)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        save(fig, "frontier")
 
-    # 2. RL curves.
+def _plot_frontier(axes, cfg: Config, data: dict[str, Any]) -> None:
+    """The trade-off frontier of a sweep: every SFT-kind arm, the Pareto front drawn and named."""
+    ax, front = axes[0], data["frontier"]
+    byname = {m["name"]: m for m in data["models"]}
+    for name in [p["name"] for p in data["frontier_points"]]:
+        x, y = byname[name]["metrics"]["id/mean_accuracy"], byname[name]["metrics"]["ood/mean_accuracy"]
+        on = name in front
+        ax.errorbar(
+            x["value"],
+            y["value"],
+            xerr=_err([x]),
+            yerr=_err([y]),
+            fmt="o" if on else ".",
+            capsize=2,
+            alpha=1.0 if on else 0.5,
+        )
+        ax.annotate(name, (x["value"], y["value"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    fx = [byname[n]["metrics"]["id/mean_accuracy"]["value"] for n in front]
+    fy = [byname[n]["metrics"]["ood/mean_accuracy"]["value"] for n in front]
+    ax.plot(fx, fy, "-", color="black", alpha=0.6, label="Pareto front")
+    ax.set_xlabel("in-domain accuracy")
+    ax.set_ylabel("out-of-domain accuracy")
+    ax.set_title("Trade-off frontier of the sweep (points off the front faded)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
+def _plot_rl_curves(axes, cfg: Config, data: dict[str, Any]) -> None:
+    """Reward and training accuracy (math_correct) per RL step, one line per RL run."""
     curves = data["rl"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    if curves:
-        for arm, rows in curves.items():
-            steps = [r["step"] for r in rows]
-            axes[0].plot(steps, [r.get("reward", float("nan")) for r in rows], marker="o", label=arm)
-            acc_key = next((k for k in rows[0] if k.startswith("rewards/math_correct") and k.endswith("/mean")), None)
-            if acc_key:
-                axes[1].plot(steps, [r.get(acc_key, float("nan")) for r in rows], marker="o", label=arm)
-        axes[0].set_title("RL reward per step")
-        axes[1].set_title("RL training accuracy (math_correct) per step")
-        for ax in axes:
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-    else:
-        note(axes[0], "no RL runs in this run folder")
+    if not curves:
+        _note(axes[0], "no RL runs in this run folder")
         axes[1].set_axis_off()
-    save(fig, "rl_curves")
-
-    # 3. Rotation per layer.
-    rot = _rotation(Path(data["rotation_dir"]))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if rot:
-        for arm, per_layer in rot.items():
-            layers = [k for k in per_layer if k >= 0]
-            ax.plot(layers, [per_layer[k] for k in layers], marker=".", label=arm)
-        ax.set_xlabel("layer")
-        ax.set_ylabel("mean principal angle of top-k subspaces vs base (deg)")
-        ax.set_title("Rotation of the top-k singular subspaces per layer")
+        return
+    for arm, rows in curves.items():
+        steps = [r["step"] for r in rows]
+        axes[0].plot(steps, [r.get("reward", float("nan")) for r in rows], marker="o", label=arm)
+        acc_key = next((k for k in rows[0] if k.startswith("rewards/math_correct") and k.endswith("/mean")), None)
+        if acc_key:
+            axes[1].plot(steps, [r.get(acc_key, float("nan")) for r in rows], marker="o", label=arm)
+    axes[0].set_title("RL reward per step")
+    axes[1].set_title("RL training accuracy (math_correct) per step")
+    for ax in axes:
+        ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    else:
-        note(ax, "no SFT arm recorded rotation diagnostics")
-    save(fig, "rotation")
 
-    # 4. Forgetting: KL to base and CKA per layer.
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+
+def _plot_rotation(axes, cfg: Config, data: dict[str, Any]) -> None:
+    """Mean principal angle of the top-k singular subspaces vs the base, per layer, per SFT arm."""
+    ax = axes[0]
+    rot = _rotation(Path(data["rotation_dir"]))
+    if not rot:
+        _note(ax, "no SFT arm recorded rotation diagnostics")
+        return
+    for arm, per_layer in rot.items():
+        layers = [k for k in per_layer if k >= 0]
+        ax.plot(layers, [per_layer[k] for k in layers], marker=".", label=arm)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean principal angle of top-k subspaces vs base (deg)")
+    ax.set_title("Rotation of the top-k singular subspaces per layer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _plot_forgetting(axes, cfg: Config, data: dict[str, Any]) -> None:
+    """Forgetting: KL to the base on general text, and linear CKA of hidden states with the base per layer."""
     kl = [(m["name"], m["metrics"].get("forgetting/kl_to_base")) for m in data["models"]]
     kl = [(n, k) for n, k in kl if k]
-    if kl:
-        axes[0].bar(
-            range(len(kl)),
-            [k["value"] for _, k in kl],
-            yerr=_err([k for _, k in kl]),
-            capsize=3,
-        )
-        axes[0].set_xticks(range(len(kl)), [n for n, _ in kl], rotation=30, ha="right")
-        axes[0].set_ylabel("KL(base || model) per token (nats)")
-        axes[0].set_title("KL to the base on general text")
-        for m in data["models"]:
-            if m["cka_layers"]:
-                axes[1].plot(
-                    range(len(m["cka_layers"])), [c["value"] for c in m["cka_layers"]], marker=".", label=m["name"]
-                )
-        axes[1].set_xlabel("layer")
-        axes[1].set_ylabel("linear CKA with the base")
-        axes[1].set_title("Representation similarity to the base")
-        axes[1].grid(alpha=0.3)
-        axes[1].legend(fontsize=8)
-    else:
-        note(axes[0], "forgetting measurement disabled (eval.forgetting.enabled=false)")
+    if not kl:
+        _note(axes[0], "forgetting measurement disabled (eval.forgetting.enabled=false)")
         axes[1].set_axis_off()
-    save(fig, "forgetting")
-    return paths
+        return
+    axes[0].bar(range(len(kl)), [k["value"] for _, k in kl], yerr=_err([k for _, k in kl]), capsize=3)
+    axes[0].set_xticks(range(len(kl)), [n for n, _ in kl], rotation=30, ha="right")
+    axes[0].set_ylabel("KL(base || model) per token (nats)")
+    axes[0].set_title("KL to the base on general text")
+    for m in data["models"]:
+        if m["cka_layers"]:
+            cka = [c["value"] for c in m["cka_layers"]]
+            axes[1].plot(range(len(cka)), cka, marker=".", label=m["name"])
+    axes[1].set_xlabel("layer")
+    axes[1].set_ylabel("linear CKA with the base")
+    axes[1].set_title("Representation similarity to the base")
+    axes[1].grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -948,8 +959,6 @@ def _err(points: list[dict[str, Any]]) -> list[list[float]]:
 def _track_headline(cfg: Config, comparisons: list[dict[str, Any]]) -> None:
     """The report's headline comparisons beside the run's curves in TensorBoard (``tensorboard/report``): each
     difference with its interval, under ``report/<a>-minus-<b>/<metric>``."""
-    from stages import tracking
-
     w = tracking.scalar_writer(cfg, "report")
     if w is None:
         return
@@ -995,8 +1004,6 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.stage_cli import stage_main
-
     return stage_main(argv, prog="sft2rl stage report", description="Write the comparison report.", run=run)
 
 
