@@ -3,8 +3,9 @@ and training time, on SmolLM2-135M-Instruct at the default RL batch shape. Write
 
     python benchmarks/generation.py --out benchmarks/results/generation.json
 
-Both backends sample the same prompts (4 prompts x 8 completions, temperature 1.0, up to 64 new tokens, fp32, the
-model's chat template), interleaved over rounds. The GRPO split comes from running the RL stage itself for a few
+Both backends sample the same prompts (one RL step's batch: prompts x completions at the config's temperature and
+length, fp32, the model's chat template), interleaved over rounds; the machine (CPU model, vector flags, cores) is
+recorded with the figures, which differ by machine kind. The GRPO split comes from running the RL stage itself for a few
 steps with the vLLM backend (its ``timing/generation_s`` and ``timing/training_s``, first step dropped).
 """
 
@@ -12,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,70 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--grpo-steps", type=int, default=3)
     args = parser.parse_args(argv)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-
-    import torch
-    from vllm import LLM, SamplingParams
-
+    from stages.backends import machine, probe_in_child
     from stages.config import load_config
-    from stages.data import to_conversation
-    from stages.models import load_model, load_tokenizer, resolve_model
-    from stages.rl import rl_prompts
 
     cfg = load_config(args.config)
-    g = cfg.rl.generation
-    n_prompts = cfg.rl.training.per_device_train_batch_size * cfg.rl.training.gradient_accumulation_steps
-    n_prompts //= g.num_generations
-    path = resolve_model(cfg)
-    tok = load_tokenizer(path, cfg.model)
-    tok.padding_side = "left"
-    prompts = [
-        tok.apply_chat_template(
-            to_conversation(x, cfg.data.system_prompt)["prompt"], tokenize=False, add_generation_prompt=True
-        )
-        for x in rl_prompts(cfg)[:n_prompts]
-    ]
-    model = load_model(path, cfg.model).eval()
-    t0 = time.perf_counter()
-    llm = LLM(model=path, enforce_eager=True, seed=cfg.seed, dtype="float32", max_model_len=512)
-    vllm_start_s = time.perf_counter() - t0
-    params = SamplingParams(
-        n=g.num_generations, temperature=g.temperature, top_p=g.top_p, max_tokens=g.max_completion_length
-    )
-
-    def run_hf() -> tuple[int, float]:
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        t = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(
-                **enc,
-                do_sample=True,
-                temperature=g.temperature,
-                top_p=g.top_p,
-                num_return_sequences=g.num_generations,
-                max_new_tokens=g.max_completion_length,
-                pad_token_id=tok.pad_token_id,
-            )
-        dt = time.perf_counter() - t
-        gen = out[:, enc["input_ids"].shape[1] :]
-        # Tokens up to and including EOS (what a rollout uses); padding after EOS is not counted.
-        eos = (gen == tok.eos_token_id).int()
-        ended = eos.cumsum(1) - eos > 0
-        return int((~ended).sum()), dt
-
-    def run_vllm() -> tuple[int, float]:
-        t = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        dt = time.perf_counter() - t
-        return sum(len(c.token_ids) for o in outs for c in o.outputs), dt
-
-    run_vllm()  # warm-up
-    rates: dict[str, list[float]] = {"hf": [], "vllm": []}
-    for r in range(args.rounds):
-        for name, fn in (("hf", run_hf), ("vllm", run_vllm)) if r % 2 == 0 else (("vllm", run_vllm), ("hf", run_hf)):
-            n, dt = fn()
-            rates[name].append(n / dt)
+    # the measurement `backend: auto` makes (stages/backends.py, in a child process), at the RL step's batch shape
+    probe = probe_in_child(cfg, rounds=args.rounds)
 
     # One GRPO step, split: run the RL stage itself (vLLM backend) from the base model for a few steps.
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,13 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     steady = rows[1:] or rows
     result = {
         "model": "SmolLM2-135M-Instruct",
-        "batch": f"{len(prompts)} prompts x {g.num_generations} completions, max {g.max_completion_length} new tokens",
-        "torch_threads": torch.get_num_threads(),
-        "vllm_engine_start_s": vllm_start_s,
-        "hf_tokens_per_s": statistics.median(rates["hf"]),
-        "vllm_tokens_per_s": statistics.median(rates["vllm"]),
-        "hf_tokens_per_s_all": rates["hf"],
-        "vllm_tokens_per_s_all": rates["vllm"],
+        "machine": machine(),  # CPU model, the vector flags vLLM-CPU uses, cores: figures differ by machine kind
+        **probe,
         "grpo_step_generation_s": statistics.median(r["timing/generation_s"] for r in steady),
         "grpo_step_training_s": statistics.median(r["timing/training_s"] for r in steady),
         "grpo_steps": rows,

@@ -197,6 +197,8 @@ def _guarded(fn, *args, default):
 
 
 def _mv_parse(text: str, with_expr: bool, timeout: int | None):
+    # lazy: stages.config validates rl.rewards by importing stages.rewards (and so this module) in pipeline/
+    # processes; math-verify pulls in sympy, needed only when an answer is scored
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
 
     configs = [LatexExtractionConfig(boxed_match_priority=0)] + ([ExprExtractionConfig()] if with_expr else [])
@@ -204,7 +206,7 @@ def _mv_parse(text: str, with_expr: bool, timeout: int | None):
 
 
 def _mv_verify(gold, pred, timeout: int | None) -> bool:
-    from math_verify import verify
+    from math_verify import verify  # lazy: as in _mv_parse (sympy, off the config-validation path)
 
     return bool(verify(gold, pred, timeout_seconds=timeout))
 

@@ -7,15 +7,20 @@ Fields handed to TRL keep TRL's names (``learning_rate``, ``max_steps``, ...).
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SFT_METHODS = ("sft", "rpsft", "l2", "dft", "iw", "lora")
+SftMethod = Literal["sft", "rpsft", "l2", "dft", "iw", "lora"]
+SFT_METHODS: tuple[str, ...] = get_args(SftMethod)
+RlAlgorithm = Literal["grpo", "ppo"]
 _RUN_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # \Z: a trailing newline is not a name
 # Folder and file names a run folder already uses: an arm named like one of them would overwrite it.
 RESERVED_NAMES = {"eval", "data", "plots", "prepare", "seeds", "trainer", "checkpoint", "adapter", "base"}
@@ -257,6 +262,7 @@ class TrainerArgs(Strict):
     @field_validator("lr_scheduler_type")
     @classmethod
     def _scheduler(cls, v: str) -> str:
+        # lazy: pipeline/ imports this module and must not load torch
         from transformers.trainer_utils import SchedulerType
 
         names = [t.value for t in SchedulerType]
@@ -419,10 +425,7 @@ def check_trl_passthrough(
     """Validate a mapping of extra TRL config fields: every name a field of ``trl.<trl_class>``, none that this
     project sets itself. ``own`` maps the project's own field names to the config key that sets them (None: the
     stage sets it, with no key)."""
-    import dataclasses
-    import difflib
-
-    import trl
+    import trl  # lazy: pipeline/ imports this module and must not load torch
 
     fields = {f.name for f in dataclasses.fields(getattr(trl, trl_class)) if f.init}
     for name in extra:
@@ -438,7 +441,7 @@ def check_trl_passthrough(
 
 
 class SFTStageConfig(Strict):
-    method: Literal["sft", "rpsft", "l2", "dft", "iw", "lora"] = "sft"
+    method: SftMethod = "sft"
     arm: str | None = Field(None, description="Output folder name of this arm; default: the method name.")
     training: TrainingArgs = Field(default_factory=TrainingArgs)
     rpsft: RPSFTConfig = Field(default_factory=lambda: RPSFTConfig(k_fraction=0.25))
@@ -472,7 +475,11 @@ class SFTStageConfig(Strict):
 class GenerationSpec(Strict):
     """How the RL stage samples completions."""
 
-    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate; vllm: vLLM colocate mode.")
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "hf",
+        description="hf: transformers generate; vllm: vLLM colocate mode; auto: vLLM on a GPU, on a CPU whichever "
+        "measured faster on this machine (stages/backends.py).",
+    )
     num_generations: int = Field(4, ge=2, description="Completions per prompt (the GRPO group size).")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -518,7 +525,7 @@ class PPOArgs(Strict):
 class RLStageConfig(Strict):
     """RL from an SFT checkpoint (or the base model). Both initialisations get this same section."""
 
-    algorithm: Literal["grpo", "ppo"] = "grpo"
+    algorithm: RlAlgorithm = "grpo"
     init: str | None = Field(None, description="Checkpoint folder to start from; default: the prepared base model.")
     arm: str | None = Field(None, description="Output folder; default rl-<name of the init arm> (or rl-base).")
     rewards: list[str] = Field(default_factory=lambda: ["math_correct"], description="Registered reward names.")
@@ -582,14 +589,14 @@ class RLStageConfig(Strict):
                 "rl.generation.vllm_mode=server needs rl.generation.vllm_server_base_url (the URL `trl vllm-serve` "
                 "prints, e.g. http://127.0.0.1:8000)"
             )
-        if self.algorithm == "ppo" and self.generation.backend != "hf":
-            raise ValueError("rl.algorithm=ppo generates with transformers: set rl.generation.backend=hf")
+        if self.algorithm == "ppo" and self.generation.backend == "vllm":
+            raise ValueError("rl.algorithm=ppo generates with transformers: set rl.generation.backend=hf (or auto)")
         return self
 
     @field_validator("rewards")
     @classmethod
     def _rewards(cls, v: list[str]) -> list[str]:
-        from stages.rewards import REWARDS, installed_rewards
+        from stages.rewards import REWARDS, installed_rewards  # lazy: rewards import math scoring (sympy on use)
 
         known = {*REWARDS, *installed_rewards()}  # built in, or declared by an installed package (entry points)
         unknown = [r for r in v if r not in known]
@@ -743,7 +750,9 @@ class EvalConfig(Strict):
         default_factory=list,
         description="Names (base, an SFT arm, an RL arm) or checkpoint folders; empty: base + every finished arm.",
     )
-    backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine; vllm batches far faster.")
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "hf", description="Generation engine: hf, vllm, or auto (measured per machine, as rl.generation.backend)."
+    )
     cpu_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
         description="Precision of every evaluation axis on the CPU (generation, probes, KL, CKA). bfloat16 makes "
@@ -768,7 +777,7 @@ class SweepArm(Strict):
     """One arm of a trade-off sweep: a method, its own output name, and ``sft.*`` settings of its own."""
 
     arm: str = Field(description="Output folder name, e.g. rpsft-l10-k0.25.")
-    method: Literal["sft", "rpsft", "l2", "dft", "iw", "lora"]
+    method: SftMethod
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Dotted sft.* settings of this arm, e.g. {sft.rpsft.lambda: 10}."
     )
@@ -787,8 +796,6 @@ class SweepArm(Strict):
         return v
 
     def as_overrides(self) -> list[str]:
-        import json
-
         return [
             f"sft.method={self.method}",
             f"sft.arm={self.arm}",
@@ -854,6 +861,7 @@ class TrackingConfig(Strict):
     def _known(cls, v: list[str]) -> list[str]:
         if not v:
             return v
+        # lazy: pipeline/ imports this module and must not load torch
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
         bad = [x for x in v if x not in INTEGRATION_TO_CALLBACK]
@@ -992,7 +1000,7 @@ def use_cpu(cfg: Config) -> bool:
     Raises:
         ConfigError: ``device=cuda`` on a machine without a visible CUDA GPU.
     """
-    import torch
+    import torch  # lazy: pipeline/ imports this module and must not load torch
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA GPU is visible here: use device=auto or device=cpu")

@@ -16,6 +16,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import datasets
+import reasoning_gym
+
 from stages.config import FIELD_PATH_HELP, ConfigError, DataConfig, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -57,8 +60,6 @@ def _item_id(task: str, question: str) -> str:
 
 
 def _reasoning_gym_items(spec: TaskSpec, size: int, seed: int, holdout: set[int]) -> list[dict[str, Any]]:
-    import reasoning_gym
-
     items: list[dict[str, Any]] = []
     # Generate extra when some items are dropped (held-out sources); bounded so a bad holdout list cannot loop.
     want, attempt = size, 0
@@ -211,8 +212,6 @@ def _check_line_lengths(path: Path) -> None:
 def load_table(cfg: DataConfig) -> list[dict[str, Any]]:
     """Rows of a local JSON/JSONL/parquet file or a hub dataset: all, or ``cfg.size`` of them (a sample drawn with
     ``cfg.seed`` unless ``cfg.shuffle`` is false, then the first ones)."""
-    import datasets
-
     if cfg.source == "file":
         path = Path(cfg.path).expanduser()
         if path.exists() and not path.is_file():
@@ -349,8 +348,6 @@ def to_conversation(item: dict[str, Any], system_prompt: str | None) -> dict[str
 
 
 def to_trl_dataset(items: list[dict[str, Any]], system_prompt: str | None):
-    import datasets
-
     if not items:
         raise DataError("no training items: check data.size and data.tasks / data.path")
     if any(x["response"] is None for x in items):

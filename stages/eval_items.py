@@ -9,12 +9,16 @@ from __future__ import annotations
 import functools
 import re
 import tomllib
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from stages import probes
+import reasoning_gym
+
+from stages import lm_eval_bench, probes
+from stages.answers import unreadable_golds
 from stages.config import BenchmarkSpec, Config, DataConfig
 from stages.data import DataError, _item_id, _question_of, build_items, load_table, resolve_field, scalar_answer
 
@@ -51,8 +55,6 @@ def gsm_symbolic_to_gsm8k() -> dict[int, int]:
     Matched by the words of one generated question against each real problem (the templates keep the wording and
     change names and numbers); a unit test checks the match is one-to-one.
     """
-    import reasoning_gym
-
     ds = reasoning_gym.create_dataset("gsm_symbolic", size=2000, seed=7)
     first: dict[int, str] = {}
     for i, x in enumerate(ds):
@@ -71,6 +73,8 @@ def training_items(cfg: Config) -> list[dict[str, Any]]:
     """Items the model saw: the SFT items, plus the RL prompts when those come from the training task."""
     items = build_items(cfg.data)
     if cfg.rl.prompt_data is None:
+        # lazy: stages.rl imports TRL's GRPOTrainer, which loads vLLM where it is installed; the evaluation needs
+        # neither, only the RL prompt list
         from stages.rl import rl_prompts
 
         try:
@@ -139,8 +143,6 @@ def _gsm8k(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
 
 
 def _reasoning_gym(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
-    import reasoning_gym
-
     try:
         ds = reasoning_gym.create_dataset(spec.task, size=spec.n_items, seed=spec.seed, **spec.params)
     except (KeyError, ValueError, TypeError) as e:
@@ -158,8 +160,6 @@ def _reasoning_gym(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Bui
 
 
 def _lm_eval(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
-    from stages import lm_eval_bench
-
     return lm_eval_bench.items(spec), {"excluded": 0, "why": "", "engine": "lm-evaluation-harness"}
 
 
@@ -192,8 +192,6 @@ def build_benchmark(cfg: Config, spec: BenchmarkSpec, trained: list[dict[str, An
     if not items:
         raise DataError(f"{label} has no items: check its size and source")
     if not spec.is_choice and spec.answer_type in ("math", "number") and spec.source not in OWN_SCORERS:
-        from stages.answers import unreadable_golds
-
         errors = unreadable_golds(items, lambda x: f"item {x['id']}")
         if errors:
             raise DataError(
@@ -212,8 +210,6 @@ def stratified_unseen(pool: list[dict[str, Any]], seen: set[str], size: int) -> 
     ``item["stratum"]``) in its share of the whole pool (largest remainders). Short problems collide with training
     more often; dropping collisions and taking the first ``size`` would shift the set toward long ones. A stratum
     without enough unseen items gives its quota to the others, in pool order."""
-    from collections import Counter, defaultdict
-
     shares = Counter(x.get("stratum") for x in pool)
     exact = {k: size * n / len(pool) for k, n in shares.items()}
     quota = {k: int(v) for k, v in exact.items()}

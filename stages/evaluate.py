@@ -26,11 +26,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages import tracking
+import numpy as np
+import reasoning_gym
+import torch
+
+from stages import backends, tracking
+from stages.answers import choice_letter, extract_final_answer, lenient_final_answer, score_math
 from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
 from stages.data import prompt_messages, prompt_text
-from stages.eval_items import OWN_SCORERS
+from stages.eval_items import NEEDS_TRAINING_ITEMS, OWN_SCORERS, build_benchmark, training_items
 from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, report_progress
+from stages.lm_eval_bench import score as lm_eval_score
 from stages.metrics import (
     avg_at_k,
     bootstrap_ci,
@@ -38,8 +44,11 @@ from stages.metrics import (
     pass_at_k,
     proportion_ci,
     stratified_bootstrap_ci,
+    token_kl,
 )
-from stages.models import is_hub_id, resolve_checkpoint
+from stages.models import is_hub_id, load_model, load_tokenizer, resolve_checkpoint, resolve_model
+from stages.probes import GENERAL_PROMPTS, chat_fact_correct, follows_instruction
+from stages.stage_cli import stage_main
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +114,6 @@ def _base_path(cfg: Config) -> str:
     prepared = cfg.run_dir / "prepare" / "result.json"
     if prepared.is_file():
         return json.loads(prepared.read_text())["model_path"]
-    from stages.models import resolve_model
-
     return resolve_model(cfg)
 
 
@@ -128,8 +135,6 @@ def eval_dtype(cfg: Config, torch_dtype: bool = False):
     name = cfg.eval.cpu_dtype if use_cpu(cfg) else "auto"
     if not torch_dtype or name == "auto":
         return name
-    import torch
-
     return getattr(torch, name)
 
 
@@ -139,8 +144,6 @@ class HFGenerator:
         self.model, self.tok, self.batch = model, tokenizer, batch_size
 
     def generate(self, prompts: list[str], *, n: int, temperature: float, max_new_tokens: int, seed: int):
-        import torch
-
         tok = self.tok
         tok.padding_side = "left"
         out: list[list[str]] = []
@@ -173,7 +176,7 @@ class VLLMGenerator:
     def __init__(self, path: str, cfg: Config, max_len: int):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        from vllm import LLM
+        from vllm import LLM  # lazy: vLLM is an optional extra (eval.backend=vllm), heavy; imported after its env
 
         cpu = use_cpu(cfg)
         self.llm = LLM(
@@ -187,7 +190,7 @@ class VLLMGenerator:
         )
 
     def generate(self, prompts: list[str], *, n: int, temperature: float, max_new_tokens: int, seed: int):
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: optional extra, only with eval.backend=vllm
 
         # Per-request seeds crash vLLM's CPU engine; the engine itself is seeded. Greedy exactly when temperature
         # == 0 (samples: 1 is one sampled completion on both backends), full softmax otherwise.
@@ -210,23 +213,15 @@ def item_prompt(tok, cfg: Config, spec: BenchmarkSpec, item: dict[str, Any]) -> 
 def score_text(spec: BenchmarkSpec, item: dict[str, Any], text: str, *, lenient: bool = False) -> float:
     """1.0 when the completion's final answer is right, else 0.0. Math answers go through
     :func:`stages.answers.score_math`, the function the RL reward ``math_correct`` also calls."""
-    from stages.answers import choice_letter, extract_final_answer, lenient_final_answer, score_math
-
     if spec.source == "reasoning_gym":
-        import reasoning_gym
-
         final = extract_final_answer(text)
         fn = reasoning_gym.get_score_answer_fn(spec.task)
         m = _LAST_LINE.search(text)
         cands = [c for c in (final, m.group(0).strip() if m else None) if c]
         return float(any(fn(c, item["entry"]) >= 0.999 for c in cands))
     if spec.source == "chat_facts":
-        from stages.probes import chat_fact_correct
-
         return float(chat_fact_correct(item, text))
     if spec.source == "instructions":
-        from stages.probes import follows_instruction
-
         return float(follows_instruction(item["check"], text))
     if spec.answer_type == "choice":
         return float(choice_letter(text, item["n_choices"]) == item["answer"])
@@ -251,8 +246,6 @@ def _chance(spec: BenchmarkSpec, items: list[dict[str, Any]]) -> float:
 # ---------------------------------------------------------------------------------------- multiple choice
 def choice_correct(model, tok, items: list[dict[str, Any]], batch_size: int) -> list[float]:
     """1.0 where the right option has the highest summed log-likelihood after the question, else 0.0."""
-    import torch
-
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     seqs: list[tuple[int, list[int], int]] = []  # (item index, token ids, number of option tokens)
     for i, it in enumerate(items):
@@ -289,10 +282,6 @@ def choice_correct(model, tok, items: list[dict[str, Any]], batch_size: int) -> 
 def general_text(cfg: Config, base_model, tok, sampled: bool = False) -> list[dict[str, list[int]]]:
     """The base model's answers to the built-in general prompts, greedy or sampled at temperature 1 with a fixed seed
     (cached in ``<run_dir>/eval``). Greedy answers are the base's mode; sampled ones weigh its whole distribution."""
-    import torch
-
-    from stages.probes import GENERAL_PROMPTS
-
     spec = cfg.eval.forgetting
     path = cfg.run_dir / "eval" / ("general_text_sampled.json" if sampled else "general_text.json")
     key = {"n": spec.num_prompts, "max_new_tokens": spec.max_new_tokens, "base": _fingerprint(cfg, _base_path(cfg))}
@@ -333,8 +322,6 @@ def general_text(cfg: Config, base_model, tok, sampled: bool = False) -> list[di
 def _forward_states(model, seqs: list[dict[str, list[int]]], batch_size: int = 8, hidden: bool = True):
     """Per sequence: response-token logits (predicting each response token) and hidden states per layer (an empty
     list when ``hidden`` is off: KL alone needs no hidden states)."""
-    import torch
-
     for b in range(0, len(seqs), batch_size):
         chunk = seqs[b : b + batch_size]
         full = [s["prompt"] + s["response"] for s in chunk]
@@ -356,8 +343,6 @@ def _forward_states(model, seqs: list[dict[str, list[int]]], batch_size: int = 8
 
 def sampled_kl(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
     """KL(base || model) per token on the base's sampled answers (mean over sequences) with its interval."""
-    from stages.metrics import token_kl
-
     per_seq = []
     pairs = zip(
         _forward_states(base_model, seqs, hidden=False), _forward_states(model, seqs, hidden=False), strict=True
@@ -373,11 +358,6 @@ def sampled_kl(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
 
 def forgetting_metrics(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
     """KL(base || model) per token (mean over sequences) and CKA per layer, each with a bootstrap interval."""
-    import numpy as np
-    import torch
-
-    from stages.metrics import token_kl
-
     spec, ev = cfg.eval.forgetting, cfg.eval
     kl_seq: list[float] = []
     hb_layers: list[list[torch.Tensor]] | None = None
@@ -446,10 +426,6 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Score one model on every benchmark; write its folder; return its metrics. Phases: generation benchmarks,
     lm-eval tasks, log-likelihood multiple choice, forgetting (KL and CKA against the base), summaries."""
-    import torch
-
-    from stages.models import load_model, load_tokenizer
-
     out_dir = cfg.run_dir / "eval" / entry["name"]
     t0 = time.perf_counter()
     tok = load_tokenizer(entry["path"], cfg.model)
@@ -493,8 +469,6 @@ def evaluate_model(
 def _generation_phase(cfg: Config, entry, tok, gen_benches, scores: Scores, metrics, timing) -> tuple[Any, list[str]]:
     """Greedy (strict and lenient) and sampled (Avg@k, pass@k) scores of the generation benchmarks. Returns the
     transformers model when the hf backend loaded one (the later phases reuse it) and the output lines."""
-    from stages.models import load_model
-
     outputs: list[str] = []
     if not gen_benches:
         return None, outputs
@@ -549,8 +523,6 @@ def _lm_eval_phase(cfg: Config, entry, lm_benches, scores: Scores, metrics, timi
     """lm-evaluation-harness tasks, run and scored by lm-eval on the checkpoint; per-sample metric = item score."""
     if not lm_benches:
         return
-    from stages.lm_eval_bench import score as lm_eval_score
-
     for spec, items in lm_benches:
         t = time.perf_counter()
         per_item = lm_eval_score(cfg, spec, entry["path"], len(items), "cpu" if use_cpu(cfg) else "cuda")
@@ -608,11 +580,8 @@ def _domain_summaries(cfg: Config, scores: Scores, metrics: dict[str, Any]) -> d
 
 def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     """Evaluate every model in :func:`model_table`; return ``{name: metrics}``."""
-    from stages.eval_items import NEEDS_TRAINING_ITEMS, build_benchmark, training_items
-    from stages.models import load_model, load_tokenizer
-
     if cfg.eval.backend == "vllm":
-        try:
+        try:  # lazy: vLLM is an optional extra; only checked for when eval.backend=vllm
             import vllm  # noqa: F401
         except ImportError:
             raise ConfigError(
@@ -634,6 +603,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         cfg.run_dir / "eval" / "benchmarks.json", {s.name: {**s.model_dump(mode="json"), **n} for s, _, n in benches}
     )
     base_path = _base_path(cfg)
+    cfg = _engine(cfg, base_path, benches)
     base_model = base_tok = None
     results = {}
     for i, entry in enumerate(table):
@@ -664,6 +634,16 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         )
     report_progress(len(table), len(table), "models evaluated")
     return results
+
+
+def _engine(cfg: Config, base_path: str, benches) -> Config:
+    """``eval.backend: auto`` resolved to the engine that generates faster on this machine (stages/backends.py);
+    nothing to choose when no benchmark generates."""
+    if cfg.eval.backend != "auto":
+        return cfg
+    generates = any(not s.is_choice and s.source != "lm_eval" for s, _, _ in benches)
+    backend = backends.resolve(cfg, "eval", base_path).backend if generates else "hf"
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"backend": backend})})
 
 
 def _base_from_other_seed(cfg: Config, entry: dict[str, Any]) -> dict[str, Any] | None:
@@ -705,8 +685,6 @@ SHORTCUTS = {"models": "eval.models", "backend": "eval.backend"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.stage_cli import stage_main
-
     return stage_main(
         argv,
         prog="sft2rl stage evaluate",

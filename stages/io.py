@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import logging
+import math
 import os
 import shutil
+import signal
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from stages.config import ConfigError
 
 DONE_MARKER = "DONE"
 
@@ -84,8 +91,6 @@ def run_arm_once(arm_dir: Path, force: bool, work: Callable[[], dict[str, Any]],
     Raises:
         ConfigError: another process holds this arm's lock.
     """
-    from stages.config import ConfigError
-
     arm_dir = Path(arm_dir)
     if is_done(arm_dir) and not force:
         logging.getLogger(__name__).info("%s is complete; skipping (%s)", arm_dir, redo_hint)
@@ -111,8 +116,6 @@ def save_checkpoint(model, tokenizer, folder: str | os.PathLike) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     if os.environ.get(FAULT_DURING_SAVE_ENV):  # test-only: a crash in the middle of writing a checkpoint
-        import signal
-
         os.kill(os.getpid(), signal.SIGKILL)
     tokenizer.save_pretrained(tmp)
     return publish_dir(tmp, folder)
@@ -127,8 +130,6 @@ def is_done(folder: str | os.PathLike) -> bool:
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -154,9 +155,6 @@ class FolderLock:
         self.fd: int | None = None
 
     def __enter__(self) -> FolderLock:
-        import fcntl
-        import socket
-
         self._created = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(20):
@@ -184,8 +182,6 @@ class FolderLock:
         raise LockedError(f"could not lock {self.path.parent}: the lock file keeps being replaced")
 
     def __exit__(self, *exc) -> None:
-        import fcntl
-
         if self.fd is None:
             return
         self.path.unlink(missing_ok=True)  # still holding it: a waiter that opened the old file retries (inode check)
@@ -290,10 +286,7 @@ def training_guards(model, checkpoint_dir: Path, *, optimizer_copies: int = 2) -
     - test-only fault injection: ``SFT2RL_FAULT_KILL_AFTER_SAVE=N`` SIGKILLs the process right after the trainer
       checkpoint of step N is written (the crash-and-resume tests use it; unset in normal runs).
     """
-    import math
-    import signal
-
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # lazy: pipeline/ imports this module and must not load torch
 
     size = model_bytes(model) * (1 + optimizer_copies)
 
@@ -330,7 +323,7 @@ def last_complete_checkpoint(trainer_dir: Path):
     A checkpoint a kill interrupted (no or a truncated trainer_state.json) is skipped with a warning, so the rerun
     resumes from the one before it instead of failing on every rerun.
     """
-    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_callback import TrainerState  # lazy: pipeline/ imports this module, must not load torch
 
     ckpts = [p for p in Path(trainer_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
     for ckpt in sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
@@ -347,7 +340,7 @@ def train_resumable(trainer, trainer_dir: Path, max_steps: int):
     When that checkpoint already holds the last step (a crash after it, before the final save), its weights and
     state are loaded without training: transformers 5.x would otherwise run one step past ``max_steps``.
     """
-    from transformers.trainer_utils import TrainOutput
+    from transformers.trainer_utils import TrainOutput  # lazy: pipeline/ imports this module and must not load torch
 
     last, state = last_complete_checkpoint(trainer_dir)
     if last is None:

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def _lm_eval():
-    try:
+    try:  # lazy: lm-eval is an optional extra (the lm-eval extra), needed only by source=lm_eval benchmarks
         import lm_eval
         from lm_eval.tasks import TaskManager
     except ImportError:
@@ -37,7 +37,7 @@ def _manager(include_path: str | None):
 
 
 def _task(spec: BenchmarkSpec):
-    from lm_eval.tasks import get_task_dict
+    from lm_eval.tasks import get_task_dict  # lazy: optional extra (checked by _lm_eval in _manager first)
 
     manager = _manager(str(spec.include_path) if spec.include_path else None)
     try:

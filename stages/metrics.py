@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -137,8 +138,6 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion: sensible at 0/n and n/n, where a percentile bootstrap gives [0, 0]."""
-    from statistics import NormalDist
-
     if n <= 0 or not 0 <= successes <= n:
         raise ValueError(f"Wilson interval needs 0 <= successes <= n, n > 0 (got {successes}/{n})")
     z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
@@ -247,7 +246,7 @@ def cka_bootstrap(
 
 def token_kl(base_logits, model_logits):
     """Per-position KL(base || model) in nats from two logit tensors of shape [..., vocab] (torch)."""
-    import torch
+    import torch  # lazy: the report stage imports this module and needs numpy only, not torch
 
     lp = torch.log_softmax(base_logits.float(), dim=-1)
     lq = torch.log_softmax(model_logits.float(), dim=-1)

@@ -12,11 +12,19 @@ import json
 import logging
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
+from huggingface_hub import snapshot_download
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers import models as tokenizer_models
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
 from stages.config import Config, ConfigError, ModelConfig
+from stages.data import tokenizer_corpus
 from stages.io import atomic_write_json, file_sha256, is_done, mark_done
 
 log = logging.getLogger(__name__)
@@ -65,9 +73,6 @@ def convert_smollm2(cache_dir: Path) -> Path:
     if is_done(out):
         _verify_folder_checksums(out)
         return out
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
     log.info("converting %s to a safetensors folder (once; cached at %s)", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -119,12 +124,8 @@ def build_tiny(cfg: ModelConfig, cache_dir: Path, corpus: Iterable[str], seed: i
     out = Path(cache_dir) / "models" / f"tiny-llama-{key}"
     if is_done(out):
         return out
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe = Tokenizer(tokenizer_models.BPE(unk_token=None))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -172,8 +173,6 @@ def resolve_model(cfg: Config, corpus: Iterable[str] | None = None) -> str:
         return str(convert_smollm2(cache))
     if m.source == "tiny":
         if corpus is None:
-            from stages.data import tokenizer_corpus
-
             corpus = tokenizer_corpus(cfg.data)
         return str(build_tiny(m, cache, corpus, m.tiny.seed))
     if m.source == "local":
@@ -196,8 +195,6 @@ def fetch_from_hub(repo_id: str, label: str, revision: str | None = None, source
         ModelError: the hub is unreachable or has no such model, naming ``label`` and the offline way out.
     """
     try:
-        from huggingface_hub import snapshot_download
-
         return snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES)
     except Exception as e:  # noqa: BLE001 - any hub failure gets the same actionable message
         raise ModelError(
@@ -229,8 +226,6 @@ def is_hub_id(ref: str) -> bool:
 def _check_safetensors(path: Path) -> None:
     """A safetensors file whose header reads and whose tensors all fit in the file (a cut download fails here, with
     a message, instead of deep inside loading)."""
-    import struct
-
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -289,8 +284,6 @@ def check_vocab(model, tokenizer, path: str) -> None:
 
 
 def load_tokenizer(path: str, cfg: ModelConfig):
-    from transformers import AutoTokenizer
-
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -309,9 +302,6 @@ def load_tokenizer(path: str, cfg: ModelConfig):
 
 def load_model(path: str, cfg: ModelConfig, dtype=None):
     """Load a causal LM from safetensors only, with trust_remote_code as configured (off by default)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     return AutoModelForCausalLM.from_pretrained(
         path,

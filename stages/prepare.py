@@ -12,8 +12,12 @@ import sys
 import time
 from typing import Any
 
+from transformers import AutoConfig
+
+from stages import models
 from stages.config import Config
 from stages.io import atomic_write_json
+from stages.stage_cli import stage_main
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +28,6 @@ def run(cfg: Config) -> dict[str, Any]:
     Raises:
         ConfigError: the model does not resolve or has no chat template.
     """
-    from transformers import AutoConfig
-
-    from stages import models
-
     t0 = time.perf_counter()
     path = models.resolve_model(cfg)
     tokenizer = models.load_tokenizer(path, cfg.model)
@@ -48,8 +48,6 @@ def run(cfg: Config) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.stage_cli import stage_main
-
     return stage_main(
         argv,
         prog="sft2rl prepare",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any
 
 from stages.answers import GoldError, extract_final_answer, gold_parses, last_boxed, score_math
@@ -40,8 +41,6 @@ def installed_rewards() -> dict[str, Any]:
     """Rewards that installed packages declare under the ``sft2rl.rewards`` entry-point group (name -> entry point),
     e.g. in a package's pyproject.toml: ``[project.entry-points."sft2rl.rewards"] my_reward = "my_pkg.rewards:fn"``.
     Only what the machine's operator installed: configs still name rewards, never import paths."""
-    from importlib.metadata import entry_points
-
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 

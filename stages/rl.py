@@ -13,21 +13,37 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from stages import io, tracking
+import datasets
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig, GRPOTrainer
+
+from stages import backends, io, models, tracking
+from stages.answers import unreadable_golds
 from stages.config import Config, ConfigError, dump_config, use_cpu
+from stages.data import build_items, prompt_messages, prompt_text
 from stages.io import (
     atomic_write_json,
     atomic_write_text,
     is_done,
+    last_complete_checkpoint,
     mark_done,
     run_arm_once,
     save_checkpoint,
 )
+from stages.ppo import PolicyWithValue, PPOSettings, train_ppo, value_head_state
+from stages.rewards import get_reward
+from stages.stage_cli import stage_main
+from stages.vllm_cpu import apply_cpu_colocate_patches
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +91,6 @@ def check_chat_format(tokenizer, where: str) -> None:
 
 def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
     """TRL's GRPOConfig from ``rl.training`` and ``rl.generation`` (TRL's names)."""
-    from trl import GRPOConfig
-
     g = cfg.rl.generation
     return GRPOConfig(
         output_dir=str(output_dir),
@@ -106,8 +120,6 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
 def rl_prompts(cfg: Config) -> list[dict[str, Any]]:
     """RL prompt items (with gold answers): ``rl.prompt_data`` if set, else the SFT task distribution with its own
     seed; any SFT training question is dropped."""
-    from stages.data import build_items
-
     source = cfg.rl.prompt_data or cfg.data
     sft_questions = {x["question"] for x in build_items(cfg.data)} if source.source == "reasoning_gym" else set()
     label = "rl.prompt_data" if cfg.rl.prompt_data else "data"
@@ -116,8 +128,6 @@ def rl_prompts(cfg: Config) -> list[dict[str, Any]]:
         raise ConfigError(f"RL prompts need gold answers: map {label}.fields.answer to a column or path")
     items = [x for x in items if x["question"] not in sft_questions][: cfg.rl.num_prompts]
     if "math_correct" in cfg.rl.rewards:
-        from stages.answers import unreadable_golds
-
         errors = unreadable_golds(items, lambda x: f"prompt {x['question'][:60]!r}")
         if errors:
             raise ConfigError(
@@ -129,45 +139,36 @@ def rl_prompts(cfg: Config) -> list[dict[str, Any]]:
     return items
 
 
-def _metrics_callback(path: Path):
-    from transformers import TrainerCallback
+class JsonlMetrics(TrainerCallback):
+    """One JSON line per logged step to ``path``, flushed at once (a crash loses at most the line being written)."""
 
-    class JsonlMetrics(TrainerCallback):
-        """One JSON line per logged step, flushed at once (a crash loses at most the line being written)."""
+    def __init__(self, path: Path):
+        self.path = path
+        self.t_last = time.perf_counter()
 
-        def __init__(self):
-            self.t_last = time.perf_counter()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs or not state.is_world_process_zero:
-                return
-            now = time.perf_counter()
-            row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
-            row["step_time_s"] = now - self.t_last
-            if "timing/generation_s" in row and "step_time" in row:
-                row["timing/training_s"] = row["step_time"] - row["timing/generation_s"]
-            self.t_last = now
-            with open(path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-
-    return JsonlMetrics()
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or not state.is_world_process_zero:
+            return
+        now = time.perf_counter()
+        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
+        row["step_time_s"] = now - self.t_last
+        if "timing/generation_s" in row and "step_time" in row:
+            row["timing/training_s"] = row["step_time"] - row["timing/generation_s"]
+        self.t_last = now
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
 
 
-def _make_trainer_class():
-    from trl import GRPOTrainer
+class TimedGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer that also logs the generation time of each step (``timing/generation_s``); TRL's ``step_time``
+    covers generation and training together."""
 
-    class TimedGRPOTrainer(GRPOTrainer):
-        """GRPOTrainer that also logs the generation time of each step (``timing/generation_s``); TRL's
-        ``step_time`` covers generation and training together."""
-
-        def _generate(self, prompts: list):
-            t0 = time.perf_counter()
-            out = super()._generate(prompts)
-            self._metrics["train"]["timing/generation_s"].append(time.perf_counter() - t0)
-            return out
-
-    return TimedGRPOTrainer
+    def _generate(self, prompts: list):
+        t0 = time.perf_counter()
+        out = super()._generate(prompts)
+        self._metrics["train"]["timing/generation_s"].append(time.perf_counter() - t0)
+        return out
 
 
 def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict[str, Any]:
@@ -186,8 +187,6 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
 
 def _truncate_metrics(path: Path, trainer_dir: Path) -> None:
     """On resume, drop metric lines logged after the last trainer checkpoint (they are logged again)."""
-    from stages.io import last_complete_checkpoint
-
     ckpt, state = last_complete_checkpoint(trainer_dir)
     if not path.is_file() or ckpt is None:
         return
@@ -202,54 +201,53 @@ def _truncate_metrics(path: Path, trainer_dir: Path) -> None:
     atomic_write_text(path, "".join(r + "\n" for r in rows))
 
 
+def _init_path(cfg: Config) -> str:
+    """The model RL starts from: ``rl.init`` (a checkpoint folder or a hub id) or the prepared base model."""
+    if not cfg.rl.init:
+        return models.resolve_model(cfg)
+    init = Path(cfg.rl.init).expanduser()
+    if not init.is_dir() and models.is_hub_id(cfg.rl.init):  # a hub model: fetched once into the hub cache
+        init = Path(models.fetch_from_hub(cfg.rl.init, "rl.init", source_hint="an SFT checkpoint folder"))
+    if not init.is_dir():
+        raise ConfigError(f"rl.init {init} does not exist: pass an SFT checkpoint folder (<run_dir>/<arm>/checkpoint)")
+    models.check_model_folder(init, trust_remote_code=cfg.model.trust_remote_code)
+    return str(init)
+
+
 def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Path) -> dict[str, Any]:
-    import torch
-    from transformers import set_seed
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from stages import models
-    from stages.data import prompt_messages
-    from stages.rewards import get_reward
-
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     set_seed(cfg.seed)
-    args = build_grpo_config(cfg, arm_dir / "trainer")
-
-    if cfg.rl.init:
-        init = Path(cfg.rl.init).expanduser()
-        if not init.is_dir() and models.is_hub_id(cfg.rl.init):  # a hub model: fetched once into the hub cache
-            init = Path(models.fetch_from_hub(cfg.rl.init, "rl.init", source_hint="an SFT checkpoint folder"))
-        if not init.is_dir():
-            raise ConfigError(
-                f"rl.init {init} does not exist: pass an SFT checkpoint folder (<run_dir>/<arm>/checkpoint)"
-            )
-        models.check_model_folder(init, trust_remote_code=cfg.model.trust_remote_code)
-        init_path = str(init)
-    else:
-        init_path = models.resolve_model(cfg)
+    build_grpo_config(cfg, arm_dir / "trainer")  # its batch-shape errors come before any probe or model load
+    init_path = _init_path(cfg)
     tokenizer = models.load_tokenizer(init_path, cfg.model)
     check_chat_format(tokenizer, init_path)
     reward_funcs = [get_reward(name) for name in cfg.rl.rewards]
     items = rl_prompts(cfg)
-    import datasets
-
     rows = [{"prompt": prompt_messages(x, cfg.data.system_prompt), "answer": x["answer"]} for x in items]
     train_ds = datasets.Dataset.from_list(rows)
+    as_given, requested = cfg, cfg.rl.generation.backend
+    choice = backends.resolve(cfg, "rl", init_path)  # auto: measured once per machine and model
+    cfg = cfg.model_copy(
+        update={
+            "rl": cfg.rl.model_copy(
+                update={"generation": cfg.rl.generation.model_copy(update={"backend": choice.backend})}
+            )
+        }
+    )
     if cfg.rl.algorithm == "ppo":
         return _run_ppo(cfg, arm, arm_dir, init_path, tokenizer, items, reward_funcs, force)
+    args = build_grpo_config(cfg, arm_dir / "trainer")
     model = models.load_model(init_path, cfg.model)
     if cfg.rl.generation.backend == "vllm" and not torch.cuda.is_available():
-        from stages.vllm_cpu import apply_cpu_colocate_patches
-
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # use every core (1.5-1.7x faster here)
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # every core (README "Measured numbers")
         apply_cpu_colocate_patches()
 
     arm_dir.mkdir(parents=True, exist_ok=True)
     if force:
         (arm_dir / "DONE").unlink(missing_ok=True)
-    atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
+    atomic_write_text(arm_dir / "config.yaml", dump_config(as_given))  # as given (auto stays auto)
     trainer_dir = arm_dir / "trainer"
     resume = trainer_dir.is_dir() and get_last_checkpoint(str(trainer_dir)) is not None
     metrics_path = arm_dir / "metrics.jsonl"
@@ -260,13 +258,13 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     if use_cpu(cfg):
         copies = 4 + (1 if cfg.rl.training.beta > 0 else 0)
         io.warn_memory(sum(p.numel() for p in model.parameters()), copies=copies, what="GRPO", logger=log)
-    trainer = _make_trainer_class()(
+    trainer = TimedGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=train_ds,
         processing_class=tokenizer,
-        callbacks=[_metrics_callback(metrics_path), *(callbacks or []), *io.training_guards(model, trainer_dir)],
+        callbacks=[JsonlMetrics(metrics_path), *(callbacks or []), *io.training_guards(model, trainer_dir)],
     )
     t0 = time.perf_counter()
     result = io.train_resumable(trainer, trainer_dir, cfg.rl.training.max_steps)
@@ -276,8 +274,39 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
 
     steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     extra = {"steps": trainer.state.global_step, "train_loss": float(result.training_loss)}
+    extra["backend_reason"] = choice.reason
+    if requested == "auto" and choice.backend == "vllm" and choice.figures:
+        extra["generation_tokens_per_s"] = _learn_colocated_speed(cfg, init_path, steps, choice.figures)
     backend = cfg.rl.generation.backend
     return _finish(cfg, arm, arm_dir, init_path, steps, train_s, len(items), backend, extra, trainer)
+
+
+def _learn_colocated_speed(
+    cfg: Config, init_path: str, steps: list[dict[str, Any]], figures: dict[str, Any]
+) -> float | None:
+    """The colocated engine's generation speed inside these GRPO steps (first step dropped: engine warm-up),
+    recorded for ``backend: auto``; a warning when it fell below transformers' speed on this machine."""
+    per_step = cfg.rl.training.per_device_train_batch_size * cfg.rl.training.gradient_accumulation_steps
+    rates = [
+        s["completions/mean_length"] * per_step / s["timing/generation_s"]
+        for s in steps[1:] or steps
+        if s.get("timing/generation_s") and s.get("completions/mean_length")
+    ]
+    if not rates:
+        return None
+    rate = sorted(rates)[len(rates) // 2]
+    backends.record_colocated(
+        Path(cfg.cache_dir) / backends.CACHE_FILE, model_id=backends.model_id(init_path), tokens_per_s=rate
+    )
+    hf = float(figures["hf_tokens_per_s"])
+    if rate < hf:
+        log.warning(
+            "vLLM generated %.0f tokens/s inside these GRPO steps, below transformers' %.0f tokens/s on this machine: "
+            "the next rl.generation.backend=auto run uses transformers (set backend=hf to switch now)",
+            rate,
+            hf,
+        )
+    return round(rate, 1)
 
 
 def _finish(
@@ -329,40 +358,10 @@ def _finish(
     return summary
 
 
-def _run_ppo(
-    cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, items, reward_funcs, force: bool = False
-) -> dict[str, Any]:
-    """PPO (stages.ppo) with the same prompts, rewards and outputs as GRPO."""
-    import torch
-    from safetensors.torch import save_file
-
-    from stages import models
-    from stages.data import prompt_messages, prompt_text
-    from stages.ppo import PolicyWithValue, PPOSettings, train_ppo, value_head_state
-
+def _ppo_settings(cfg: Config) -> PPOSettings:
+    """The PPO loop's settings from the config's rl section (the same batch shape and sampling as GRPO)."""
     t, g, p = cfg.rl.training, cfg.rl.generation, cfg.rl.ppo
-    device = "cpu" if use_cpu(cfg) else "cuda"
-    model = PolicyWithValue(models.load_model(init_path, cfg.model), temperature=g.temperature).to(device)
-    ref = models.load_model(init_path, cfg.model).to(device).eval()
-    for q in ref.parameters():
-        q.requires_grad_(False)
-    prompts = [
-        {
-            "text": prompt_text(tokenizer, prompt_messages(x, cfg.data.system_prompt)),
-            "answer": x["answer"],
-        }
-        for x in items
-    ]
-    weights = cfg.rl.reward_weights or [1.0] * len(reward_funcs)
-
-    def reward_fn(texts: list[str], rows: list[dict[str, Any]]) -> list[float]:
-        total = [0.0] * len(texts)
-        for w, fn in zip(weights, reward_funcs, strict=True):
-            for i, r in enumerate(fn(texts, answer=[row["answer"] for row in rows])):
-                total[i] += w * r
-        return total
-
-    settings = PPOSettings(
+    return PPOSettings(
         learning_rate=t.learning_rate,
         max_steps=t.max_steps,
         prompts_per_step=t.per_device_train_batch_size * t.gradient_accumulation_steps // g.num_generations,
@@ -384,14 +383,47 @@ def _run_ppo(
             "max_new_tokens": g.max_completion_length,
         },
     )
+
+
+def _weighted_reward(reward_funcs, weights: list[float] | None):
+    """One scalar reward per completion: the weighted sum of the reward functions (weights 1 by default)."""
+    weights = weights or [1.0] * len(reward_funcs)
+
+    def reward_fn(texts: list[str], rows: list[dict[str, Any]]) -> list[float]:
+        total = [0.0] * len(texts)
+        for w, fn in zip(weights, reward_funcs, strict=True):
+            for i, r in enumerate(fn(texts, answer=[row["answer"] for row in rows])):
+                total[i] += w * r
+        return total
+
+    return reward_fn
+
+
+def _run_ppo(
+    cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, items, reward_funcs, force: bool = False
+) -> dict[str, Any]:
+    """PPO (stages.ppo) with the same prompts, rewards and outputs as GRPO."""
+    t, g = cfg.rl.training, cfg.rl.generation
+    device = "cpu" if use_cpu(cfg) else "cuda"
+    model = PolicyWithValue(models.load_model(init_path, cfg.model), temperature=g.temperature).to(device)
+    ref = models.load_model(init_path, cfg.model).to(device).eval()
+    for q in ref.parameters():
+        q.requires_grad_(False)
+    prompts = [
+        {
+            "text": prompt_text(tokenizer, prompt_messages(x, cfg.data.system_prompt)),
+            "answer": x["answer"],
+        }
+        for x in items
+    ]
+    settings = _ppo_settings(cfg)
+    reward_fn = _weighted_reward(reward_funcs, cfg.rl.reward_weights)
     arm_dir.mkdir(parents=True, exist_ok=True)
     (arm_dir / "DONE").unlink(missing_ok=True)
     atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
     metrics_path = arm_dir / "metrics.jsonl"
     trainer_dir = arm_dir / "trainer"
     if force:  # --force trains again from the start, like the SFT stage
-        import shutil
-
         shutil.rmtree(trainer_dir, ignore_errors=True)
     torch.manual_seed(cfg.seed)
     resumed = ppo_resume(model, trainer_dir)  # weights, optimizer, RNG and step of the last complete checkpoint
@@ -453,12 +485,6 @@ def _run_ppo(
 def ppo_save(model, opt, trainer_dir: Path, step: int, keep: int) -> Path:
     """``trainer/checkpoint-<step>/``: policy and value head (safetensors), optimizer and RNG states, the step;
     written to a temporary folder and renamed into place (complete or absent), older ones pruned to ``keep``."""
-    import shutil
-    import tempfile
-
-    import torch
-    from safetensors.torch import save_file
-
     trainer_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=trainer_dir))
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
@@ -478,9 +504,6 @@ def ppo_save(model, opt, trainer_dir: Path, step: int, keep: int) -> Path:
 def ppo_resume(model, trainer_dir: Path) -> dict[str, Any] | None:
     """Restore the last complete PPO checkpoint into ``model`` and torch's RNG; return its step and optimizer state
     (None when there is none). The optimizer state loads with ``weights_only=True`` (no arbitrary pickles)."""
-    import torch
-    from safetensors.torch import load_file
-
     done = [d for d in trainer_dir.glob("checkpoint-*") if is_done(d) and (d / "state.json").is_file()]
     if not done:
         return None
@@ -495,8 +518,6 @@ def ppo_resume(model, trainer_dir: Path) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.stage_cli import stage_main
-
     return stage_main(
         argv,
         prog="python -m stages.rl",

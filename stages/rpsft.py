@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import xxhash
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from stages.config import ConfigError
 from stages.io import atomic_write
@@ -149,8 +152,6 @@ def top_k_factors(W: torch.Tensor, k: int, method: str = "gram", with_block: boo
 
 def weights_hash(named: list[tuple[str, torch.Tensor]]) -> str:
     """Fast content hash of the regularised weights (names, shapes, dtypes, bytes): the anchor cache key."""
-    import xxhash
-
     h = xxhash.xxh3_128()
     for name, t in named:
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
@@ -204,7 +205,7 @@ def compute_anchors(
         return Anchor(name, shape, kk, False, U=U, V=V, S_ref=S_ref, s_top=float(s[0]))
 
     # One matrix per thread, one BLAS/LAPACK thread each: the eigensolver scales poorly with threads, so matrices
-    # in parallel are faster (measured 2.5 s vs 3.6 s for SmolLM2-135M on 2 cores).
+    # in parallel are faster (README "Measured numbers").
     threads = torch.get_num_threads()
     workers = max(1, min(threads, 8))
     if workers > 1:
@@ -232,8 +233,6 @@ def compute_anchors(
 
 def save_anchors(anchors: Anchors, path: Path) -> None:
     """Write anchors as safetensors (atomic rename)."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     meta = {"k_spec": anchors.k_spec, "method": anchors.method, "weights_hash": anchors.weights_hash, "matrices": {}}
     for i, (name, a) in enumerate(anchors.anchors.items()):
@@ -247,8 +246,6 @@ def save_anchors(anchors: Anchors, path: Path) -> None:
 
 
 def load_anchors(path: Path) -> Anchors:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["sft2rl"])
         keys = set(f.keys())
@@ -412,8 +409,6 @@ def _stable_k(s: torch.Tensor, k: int) -> int:
 
 def base_weight_loader(model_path: str):
     """``name -> pretrained tensor or None``, read lazily from the safetensors files of ``model_path``."""
-    from safetensors import safe_open
-
     files = sorted(Path(model_path).glob("*.safetensors")) if model_path and Path(model_path).is_dir() else []
     index = {}
     for f in files:

@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages import io, tracking
+import torch
+from accelerate.utils import DistributedType
+from peft import LoraConfig
+from transformers import TrainerCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+from stages import data as data_mod
+from stages import io, models, tracking
 from stages.config import Config, ConfigError, dump_config, use_cpu
 from stages.io import (
     atomic_write_json,
@@ -37,14 +45,21 @@ from stages.io import (
     run_arm_once,
     save_checkpoint,
 )
+from stages.rpsft import (
+    RPSFTRegularizer,
+    base_weight_loader,
+    compute_anchors,
+    select_matrices,
+    subspace_diagnostics,
+    summarize_diagnostics,
+)
+from stages.stage_cli import stage_main
 
 log = logging.getLogger(__name__)
 
 
 def build_sft_config(cfg: Config, output_dir: str | os.PathLike):
     """The TRL SFTConfig of this arm; every field of ``sft.training`` is passed under its TRL name."""
-    from trl import SFTConfig
-
     return SFTConfig(
         output_dir=str(output_dir),
         seed=cfg.seed,
@@ -71,9 +86,6 @@ def training_args(cfg: Config) -> dict[str, Any]:
 
 def build_lora_config(cfg: Config, model):
     """peft LoraConfig: every Linear except the output head, plus the token embedding (the paper's LoRA baseline)."""
-    import torch
-    from peft import LoraConfig
-
     spec = cfg.sft.lora
     targets: list[str] | str = spec.target_modules
     if spec.include_embeddings:
@@ -97,8 +109,6 @@ def merge_lora(peft_model):
     too and the checkpoint would not be the trained model (KL 0.025 nats/token on a tied toy Llama). So the head gets
     its own copy of W and the config says untied before the merge.
     """
-    import torch
-
     base = peft_model.get_base_model()
     head, emb = base.get_output_embeddings(), base.get_input_embeddings()
     emb_weight = getattr(emb, "base_layer", emb).weight
@@ -110,142 +120,134 @@ def merge_lora(peft_model):
     return peft_model.merge_and_unload()
 
 
-def _make_trainer_class():
-    import torch
-    from transformers import TrainerCallback
-    from trl import SFTTrainer
+class Sft2rlTrainer(SFTTrainer):
+    """SFTTrainer with two narrow hooks: the RPSFT/L2 penalty gradient and the IW-SFT loss."""
 
-    class Sft2rlTrainer(SFTTrainer):
-        """SFTTrainer with two narrow hooks: the RPSFT/L2 penalty gradient and the IW-SFT loss."""
+    def __init__(self, *args, regularizer=None, regularizer_mode="per_step", iw=None, ref_model=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.regularizer = regularizer
+        self.regularizer_mode = regularizer_mode
+        self.iw = iw
+        self.ref_model = ref_model
+        self.reg_stats: dict[str, float] = {}
+        if regularizer is not None:
+            self._refuse_sharding()
+            self.add_callback(_PenaltyAfterStep(self))
 
-        def __init__(self, *args, regularizer=None, regularizer_mode="per_step", iw=None, ref_model=None, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.regularizer = regularizer
-            self.regularizer_mode = regularizer_mode
-            self.iw = iw
-            self.ref_model = ref_model
-            self.reg_stats: dict[str, float] = {}
-            if regularizer is not None:
-                self._refuse_sharding()
-                self.add_callback(_PenaltyAfterStep(self))
-
-        def _refuse_sharding(self) -> None:
-            from accelerate.utils import DistributedType
-
-            acc = self.accelerator
-            if acc.distributed_type == DistributedType.FSDP:
-                raise ConfigError("RPSFT/L2 under FSDP is not supported (sharded weights); use DDP or ZeRO-2")
-            if acc.distributed_type == DistributedType.DEEPSPEED:
-                # DeepSpeed steps the optimizer inside backward: add_penalty_grad would run after the step it belongs
-                # to (one step late, or dropped), and bf16 module weights make the penalty non-zero at step 0.
-                raise ConfigError(
-                    "RPSFT/L2 under DeepSpeed is not supported (the optimizer steps inside backward, so the penalty "
-                    "gradient would land a step late); use DDP (configs/accelerate/ddp.yaml)"
-                )
-
-        def _loss_scaled_for_ga(self, num_items_in_batch) -> bool:
-            # Mirrors transformers.Trainer.training_step: a loss normalised by num_items_in_batch is not divided by GA.
-            if self.loss_is_scaled_for_ga is not None:
-                return bool(self.loss_is_scaled_for_ga)
-            return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
-                self.compute_loss_func is not None
+    def _refuse_sharding(self) -> None:
+        acc = self.accelerator
+        if acc.distributed_type == DistributedType.FSDP:
+            raise ConfigError("RPSFT/L2 under FSDP is not supported (sharded weights); use DDP or ZeRO-2")
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            # DeepSpeed steps the optimizer inside backward: add_penalty_grad would run after the step it belongs
+            # to (one step late, or dropped), and bf16 module weights make the penalty non-zero at step 0.
+            raise ConfigError(
+                "RPSFT/L2 under DeepSpeed is not supported (the optimizer steps inside backward, so the penalty "
+                "gradient would land a step late); use DDP (configs/accelerate/ddp.yaml)"
             )
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            outputs = None
-            if self.iw is not None and model.training:
-                loss = self._iw_loss(model, inputs, num_items_in_batch)
-            elif return_outputs:
-                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+    def _loss_scaled_for_ga(self, num_items_in_batch) -> bool:
+        # Mirrors transformers.Trainer.training_step: a loss normalised by num_items_in_batch is not divided by GA.
+        if self.loss_is_scaled_for_ga is not None:
+            return bool(self.loss_is_scaled_for_ga)
+        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+            self.compute_loss_func is not None
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = None
+        if self.iw is not None and model.training:
+            loss = self._iw_loss(model, inputs, num_items_in_batch)
+        elif return_outputs:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        else:
+            loss = super().compute_loss(model, inputs, False, num_items_in_batch)
+        if self.regularizer is not None and self.regularizer_mode == "per_micro_batch" and model.training:
+            # The release's form: lambda * R in every micro-batch loss. Scaled so that the accumulated gradient
+            # is lambda * dR/dW once per optimizer step, whatever GA normalisation the trainer applies.
+            pen = self.regularizer.penalty_autograd()
+            if self._loss_scaled_for_ga(num_items_in_batch):
+                pen = pen / self.current_gradient_accumulation_steps
+            loss = loss + pen
+        return (loss, outputs) if return_outputs else loss
+
+    def _iw_loss(self, model, inputs, num_items_in_batch):
+        labels = inputs["labels"][:, 1:]  # (B, T-1)
+        fwd = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "use_cache")}
+        logits = model(**fwd, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+        mask = labels != -100
+        safe = labels.clamp(min=0)
+        logp = torch.log_softmax(logits, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1) * mask
+        with torch.no_grad():
+            ref_logits = self.ref_model(**fwd, use_cache=False).logits[:, :-1].float()
+            ref_logp = torch.log_softmax(ref_logits, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1) * mask
+            n_seq = mask.sum(1).clamp(min=1)
+            log_ratio = (logp.detach() - ref_logp).sum(1)  # (B,) sequence log-likelihood ratio
+            if self.iw.estimator == "token_mean":
+                log_ratio = log_ratio / n_seq  # per-token geometric mean (the release's form)
+            # Detached importance weight (a constant per sequence), capped; see README "Methods".
+            w = (log_ratio * self.iw.tau).clamp(max=math.log(self.iw.max_weight)).exp()
+            if self.iw.normalize:
+                w = w / w.mean().clamp(min=1e-12)
+        num = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -(w.unsqueeze(1) * logp).sum() / torch.as_tensor(num).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        self.reg_stats["iw/weight_mean"] = float(w.mean())
+        return loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            # transformers only filters non-finite losses out of the log and would go on training on them.
+            raise FloatingPointError(
+                f"training loss is {float(loss)} at step {self.state.global_step + 1}; lower the learning "
+                f"rate. The last good trainer checkpoint is kept in {self.args.output_dir}."
+            )
+        if self.regularizer is not None and self.accelerator.sync_gradients:
+            if self.regularizer_mode == "per_step":
+                # Last micro-batch of the optimizer step: the CE gradients are accumulated (and all-reduced under
+                # DDP); add lambda * dR/dW once, before clipping, as the per-micro-batch form would have.
+                stats = self.regularizer.add_penalty_grad()
             else:
-                loss = super().compute_loss(model, inputs, False, num_items_in_batch)
-            if self.regularizer is not None and self.regularizer_mode == "per_micro_batch" and model.training:
-                # The release's form: lambda * R in every micro-batch loss. Scaled so that the accumulated gradient
-                # is lambda * dR/dW once per optimizer step, whatever GA normalisation the trainer applies.
-                pen = self.regularizer.penalty_autograd()
-                if self._loss_scaled_for_ga(num_items_in_batch):
-                    pen = pen / self.current_gradient_accumulation_steps
-                loss = loss + pen
-            return (loss, outputs) if return_outputs else loss
-
-        def _iw_loss(self, model, inputs, num_items_in_batch):
-            labels = inputs["labels"][:, 1:]  # (B, T-1)
-            fwd = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "use_cache")}
-            logits = model(**fwd, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
-            mask = labels != -100
-            safe = labels.clamp(min=0)
-            logp = torch.log_softmax(logits, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1) * mask
-            with torch.no_grad():
-                ref_logits = self.ref_model(**fwd, use_cache=False).logits[:, :-1].float()
-                ref_logp = torch.log_softmax(ref_logits, -1).gather(-1, safe.unsqueeze(-1)).squeeze(-1) * mask
-                n_seq = mask.sum(1).clamp(min=1)
-                log_ratio = (logp.detach() - ref_logp).sum(1)  # (B,) sequence log-likelihood ratio
-                if self.iw.estimator == "token_mean":
-                    log_ratio = log_ratio / n_seq  # per-token geometric mean (the release's form)
-                # Detached importance weight (a constant per sequence), capped; see README "Methods".
-                w = (log_ratio * self.iw.tau).clamp(max=math.log(self.iw.max_weight)).exp()
-                if self.iw.normalize:
-                    w = w / w.mean().clamp(min=1e-12)
-            num = mask.sum() if num_items_in_batch is None else num_items_in_batch
-            loss = -(w.unsqueeze(1) * logp).sum() / torch.as_tensor(num).clamp(min=1)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            self.reg_stats["iw/weight_mean"] = float(w.mean())
-            return loss
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            if not torch.isfinite(loss).all():
-                # transformers only filters non-finite losses out of the log and would go on training on them.
+                stats = {"penalty": self.regularizer.penalty()}
+            if not math.isfinite(stats["penalty"]):
                 raise FloatingPointError(
-                    f"training loss is {float(loss)} at step {self.state.global_step + 1}; lower the learning "
-                    f"rate. The last good trainer checkpoint is kept in {self.args.output_dir}."
+                    f"RPSFT penalty is {stats['penalty']} at step {self.state.global_step + 1}; lower the "
+                    "learning rate or lambda. The last good trainer checkpoint is kept."
                 )
-            if self.regularizer is not None and self.accelerator.sync_gradients:
-                if self.regularizer_mode == "per_step":
-                    # Last micro-batch of the optimizer step: the CE gradients are accumulated (and all-reduced under
-                    # DDP); add lambda * dR/dW once, before clipping, as the per-micro-batch form would have.
-                    stats = self.regularizer.add_penalty_grad()
-                else:
-                    stats = {"penalty": self.regularizer.penalty()}
-                if not math.isfinite(stats["penalty"]):
-                    raise FloatingPointError(
-                        f"RPSFT penalty is {stats['penalty']} at step {self.state.global_step + 1}; lower the "
-                        "learning rate or lambda. The last good trainer checkpoint is kept."
-                    )
-                # the values before this step's update; the logged ones are taken after it (_PenaltyAfterStep)
-                self.reg_stats.update({f"rpsft/{k}_before_step": v for k, v in stats.items()})
-            return loss
+            # the values before this step's update; the logged ones are taken after it (_PenaltyAfterStep)
+            self.reg_stats.update({f"rpsft/{k}_before_step": v for k, v in stats.items()})
+        return loss
 
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs and self.reg_stats:
-                logs = {**logs, **self.reg_stats}
-            super().log(logs, start_time)
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.reg_stats:
+            logs = {**logs, **self.reg_stats}
+        super().log(logs, start_time)
 
-    class _PenaltyAfterStep(TrainerCallback):
-        """At a logged step, the penalty of the weights the optimizer step just produced: ``rpsft/penalty`` (R, without
-        lambda), ``rpsft/weighted_penalty`` (lambda * R, the term in the loss) and the block drift. Computed only when
-        the step is logged (one pass over the matrices)."""
 
-        def __init__(self, trainer):
-            self.trainer = trainer
+class _PenaltyAfterStep(TrainerCallback):
+    """At a logged step, the penalty of the weights the optimizer step just produced: ``rpsft/penalty`` (R, without
+    lambda), ``rpsft/weighted_penalty`` (lambda * R, the term in the loss) and the block drift. Computed only when
+    the step is logged (one pass over the matrices)."""
 
-        def on_step_end(self, args, state, control, **kwargs):
-            if not control.should_log:
-                return
-            reg = self.trainer.regularizer
-            penalty = reg.penalty()
-            drift = list(reg.block_drift().values())
-            self.trainer.reg_stats.update(
-                {
-                    "rpsft/penalty": penalty,
-                    "rpsft/weighted_penalty": reg.lam * penalty,
-                    "rpsft/block_drift_mean": sum(drift) / max(1, len(drift)),
-                    "rpsft/block_drift_max": max(drift, default=0.0),
-                }
-            )
+    def __init__(self, trainer):
+        self.trainer = trainer
 
-    return Sft2rlTrainer
+    def on_step_end(self, args, state, control, **kwargs):
+        if not control.should_log:
+            return
+        reg = self.trainer.regularizer
+        penalty = reg.penalty()
+        drift = list(reg.block_drift().values())
+        self.trainer.reg_stats.update(
+            {
+                "rpsft/penalty": penalty,
+                "rpsft/weighted_penalty": reg.lam * penalty,
+                "rpsft/block_drift_mean": sum(drift) / max(1, len(drift)),
+                "rpsft/block_drift_max": max(drift, default=0.0),
+            }
+        )
 
 
 def warn_control_tokens(items: list[dict[str, Any]], tokenizer) -> int:
@@ -287,13 +289,6 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
     Raises:
         ConfigError: bad model, data or settings; nothing is trained or written to the arm folder before this.
     """
-    import torch
-    from transformers import set_seed
-
-    from stages import data as data_mod
-    from stages import models
-    from stages.rpsft import RPSFTRegularizer, compute_anchors, select_matrices
-
     method = cfg.sft.method
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -344,9 +339,8 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
             p.requires_grad_(False)
     peft_config = build_lora_config(cfg, model) if method == "lora" else None
 
-    Trainer = _make_trainer_class()
     try:
-        trainer = Trainer(
+        trainer = Sft2rlTrainer(
             model=model,
             args=args,
             train_dataset=train_ds,
@@ -379,10 +373,6 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
 
 
 def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from stages.rpsft import base_weight_loader, subspace_diagnostics, summarize_diagnostics
-
     arm_dir = cfg.arm_dir
     method = cfg.sft.method
     rp = cfg.sft.rpsft
@@ -492,8 +482,6 @@ SHORTCUTS = {"method": "sft.method", "arm": "sft.arm", "max_steps": "sft.trainin
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.stage_cli import stage_main
-
     return stage_main(
         argv,
         prog="python -m stages.sft",

@@ -7,11 +7,16 @@ Names: the run folder ``runs/<run>`` is the project; each arm is the tracked run
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import HfApi
+
 from stages.config import Config, ConfigError
+from stages.io import atomic_write_text
 
 
 def main_run_dir(cfg: Config) -> Path:
@@ -39,6 +44,8 @@ def check_installed(cfg: Config) -> None:
     """
     if not cfg.tracking.report_to:
         return
+    # lazy: the report stage imports this module without torch (transformers.integrations loads it); tests patch
+    # get_available_reporting_integrations on transformers.integrations, so it is looked up at call time
     from transformers.integrations import get_available_reporting_integrations
 
     missing = [x for x in cfg.tracking.report_to if x not in get_available_reporting_integrations()]
@@ -89,7 +96,7 @@ def scalar_writer(cfg: Config, arm: str):
     if "tensorboard" not in cfg.tracking.report_to:
         return None
     check_installed(cfg)
-    try:
+    try:  # lazy: optional, whichever TensorBoard writer is installed (tensorboard, else the tracking extra)
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         from tensorboardX import SummaryWriter
@@ -100,8 +107,6 @@ def write_model_card(trainer, folder: Path, cfg: Config, arm: str, facts: dict[s
     """``<folder>/README.md``: the model card TRL drafts for the trainer (base model, trainer, framework versions,
     citation) followed by what sft2rl knows about the checkpoint: method and its settings, data, the run's numbers.
     ``trainer`` None (PPO): the sft2rl section alone."""
-    from stages.io import atomic_write_text
-
     head = f"# {tracked_name(cfg, arm)}\n"
     if trainer is not None:
         trainer.create_model_card(model_name=tracked_name(cfg, arm), tags=["sft2rl", facts.get("method", arm)])
@@ -118,16 +123,11 @@ def push_to_hub(cfg: Config, arm: str, folder: Path) -> dict[str, Any] | None:
     """Upload a finished checkpoint folder (weights, tokenizer, model card) to ``<hub.repo_prefix>-<run>-<arm>``
     when ``hub.push`` is on. The checkpoint is complete on disk before this runs, so a failed upload loses nothing:
     it is logged and recorded (``{"repo": ..., "error": ...}``) and the stage ends normally."""
-    import logging
-    import re
-
     if not cfg.hub.push:
         return None
     name = re.sub(r"[^\w.-]+", "-", tracked_name(cfg, arm)).strip("-")
     repo = f"{cfg.hub.repo_prefix}-{name}"[:96]
     try:
-        from huggingface_hub import HfApi
-
         api = HfApi()
         api.create_repo(repo, private=cfg.hub.private, exist_ok=True)
         api.upload_folder(repo_id=repo, folder_path=str(folder), commit_message=f"sft2rl: {tracked_name(cfg, arm)}")

@@ -5,8 +5,8 @@
    weights into the engine every step through ``load_weights``, which then fails (and, were it not to fail, the
    packed copies would go stale). ``keep_plain_weights`` makes every CPU linear call ``torch.nn.functional.linear``
    on the live weight, so a weight sync reaches the computation.
-2. TRL creates its colocate engine without ``enforce_eager``; on CPU that costs a long compile at start (about 70 s
-   for SmolLM2-135M vs about 15 s eager). ``eager_engine`` passes ``enforce_eager=True``.
+2. TRL creates its colocate engine without ``enforce_eager``; on CPU that costs a long compile at start (figures in
+   the README, "Measured numbers"). ``eager_engine`` passes ``enforce_eager=True``.
 
 Both are applied only when the RL stage runs the vLLM backend on a machine without CUDA; GPU runs use vLLM as is.
 A test checks that the weights really reach vLLM: after updates, vLLM's sampling log-probs still agree with the
@@ -23,6 +23,7 @@ _applied = False
 
 
 def keep_plain_weights() -> None:
+    # lazy: vLLM is an optional extra; these patches are applied only when the vLLM backend runs on a CPU
     import torch
     import vllm.model_executor.layers.utils as vllm_layer_utils
 
@@ -33,7 +34,7 @@ def keep_plain_weights() -> None:
 
 
 def eager_engine() -> None:
-    import trl.generation.vllm_generation as trl_vllm
+    import trl.generation.vllm_generation as trl_vllm  # lazy: imports vLLM (optional extra)
 
     original = trl_vllm.LLM
 

@@ -90,6 +90,7 @@ def test_task_accuracy_and_generation_benchmarks(tmp_path, cache_dir):
     r = json.loads(out.read_text())
     for key in ("vllm_tokens_per_s", "hf_tokens_per_s", "grpo_step_generation_s", "grpo_step_training_s"):
         assert r[key] > 0, key
+    assert r["machine"]["cpu_model"] and r["machine"]["cores"] >= 1  # figures are per machine kind
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +171,25 @@ def test_rl_prompts_from_a_local_file_with_answers(tiny_cfg, tmp_path):
                 ]
             )
         )
+
+
+def test_auto_backend_generates_with_the_engine_measured_faster_here(tiny_cfg, cache_dir):
+    """rl.generation.backend=auto and eval.backend=auto read this machine's figures (here written into the cache as
+    a slow-vLLM machine would measure them) and generate with transformers; the arm's config keeps `auto`."""
+    from stages import backends
+    from stages.evaluate import _engine
+    from stages.models import resolve_model
+
+    cfg = tiny_cfg("rl.generation.backend=auto", "eval.backend=auto", "rl.training.max_steps=1", "rl.arm=rl-auto")
+    model = backends.model_id(resolve_model(cfg))
+    cache = Path(cache_dir) / backends.CACHE_FILE
+    slow_vllm = {"hf_tokens_per_s": 100.0, "vllm_tokens_per_s": 20.0}
+    cache.write_text(json.dumps({backends.cache_key(model, backends.machine()): slow_vllm}))
+    try:
+        summary = rl_run(cfg)
+        evaluated = _engine(cfg, resolve_model(cfg), [(s, [], {}) for s in cfg.eval.benchmarks])
+    finally:
+        cache.unlink()
+    assert summary["backend"] == "hf" and "vLLM 20 tokens/s" in summary["backend_reason"], summary
+    assert "backend: auto" in (cfg.run_dir / "rl-auto" / "config.yaml").read_text()
+    assert evaluated.eval.backend == "hf"

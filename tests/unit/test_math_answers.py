@@ -199,11 +199,13 @@ def test_the_rl_reward_and_the_evaluation_call_the_same_scorer(monkeypatch):
         calls.append((text, gold))
         return real(text, gold, **kw)
 
-    monkeypatch.setattr(answers, "score_math", spy)
     import stages.evaluate
     import stages.rewards
 
-    monkeypatch.setattr(stages.rewards, "score_math", spy)
+    # one function, imported by both: the reward and the evaluation cannot drift apart
+    assert stages.evaluate.score_math is answers.score_math is stages.rewards.score_math
+    for module in (answers, stages.rewards, stages.evaluate):
+        monkeypatch.setattr(module, "score_math", spy)
     spec = BenchmarkSpec(name="m", source="file", path="x.jsonl")
     assert math_correct(["#### 3\\sqrt{13}"], answer=["3\\sqrt{13}"]) == [1.0]
     assert score_text(spec, {"answer": "3\\sqrt{13}"}, "#### 3\\sqrt{13}") == 1.0

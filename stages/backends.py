@@ -1,0 +1,326 @@
+"""Which generation engine runs on this machine: ``backend: auto`` decides by measurement; ``vllm`` and ``hf`` are
+taken as given.
+
+On a CUDA GPU ``auto`` is vLLM. On a CPU the answer depends on the machine (vLLM-CPU's kernels are tuned for
+AVX-512/AMX; on an AVX2-only machine its colocated engine was measured slower than transformers' own generate), so
+``auto`` measures both engines once per machine and model, in a child process (``python -m stages.backends``: a
+probe engine must not share a process with the trainer's), and keeps the figures in ``<cache_dir>/backends.json``.
+The RL stage adds what it measures inside GRPO steps (generation tokens/s of the colocated engine); from then on
+``auto`` for RL compares that figure, not the standalone one. Every choice is logged with its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from stages.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+Use = Literal["rl", "eval"]
+CACHE_FILE = "backends.json"
+# vLLM is chosen on a CPU only when it is clearly faster: the probe is short and the two figures are noisy.
+AUTO_MARGIN = 1.1
+# The CPU features vLLM-CPU's kernels depend on (x86); what the machine has is part of the cache key.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: Literal["hf", "vllm"]
+    reason: str
+    figures: dict[str, Any] | None = None
+
+
+def machine() -> dict[str, Any]:
+    """The machine a measurement belongs to: CPU model, the vector features vLLM-CPU uses, cores, threads."""
+    model, flags = "", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and not model:
+                model = value.strip()
+            elif key in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    return {
+        "cpu_model": model,
+        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+        "arch": platform.machine(),
+        "cores": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+    }
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def cache_key(model_id: str, m: dict[str, Any]) -> str:
+    raw = json.dumps({"model": model_id, "machine": m}, sort_keys=True)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def _read(cache: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}  # absent or unreadable: measure again (it is only a cache)
+    return data if isinstance(data, dict) else {}
+
+
+def choose(
+    requested: str,
+    *,
+    use: Use,
+    cuda: bool,
+    model_id: str,
+    cache: Path,
+    measure: Callable[[], dict[str, float]],
+) -> Choice:
+    """The engine for ``requested`` (``auto``, ``vllm`` or ``hf``).
+
+    ``measure`` returns ``{"hf_tokens_per_s": ..., "vllm_tokens_per_s": ...}`` (standalone engines, the RL step's
+    batch shape); it runs only on a CPU, with vLLM installed, when ``cache`` has no figures for this model and
+    machine. Both uses share them; for ``rl`` the speed measured inside GRPO steps replaces vLLM's, once known.
+    """
+    if requested in ("hf", "vllm"):
+        return Choice(requested, "set in the config")
+    if requested != "auto":
+        raise ValueError(f"backend {requested!r}: choose auto, vllm or hf")
+    if not vllm_installed():
+        return Choice("hf", "vLLM is not installed (pip install '.[cpu-vllm]' or '.[gpu]')")
+    if cuda:
+        return Choice("vllm", "a CUDA GPU: vLLM's batched generation")
+    m = machine()
+    key = cache_key(model_id, m)
+    entries = _read(cache)
+    entry = entries.get(key)
+    if not isinstance(entry, dict) or not {"hf_tokens_per_s", "vllm_tokens_per_s"} <= set(entry):
+        figures = measure()
+        entry = {
+            "model": model_id,
+            "machine": m,
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **figures,
+        }
+        entries[key] = entry
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache, entries)
+    hf = float(entry["hf_tokens_per_s"])
+    vllm, where = float(entry["vllm_tokens_per_s"]), "standalone probe"
+    if use == "rl" and entry.get("colocated_vllm_tokens_per_s"):
+        vllm, where = float(entry["colocated_vllm_tokens_per_s"]), "inside GRPO steps"
+    backend: Literal["hf", "vllm"] = "vllm" if vllm >= AUTO_MARGIN * hf else "hf"
+    reason = (
+        f"measured on this machine ({m['cpu_model']}, {', '.join(m['cpu_flags']) or 'no vector flags'}): "
+        f"vLLM {vllm:.0f} tokens/s ({where}) vs transformers {hf:.0f} tokens/s; vLLM is chosen at "
+        f">= {AUTO_MARGIN}x (figures cached in {cache}; delete the file to measure again)"
+    )
+    return Choice(backend, reason, entry)
+
+
+def model_id(path: str) -> str:
+    """What generation speed depends on: the architecture in the model's config.json (not its weights), so a
+    checkpoint shares the figures of its base model."""
+    keys = (
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+    )
+    try:
+        conf = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return str(path)  # a hub id or an unreadable folder: its name
+    return json.dumps({k: conf.get(k) for k in keys}, sort_keys=True)
+
+
+def resolve(cfg: Any, use: Use, model_path: str) -> Choice:
+    """The engine a stage generates with: ``rl.generation.backend`` (use ``rl``) or ``eval.backend`` (``eval``);
+    ``auto`` measured as in :func:`choose`, the probe in a child process. Logged with its reason."""
+    requested = cfg.rl.generation.backend if use == "rl" else cfg.eval.backend
+    if use == "rl" and cfg.rl.algorithm == "ppo" and requested == "auto":
+        choice = Choice("hf", "PPO generates with transformers")
+    else:
+        cuda = cfg.device != "cpu" and _cuda_available()
+        choice = choose(
+            requested,
+            use=use,
+            cuda=cuda,
+            model_id=model_id(model_path),
+            cache=Path(cfg.cache_dir) / CACHE_FILE,
+            measure=lambda: probe_in_child(cfg),
+        )
+    where = "rl.generation.backend" if use == "rl" else "eval.backend"
+    log.info("generation engine (%s=%s): %s, %s", where, requested, choice.backend, choice.reason)
+    return choice
+
+
+def _cuda_available() -> bool:
+    import torch  # lazy: keeps this module importable without torch for its decision logic
+
+    return torch.cuda.is_available()
+
+
+def record_colocated(cache: Path, *, model_id: str, tokens_per_s: float) -> dict[str, Any] | None:
+    """Add the colocated engine's generation speed measured inside GRPO steps to this machine's RL entry."""
+    key = cache_key(model_id, machine())
+    entries = _read(cache)
+    entry = entries.get(key)
+    if not isinstance(entry, dict):
+        return None
+    entry["colocated_vllm_tokens_per_s"] = round(float(tokens_per_s), 1)
+    atomic_write_json(cache, entries)
+    return entry
+
+
+def probe_in_child(cfg: Any, *, rounds: int = 2, timeout: int = 1800) -> dict[str, Any]:
+    """Run :func:`measure_both` for this config in a child process (a probe vLLM engine must not live in the
+    trainer's process): the resolved config goes to the child as a file."""
+    from stages.config import dump_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(dump_config(cfg))
+        cmd = [sys.executable, "-m", "stages.backends", "--config", str(path), "--rounds", str(rounds)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)  # noqa: S603 - our own module
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"backend probe failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def measure_both(
+    path: str,
+    model_cfg: Any,
+    prompts: list[str],
+    *,
+    n: int,
+    temperature: float,
+    max_tokens: int,
+    seed: int,
+    rounds: int = 2,
+) -> dict[str, Any]:
+    """Sampled generation speed of transformers and vLLM on the same prompts, interleaved over ``rounds``.
+
+    Tokens are counted up to and including EOS (what a rollout uses). The first vLLM call is a warm-up.
+    """
+    import torch  # lazy: this module is imported by the stages before they pick an engine
+
+    from stages.models import load_model, load_tokenizer
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    from vllm import LLM, SamplingParams  # lazy: optional extra
+
+    tok = load_tokenizer(path, model_cfg)
+    tok.padding_side = "left"
+    model = load_model(path, model_cfg).eval()
+    t0 = time.perf_counter()
+    llm = LLM(model=path, enforce_eager=True, seed=seed, dtype="float32", max_model_len=512)
+    start_s = time.perf_counter() - t0
+    params = SamplingParams(n=n, temperature=temperature, top_k=0, max_tokens=max_tokens, seed=seed)
+
+    def run_hf() -> tuple[int, float]:
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                num_return_sequences=n,
+                max_new_tokens=max_tokens,
+                pad_token_id=tok.pad_token_id,
+            )
+        dt = time.perf_counter() - t
+        gen = out[:, enc["input_ids"].shape[1] :]
+        eos = (gen == tok.eos_token_id).int()
+        ended = eos.cumsum(1) - eos > 0
+        return int((~ended).sum()), dt
+
+    def run_vllm() -> tuple[int, float]:
+        t = time.perf_counter()
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        return sum(len(c.token_ids) for o in outs for c in o.outputs), time.perf_counter() - t
+
+    run_vllm()  # warm-up
+    rates: dict[str, list[float]] = {"hf": [], "vllm": []}
+    for r in range(rounds):
+        order = (("hf", run_hf), ("vllm", run_vllm)) if r % 2 == 0 else (("vllm", run_vllm), ("hf", run_hf))
+        for name, fn in order:
+            tokens, dt = fn()
+            rates[name].append(tokens / dt)
+    return {
+        "hf_tokens_per_s": round(statistics.median(rates["hf"]), 1),
+        "vllm_tokens_per_s": round(statistics.median(rates["vllm"]), 1),
+        "hf_tokens_per_s_all": [round(x, 1) for x in rates["hf"]],
+        "vllm_tokens_per_s_all": [round(x, 1) for x in rates["vllm"]],
+        "vllm_engine_start_s": round(start_s, 1),
+        "torch_threads": torch.get_num_threads(),
+        "batch": f"{len(prompts)} prompts x {n} samples, up to {max_tokens} new tokens",
+    }
+
+
+def probe_prompts(cfg: Any, count: int) -> list[str]:
+    """Task prompts as the model sees them (chat-template text): the RL prompts, drawn like the task's."""
+    from stages.data import prompt_messages, prompt_text
+    from stages.models import load_tokenizer, resolve_model
+    from stages.rl import rl_prompts
+
+    tok = load_tokenizer(resolve_model(cfg), cfg.model)
+    return [prompt_text(tok, prompt_messages(x, cfg.data.system_prompt)) for x in rl_prompts(cfg)[:count]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m stages.backends --config FILE [--rounds N] [key=value ...]``: print the probe's figures (JSON)."""
+    from stages.config import load_config
+    from stages.models import resolve_model
+
+    p = argparse.ArgumentParser(prog="python -m stages.backends", description=main.__doc__)
+    p.add_argument("--config", required=True)
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of each engine (median reported)")
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    g = cfg.rl.generation  # the RL step's batch shape: a few prompts, many samples each
+    figures = measure_both(
+        resolve_model(cfg),
+        cfg.model,
+        probe_prompts(cfg, max(1, cfg.rl.training.per_device_train_batch_size // g.num_generations)),
+        n=g.num_generations,
+        temperature=g.temperature,
+        max_tokens=g.max_completion_length,
+        seed=cfg.seed,
+        rounds=args.rounds,
+    )
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

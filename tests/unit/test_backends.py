@@ -1,0 +1,99 @@
+"""`backend: auto`: the engine is chosen from figures measured on this machine (a forced slow probe picks
+transformers, a forced fast one picks vLLM), cached per machine, model and use, and corrected by what GRPO steps
+measure; explicit choices win."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stages import backends
+
+
+def _probe(hf: float, vllm: float):
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"hf_tokens_per_s": hf, "vllm_tokens_per_s": vllm}
+
+    return measure, calls
+
+
+@pytest.fixture
+def vllm_present(monkeypatch):
+    monkeypatch.setattr(backends, "vllm_installed", lambda: True)
+
+
+def _choose(tmp_path, measure, use="rl", model="m", cuda=False):
+    return backends.choose("auto", use=use, cuda=cuda, model_id=model, cache=tmp_path / "b.json", measure=measure)
+
+
+@pytest.mark.parametrize("requested", ["hf", "vllm"])
+def test_an_explicit_choice_wins_and_measures_nothing(tmp_path, requested):
+    measure, calls = _probe(1, 1000)
+    c = backends.choose(requested, use="rl", cuda=False, model_id="m", cache=tmp_path / "b.json", measure=measure)
+    assert (c.backend, c.reason, calls) == (requested, "set in the config", [])
+
+
+def test_a_slow_probe_picks_transformers_and_a_fast_one_vllm(tmp_path, vllm_present):
+    slow, _ = _probe(hf=60, vllm=30)  # the AVX2 machine of issue 19: vLLM below transformers
+    c = _choose(tmp_path, slow, model="a")
+    assert c.backend == "hf" and "vLLM 30 tokens/s" in c.reason and "transformers 60 tokens/s" in c.reason
+    fast, _ = _probe(hf=60, vllm=240)
+    assert _choose(tmp_path, fast, model="b").backend == "vllm"
+    # within the margin counts as not faster
+    close, _ = _probe(hf=100, vllm=105)
+    assert _choose(tmp_path, close, model="c").backend == "hf"
+
+
+def test_figures_are_measured_once_per_machine_and_model(tmp_path, vllm_present):
+    measure, calls = _probe(hf=60, vllm=240)
+    for use in ("rl", "eval", "rl"):
+        assert _choose(tmp_path, measure, use=use).backend == "vllm"
+    assert len(calls) == 1  # evaluation and RL share the standalone figures
+    _choose(tmp_path, measure, model="other")
+    assert len(calls) == 2
+    entries = json.loads((tmp_path / "b.json").read_text())
+    assert len(entries) == 2
+    entry = next(iter(entries.values()))
+    assert entry["machine"]["cpu_model"] and "cores" in entry["machine"] and entry["hf_tokens_per_s"] == 60
+
+
+def test_an_unreadable_cache_is_measured_again(tmp_path, vllm_present):
+    (tmp_path / "b.json").write_text("{not json")
+    measure, calls = _probe(hf=60, vllm=240)
+    assert _choose(tmp_path, measure).backend == "vllm" and calls == [1]
+
+
+def test_grpo_steps_measured_slow_turn_rl_to_transformers_but_not_evaluation(tmp_path, vllm_present):
+    measure, calls = _probe(hf=60, vllm=240)  # standalone vLLM fast ...
+    assert _choose(tmp_path, measure).backend == "vllm"
+    assert _choose(tmp_path, measure, use="eval").backend == "vllm"
+    entry = backends.record_colocated(tmp_path / "b.json", model_id="m", tokens_per_s=30.0)  # ... colocated slow
+    assert entry is not None and entry["colocated_vllm_tokens_per_s"] == 30.0
+    c = _choose(tmp_path, measure)
+    assert c.backend == "hf" and "inside GRPO steps" in c.reason
+    assert _choose(tmp_path, measure, use="eval").backend == "vllm"
+    assert len(calls) == 1
+
+
+def test_no_vllm_or_a_gpu_decide_without_measuring(tmp_path, monkeypatch):
+    measure, calls = _probe(hf=60, vllm=240)
+    monkeypatch.setattr(backends, "vllm_installed", lambda: False)
+    assert _choose(tmp_path, measure).backend == "hf"
+    monkeypatch.setattr(backends, "vllm_installed", lambda: True)
+    assert _choose(tmp_path, measure, cuda=True).backend == "vllm"
+    assert calls == []
+
+
+def test_an_unknown_backend_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="choose auto, vllm or hf"):
+        backends.choose("fast", use="rl", cuda=False, model_id="m", cache=tmp_path / "b.json", measure=dict)
+
+
+def test_machine_names_the_cpu_and_its_vector_flags():
+    m = backends.machine()
+    assert m["cpu_model"] and m["cores"] >= 1
+    assert set(m["cpu_flags"]) <= set(backends.CPU_FLAGS)
