@@ -203,9 +203,10 @@ def fetch_from_hub(repo_id: str, label: str, revision: str | None = None, source
         ) from None
 
 
-def resolve_checkpoint(ref: str, label: str) -> str:
+def resolve_checkpoint(ref: str, label: str, *, source_hint: str = "a local folder", missing: str = "") -> str:
     """One resolver for every place that names a model to start from or evaluate (``rl.init``, ``eval.models``): an
-    existing folder as it is, else a hub id (``org/name``) fetched once into the hub cache.
+    existing folder as it is, else a hub id (``org/name``) fetched once into the hub cache. ``source_hint`` names
+    what to pass instead when the hub is out of reach, ``missing`` the message for neither.
 
     Raises:
         ModelError: neither a folder nor a hub id, or a hub id that cannot be fetched here.
@@ -214,8 +215,8 @@ def resolve_checkpoint(ref: str, label: str) -> str:
     if folder.is_dir():
         return str(folder)
     if is_hub_id(ref):
-        return fetch_from_hub(ref, label, source_hint="a local folder")
-    raise ModelError(f"{label} {ref!r} is neither a folder here nor a hub id (org/name)")
+        return fetch_from_hub(ref, label, source_hint=source_hint)
+    raise ModelError(missing or f"{label} {ref!r} is neither a folder here nor a hub id (org/name)")
 
 
 def is_hub_id(ref: str) -> bool:

@@ -205,13 +205,15 @@ def _init_path(cfg: Config) -> str:
     """The model RL starts from: ``rl.init`` (a checkpoint folder or a hub id) or the prepared base model."""
     if not cfg.rl.init:
         return models.resolve_model(cfg)
-    init = Path(cfg.rl.init).expanduser()
-    if not init.is_dir() and models.is_hub_id(cfg.rl.init):  # a hub model: fetched once into the hub cache
-        init = Path(models.fetch_from_hub(cfg.rl.init, "rl.init", source_hint="an SFT checkpoint folder"))
-    if not init.is_dir():
-        raise ConfigError(f"rl.init {init} does not exist: pass an SFT checkpoint folder (<run_dir>/<arm>/checkpoint)")
-    models.check_model_folder(init, trust_remote_code=cfg.model.trust_remote_code)
-    return str(init)
+    init = models.resolve_checkpoint(
+        cfg.rl.init,
+        "rl.init",
+        source_hint="an SFT checkpoint folder",
+        missing=f"rl.init {Path(cfg.rl.init).expanduser()} does not exist: pass an SFT checkpoint folder "
+        "(<run_dir>/<arm>/checkpoint)",
+    )
+    models.check_model_folder(Path(init), trust_remote_code=cfg.model.trust_remote_code)
+    return init
 
 
 def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Path) -> dict[str, Any]:
