@@ -162,18 +162,15 @@ def resolve(cfg: Any, use: Use, model_path: str) -> Choice:
     """The engine a stage generates with: ``rl.generation.backend`` (use ``rl``) or ``eval.backend`` (``eval``);
     ``auto`` measured as in :func:`choose`, the probe in a child process. Logged with its reason."""
     requested = cfg.rl.generation.backend if use == "rl" else cfg.eval.backend
-    if use == "rl" and cfg.rl.algorithm == "ppo" and requested == "auto":
-        choice = Choice("hf", "PPO generates with transformers")
-    else:
-        cuda = cfg.device != "cpu" and _cuda_available()
-        choice = choose(
-            requested,
-            use=use,
-            cuda=cuda,
-            model_id=model_id(model_path),
-            cache=Path(cfg.cache_dir) / CACHE_FILE,
-            measure=lambda: probe_in_child(cfg),
-        )
+    cuda = cfg.device != "cpu" and _cuda_available()
+    choice = choose(
+        requested,
+        use=use,
+        cuda=cuda,
+        model_id=model_id(model_path),
+        cache=Path(cfg.cache_dir) / CACHE_FILE,
+        measure=lambda: probe_in_child(cfg),
+    )
     where = "rl.generation.backend" if use == "rl" else "eval.backend"
     log.info("generation engine (%s=%s): %s, %s", where, requested, choice.backend, choice.reason)
     return choice

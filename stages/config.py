@@ -589,8 +589,12 @@ class RLStageConfig(Strict):
                 "rl.generation.vllm_mode=server needs rl.generation.vllm_server_base_url (the URL `trl vllm-serve` "
                 "prints, e.g. http://127.0.0.1:8000)"
             )
-        if self.algorithm == "ppo" and self.generation.backend == "vllm":
-            raise ValueError("rl.algorithm=ppo generates with transformers: set rl.generation.backend=hf (or auto)")
+        if self.algorithm == "ppo" and (self.generation.top_p < 1 or self.generation.top_k):
+            raise ValueError(
+                f"rl.algorithm=ppo with rl.generation.top_p={self.generation.top_p}, top_k={self.generation.top_k}: "
+                "PPO's ratios and KL use the full softmax at rl.generation.temperature, so it samples from that same "
+                "distribution; set top_p=1 and top_k=0 (lower the temperature instead)"
+            )
         return self
 
     @field_validator("rewards")

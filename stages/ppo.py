@@ -8,6 +8,11 @@ epochs of clipped policy and value updates over mini-batches.
     GAE              delta_t = r_t + gamma V_{t+1} - V_t,  A_t = delta_t + gamma lam A_{t+1},  returns = A + V
     policy loss      mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps)),  rho_t = pi / pi_old
     value loss       0.5 mean_t max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)
+
+Completions come from transformers ``generate`` (each prompt under its own seed) or from vLLM through TRL's
+``VLLMGeneration`` (the engine GRPO uses, colocated or a server), with the trainer's weights pushed into it before each
+step. Under ``accelerate launch`` several processes split each step's prompts and the update is the one-process update
+on the whole batch (see :func:`train_ppo`).
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * mask
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, denom: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of ``x`` over the mask, or its masked sum over ``denom`` (a mini-batch's global token count, when
+    this process holds only a slice of the mini-batch)."""
+    return (x * mask).sum() / (mask.sum().clamp(min=1) if denom is None else denom)
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -54,19 +61,19 @@ def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
-def clipped_policy_loss(logp, old_logp, adv, mask, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_policy_loss(logp, old_logp, adv, mask, eps: float, denom=None) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate (to minimise) and the fraction of tokens where the clip was active."""
     ratio = torch.exp(logp - old_logp)
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1 - eps, 1 + eps)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clipfrac = masked_mean((clipped > unclipped).float(), mask)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask, denom)
+    clipfrac = masked_mean((clipped > unclipped).float(), mask, denom)
     return loss, clipfrac
 
 
-def clipped_value_loss(values, old_values, returns, mask, eps: float) -> torch.Tensor:
+def clipped_value_loss(values, old_values, returns, mask, eps: float, denom=None) -> torch.Tensor:
     v_clipped = old_values + (values - old_values).clamp(-eps, eps)
-    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (v_clipped - returns) ** 2), mask, denom)
 
 
 class PolicyWithValue(torch.nn.Module):
@@ -91,51 +98,120 @@ class PolicyWithValue(torch.nn.Module):
         return logp, values
 
 
-@dataclass
-class Rollout:
-    input_ids: torch.Tensor  # (B, Tp + Tc), prompts left-padded
-    attention_mask: torch.Tensor
-    completion_mask: torch.Tensor  # (B, Tc): tokens up to and including EOS
-    texts: list[str]
-    n_completion: int
-
-
 def sequence_logp(model, input_ids, attention_mask, n_completion: int, temperature: float = 1.0) -> torch.Tensor:
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -n_completion - 1 : -1].float()
     logits = logits / temperature
     return torch.log_softmax(logits, -1).gather(-1, input_ids[:, -n_completion:].unsqueeze(-1)).squeeze(-1)
 
 
-@torch.no_grad()
-def rollout(policy, tokenizer, prompts: list[str], num_generations: int, gen_kwargs: dict) -> Rollout:
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    enc = {k: v.to(policy.device) for k, v in enc.items()}
-    # top_k=0 explicitly: transformers would otherwise fill top_k=50 from the generation config, and the ratios and KL
-    # (full softmax at the same temperature) would be computed for a distribution the samples do not come from
-    out = policy.generate(
-        **enc,
-        do_sample=True,
-        num_return_sequences=num_generations,
-        pad_token_id=tokenizer.pad_token_id,
-        **{"top_k": 0, **gen_kwargs},
-    )
-    n_prompt = enc["input_ids"].shape[1]
-    completion = out[:, n_prompt:]
-    is_eos = (completion == tokenizer.eos_token_id).int()
-    after_eos = (is_eos.cumsum(1) - is_eos) > 0
-    completion_mask = (~after_eos).float()
-    prompt_mask = enc["attention_mask"].repeat_interleave(num_generations, 0)
-    attention_mask = torch.cat([prompt_mask, completion_mask.long()], 1)
-    texts = tokenizer.batch_decode(completion * (~after_eos), skip_special_tokens=True)
-    return Rollout(out, attention_mask, completion_mask, texts, completion.shape[1])
+def sample_seed(seed: int, step: int, prompt: int) -> int:
+    """The sampling seed of one prompt's completions at one step: a function of the run's seed, the step and the
+    prompt's position in the step's global batch only, so the same completions come out whatever the number of
+    processes, the batch around the prompt, or a resume in between."""
+    return (seed * 1_000_003 + step * 10_007 + prompt) % (2**63 - 1)
+
+
+def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
+    """The completion up to and including its first EOS (what follows is padding)."""
+    return ids[: ids.index(eos_id) + 1] if eos_id in ids else list(ids)
+
+
+def assemble(
+    prompt_ids: list[list[int]], completions: list[list[int]], pad_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One padded batch from token lists: prompts left-padded to the longest, completions right-padded.
+
+    Returns:
+        (input_ids, attention_mask, completion_mask); the completion mask marks each completion's own tokens.
+    """
+    tp = max(len(p) for p in prompt_ids)
+    tc = max(1, max(len(c) for c in completions))
+    ids = torch.full((len(completions), tp + tc), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    cmask = torch.zeros(len(completions), tc)
+    for i, (p, c) in enumerate(zip(prompt_ids, completions, strict=True)):
+        ids[i, tp - len(p) : tp] = torch.tensor(p, dtype=torch.long)
+        attn[i, tp - len(p) : tp] = 1
+        if c:
+            ids[i, tp : tp + len(c)] = torch.tensor(c, dtype=torch.long)
+            attn[i, tp : tp + len(c)] = 1
+            cmask[i, : len(c)] = 1
+    return ids.to(device), attn.to(device), cmask.to(device)
+
+
+@dataclass
+class Completion:
+    ids: list[int]  # up to and including EOS
+    sampling_logp: list[float] | None = None  # the engine's log-prob of each token (vLLM), None for transformers
+
+
+class TransformersRollouts:
+    """Samples with ``generate`` one prompt at a time, each under its own seed (:func:`sample_seed`): a prompt's
+    completions never depend on which other prompts share its batch or process."""
+
+    name = "hf"
+
+    def __init__(self, policy, tokenizer, num_generations: int, gen_kwargs: dict):
+        self.policy, self.tokenizer, self.n, self.gen_kwargs = policy, tokenizer, num_generations, gen_kwargs
+
+    def sync(self) -> None:
+        """Nothing to do: ``generate`` runs on the live policy."""
+
+    @torch.no_grad()
+    def __call__(self, prompt_ids: list[list[int]], seeds: list[int]) -> list[Completion]:
+        device = self.policy.device
+        out: list[Completion] = []
+        for ids, seed in zip(prompt_ids, seeds, strict=True):
+            x = torch.tensor([ids], device=device)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                # top_k=0 and top_p=1 explicitly: transformers would otherwise fill top_k=50 from the generation
+                # config, and the ratios and KL (full softmax at the same temperature) would be computed for a
+                # distribution the samples do not come from
+                gen = self.policy.generate(
+                    input_ids=x,
+                    attention_mask=torch.ones_like(x),
+                    do_sample=True,
+                    num_return_sequences=self.n,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    **{"top_k": 0, "top_p": 1.0, **self.gen_kwargs},
+                )
+            out += [Completion(cut_at_eos(row.tolist(), self.tokenizer.eos_token_id)) for row in gen[:, len(ids) :]]
+        return out
+
+
+class VLLMRollouts:
+    """Samples with vLLM through TRL's ``VLLMGeneration`` (the engine GRPO uses: colocated in this process, or a
+    ``trl vllm-serve`` server), with the trainer's weights pushed into it before each step's generation. vLLM returns
+    the log-prob of every sampled token under the same temperature, which the step compares with the trainer's."""
+
+    name = "vllm"
+
+    def __init__(self, vllm_generation, tokenizer, num_generations: int):
+        self.engine, self.tokenizer, self.n = vllm_generation, tokenizer, num_generations
+
+    def sync(self) -> None:
+        self.engine.sync_weights()
+
+    def __call__(self, prompt_ids: list[list[int]], seeds: list[int]) -> list[Completion]:  # noqa: ARG002
+        # vLLM samples with its engine seed (set once, at start): seeds per prompt are the transformers path's
+        dup = [ids for ids in prompt_ids for _ in range(self.n)]
+        _, completion_ids, logprobs, _ = self.engine.generate(prompts=dup, images=None, num_generations=self.n)
+        out = []
+        for i, ids in enumerate(completion_ids):
+            ids = cut_at_eos(list(ids), self.tokenizer.eos_token_id)
+            lp = None
+            if logprobs is not None:
+                lp = [float("nan") if t[0] is None else float(t[0]) for t in logprobs[i][: len(ids)]]
+            out.append(Completion(ids, lp))
+        return out
 
 
 @dataclass
 class PPOSettings:
     learning_rate: float
     max_steps: int
-    prompts_per_step: int
+    prompts_per_step: int  # per process: the step's global batch is this times the number of processes
     num_generations: int
     ppo_epochs: int
     num_mini_batches: int
@@ -148,6 +224,30 @@ class PPOSettings:
     max_grad_norm: float
     weight_decay: float
     gen_kwargs: dict
+    seed: int = 0
+
+
+def _gather_rows(accelerator, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every process's rows, in process order (the order one process would have produced them in)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return rows
+    from accelerate.utils import gather_object  # lazy: only multi-process runs gather
+
+    return gather_object(rows)
+
+
+def _no_grad_pass(model, ref_model, ids, attn, n, temperature, accelerator, n_proc, rank):
+    """Old log-probs, values and reference log-probs of the global batch: each process computes its share of the
+    rows, then all processes gather the whole (same padded shape everywhere)."""
+    chunks = torch.arange(ids.shape[0]).tensor_split(n_proc)
+    mine = chunks[rank]
+    with torch.no_grad():
+        logp, values = model(ids[mine], attn[mine], n)
+        ref = sequence_logp(ref_model, ids[mine], attn[mine], n, temperature)
+    if n_proc == 1:
+        return logp, values, ref
+    # gather() concatenates along rows; every share is the same size (tensor_split of a multiple of n_proc)
+    return tuple(accelerator.gather(t.contiguous()) for t in (logp, values, ref))
 
 
 def train_ppo(
@@ -159,78 +259,143 @@ def train_ppo(
     s: PPOSettings,
     on_step: Callable[[dict[str, float]], None],
     *,
+    rollouts=None,
+    accelerator=None,
     start_step: int = 0,
     optimizer_state: dict | None = None,
     on_save: Callable[[int, torch.optim.Optimizer], None] | None = None,
     save_steps: int = 0,
 ) -> None:
     """Run PPO steps ``start_step + 1 .. s.max_steps``; ``prompts`` are dicts with ``text`` (chat-formatted) and
-    reward columns. ``on_save(step, optimizer)`` runs after every ``save_steps`` steps (a checkpoint); a resumed run
-    passes the checkpoint's step and optimizer state (the caller restores weights and RNG), and continues exactly as
-    the uninterrupted run would."""
+    reward columns. ``rollouts`` samples completions (:class:`TransformersRollouts` by default, or
+    :class:`VLLMRollouts`). ``on_step`` and ``on_save(step, optimizer)`` (every ``save_steps`` steps) run on the main
+    process only; a resumed run passes the checkpoint's step and optimizer state (the caller restores the weights) and
+    continues exactly as the uninterrupted run would.
+
+    Several processes (``accelerator`` from ``accelerate launch``): each samples and scores its share of the step's
+    prompts; the rows are gathered, so advantages are whitened over the global batch and every process cuts the same
+    global mini-batches, each training on its slice; the loss is normalised by the mini-batch's global token count and
+    DDP averages the gradients, so the update is the one process's update on the whole batch.
+    """
+    n_proc = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    main = rank == 0
+    rollouts = rollouts or TransformersRollouts(model.policy, tokenizer, s.num_generations, s.gen_kwargs)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
+    core = model
+    if accelerator is not None:
+        model, opt = accelerator.prepare(model, opt)
+    per_step = s.prompts_per_step * n_proc
     for step in range(start_step, s.max_steps):
         t0 = time.perf_counter()
-        start = (step * s.prompts_per_step) % len(prompts)
-        batch = [prompts[(start + i) % len(prompts)] for i in range(s.prompts_per_step)]
-        model.eval()
-        ro = rollout(model.policy, tokenizer, [b["text"] for b in batch], s.num_generations, s.gen_kwargs)
-        t_gen = time.perf_counter() - t0
-        rows = [b for b in batch for _ in range(s.num_generations)]
-        scores = torch.tensor(reward_fn(ro.texts, rows), dtype=torch.float32, device=ro.input_ids.device)
-        mask = ro.completion_mask
+        first = step * per_step + rank * s.prompts_per_step  # this process's prompts in the step's global batch
+        pos = list(range(first, first + s.prompts_per_step))
+        batch = [prompts[j % len(prompts)] for j in pos]
+        prompt_ids = [tokenizer(b["text"], add_special_tokens=False)["input_ids"] for b in batch]
+        core.eval()
+        rollouts.sync()  # the engine samples from the weights of this step (nothing to do for transformers)
+        t_sync = time.perf_counter() - t0
+        done = rollouts(prompt_ids, [sample_seed(s.seed, step, j - step * per_step) for j in pos])
+        t_gen = time.perf_counter() - t0 - t_sync
+        rows_cols = [b for b in batch for _ in range(s.num_generations)]
+        texts = tokenizer.batch_decode([c.ids for c in done], skip_special_tokens=True)
+        scores = reward_fn(texts, rows_cols)
+        local = [
+            {"prompt": prompt_ids[i // s.num_generations], "ids": c.ids, "score": float(sc), "lp": c.sampling_logp}
+            for i, (c, sc) in enumerate(zip(done, scores, strict=True))
+        ]
+        rows = _gather_rows(accelerator, local)
+        device = next(core.parameters()).device
+        pad = tokenizer.pad_token_id
+        ids, attn, mask = assemble([r["prompt"] for r in rows], [r["ids"] for r in rows], pad, device)
+        n_c = mask.shape[1]
+        score_t = torch.tensor([r["score"] for r in rows], dtype=torch.float32, device=device)
+        old_logp, old_values, ref_logp = _no_grad_pass(
+            core, ref_model, ids, attn, n_c, core.temperature, accelerator, n_proc, rank
+        )
         with torch.no_grad():
-            old_logp, old_values = model(ro.input_ids, ro.attention_mask, ro.n_completion)
-            ref_logp = sequence_logp(ref_model, ro.input_ids, ro.attention_mask, ro.n_completion, model.temperature)
             kl = (old_logp - ref_logp) * mask
             rewards = -s.kl_coef * kl
             last = (mask.sum(1).long() - 1).clamp(min=0)  # index of the last completion token (EOS if it ended)
-            rewards[torch.arange(len(last)), last] += scores
+            rewards[torch.arange(len(last)), last] += score_t
             adv, returns = gae(rewards, old_values * mask, mask, s.gamma, s.lam)
             adv = whiten(adv, mask)
-        model.train()
-        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": []}
-        n = ro.input_ids.shape[0]
+        core.train()
+        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "loss": []}
+        n = ids.shape[0]
         mb = max(1, n // s.num_mini_batches)
-        for _ in range(s.ppo_epochs):
-            perm = torch.randperm(n)
+        for epoch in range(s.ppo_epochs):
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed(s.seed, step, -1 - epoch)))
             for i in range(0, n, mb):
-                idx = perm[i : i + mb]
-                logp, values = model(ro.input_ids[idx], ro.attention_mask[idx], ro.n_completion)
-                pg, clipfrac = clipped_policy_loss(logp, old_logp[idx], adv[idx], mask[idx], s.cliprange)
-                vf = clipped_value_loss(values, old_values[idx], returns[idx], mask[idx], s.cliprange_value)
+                whole = perm[i : i + mb]  # the global mini-batch; this process trains on its slice
+                idx = whole.tensor_split(n_proc)[rank].to(device)
+                tokens = mask[whole.to(device)].sum().clamp(min=1)
+                logp, values = model(ids[idx], attn[idx], n_c)
+                pg, clipfrac = clipped_policy_loss(logp, old_logp[idx], adv[idx], mask[idx], s.cliprange, tokens)
+                vf = clipped_value_loss(values, old_values[idx], returns[idx], mask[idx], s.cliprange_value, tokens)
                 loss = pg + s.vf_coef * vf
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"PPO loss is {float(loss)} at step {step + 1}; lower the learning rate")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if s.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+                if accelerator is not None:
+                    accelerator.backward(loss * n_proc)  # DDP averages the gradients: scaled back to the sum
+                    if s.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
+                else:
+                    loss.backward()
+                    if s.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
                 opt.step()
-                stats["policy_loss"].append(float(pg.detach()))
-                stats["value_loss"].append(float(vf.detach()))
-                stats["clipfrac"].append(float(clipfrac))
-        grouped = scores.view(-1, s.num_generations)
-        on_step(
-            {
-                "step": step + 1,
-                "reward": float(scores.mean()),
-                "reward_std": float(scores.std()) if len(scores) > 1 else 0.0,
-                "frac_reward_zero_std": float((grouped.std(1) == 0).float().mean()) if s.num_generations > 1 else 1.0,
-                "kl": float(kl.sum(1).mean()),
-                "completions/mean_length": float(mask.sum(1).mean()),
-                "policy_loss": sum(stats["policy_loss"]) / len(stats["policy_loss"]),
-                "value_loss": sum(stats["value_loss"]) / len(stats["value_loss"]),
-                "clip_ratio/region_mean": sum(stats["clipfrac"]) / len(stats["clipfrac"]),
-                "timing/generation_s": t_gen,
-                "timing/training_s": time.perf_counter() - t0 - t_gen,
-            }
-        )
-        if on_save is not None and save_steps and (step + 1) % save_steps == 0 and step + 1 < s.max_steps:
+                parts = torch.stack([pg.detach(), vf.detach(), clipfrac.detach(), loss.detach()])
+                if n_proc > 1:
+                    parts = accelerator.reduce(parts, reduction="sum")  # slices' shares -> the mini-batch's value
+                for key, v in zip(("policy_loss", "value_loss", "clipfrac", "loss"), parts.tolist(), strict=True):
+                    stats[key].append(v)
+        grouped = score_t.view(-1, s.num_generations)
+        step_s = time.perf_counter() - t0
+        row = {
+            "step": step + 1,
+            "loss": sum(stats["loss"]) / len(stats["loss"]),
+            "reward": float(score_t.mean()),
+            "reward_std": float(score_t.std()) if len(score_t) > 1 else 0.0,
+            "frac_reward_zero_std": float((grouped.std(1) == 0).float().mean()) if s.num_generations > 1 else 1.0,
+            "kl": float(kl.sum(1).mean()),
+            "completions/mean_length": float(mask.sum(1).mean()),
+            "policy_loss": sum(stats["policy_loss"]) / len(stats["policy_loss"]),
+            "value_loss": sum(stats["value_loss"]) / len(stats["value_loss"]),
+            "clip_ratio/region_mean": sum(stats["clipfrac"]) / len(stats["clipfrac"]),
+            "timing/weight_sync_s": t_sync,
+            "timing/generation_s": t_gen,
+            "timing/training_s": step_s - t_sync - t_gen,
+            "step_time_s": step_s,
+        }
+        if all(r["lp"] is not None for r in rows):
+            row.update(sampling_difference(rows, old_logp, mask))
+        if main:
+            on_step(row)
+        if main and on_save is not None and save_steps and (step + 1) % save_steps == 0 and step + 1 < s.max_steps:
             on_save(step + 1, opt)
+        if accelerator is not None:
+            accelerator.wait_for_everyone()  # no process runs ahead of a checkpoint being written
+
+
+def sampling_difference(rows: list[dict[str, Any]], old_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """|engine log-prob - trainer log-prob| over the sampled tokens (TRL GRPO's ``sampling_logp_difference``): near 0
+    while the engine samples from the trainer's weights, growing when it does not (a missed weight sync)."""
+    engine = torch.full_like(old_logp, float("nan"))
+    for i, r in enumerate(rows):
+        engine[i, : len(r["lp"])] = torch.tensor(r["lp"], dtype=engine.dtype)
+    delta = (engine - old_logp).abs()
+    delta = delta[(mask > 0) & ~torch.isnan(delta)]
+    if delta.numel() == 0:
+        return {}
+    return {
+        "sampling/sampling_logp_difference/mean": float(delta.mean()),
+        "sampling/sampling_logp_difference/max": float(delta.max()),
+    }
 
 
 def value_head_state(model: PolicyWithValue) -> dict[str, torch.Tensor]:

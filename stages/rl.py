@@ -40,7 +40,7 @@ from stages.io import (
     run_arm_once,
     save_checkpoint,
 )
-from stages.ppo import PolicyWithValue, PPOSettings, train_ppo, value_head_state
+from stages.ppo import PolicyWithValue, PPOSettings, TransformersRollouts, VLLMRollouts, train_ppo, value_head_state
 from stages.rewards import get_reward
 from stages.stage_cli import stage_main
 from stages.vllm_cpu import apply_cpu_colocate_patches
@@ -153,7 +153,9 @@ class JsonlMetrics(TrainerCallback):
         row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, int | float)}}
         row["step_time_s"] = now - self.t_last
         if "timing/generation_s" in row and "step_time" in row:
-            row["timing/training_s"] = row["step_time"] - row["timing/generation_s"]
+            row["timing/training_s"] = (
+                row["step_time"] - row["timing/generation_s"] - row.get("timing/weight_sync_s", 0.0)
+            )
         self.t_last = now
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -161,13 +163,30 @@ class JsonlMetrics(TrainerCallback):
 
 
 class TimedGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer that also logs the generation time of each step (``timing/generation_s``); TRL's ``step_time``
-    covers generation and training together."""
+    """GRPOTrainer that also logs, per step, the time spent generating (``timing/generation_s``) and, with vLLM, the
+    time spent pushing the trainer's weights into the engine (``timing/weight_sync_s``), apart; TRL's ``step_time``
+    covers both and the training."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sync_s = 0.0
+        if self.use_vllm:
+            push = self.vllm_generation.sync_weights
+
+            def timed_push():
+                t0 = time.perf_counter()
+                push()
+                self._sync_s += time.perf_counter() - t0
+
+            self.vllm_generation.sync_weights = timed_push
 
     def _generate(self, prompts: list):
+        self._sync_s = 0.0
         t0 = time.perf_counter()
         out = super()._generate(prompts)
-        self._metrics["train"]["timing/generation_s"].append(time.perf_counter() - t0)
+        self._metrics["train"]["timing/generation_s"].append(time.perf_counter() - t0 - self._sync_s)
+        if self.use_vllm:
+            self._metrics["train"]["timing/weight_sync_s"].append(self._sync_s)
         return out
 
 
@@ -237,25 +256,27 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
             )
         }
     )
-    if cfg.rl.algorithm == "ppo":
-        return _run_ppo(cfg, arm, arm_dir, init_path, tokenizer, items, reward_funcs, force)
-    args = build_grpo_config(cfg, arm_dir / "trainer")
-    model = models.load_model(init_path, cfg.model)
     if cfg.rl.generation.backend == "vllm" and not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # every core (README "Measured numbers")
         apply_cpu_colocate_patches()
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch only rank 0 writes the arm
+    if cfg.rl.algorithm == "ppo":
+        return _run_ppo(cfg, as_given, arm, arm_dir, init_path, tokenizer, items, reward_funcs, force, choice)
+    args = build_grpo_config(cfg, arm_dir / "trainer")
+    model = models.load_model(init_path, cfg.model)
 
-    arm_dir.mkdir(parents=True, exist_ok=True)
-    if force:
-        (arm_dir / "DONE").unlink(missing_ok=True)
-    atomic_write_text(arm_dir / "config.yaml", dump_config(as_given))  # as given (auto stays auto)
+    if main_process:
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        if force:
+            (arm_dir / "DONE").unlink(missing_ok=True)
+        atomic_write_text(arm_dir / "config.yaml", dump_config(as_given))  # as given (auto stays auto)
     trainer_dir = arm_dir / "trainer"
     resume = trainer_dir.is_dir() and get_last_checkpoint(str(trainer_dir)) is not None
     metrics_path = arm_dir / "metrics.jsonl"
-    if resume:
+    if resume and main_process:
         _truncate_metrics(metrics_path, trainer_dir)
-    else:
+    elif main_process:
         metrics_path.unlink(missing_ok=True)
     if use_cpu(cfg):
         copies = 4 + (1 if cfg.rl.training.beta > 0 else 0)
@@ -271,16 +292,24 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     t0 = time.perf_counter()
     result = io.train_resumable(trainer, trainer_dir, cfg.rl.training.max_steps)
     train_s = time.perf_counter() - t0
+    if not trainer.is_world_process_zero():
+        return {"algorithm": "grpo", "arm": arm, "steps": trainer.state.global_step}
 
     save_checkpoint(trainer.model, tokenizer, arm_dir / "checkpoint")
 
     steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     extra = {"steps": trainer.state.global_step, "train_loss": float(result.training_loss)}
-    extra["backend_reason"] = choice.reason
-    if requested == "auto" and choice.backend == "vllm" and choice.figures:
-        extra["generation_tokens_per_s"] = _learn_colocated_speed(cfg, init_path, steps, choice.figures)
+    extra.update(_backend_facts(cfg, requested, choice, init_path, steps))
     backend = cfg.rl.generation.backend
     return _finish(cfg, arm, arm_dir, init_path, steps, train_s, len(items), backend, extra, trainer)
+
+
+def _backend_facts(cfg: Config, requested: str, choice, init_path: str, steps: list[dict[str, Any]]) -> dict:
+    """Why this engine generated, and (``backend: auto`` on vLLM) the speed it reached inside the RL steps."""
+    facts: dict[str, Any] = {"backend_reason": choice.reason}
+    if requested == "auto" and choice.backend == "vllm" and choice.figures:
+        facts["generation_tokens_per_s"] = _learn_colocated_speed(cfg, init_path, steps, choice.figures)
+    return facts
 
 
 def _learn_colocated_speed(
@@ -384,6 +413,7 @@ def _ppo_settings(cfg: Config) -> PPOSettings:
             "top_k": g.top_k,
             "max_new_tokens": g.max_completion_length,
         },
+        seed=cfg.seed,
     )
 
 
@@ -402,11 +432,28 @@ def _weighted_reward(reward_funcs, weights: list[float] | None):
 
 
 def _run_ppo(
-    cfg: Config, arm: str, arm_dir: Path, init_path: str, tokenizer, items, reward_funcs, force: bool = False
+    cfg: Config,
+    as_given: Config,
+    arm: str,
+    arm_dir: Path,
+    init_path: str,
+    tokenizer,
+    items,
+    reward_funcs,
+    force: bool,
+    choice,
 ) -> dict[str, Any]:
-    """PPO (stages.ppo) with the same prompts, rewards and outputs as GRPO."""
+    """PPO (stages.ppo) with the same prompts, rewards, engines and outputs as GRPO; one process or several under
+    ``accelerate launch`` (only rank 0 writes)."""
+    from accelerate import Accelerator  # lazy: PPO alone builds its own accelerator (GRPO's comes with TRL)
+
     t, g = cfg.rl.training, cfg.rl.generation
-    device = "cpu" if use_cpu(cfg) else "cuda"
+    accelerator = Accelerator(cpu=use_cpu(cfg))
+    main_process = accelerator.is_main_process
+    settings = _ppo_settings(cfg)
+    _check_ppo_processes(settings, accelerator.num_processes)
+    device = accelerator.device
+    torch.manual_seed(cfg.seed)  # the value head's initialisation: the same in every process and every rerun
     model = PolicyWithValue(models.load_model(init_path, cfg.model), temperature=g.temperature).to(device)
     ref = models.load_model(init_path, cfg.model).to(device).eval()
     for q in ref.parameters():
@@ -418,29 +465,31 @@ def _run_ppo(
         }
         for x in items
     ]
-    settings = _ppo_settings(cfg)
     reward_fn = _weighted_reward(reward_funcs, cfg.rl.reward_weights)
-    arm_dir.mkdir(parents=True, exist_ok=True)
-    (arm_dir / "DONE").unlink(missing_ok=True)
-    atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
     metrics_path = arm_dir / "metrics.jsonl"
     trainer_dir = arm_dir / "trainer"
-    if force:  # --force trains again from the start, like the SFT stage
-        shutil.rmtree(trainer_dir, ignore_errors=True)
+    if main_process:
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        (arm_dir / "DONE").unlink(missing_ok=True)
+        atomic_write_text(arm_dir / "config.yaml", dump_config(as_given))  # as given (auto stays auto)
+        if force:  # --force trains again from the start, like the SFT stage
+            shutil.rmtree(trainer_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
     torch.manual_seed(cfg.seed)
     resumed = ppo_resume(model, trainer_dir)  # weights, optimizer, RNG and step of the last complete checkpoint
     start_step = resumed["step"] if resumed else 0
     steps: list[dict[str, float]] = []
-    if resumed:
+    if resumed and main_process:
         log.info("resuming PPO from %s (step %d)", resumed["folder"], start_step)
         old = metrics_path.read_text().splitlines() if metrics_path.is_file() else []
         steps = [r for r in (json.loads(x) for x in old if x.strip().startswith("{")) if r.get("step", 0) <= start_step]
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in steps))
-    else:
+    elif main_process:
         metrics_path.unlink(missing_ok=True)
+    rollouts = _ppo_rollouts(cfg, model, tokenizer, accelerator)
 
-    writer = tracking.scalar_writer(cfg, arm)  # PPO is not a transformers Trainer: TensorBoard only
-    if others := [x for x in cfg.tracking.report_to if x != "tensorboard"]:
+    writer = tracking.scalar_writer(cfg, arm) if main_process else None  # not a transformers Trainer: TensorBoard
+    if main_process and (others := [x for x in cfg.tracking.report_to if x != "tensorboard"]):
         log.warning("tracking: PPO logs its steps to TensorBoard only, not to %s", others)
 
     def on_step(row: dict[str, float]) -> None:
@@ -471,6 +520,8 @@ def _run_ppo(
             reward_fn,
             settings,
             on_step,
+            rollouts=rollouts,
+            accelerator=accelerator,
             start_step=start_step,
             optimizer_state=resumed["optimizer"] if resumed else None,
             on_save=on_save,
@@ -479,9 +530,55 @@ def _run_ppo(
     finally:
         if writer is not None:
             writer.close()
+    if not main_process:
+        return {"algorithm": "ppo", "arm": arm, "steps": t.max_steps}
     save_checkpoint(model.policy, tokenizer, arm_dir / "checkpoint")
     save_file(value_head_state(model), str(arm_dir / "value_head.safetensors"))
-    return _finish(cfg, arm, arm_dir, init_path, steps, time.perf_counter() - t0, len(items), "hf", {})
+    extra = {"num_processes": accelerator.num_processes, **_backend_facts(cfg, g.backend, choice, init_path, steps)}
+    return _finish(cfg, arm, arm_dir, init_path, steps, time.perf_counter() - t0, len(items), rollouts.name, extra)
+
+
+def _check_ppo_processes(s: PPOSettings, n_proc: int) -> None:
+    """Every process needs a slice of every PPO mini-batch (DDP runs each backward on all processes together).
+
+    Raises:
+        ConfigError: naming the batch shape and the fix.
+    """
+    rows = s.prompts_per_step * s.num_generations * n_proc
+    if n_proc > 1 and rows % (s.num_mini_batches * n_proc):
+        raise ConfigError(
+            f"PPO on {n_proc} processes: {rows} completions per step do not split into rl.ppo.num_mini_batches="
+            f"{s.num_mini_batches} mini-batches of a multiple of {n_proc} rows (one slice per process); change "
+            "rl.training.per_device_train_batch_size or rl.ppo.num_mini_batches"
+        )
+
+
+def _ppo_rollouts(cfg: Config, model: PolicyWithValue, tokenizer, accelerator):
+    """The engine PPO samples with: transformers, or vLLM through TRL's VLLMGeneration (as GRPO)."""
+    g = cfg.rl.generation
+    if g.backend != "vllm":
+        return TransformersRollouts(model.policy, tokenizer, g.num_generations, _ppo_settings(cfg).gen_kwargs)
+    # lazy: vLLM is an optional extra, imported only when this run generates with it
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    engine = VLLMGeneration(
+        model=model.policy,
+        accelerator=accelerator,
+        processing_class=tokenizer,
+        mode=g.vllm_mode,
+        server_base_url=g.vllm_server_base_url,
+        tensor_parallel_size=g.vllm_tensor_parallel_size,
+        gpu_memory_utilization=g.vllm_gpu_memory_utilization,
+        max_num_seqs=cfg.rl.training.per_device_train_batch_size * g.vllm_tensor_parallel_size,
+        enable_sleep_mode=g.vllm_enable_sleep_mode,
+        trust_remote_code=cfg.model.trust_remote_code,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k,
+        max_completion_length=g.max_completion_length,
+        logprobs=0,  # the sampled token's log-prob: compared with the trainer's every step
+    )
+    return VLLMRollouts(engine, tokenizer, g.num_generations)
 
 
 def ppo_save(model, opt, trainer_dir: Path, step: int, keep: int) -> Path:

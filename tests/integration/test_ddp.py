@@ -90,3 +90,76 @@ def test_sharded_parameters_are_refused_not_silently_skipped():
     anchors = compute_anchors(full, None, 0.5)
     with pytest.raises(RPSFTError, match="sharded"):
         RPSFTRegularizer([("w", torch.nn.Parameter(torch.randn(4, 6)))], anchors, 1.0)
+
+
+PPO = [
+    "rl.algorithm=ppo",
+    "rl.generation.backend=hf",
+    "rl.training.max_steps=3",
+    "rl.training.learning_rate=1e-3",
+    "rl.ppo.kl_coef=0.5",
+    "rl.arm=rl-ppo",
+    "torch_threads=1",
+]
+
+
+@pytest.mark.slow
+def test_two_process_ppo_matches_one_process(tmp_path, cache_dir):
+    """PPO under data parallelism: each process samples and scores its share of the step's prompts, the rows are
+    gathered, every process trains on its slice of the same global mini-batches, and DDP averages the gradients of
+    the policy and the value head; the run must be the one-process run on the whole batch."""
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    # Global batch 8 completions (2 prompts x 4) either way: one process x 8, or two processes x 4.
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "stages.rl",
+            "--config",
+            "configs/tiny.yaml",
+            *PPO,
+            f"runs_root={tmp_path / 'one'}",
+            "rl.training.per_device_train_batch_size=8",
+        ],
+        env,
+    )
+    from pipeline.flows import Launcher, StageParams, stage_command
+
+    params = StageParams(
+        config="configs/tiny.yaml",
+        overrides=[*PPO, f"runs_root={tmp_path / 'two'}", "rl.training.per_device_train_batch_size=4"],
+        launcher=Launcher(num_processes=2, accelerate_config="configs/accelerate/cpu-ddp.yaml"),
+    )
+    cmd = stage_command("rl", params)
+    assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
+    _run(cmd, env)
+
+    one, two = tmp_path / "one" / "tiny" / "rl-ppo", tmp_path / "two" / "tiny" / "rl-ppo"
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert (m1["num_processes"], m2["num_processes"]) == (1, 2)
+    r1, r2 = ([json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two))
+    assert [r["step"] for r in r2] == [1, 2, 3]  # rank 0 alone writes the rows
+    for key in ("completions/mean_length", "reward", "kl", "loss", "policy_loss", "value_loss"):
+        assert [r[key] for r in r2] == pytest.approx([r[key] for r in r1], rel=1e-4, abs=1e-6), key
+    assert r1[-1]["kl"] > 1e-3  # the policy moved: the comparison is not between two untouched models
+    w1, w2 = load_file(one / "checkpoint" / "model.safetensors"), load_file(two / "checkpoint" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], atol=1e-4), k
+    h1, h2 = load_file(one / "value_head.safetensors"), load_file(two / "value_head.safetensors")
+    assert all(torch.allclose(h1[k], h2[k], atol=1e-4) for k in h1)
+    assert sorted(p.name for p in two.iterdir() if not p.name.startswith(".")) == sorted(
+        p.name for p in one.iterdir() if not p.name.startswith(".")
+    )
+
+
+def test_ppo_mini_batches_that_leave_a_process_without_rows_are_refused():
+    from stages.config import ConfigError
+    from stages.ppo import PPOSettings
+    from stages.rl import _check_ppo_processes
+
+    s = PPOSettings(1e-3, 2, 1, 2, 1, 4, 1.0, 0.95, 0.2, 0.2, 0.1, 0.05, 1.0, 0.0, {})
+    _check_ppo_processes(s, 1)  # one process: any split
+    with pytest.raises(ConfigError, match="num_mini_batches=4"):
+        _check_ppo_processes(s, 2)  # 4 rows, 4 mini-batches: one row each, nothing for the second process
+    _check_ppo_processes(PPOSettings(**{**s.__dict__, "num_mini_batches": 2}), 2)

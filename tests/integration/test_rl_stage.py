@@ -125,9 +125,12 @@ def test_ppo_trains_policy_and_value_head(tiny_cfg, sft_checkpoint):
     assert set(head) == {"weight", "bias"} and float(head["bias"].abs().sum()) > 0  # initialised at 0, trained
 
 
-def test_ppo_refuses_the_vllm_backend(tiny_cfg):
-    with pytest.raises(ConfigError, match="backend=hf"):
-        tiny_cfg("rl.algorithm=ppo", "rl.generation.backend=vllm")
+def test_ppo_refuses_truncated_sampling(tiny_cfg):
+    # its ratios and KL are computed on the full softmax: top-p/top-k samples would come from another distribution
+    for bad in ("rl.generation.top_p=0.9", "rl.generation.top_k=20"):
+        with pytest.raises(ConfigError, match="set top_p=1 and top_k=0"):
+            tiny_cfg("rl.algorithm=ppo", bad)
+    tiny_cfg("rl.algorithm=ppo", "rl.generation.backend=vllm")  # vLLM generates for PPO as for GRPO
 
 
 def test_rl_prompts_from_a_local_file_with_answers(tiny_cfg, tmp_path):

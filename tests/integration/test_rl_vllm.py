@@ -37,6 +37,7 @@ def test_vllm_colocate_weight_sync_on_cpu(tiny_cfg, tmp_path, cache_dir):
 
     synced = _rl(tmp_path, cache_dir, init, "rl-vllm")
     assert [r["step"] for r in synced] == list(range(1, STEPS + 1))
+    assert all(r["timing/weight_sync_s"] > 0 and r["timing/generation_s"] > 0 for r in synced)  # timed apart
     diff = "sampling/sampling_logp_difference/mean"
     # The policy really moved: the final weights differ from the initial ones.
     before = AutoModelForCausalLM.from_pretrained(init)
@@ -53,3 +54,28 @@ def test_vllm_colocate_weight_sync_on_cpu(tiny_cfg, tmp_path, cache_dir):
     assert late_synced < 0.02, synced
     assert late_stale > 5 * late_synced, (late_stale, late_synced)
     assert torch.isfinite(torch.tensor([r["loss"] for r in synced])).all()
+
+
+@pytest.mark.slow
+def test_ppo_generates_with_vllm_from_the_trainers_weights(tiny_cfg, tmp_path, cache_dir):
+    """PPO through the same engine as GRPO (TRL's VLLMGeneration, colocated on CPU): the weights are pushed into vLLM
+    before every step, so vLLM's log-probs of the tokens it sampled stay those the trainer computes; without the push
+    they drift as soon as the policy moves."""
+    cfg = tiny_cfg("sft.training.max_steps=2")
+    sft_run(cfg)
+    init = cfg.arm_dir / "checkpoint"
+    diff = "sampling/sampling_logp_difference/mean"
+
+    synced = _rl(tmp_path, cache_dir, init, "rl-ppo-vllm", "rl.algorithm=ppo")
+    stale = _rl(tmp_path, cache_dir, init, "rl-ppo-nosync", "--no-sync", "rl.algorithm=ppo")
+    summary = json.loads((tmp_path / "runs" / "tiny" / "rl-ppo-vllm" / "metrics.json").read_text())
+    assert summary["algorithm"] == "ppo" and summary["backend"] == "vllm"
+    assert [r["step"] for r in synced] == list(range(1, STEPS + 1))
+    for key in ("timing/weight_sync_s", "timing/generation_s", "timing/training_s", "step_time_s", "loss"):
+        assert all(key in r for r in synced), key
+    assert synced[-1]["kl"] > 0.1  # the policy moved away from the initial weights vLLM loaded
+    assert synced[0][diff] == pytest.approx(stale[0][diff], rel=0.5)  # identical before any update
+    late_synced = max(r[diff] for r in synced[1:])
+    late_stale = max(r[diff] for r in stale[1:])
+    assert late_synced < 0.02, synced
+    assert late_stale > 5 * late_synced, (late_stale, late_synced)
