@@ -34,7 +34,11 @@ def rl_steps(config: str, run_name: str, algorithm: str, backend: str, steps: in
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-3000:])
-        path = Path(tmp) / run_name / "rl-bench" / "metrics.jsonl"
+        # one seed's folder (a multi-seed config runs RL for rl.seeds only): <run>[/seeds/seed-<s>]/rl-bench/
+        found = sorted((Path(tmp) / run_name).rglob("rl-bench/metrics.jsonl"))
+        if not found:
+            raise SystemExit(f"the {algorithm} run wrote no metrics.jsonl under {tmp}: {proc.stderr[-2000:]}")
+        path = found[0]
         return [json.loads(x) for x in path.read_text().splitlines()]
 
 

@@ -255,7 +255,7 @@ def train_ppo(
     ref_model,
     tokenizer,
     prompts: list[dict[str, Any]],
-    reward_fn: Callable[[list[str], list[dict[str, Any]]], list[float]],
+    reward_fn: Callable[[list[str], list[dict[str, Any]]], tuple[list[float], dict[str, list[float]]]],
     s: PPOSettings,
     on_step: Callable[[dict[str, float]], None],
     *,
@@ -267,10 +267,11 @@ def train_ppo(
     save_steps: int = 0,
 ) -> None:
     """Run PPO steps ``start_step + 1 .. s.max_steps``; ``prompts`` are dicts with ``text`` (chat-formatted) and
-    reward columns. ``rollouts`` samples completions (:class:`TransformersRollouts` by default, or
-    :class:`VLLMRollouts`). ``on_step`` and ``on_save(step, optimizer)`` (every ``save_steps`` steps) run on the main
-    process only; a resumed run passes the checkpoint's step and optimizer state (the caller restores the weights) and
-    continues exactly as the uninterrupted run would.
+    reward columns; ``reward_fn(texts, rows)`` gives each completion's reward and each reward function's part.
+    ``rollouts`` samples completions (:class:`TransformersRollouts` by default, or :class:`VLLMRollouts`).
+    ``on_step`` and ``on_save(step, optimizer)`` (every ``save_steps`` steps) run on the main process only; a resumed
+    run passes the checkpoint's step and optimizer state (the caller restores the weights) and continues exactly as
+    the uninterrupted run would.
 
     Several processes (``accelerator`` from ``accelerate launch``): each samples and scores its share of the step's
     prompts; the rows are gathered, so advantages are whitened over the global batch and every process cuts the same
@@ -302,9 +303,15 @@ def train_ppo(
         t_gen = time.perf_counter() - t0 - t_sync
         rows_cols = [b for b in batch for _ in range(s.num_generations)]
         texts = tokenizer.batch_decode([c.ids for c in done], skip_special_tokens=True)
-        scores = reward_fn(texts, rows_cols)
+        scores, parts = reward_fn(texts, rows_cols)
         local = [
-            {"prompt": prompt_ids[i // s.num_generations], "ids": c.ids, "score": float(sc), "lp": c.sampling_logp}
+            {
+                "prompt": prompt_ids[i // s.num_generations],
+                "ids": c.ids,
+                "score": float(sc),
+                "parts": {name: got[i] for name, got in parts.items()},
+                "lp": c.sampling_logp,
+            }
             for i, (c, sc) in enumerate(zip(done, scores, strict=True))
         ]
         rows = _gather_rows(accelerator, local)
@@ -372,6 +379,8 @@ def train_ppo(
             "timing/training_s": step_s - t_sync - t_gen,
             "step_time_s": step_s,
         }
+        for name in rows[0]["parts"]:
+            row[f"rewards/{name}/mean"] = sum(r["parts"][name] for r in rows) / len(rows)
         if all(r["lp"] is not None for r in rows):
             row.update(sampling_difference(rows, old_logp, mask))
         if main:

@@ -418,15 +418,19 @@ def _ppo_settings(cfg: Config) -> PPOSettings:
 
 
 def _weighted_reward(reward_funcs, weights: list[float] | None):
-    """One scalar reward per completion: the weighted sum of the reward functions (weights 1 by default)."""
+    """Per completion, the weighted sum of the reward functions (weights 1 by default), and each function's own
+    reward by its name (logged as ``rewards/<name>/mean``, as GRPO does)."""
     weights = weights or [1.0] * len(reward_funcs)
 
-    def reward_fn(texts: list[str], rows: list[dict[str, Any]]) -> list[float]:
+    def reward_fn(texts: list[str], rows: list[dict[str, Any]]) -> tuple[list[float], dict[str, list[float]]]:
         total = [0.0] * len(texts)
+        parts = {}
         for w, fn in zip(weights, reward_funcs, strict=True):
-            for i, r in enumerate(fn(texts, answer=[row["answer"] for row in rows])):
+            got = [float(r) for r in fn(texts, answer=[row["answer"] for row in rows])]
+            parts[fn.__name__] = got
+            for i, r in enumerate(got):
                 total[i] += w * r
-        return total
+        return total, parts
 
     return reward_fn
 

@@ -111,9 +111,14 @@ def test_ppo_trains_policy_and_value_head(tiny_cfg, sft_checkpoint):
         "value_loss",
         "clip_ratio/region_mean",
         "timing/generation_s",
+        "timing/training_s",
+        "step_time_s",
+        "loss",
         "completions/mean_length",
+        "rewards/digit_share/mean",  # GRPO's names: the report reads both alike
     ):
-        assert key in rows[0]
+        assert key in rows[0], key
+    assert rows[0]["rewards/digit_share/mean"] == pytest.approx(rows[0]["reward"])  # the one reward, weight 1
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the policy starts at the reference
     assert rows[-1]["kl"] != 0.0
     card = (arm / "checkpoint" / "README.md").read_text()
