@@ -26,10 +26,13 @@ sys.path.insert(0, str(REPO))
 PHASES = ("timing/weight_sync_s", "timing/generation_s", "timing/training_s", "step_time_s")
 
 
-def rl_steps(config: str, run_name: str, algorithm: str, backend: str, steps: int) -> list[dict]:
+def rl_steps(
+    config: str, run_name: str, algorithm: str, backend: str, steps: int, overrides: list[str] | None = None
+) -> list[dict]:
     """The per-step rows of a short RL run (the stage itself, in a child process, in a temporary folder)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "stages.rl", "--config", config, f"runs_root={tmp}", "arm=rl-bench"]
+        cmd = [sys.executable, "-m", "stages.rl", "--config", config, *(overrides or [])]
+        cmd += [f"runs_root={tmp}", "arm=rl-bench"]
         cmd += [f"algorithm={algorithm}", f"max_steps={steps}", f"backend={backend}", "rl.training.save_steps=1000"]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
@@ -55,16 +58,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--grpo-steps", type=int, default=3)
     parser.add_argument("--ppo-steps", type=int, default=3, help="0: skip the PPO runs")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every measurement (e.g. device=cuda)")
     args = parser.parse_args(argv)
     import torch
 
     from stages.backends import machine, probe_in_child
     from stages.config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     # the measurement `backend: auto` makes (stages/backends.py, in a child process), at the RL step's batch shape
     probe = probe_in_child(cfg, rounds=args.rounds)
-    grpo = rl_steps(args.config, cfg.run_name, "grpo", "vllm", args.grpo_steps)
+    grpo = rl_steps(args.config, cfg.run_name, "grpo", "vllm", args.grpo_steps, args.overrides)
     grpo_split = phases(grpo)
     result = {
         "model": "SmolLM2-135M-Instruct",
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "grpo_steps": grpo,
     }
     if args.ppo_steps:
-        ppo = {b: rl_steps(args.config, cfg.run_name, "ppo", b, args.ppo_steps) for b in ("hf", "vllm")}
+        ppo = {b: rl_steps(args.config, cfg.run_name, "ppo", b, args.ppo_steps, args.overrides) for b in ("hf", "vllm")}
         result["ppo_step"] = {b: phases(rows) for b, rows in ppo.items()}  # per engine: seconds per phase
         result["ppo_steps"] = ppo
     result["vllm_over_hf"] = result["vllm_tokens_per_s"] / result["hf_tokens_per_s"]

