@@ -71,6 +71,22 @@ def machine() -> dict[str, Any]:
     }
 
 
+def threads() -> dict[str, Any]:
+    """This process's threading as it stands: torch's intra-op threads, the cores it may run on, and the OpenMP and
+    vLLM-CPU binding settings. Taken at an RL stage's start and again after its run: a colocated vLLM engine binds
+    the OpenMP threads of the process it lives in, which the trainer shares."""
+    import torch  # lazy: keeps this module importable without torch for its decision logic
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count()
+    keys = ("OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU", "KMP_AFFINITY")
+    return {"torch_threads": torch.get_num_threads(), "allowed_cores": cores} | {
+        k.lower(): os.environ[k] for k in keys if k in os.environ
+    }
+
+
 def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 

@@ -17,12 +17,14 @@ on the whole batch (see :func:`train_ppo`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,12 @@ class PolicyWithValue(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, n_completion: int):
         """Log-probs of the last ``n_completion`` tokens and the values at the positions that predict them."""
-        out = self.policy(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        out = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            output_hidden_states=True,
+        )
         logits = out.logits[:, -n_completion - 1 : -1].float() / self.temperature  # (B, Tc, V)
         targets = input_ids[:, -n_completion:]
         logp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -98,22 +105,58 @@ class PolicyWithValue(torch.nn.Module):
         return logp, values
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token (prompts are left-padded), as ``generate`` and vLLM
+    number them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def sequence_logp(model, input_ids, attention_mask, n_completion: int, temperature: float = 1.0) -> torch.Tensor:
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -n_completion - 1 : -1].float()
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask))
+    logits = out.logits[:, -n_completion - 1 : -1].float()
     logits = logits / temperature
     return torch.log_softmax(logits, -1).gather(-1, input_ids[:, -n_completion:].unsqueeze(-1)).squeeze(-1)
 
 
-def sample_seed(seed: int, step: int, prompt: int) -> int:
-    """The sampling seed of one prompt's completions at one step: a function of the run's seed, the step and the
-    prompt's position in the step's global batch only, so the same completions come out whatever the number of
-    processes, the batch around the prompt, or a resume in between."""
-    return (seed * 1_000_003 + step * 10_007 + prompt) % (2**63 - 1)
+def sample_seed(seed: int, step: int, prompt: int, purpose: int = 0) -> int:
+    """The seed of one prompt's completions at one step (``purpose`` 0; 1 + epoch: that epoch's mini-batch order): a
+    function of the run's seed, the step and the prompt's position in the step's global batch only, so the same
+    completions come out whatever the number of processes, the batch around the prompt, or a resume in between."""
+    entropy = [seed % 2**32, step, purpose, prompt]
+    return int(np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
 
 
-def cut_at_eos(ids: list[int], eos_id: int) -> list[int]:
-    """The completion up to and including its first EOS (what follows is padding)."""
-    return ids[: ids.index(eos_id) + 1] if eos_id in ids else list(ids)
+def cut_at_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
+    """The completion up to and including its first end token (what follows is padding)."""
+    for i, t in enumerate(ids):
+        if t in eos_ids:
+            return list(ids[: i + 1])
+    return list(ids)
+
+
+def end_tokens(model, tokenizer) -> set[int]:
+    """Every id that ends a completion: the tokenizer's EOS and the generation config's (a list for many chat
+    models, e.g. Qwen2.5's <|im_end|> and <|endoftext|>); ``generate`` and vLLM stop at any of them."""
+    ids = {tokenizer.eos_token_id}
+    conf = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(conf) if isinstance(conf, list | tuple) else {conf}
+    return {int(i) for i in ids if i is not None}
+
+
+# Sampling exactly from softmax(logits / temperature): every other logits processor a checkpoint's
+# generation_config may carry (transformers fills unset fields from it) is switched off, as vLLM is told.
+PLAIN_SAMPLING = {
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_new_tokens": 0,
+}
 
 
 def assemble(
@@ -153,6 +196,7 @@ class TransformersRollouts:
 
     def __init__(self, policy, tokenizer, num_generations: int, gen_kwargs: dict):
         self.policy, self.tokenizer, self.n, self.gen_kwargs = policy, tokenizer, num_generations, gen_kwargs
+        self.ends = end_tokens(policy, tokenizer)
 
     def sync(self) -> None:
         """Nothing to do: ``generate`` runs on the live policy."""
@@ -165,18 +209,18 @@ class TransformersRollouts:
             x = torch.tensor([ids], device=device)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
-                # top_k=0 and top_p=1 explicitly: transformers would otherwise fill top_k=50 from the generation
-                # config, and the ratios and KL (full softmax at the same temperature) would be computed for a
-                # distribution the samples do not come from
+                # plain sampling explicitly: transformers would otherwise fill top_k=50 (and whatever the checkpoint's
+                # generation config sets), and the ratios and KL (full softmax at the same temperature) would be
+                # computed for a distribution the samples do not come from
                 gen = self.policy.generate(
                     input_ids=x,
                     attention_mask=torch.ones_like(x),
                     do_sample=True,
                     num_return_sequences=self.n,
                     pad_token_id=self.tokenizer.pad_token_id,
-                    **{"top_k": 0, "top_p": 1.0, **self.gen_kwargs},
+                    **{**self.gen_kwargs, **PLAIN_SAMPLING},
                 )
-            out += [Completion(cut_at_eos(row.tolist(), self.tokenizer.eos_token_id)) for row in gen[:, len(ids) :]]
+            out += [Completion(cut_at_eos(row.tolist(), self.ends)) for row in gen[:, len(ids) :]]
         return out
 
 
@@ -189,17 +233,19 @@ class VLLMRollouts:
 
     def __init__(self, vllm_generation, tokenizer, num_generations: int):
         self.engine, self.tokenizer, self.n = vllm_generation, tokenizer, num_generations
+        self.ends = end_tokens(vllm_generation.model, tokenizer)
 
     def sync(self) -> None:
         self.engine.sync_weights()
 
     def __call__(self, prompt_ids: list[list[int]], seeds: list[int]) -> list[Completion]:  # noqa: ARG002
-        # vLLM samples with its engine seed (set once, at start): seeds per prompt are the transformers path's
+        # vLLM samples with its engine seed (set once, at start; a resumed run samples anew): seeds per prompt are
+        # the transformers path's
         dup = [ids for ids in prompt_ids for _ in range(self.n)]
         _, completion_ids, logprobs, _ = self.engine.generate(prompts=dup, images=None, num_generations=self.n)
         out = []
         for i, ids in enumerate(completion_ids):
-            ids = cut_at_eos(list(ids), self.tokenizer.eos_token_id)
+            ids = cut_at_eos(list(ids), self.ends)
             lp = None
             if logprobs is not None:
                 lp = [float("nan") if t[0] is None else float(t[0]) for t in logprobs[i][: len(ids)]]
@@ -241,7 +287,9 @@ def _no_grad_pass(model, ref_model, ids, attn, n, temperature, accelerator, n_pr
     rows, then all processes gather the whole (same padded shape everywhere)."""
     chunks = torch.arange(ids.shape[0]).tensor_split(n_proc)
     mine = chunks[rank]
-    with torch.no_grad():
+    # the reference runs under the same mixed precision as the policy (accelerate patches only prepared models)
+    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
         logp, values = model(ids[mine], attn[mine], n)
         ref = sequence_logp(ref_model, ids[mine], attn[mine], n, temperature)
     if n_proc == 1:
@@ -270,8 +318,8 @@ def train_ppo(
     reward columns; ``reward_fn(texts, rows)`` gives each completion's reward and each reward function's part.
     ``rollouts`` samples completions (:class:`TransformersRollouts` by default, or :class:`VLLMRollouts`).
     ``on_step`` and ``on_save(step, optimizer)`` (every ``save_steps`` steps) run on the main process only; a resumed
-    run passes the checkpoint's step and optimizer state (the caller restores the weights) and continues exactly as
-    the uninterrupted run would.
+    run passes the checkpoint's step and optimizer state (the caller restores the weights) and, with transformers
+    generation, continues exactly as the uninterrupted run would (vLLM samples anew from its engine seed).
 
     Several processes (``accelerator`` from ``accelerate launch``): each samples and scores its share of the step's
     prompts; the rows are gathered, so advantages are whitened over the global batch and every process cuts the same
@@ -331,11 +379,12 @@ def train_ppo(
             adv, returns = gae(rewards, old_values * mask, mask, s.gamma, s.lam)
             adv = whiten(adv, mask)
         core.train()
-        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "loss": []}
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "loss", "grad_norm")}
         n = ids.shape[0]
         mb = max(1, n // s.num_mini_batches)
         for epoch in range(s.ppo_epochs):
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(sample_seed(s.seed, step, -1 - epoch)))
+            order = torch.Generator().manual_seed(sample_seed(s.seed, step, 0, purpose=1 + epoch))
+            perm = torch.randperm(n, generator=order)
             for i in range(0, n, mb):
                 whole = perm[i : i + mb]  # the global mini-batch; this process trains on its slice
                 idx = whole.tensor_split(n_proc)[rank].to(device)
@@ -344,23 +393,25 @@ def train_ppo(
                 pg, clipfrac = clipped_policy_loss(logp, old_logp[idx], adv[idx], mask[idx], s.cliprange, tokens)
                 vf = clipped_value_loss(values, old_values[idx], returns[idx], mask[idx], s.cliprange_value, tokens)
                 loss = pg + s.vf_coef * vf
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"PPO loss is {float(loss)} at step {step + 1}; lower the learning rate")
-                opt.zero_grad(set_to_none=True)
-                if accelerator is not None:
-                    accelerator.backward(loss * n_proc)  # DDP averages the gradients: scaled back to the sum
-                    if s.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), s.max_grad_norm)
-                else:
-                    loss.backward()
-                    if s.max_grad_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-                opt.step()
                 parts = torch.stack([pg.detach(), vf.detach(), clipfrac.detach(), loss.detach()])
                 if n_proc > 1:
                     parts = accelerator.reduce(parts, reduction="sum")  # slices' shares -> the mini-batch's value
+                if not torch.isfinite(parts).all():  # every process sees the same sums: all stop together
+                    raise FloatingPointError(
+                        f"PPO loss is {float(parts[3])} at step {step + 1}; lower the learning rate"
+                    )
+                opt.zero_grad(set_to_none=True)
+                max_norm = s.max_grad_norm if s.max_grad_norm > 0 else float("inf")  # inf: measured, not clipped
+                if accelerator is not None:
+                    accelerator.backward(loss * n_proc)  # DDP averages the gradients: scaled back to the sum
+                    norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                else:
+                    loss.backward()
+                    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                opt.step()
                 for key, v in zip(("policy_loss", "value_loss", "clipfrac", "loss"), parts.tolist(), strict=True):
                     stats[key].append(v)
+                stats["grad_norm"].append(float(norm))
         grouped = score_t.view(-1, s.num_generations)
         step_s = time.perf_counter() - t0
         row = {
@@ -374,6 +425,7 @@ def train_ppo(
             "policy_loss": sum(stats["policy_loss"]) / len(stats["policy_loss"]),
             "value_loss": sum(stats["value_loss"]) / len(stats["value_loss"]),
             "clip_ratio/region_mean": sum(stats["clipfrac"]) / len(stats["clipfrac"]),
+            "grad_norm": sum(stats["grad_norm"]) / len(stats["grad_norm"]),  # before clipping, as TRL logs it
             "timing/weight_sync_s": t_sync,
             "timing/generation_s": t_gen,
             "timing/training_s": step_s - t_sync - t_gen,

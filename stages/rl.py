@@ -22,6 +22,7 @@ from typing import Any
 
 import datasets
 import torch
+from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -238,6 +239,7 @@ def _init_path(cfg: Config) -> str:
 def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Path) -> dict[str, Any]:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+    threads_at_start = backends.threads()
     set_seed(cfg.seed)
     build_grpo_config(cfg, arm_dir / "trainer")  # its batch-shape errors come before any probe or model load
     init_path = _init_path(cfg)
@@ -248,7 +250,10 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     rows = [{"prompt": prompt_messages(x, cfg.data.system_prompt), "answer": x["answer"]} for x in items]
     train_ds = datasets.Dataset.from_list(rows)
     as_given, requested = cfg, cfg.rl.generation.backend
-    choice = backends.resolve(cfg, "rl", init_path)  # auto: measured once per machine and model
+    # auto: measured once per machine and model; under accelerate launch rank 0 measures first and the other ranks
+    # read its cached figures, so every process takes the same engine
+    with PartialState(cpu=use_cpu(cfg)).main_process_first():
+        choice = backends.resolve(cfg, "rl", init_path)
     cfg = cfg.model_copy(
         update={
             "rl": cfg.rl.model_copy(
@@ -262,7 +267,9 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
         apply_cpu_colocate_patches()
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch only rank 0 writes the arm
     if cfg.rl.algorithm == "ppo":
-        return _run_ppo(cfg, as_given, arm, arm_dir, init_path, tokenizer, items, reward_funcs, force, choice)
+        return _run_ppo(
+            cfg, as_given, arm, arm_dir, init_path, tokenizer, items, reward_funcs, force, choice, threads_at_start
+        )
     args = build_grpo_config(cfg, arm_dir / "trainer")
     model = models.load_model(init_path, cfg.model)
 
@@ -299,14 +306,18 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
 
     steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     extra = {"steps": trainer.state.global_step, "train_loss": float(result.training_loss)}
-    extra.update(_backend_facts(cfg, requested, choice, init_path, steps))
+    extra.update(_backend_facts(cfg, requested, choice, init_path, steps, threads_at_start))
     backend = cfg.rl.generation.backend
     return _finish(cfg, arm, arm_dir, init_path, steps, train_s, len(items), backend, extra, trainer)
 
 
-def _backend_facts(cfg: Config, requested: str, choice, init_path: str, steps: list[dict[str, Any]]) -> dict:
-    """Why this engine generated, and (``backend: auto`` on vLLM) the speed it reached inside the RL steps."""
+def _backend_facts(
+    cfg: Config, requested: str, choice, init_path: str, steps: list[dict[str, Any]], threads_at_start: dict
+) -> dict:
+    """Why this engine generated, the process's threading at the start and after the run (an engine colocated in
+    this process may rebind it), and (``backend: auto`` on vLLM) the speed it reached inside the RL steps."""
     facts: dict[str, Any] = {"backend_reason": choice.reason}
+    facts["threads"] = {"at_start": threads_at_start, "after_run": backends.threads()}
     if requested == "auto" and choice.backend == "vllm" and choice.figures:
         facts["generation_tokens_per_s"] = _learn_colocated_speed(cfg, init_path, steps, choice.figures)
     return facts
@@ -315,7 +326,7 @@ def _backend_facts(cfg: Config, requested: str, choice, init_path: str, steps: l
 def _learn_colocated_speed(
     cfg: Config, init_path: str, steps: list[dict[str, Any]], figures: dict[str, Any]
 ) -> float | None:
-    """The colocated engine's generation speed inside these GRPO steps (first step dropped: engine warm-up),
+    """The colocated engine's generation speed inside these RL steps (first step dropped: engine warm-up),
     recorded for ``backend: auto``; a warning when it fell below transformers' speed on this machine."""
     per_step = cfg.rl.training.per_device_train_batch_size * cfg.rl.training.gradient_accumulation_steps
     rates = [
@@ -332,7 +343,7 @@ def _learn_colocated_speed(
     hf = float(figures["hf_tokens_per_s"])
     if rate < hf:
         log.warning(
-            "vLLM generated %.0f tokens/s inside these GRPO steps, below transformers' %.0f tokens/s on this machine: "
+            "vLLM generated %.0f tokens/s inside these RL steps, below transformers' %.0f tokens/s on this machine: "
             "the next rl.generation.backend=auto run uses transformers (set backend=hf to switch now)",
             rate,
             hf,
@@ -446,13 +457,21 @@ def _run_ppo(
     reward_funcs,
     force: bool,
     choice,
+    threads_at_start: dict,
 ) -> dict[str, Any]:
     """PPO (stages.ppo) with the same prompts, rewards, engines and outputs as GRPO; one process or several under
     ``accelerate launch`` (only rank 0 writes)."""
     from accelerate import Accelerator  # lazy: PPO alone builds its own accelerator (GRPO's comes with TRL)
+    from accelerate.utils import DistributedType
 
     t, g = cfg.rl.training, cfg.rl.generation
     accelerator = Accelerator(cpu=use_cpu(cfg))
+    if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        raise ConfigError(
+            f"rl.algorithm=ppo runs data-parallel under DDP only, not {accelerator.distributed_type.value}: its "
+            "rollouts call generate on whole weights, one prompt at a time, on each process. Launch it with "
+            "configs/accelerate/ddp.yaml (or use GRPO, which TRL runs under DeepSpeed and FSDP)"
+        )
     main_process = accelerator.is_main_process
     settings = _ppo_settings(cfg)
     _check_ppo_processes(settings, accelerator.num_processes)
@@ -538,7 +557,8 @@ def _run_ppo(
         return {"algorithm": "ppo", "arm": arm, "steps": t.max_steps}
     save_checkpoint(model.policy, tokenizer, arm_dir / "checkpoint")
     save_file(value_head_state(model), str(arm_dir / "value_head.safetensors"))
-    extra = {"num_processes": accelerator.num_processes, **_backend_facts(cfg, g.backend, choice, init_path, steps)}
+    facts = _backend_facts(cfg, as_given.rl.generation.backend, choice, init_path, steps, threads_at_start)
+    extra = {"num_processes": accelerator.num_processes, **facts}
     return _finish(cfg, arm, arm_dir, init_path, steps, time.perf_counter() - t0, len(items), rollouts.name, extra)
 
 
@@ -573,7 +593,9 @@ def _ppo_rollouts(cfg: Config, model: PolicyWithValue, tokenizer, accelerator):
         server_base_url=g.vllm_server_base_url,
         tensor_parallel_size=g.vllm_tensor_parallel_size,
         gpu_memory_utilization=g.vllm_gpu_memory_utilization,
-        max_num_seqs=cfg.rl.training.per_device_train_batch_size * g.vllm_tensor_parallel_size,
+        max_num_seqs=cfg.rl.training.per_device_train_batch_size
+        * cfg.rl.training.gradient_accumulation_steps
+        * g.vllm_tensor_parallel_size,
         enable_sleep_mode=g.vllm_enable_sleep_mode,
         trust_remote_code=cfg.model.trust_remote_code,
         temperature=g.temperature,
@@ -590,7 +612,9 @@ def ppo_save(model, opt, trainer_dir: Path, step: int, keep: int) -> Path:
     written to a temporary folder and renamed into place (complete or absent), older ones pruned to ``keep``."""
     trainer_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=trainer_dir))
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    # clone: tied weights (embedding and head) would otherwise share storage, which safetensors refuses to write
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
     torch.save(opt.state_dict(), tmp / "optimizer.pt")  # tensors and numbers only: loads with weights_only=True
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))  # sampling and mini-batch order
     atomic_write_json(tmp / "state.json", {"step": step})
@@ -615,7 +639,8 @@ def ppo_resume(model, trainer_dir: Path) -> dict[str, Any] | None:
     torch.set_rng_state(load_file(str(last / "rng.safetensors"))["torch"])
     return {
         "step": json.loads((last / "state.json").read_text())["step"],
-        "optimizer": torch.load(last / "optimizer.pt", weights_only=True),
+        # on the CPU: each process moves it to its own device when the optimizer is prepared
+        "optimizer": torch.load(last / "optimizer.pt", weights_only=True, map_location="cpu"),
         "folder": last,
     }
 

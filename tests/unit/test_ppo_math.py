@@ -80,3 +80,84 @@ def test_ppo_log_probs_are_those_of_the_sampling_distribution():
             got, _ = PolicyWithValue(lm, temperature=t)(ids, mask, 3)
             assert torch.allclose(got, want, atol=1e-6)
             assert torch.allclose(sequence_logp(lm, ids, mask, 3, t), want, atol=1e-6)
+
+
+def _tiny_lm(**kw):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, **kw
+        )
+    ).eval()
+
+
+def test_rollouts_sample_from_the_tempered_softmax_whatever_the_checkpoints_generation_config_says():
+    """transformers fills every unset sampling field from the checkpoint's generation_config (Qwen2.5-Instruct ships
+    repetition_penalty 1.05); PPO scores samples with softmax(logits / T), so every other processor must be off."""
+    from stages.ppo import PLAIN_SAMPLING
+
+    lm = _tiny_lm()
+    g = lm.generation_config
+    g.repetition_penalty, g.no_repeat_ngram_size, g.min_p, g.top_k, g.top_p = 1.3, 2, 0.2, 5, 0.5
+    g.typical_p, g.min_new_tokens = 0.9, 3
+    x = torch.randint(0, 50, (1, 5))
+
+    def scores_vs_logits(extra: dict) -> float:
+        out = lm.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            do_sample=True,
+            temperature=0.7,
+            max_new_tokens=6,
+            num_return_sequences=3,
+            pad_token_id=0,
+            return_dict_in_generate=True,
+            output_scores=True,
+            output_logits=True,
+            **extra,
+        )
+        return max(float((s - lg / 0.7).abs().max()) for s, lg in zip(out.scores, out.logits, strict=True))
+
+    assert scores_vs_logits({"top_k": 0, "top_p": 1.0}) > 1  # the checkpoint's processors leak in
+    assert scores_vs_logits(PLAIN_SAMPLING) == 0.0
+
+
+def test_a_completion_ends_at_any_of_the_models_end_tokens():
+    from stages.ppo import cut_at_eos, end_tokens
+
+    lm = _tiny_lm()
+    lm.generation_config.eos_token_id = [7, 9]
+
+    class Tok:
+        eos_token_id = 7
+
+    assert end_tokens(lm, Tok()) == {7, 9}
+    assert cut_at_eos([1, 2, 9, 0, 0], {7, 9}) == [1, 2, 9]  # stopped at the second end token, then padding
+    assert cut_at_eos([1, 2, 3], {7, 9}) == [1, 2, 3]  # cut by the length limit
+
+
+def test_sampling_seeds_are_distinct_and_reproducible():
+    from stages.ppo import sample_seed
+
+    seeds = {sample_seed(s, step, p, k) for s in (0, 1) for step in range(50) for p in range(64) for k in (0, 1, 2)}
+    assert len(seeds) == 2 * 50 * 64 * 3 and all(0 <= x < 2**63 for x in seeds)
+    assert sample_seed(3, 4, 5) == sample_seed(3, 4, 5)
+
+
+def test_a_ppo_checkpoint_of_a_model_with_tied_embeddings_saves_and_resumes(tmp_path):
+    from stages.ppo import PolicyWithValue
+    from stages.rl import ppo_resume, ppo_save
+
+    model = PolicyWithValue(_tiny_lm(tie_word_embeddings=True))
+    assert model.policy.lm_head.weight.data_ptr() == model.policy.model.embed_tokens.weight.data_ptr()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randint(0, 50, (2, 6)), torch.ones(2, 6, dtype=torch.long), 3)[0].sum().backward()
+    opt.step()
+    ppo_save(model, opt, tmp_path, step=2, keep=1)
+    fresh = PolicyWithValue(_tiny_lm(tie_word_embeddings=True))
+    got = ppo_resume(fresh, tmp_path)
+    assert got["step"] == 2 and set(got["optimizer"]["state"]) == set(opt.state_dict()["state"])
+    for (n, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
