@@ -111,8 +111,9 @@ class PipelineParams(StageParams):
         return v
 
 
-def resolve(params: StageParams) -> Config:
-    """Load and validate the config before any work.
+def resolve(params: StageParams, runs_rl: bool | None = None) -> Config:
+    """Load and validate the config before any work; ``runs_rl`` (default: the whole pipeline does) also checks the
+    RL stage against the launcher.
 
     Raises:
         ConfigError: the file, an override or the launcher settings are wrong (the message names which).
@@ -132,7 +133,10 @@ def resolve(params: StageParams) -> Config:
         methods = getattr(params, "arms", None) or [cfg.sft.method]
         if cfg.sweep and getattr(params, "sweep", None) is not False:
             methods = [a.method for a in cfg.sweep]
-        refuse_unsupported_launcher(acc if Path(acc).is_file() else str(REPO / acc), methods)
+        if runs_rl is None:
+            runs_rl = isinstance(params, PipelineParams)
+        algorithm = cfg.rl.algorithm if runs_rl else None
+        refuse_unsupported_launcher(acc if Path(acc).is_file() else str(REPO / acc), methods, algorithm)
     return cfg
 
 
@@ -180,7 +184,7 @@ def deployment_guard(config_path: Path, cfg: Config) -> None:
 PENALTY_METHODS = ("rpsft", "l2")
 
 
-def refuse_unsupported_launcher(accelerate_config: str, methods: list[str]) -> None:
+def refuse_unsupported_launcher(accelerate_config: str, methods: list[str], rl_algorithm: str | None = None) -> None:
     """RPSFT and L2 add their penalty gradient after backward, on whole matrices. DeepSpeed (any ZeRO stage) takes the
     optimizer step inside backward, so the penalty would land one step late or be dropped, and in bf16 it keeps bf16
     module weights, so the penalty is not 0 at step 0; FSDP shards the matrices. Refused before any stage starts.
@@ -190,6 +194,12 @@ def refuse_unsupported_launcher(accelerate_config: str, methods: list[str]) -> N
     """
     with open(accelerate_config, encoding="utf-8") as f:
         kind = str((yaml.safe_load(f) or {}).get("distributed_type", "")).upper()
+    if rl_algorithm == "ppo" and kind in ("DEEPSPEED", "FSDP"):
+        raise ConfigError(
+            f"rl.algorithm=ppo cannot run under {accelerate_config} (distributed_type {kind}): PPO is data-parallel "
+            "under DDP only (its rollouts call generate on whole weights in each process). Use "
+            "configs/accelerate/ddp.yaml, or rl.algorithm=grpo"
+        )
     penalty = [m for m in methods if m in PENALTY_METHODS]
     if penalty and kind in ("DEEPSPEED", "FSDP"):
         raise ConfigError(
@@ -451,10 +461,10 @@ def _params(model: type[StageParams], **kw: Any) -> Any:
         raise ConfigError(f"invalid flow parameters: {msg}") from None
 
 
-def _resolved(**kw: Any) -> tuple[StageParams, Config]:
+def _resolved(runs_rl: bool = False, **kw: Any) -> tuple[StageParams, Config]:
     """A stage flow's parameters, validated, and its config, loaded: both before any stage starts."""
     params = _params(StageParams, **kw)
-    return params, resolve(params)
+    return params, resolve(params, runs_rl=runs_rl)
 
 
 def _run_namer(flow_name: str):
@@ -641,7 +651,7 @@ def rl_flow(
     """
     if algorithm is not None:
         overrides = [*(overrides or []), f"rl.algorithm={algorithm}"]
-    params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher)
+    params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher, runs_rl=True)
     if not (cfg.run_dir / init_arm / "DONE").is_file():
         raise ConfigError(
             f"init_arm {init_arm!r} has no finished SFT checkpoint in {cfg.run_dir}: run the sft flow with "

@@ -213,6 +213,8 @@ ROWS = [
      "listed twice"),
     ("deploy-penalty-under-deepspeed", ("flow", {"arms": ["rpsft"], "launcher": {"num_processes": 2,
      "accelerate_config": "configs/accelerate/zero2.yaml"}}), "cannot run under"),
+    ("deploy-ppo-under-fsdp", ("flow", {"arms": ["sft"], "overrides": ["rl.algorithm=ppo"], "launcher": {
+     "num_processes": 2, "accelerate_config": "configs/accelerate/fsdp.yaml"}}), "rl.algorithm=ppo cannot run under"),
     ("deploy-remote-code", ("deployment", {"overrides": ["model.trust_remote_code=true"]}), "refused for deployment"),
     ("deploy-config-outside-roots", ("deployment", {"config": "{ws}/ok.yaml"}), "outside the folders"),
     ("deploy-runs-root-outside-roots", ("deployment", {}), "runs_root="),
