@@ -98,6 +98,62 @@ SMOKE = {
 }
 
 
+# Conservative H200 rates for the sizing (peak: ~990 TFLOP/s dense bf16, ~67 fp32, 4.8 TB/s): what the plan assumes.
+H200 = {
+    "bf16_flops": 300e12,  # training matmuls under autocast
+    "fp32_flops": 40e12,  # the penalty's products, the Gram products
+    "svd_flops": 0.5e12,  # cuSOLVER SVD / eigh reach a small fraction of peak
+    "fp64_svd_flops": 0.3e12,
+    "decode_step_s": 0.02,  # one generation step of the 0.5B body: kernel launches, not FLOPs
+    "fixed_s": 60.0,  # imports (TRL), model builds, copies, warm-ups
+}
+
+
+def matrices(shape: dict) -> list[tuple[int, int]]:
+    """The 2-D weights of a Qwen2 model of this shape: embedding, head (untied), and per layer q, k, v, o, MLP."""
+    h, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    kv = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    vocab = shape.get("vocab_size", 1024)
+    per_layer = [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]
+    return [(vocab, h)] * (1 if shape["tie_word_embeddings"] else 2) + per_layer * layers
+
+
+def plan(p: dict, rates: dict = H200) -> dict[str, float]:
+    """Seconds each part should take at ``rates``, from FLOP counts (the sizing of the full run)."""
+    mats = matrices(SHAPES[p["layers"]])
+    params = sum(m * n for m, n in mats)
+
+    def svd(m: int, n: int) -> float:
+        m, n = max(m, n), min(m, n)
+        return 4 * m * n * n + 22 * n**3
+
+    full_svd = sum(svd(m, n) for m, n in mats) / rates["svd_flops"]
+    gram = sum(
+        2 * max(m, n) * min(m, n) ** 2 / rates["fp32_flops"] + 9 * min(m, n) ** 3 / rates["svd_flops"] for m, n in mats
+    )
+    largest = max(mats, key=lambda mn: mn[0] * mn[1])
+    anchors = full_svd + 2 * gram + svd(*largest) / rates["fp64_svd_flops"]
+    micro = 6 * params * p["batch"] * p["seq"] / rates["bf16_flops"]
+    penalty = 4 * params * p["k"] / rates["fp32_flops"]
+    rounds = p["rounds"] + 1
+    steps = rounds * sum(3 * ga * micro + 2 * penalty for ga in (1, 8))
+    body = SHAPES[p["body"]]
+    grpo = p["grpo_steps"] * (
+        p["completion"] * rates["decode_step_s"]
+        + 6
+        * body["hidden_size"] ** 2
+        * 12
+        * body["num_hidden_layers"]
+        * p["prompts"]
+        * p["generations"]
+        * p["completion"]
+        / rates["bf16_flops"]
+    )
+    out = {"anchors": anchors, "steps": steps, "grpo": grpo, "fixed": rates["fixed_s"]}
+    out["total"] = sum(out.values())
+    return out
+
+
 def sync(device) -> None:
     import torch
 
@@ -343,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result: dict = {"mode": "smoke" if args.smoke else "full", "settings": p, "machine": machine(device), "parts": {}}
+    result["plan_s_on_h200"] = plan(p)  # the sizing, to compare with each part's part_s
     start = time.perf_counter()
     write(out, result)
     for name in args.parts.split(","):
