@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,10 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     as_given, requested = cfg, cfg.rl.generation.backend
     # auto: measured once per machine and model; under accelerate launch rank 0 measures first and the other ranks
     # read its cached figures, so every process takes the same engine
-    with PartialState(cpu=use_cpu(cfg)).main_process_first():
+    # This creates the process group under accelerate launch (TRL's trainer then reuses it): with transformers'
+    # ddp_timeout (30 min by default, or rl.trl.ddp_timeout), not torch's 10 minutes, as TRL alone would
+    timeout = timedelta(seconds=int(cfg.rl.trl.get("ddp_timeout", 1800)))
+    with PartialState(cpu=use_cpu(cfg), timeout=timeout).main_process_first():
         choice = backends.resolve(cfg, "rl", init_path)
     cfg = cfg.model_copy(
         update={
