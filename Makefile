@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # unit and integration tests without the slow ones (real model, vLLM, DDP, resume kills) and the e2e server test
 test-fast: $(STAMP)

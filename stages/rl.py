@@ -243,7 +243,14 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     threads_at_start = backends.threads()
     set_seed(cfg.seed)
     build_grpo_config(cfg, arm_dir / "trainer")  # its batch-shape errors come before any probe or model load
-    init_path = _init_path(cfg)
+    # Under accelerate launch, rank 0 prepares what is cached (the base model when rl.init is unset, the `auto`
+    # engine measurement) and the other ranks then read it: no two processes write one cache folder, and every
+    # process takes the same engine. This creates the process group (TRL's trainer reuses it), with transformers'
+    # ddp_timeout (30 min by default, or rl.trl.ddp_timeout), not torch's 10 minutes, as TRL alone would.
+    timeout = timedelta(seconds=int(cfg.rl.trl.get("ddp_timeout", 1800)))
+    state = PartialState(cpu=use_cpu(cfg), timeout=timeout)
+    with state.main_process_first():
+        init_path = _init_path(cfg)
     tokenizer = models.load_tokenizer(init_path, cfg.model)
     check_chat_format(tokenizer, init_path)
     reward_funcs = [get_reward(name) for name in cfg.rl.rewards]
@@ -251,12 +258,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     rows = [{"prompt": prompt_messages(x, cfg.data.system_prompt), "answer": x["answer"]} for x in items]
     train_ds = datasets.Dataset.from_list(rows)
     as_given, requested = cfg, cfg.rl.generation.backend
-    # auto: measured once per machine and model; under accelerate launch rank 0 measures first and the other ranks
-    # read its cached figures, so every process takes the same engine
-    # This creates the process group under accelerate launch (TRL's trainer then reuses it): with transformers'
-    # ddp_timeout (30 min by default, or rl.trl.ddp_timeout), not torch's 10 minutes, as TRL alone would
-    timeout = timedelta(seconds=int(cfg.rl.trl.get("ddp_timeout", 1800)))
-    with PartialState(cpu=use_cpu(cfg), timeout=timeout).main_process_first():
+    with state.main_process_first():  # after every input check: the probe is the first costly step
         choice = backends.resolve(cfg, "rl", init_path)
     cfg = cfg.model_copy(
         update={

@@ -184,3 +184,31 @@ def test_ppo_mini_batches_that_leave_a_process_without_rows_are_refused():
     with pytest.raises(ConfigError, match="num_mini_batches=4"):
         _check_ppo_processes(s, 2)  # 4 rows, 4 mini-batches: one row each, nothing for the second process
     _check_ppo_processes(PPOSettings(**{**s.__dict__, "num_mini_batches": 2}), 2)
+
+
+@pytest.mark.slow
+def test_two_process_grpo_runs_with_rank_zero_writing_alone(tmp_path, cache_dir):
+    """GRPO (TRL) through the same launcher: it completes, and only rank 0 writes the arm (before, every rank
+    published the same checkpoint folder and metrics)."""
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    from pipeline.flows import Launcher, StageParams, stage_command
+
+    params = StageParams(
+        config="configs/tiny.yaml",
+        overrides=[
+            "rl.training.max_steps=2",
+            "rl.training.per_device_train_batch_size=4",
+            "rl.arm=rl-grpo",
+            "torch_threads=1",
+            f"runs_root={tmp_path}",
+        ],
+        launcher=Launcher(num_processes=2, accelerate_config="configs/accelerate/cpu-ddp.yaml"),
+    )
+    _run(stage_command("rl", params), env)
+    arm = tmp_path / "tiny" / "rl-grpo"
+    rows = [json.loads(x) for x in (arm / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # one row per step: rank 0 alone logs
+    summary = json.loads((arm / "metrics.json").read_text())
+    assert summary["algorithm"] == "grpo" and summary["steps"] == 2 and (arm / "DONE").is_file()
+    assert (arm / "checkpoint" / "model.safetensors").is_file()
+    assert not [p.name for p in arm.iterdir() if p.name.startswith(".") and p.name != ".lock"]  # no leftovers
