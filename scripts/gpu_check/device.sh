@@ -14,11 +14,18 @@ WHEELS=${GPU_CHECK_WHEELS:-scripts/gpu_check/wheels}
 mkdir -p "$SITE"
 for pack in "$WHEELS"/*/; do
   compgen -G "${pack}*.whl" >/dev/null || continue
+  done_marker="$SITE/.installed-$(basename "$pack")"
+  [ -f "$done_marker" ] && continue  # installed by an earlier call on this machine
   echo "installing $(ls "$pack" | wc -l) wheels from $pack"
   "$PY" -m pip install -q --no-index --no-deps --upgrade --target "$SITE" "$pack"*.whl
+  touch "$done_marker"
 done
+# what the check imports, tried at once (seconds), so a missing piece shows before the costly run
+PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c "import torch, transformers, pydantic, xxhash, stages.rpsft
+print('imports ok: torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
 [ "${1:-}" = "--run" ] || exit 0
 shift
 OUT_DIR=${OUT:-runs/gpu-check}
 mkdir -p "$OUT_DIR"
-PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" "$PY" scripts/gpu_check/run.py --out "$OUT_DIR/gpu_check.json" "$@"
+HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" \
+  "$PY" scripts/gpu_check/run.py --out "$OUT_DIR/gpu_check.json" "$@"
