@@ -239,6 +239,9 @@ def test_a_crashed_stage_is_retried_once_by_the_flow_and_resumes(tmp_path, cache
         OMP_NUM_THREADS="1",
         PREFECT_HOME=str(tmp_path / "prefect"),  # no PREFECT_API_URL: a temporary server for this flow
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # Prefect waits 20 s for that server by default: a loaded 2-core CI machine once took longer (the test
+        # failed before any stage ran); the wait is not what this test measures
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
     )
     env[FAULT_ENV] = "4"  # the first attempt is SIGKILLed right after its step-4 checkpoint
     over = [a for a in ARGS[2:] if a != "sft.method=rpsft"] + [f"runs_root={tmp_path / 'runs'}"]
