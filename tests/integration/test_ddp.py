@@ -37,6 +37,21 @@ def _run(cmd: list[str], env: dict) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def _two_processes(stage: str, overrides: list[str], env: dict) -> None:
+    """Run a stage on two CPU processes through the launcher path the flows use for GPU configs (accelerate launch
+    with a config file)."""
+    from pipeline.flows import Launcher, StageParams, stage_command
+
+    params = StageParams(
+        config="configs/tiny.yaml",
+        overrides=overrides,
+        launcher=Launcher(num_processes=2, accelerate_config="configs/accelerate/cpu-ddp.yaml"),
+    )
+    cmd = stage_command(stage, params)
+    assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
+    _run(cmd, env)
+
+
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path, cache_dir):
     env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
@@ -53,17 +68,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, cache_dir):
         ],
         env,
     )
-    # Two processes through the launcher path the flows use for GPU configs (accelerate launch + a config file).
-    from pipeline.flows import Launcher, StageParams, stage_command
-
-    params = StageParams(
-        config="configs/tiny.yaml",
-        overrides=[*COMMON, f"runs_root={tmp_path / 'two'}", "sft.training.per_device_train_batch_size=2"],
-        launcher=Launcher(num_processes=2, accelerate_config="configs/accelerate/cpu-ddp.yaml"),
-    )
-    cmd = stage_command("sft", params)
-    assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
-    _run(cmd, env)
+    _two_processes("sft", [*COMMON, f"runs_root={tmp_path / 'two'}", "sft.training.per_device_train_batch_size=2"], env)
 
     one, two = tmp_path / "one" / "tiny" / "rpsft", tmp_path / "two" / "tiny" / "rpsft"
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
@@ -132,16 +137,7 @@ def test_two_process_ppo_matches_one_process(tmp_path, cache_dir):
         ],
         env,
     )
-    from pipeline.flows import Launcher, StageParams, stage_command
-
-    params = StageParams(
-        config="configs/tiny.yaml",
-        overrides=[*ppo, f"runs_root={tmp_path / 'two'}", "rl.training.per_device_train_batch_size=4"],
-        launcher=Launcher(num_processes=2, accelerate_config="configs/accelerate/cpu-ddp.yaml"),
-    )
-    cmd = stage_command("rl", params)
-    assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
-    _run(cmd, env)
+    _two_processes("rl", [*ppo, f"runs_root={tmp_path / 'two'}", "rl.training.per_device_train_batch_size=4"], env)
 
     one, two = tmp_path / "one" / "tiny" / "rl-ppo", tmp_path / "two" / "tiny" / "rl-ppo"
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
@@ -191,20 +187,8 @@ def test_two_process_grpo_runs_with_rank_zero_writing_alone(tmp_path, cache_dir)
     """GRPO (TRL) through the same launcher: it completes, and only rank 0 writes the arm (before, every rank
     published the same checkpoint folder and metrics)."""
     env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
-    from pipeline.flows import Launcher, StageParams, stage_command
-
-    params = StageParams(
-        config="configs/tiny.yaml",
-        overrides=[
-            "rl.training.max_steps=2",
-            "rl.training.per_device_train_batch_size=4",
-            "rl.arm=rl-grpo",
-            "torch_threads=1",
-            f"runs_root={tmp_path}",
-        ],
-        launcher=Launcher(num_processes=2, accelerate_config="configs/accelerate/cpu-ddp.yaml"),
-    )
-    _run(stage_command("rl", params), env)
+    overrides = ["rl.training.max_steps=2", "rl.training.per_device_train_batch_size=4", "rl.arm=rl-grpo"]
+    _two_processes("rl", [*overrides, "torch_threads=1", f"runs_root={tmp_path}"], env)
     arm = tmp_path / "tiny" / "rl-grpo"
     rows = [json.loads(x) for x in (arm / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # one row per step: rank 0 alone logs
