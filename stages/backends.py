@@ -253,7 +253,8 @@ def measure_both(
     tok.padding_side = "left"
     model = load_model(path, model_cfg).eval()
     t0 = time.perf_counter()
-    llm = LLM(model=path, enforce_eager=True, seed=seed, dtype="float32", max_model_len=512)
+    # the precision the RL stage's colocated engine and trainer use (stages/vllm_cpu.py)
+    llm = LLM(model=path, enforce_eager=True, seed=seed, dtype=model_cfg.dtype, max_model_len=512)
     start_s = time.perf_counter() - t0
     params = SamplingParams(n=n, temperature=temperature, top_k=0, max_tokens=max_tokens, seed=seed)
 

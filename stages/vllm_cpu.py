@@ -9,8 +9,12 @@
    ``torch.nn.functional.linear`` on the live weights instead (this module's first version) made generation inside
    the engine 2.5-3x slower on AVX-512 and slower than transformers on AVX2-only CPUs (issue 19; README, "Measured
    numbers"). The cost is a second copy of the linear weights in memory, and the repack at each push.
-2. TRL creates its colocate engine without ``enforce_eager``; on CPU that costs a long compile at start (figures in
-   the README, "Measured numbers"). ``eager_engine`` passes ``enforce_eager=True``.
+2. TRL creates its colocate engine without ``enforce_eager`` and without a ``dtype``. On CPU the compile costs a
+   long start (figures in the README, "Measured numbers"), and vLLM takes the precision from the checkpoint's
+   config.json: bfloat16 for most hub models, while the trainer holds float32 weights (``model.dtype``). The engine
+   then samples from a rounded policy, and on a CPU without AVX-512-BF16 its bfloat16 matrix products fall back to
+   slow generic kernels (issue 19: generation inside the GRPO step slower than transformers on an AVX2-only EPYC).
+   ``engine_like_trainer`` passes ``enforce_eager=True`` and the trainer's ``dtype``.
 
 Both are applied only when the RL stage runs the vLLM backend on a machine without CUDA; GPU runs use vLLM as is.
 Tests check that the weights really reach vLLM: after updates, vLLM's sampling log-probs still agree with the
@@ -80,28 +84,34 @@ def packed_weights_follow_sync() -> None:
     trl_vllm.VLLMGeneration.sync_weights = sync_then_repack
 
 
-def eager_engine() -> None:
+_engine_dtype = "float32"  # the trainer's precision (model.dtype), set by apply_cpu_colocate_patches
+
+
+def engine_like_trainer() -> None:
     import trl.generation.vllm_generation as trl_vllm  # lazy: imports vLLM (optional extra)
 
     original = trl_vllm.LLM
 
     @functools.wraps(original)
-    def llm_eager(*args, **kwargs):
+    def llm_like_trainer(*args, **kwargs):
         kwargs.setdefault("enforce_eager", True)
+        kwargs.setdefault("dtype", _engine_dtype)
         return original(*args, **kwargs)
 
-    trl_vllm.LLM = llm_eager
+    trl_vllm.LLM = llm_like_trainer
 
 
-def apply_cpu_colocate_patches() -> None:
-    """Apply both patches once per process (idempotent)."""
-    global _applied
+def apply_cpu_colocate_patches(dtype: str = "float32") -> None:
+    """Apply both patches once per process (idempotent); the engine computes in ``dtype`` (the trainer's)."""
+    global _applied, _engine_dtype
+    _engine_dtype = dtype
     if _applied:
         return
     packed_weights_follow_sync()
-    eager_engine()
+    engine_like_trainer()
     _applied = True
     log.warning(
-        "vLLM on CPU: linear weights kept beside vLLM's packed copies (rebuilt after each weight push) and an eager "
-        "engine, so TRL's weight sync works"
+        "vLLM on CPU: an eager engine in the trainer's precision (%s), its linear weights kept beside vLLM's packed "
+        "copies (rebuilt after each weight push), so TRL's weight sync works",
+        dtype,
     )

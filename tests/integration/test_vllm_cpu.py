@@ -1,5 +1,6 @@
-"""The CPU patches of TRL's colocated vLLM engine (stages/vllm_cpu.py): vLLM keeps its packed linear kernels (the
-speed of issue 19), and a weight push reaches them once they are rebuilt, as they are after every TRL sync."""
+"""The CPU patches of TRL's colocated vLLM engine (stages/vllm_cpu.py): the engine computes in the trainer's
+precision whatever the checkpoint's config says, vLLM keeps its packed linear kernels (both: the speed of issue
+19), and a weight push reaches them once they are rebuilt, as they are after every TRL sync."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def test_pushed_weights_reach_vllms_packed_kernels(tiny_cfg):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])
+    # the engine computes in the trainer's precision, not the checkpoint's bfloat16, and eager
+    assert r["engine_dtype"] == "torch.float32" and r["eager"], r
     assert r["linears"] > 0 and r["weights_kept"]
     assert r["packed"] == r["linears"], r  # vLLM's own kernels, not torch.nn.functional.linear
     assert r["rebuilt"] == r["linears"]

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process, as in TRL's colocate mode
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -26,10 +29,17 @@ def hf_logprobs(model, prompt_ids: list[int], out_ids: list[int]) -> list[float]
 
 
 def main(path: str) -> int:
-    apply_cpu_colocate_patches()
-    from vllm import LLM, SamplingParams
+    # a checkpoint whose config.json says bfloat16, as most hub models' do, trained in float32
+    folder = Path(tempfile.mkdtemp()) / "model"
+    shutil.copytree(path, folder)
+    conf = json.loads((folder / "config.json").read_text())
+    conf["dtype"] = "bfloat16"
+    (folder / "config.json").write_text(json.dumps(conf))
+    apply_cpu_colocate_patches("float32")
+    import trl.generation.vllm_generation as trl_vllm
+    from vllm import SamplingParams
 
-    llm = LLM(model=path, enforce_eager=True, dtype="float32", max_model_len=128, seed=0)
+    llm = trl_vllm.LLM(model=str(folder), max_model_len=128, seed=0)  # as TRL's colocate mode creates it
     engine_model = llm.llm_engine.model_executor.driver_worker.model_runner.model
     linears = [m for m in engine_model.modules() if hasattr(m, "cpu_linear") and m.weight.ndim == 2]
     params = SamplingParams(temperature=0.0, max_tokens=12, logprobs=0)
@@ -57,6 +67,8 @@ def main(path: str) -> int:
     print(
         json.dumps(
             {
+                "engine_dtype": str(llm.llm_engine.model_config.dtype),
+                "eager": llm.llm_engine.model_config.enforce_eager,
                 "linears": len(linears),
                 "packed": sum(m.cpu_linear is not torch.nn.functional.linear for m in linears),
                 "weights_kept": all(m.weight.numel() > 0 for m in linears),
