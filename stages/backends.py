@@ -39,6 +39,9 @@ CACHE_FILE = "backends.json"
 AUTO_MARGIN = 1.1
 # The CPU features vLLM-CPU's kernels depend on (x86); what the machine has is part of the cache key.
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
+# What the figures were measured with; a change to the engines' setup makes older cached figures stale. 2: the
+# colocated engine keeps vLLM's packed kernels and computes in the trainer's precision (issue 19).
+ENGINE_SETUP = 2
 
 
 @dataclass(frozen=True)
@@ -62,13 +65,16 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     model = model or platform.processor() or platform.machine()
+    emulated = os.environ.get("SFT2RL_EMULATED_ISA")  # benchmarks/avx2_only: the libraries see AVX2 only
+    if emulated == "avx2":
+        flags = {f for f in flags if not f.startswith(("avx512", "amx"))}
     return {
         "cpu_model": model,
         "cpu_flags": [f for f in CPU_FLAGS if f in flags],
         "arch": platform.machine(),
         "cores": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-    }
+    } | ({"emulated_isa": emulated} if emulated else {})
 
 
 def threads() -> dict[str, Any]:
@@ -92,7 +98,7 @@ def vllm_installed() -> bool:
 
 
 def cache_key(model_id: str, m: dict[str, Any]) -> str:
-    raw = json.dumps({"model": model_id, "machine": m}, sort_keys=True)
+    raw = json.dumps({"model": model_id, "machine": m, "engine_setup": ENGINE_SETUP}, sort_keys=True)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 

@@ -97,3 +97,28 @@ def test_machine_names_the_cpu_and_its_vector_flags():
     m = backends.machine()
     assert m["cpu_model"] and m["cores"] >= 1
     assert set(m["cpu_flags"]) <= set(backends.CPU_FLAGS)
+
+
+def test_figures_of_an_older_engine_setup_are_measured_again(tmp_path, vllm_present, monkeypatch):
+    """A machine that chose transformers from the slow colocated engine of issue 19 (bfloat16, unpacked) measures
+    again once the engine's setup changed, instead of keeping transformers for good."""
+    cache = tmp_path / "b.json"
+    monkeypatch.setattr(backends, "ENGINE_SETUP", 1)
+    old, _ = _probe(hf=60, vllm=130)
+    _choose(tmp_path, old)
+    assert backends.record_colocated(cache, model_id="m", tokens_per_s=30.0) is not None
+    assert _choose(tmp_path, old).backend == "hf"  # the colocated figure rules RL
+    monkeypatch.setattr(backends, "ENGINE_SETUP", 2)
+    new, calls = _probe(hf=60, vllm=190)
+    c = _choose(tmp_path, new)
+    assert calls == [1] and c.backend == "vllm" and "standalone probe" in c.reason
+    assert len(json.loads(cache.read_text())) == 2  # the old entry is left as it was
+
+
+def test_an_emulated_avx2_machine_is_its_own_machine(monkeypatch):
+    real = backends.machine()
+    monkeypatch.setenv("SFT2RL_EMULATED_ISA", "avx2")
+    emulated = backends.machine()
+    assert emulated["emulated_isa"] == "avx2" and "emulated_isa" not in real
+    assert not [f for f in emulated["cpu_flags"] if f.startswith(("avx512", "amx"))]
+    assert backends.cache_key("m", emulated) != backends.cache_key("m", real)
