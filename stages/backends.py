@@ -161,9 +161,10 @@ def choose(
     return Choice(backend, reason, entry)
 
 
-def model_id(path: str) -> str:
+def model_id(path: str, dtype: str = "float32") -> str:
     """What generation speed depends on: the architecture in the model's config.json (not its weights), so a
-    checkpoint shares the figures of its base model."""
+    checkpoint shares the figures of its base model, and the precision both engines compute in (bfloat16 products
+    are fast on AVX-512-BF16 and slow on AVX2-only CPUs)."""
     keys = (
         "model_type",
         "hidden_size",
@@ -176,8 +177,14 @@ def model_id(path: str) -> str:
     try:
         conf = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError):
-        return str(path)  # a hub id or an unreadable folder: its name
-    return json.dumps({k: conf.get(k) for k in keys}, sort_keys=True)
+        return f"{path} ({dtype})"  # a hub id or an unreadable folder: its name
+    return json.dumps({**{k: conf.get(k) for k in keys}, "dtype": dtype}, sort_keys=True)
+
+
+def engine_dtype(cfg: Any, use: Use) -> str:
+    """The precision a stage's engines compute in on the CPU: the trainer's for RL (its colocated vLLM engine takes
+    it too: stages/vllm_cpu.py), ``eval.cpu_dtype`` for evaluation."""
+    return cfg.model.dtype if use == "rl" else cfg.eval.cpu_dtype
 
 
 def resolve(cfg: Any, use: Use, model_path: str) -> Choice:
@@ -185,13 +192,16 @@ def resolve(cfg: Any, use: Use, model_path: str) -> Choice:
     ``auto`` measured as in :func:`choose`, the probe in a child process. Logged with its reason."""
     requested = cfg.rl.generation.backend if use == "rl" else cfg.eval.backend
     cuda = cfg.device != "cpu" and _cuda_available()
+    dtype = engine_dtype(cfg, use)
+    # the probe measures both engines in the precision this use computes in
+    probe_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": dtype})})
     choice = choose(
         requested,
         use=use,
         cuda=cuda,
-        model_id=model_id(model_path),
+        model_id=model_id(model_path, dtype),
         cache=Path(cfg.cache_dir) / CACHE_FILE,
-        measure=lambda: probe_in_child(cfg),
+        measure=lambda: probe_in_child(probe_cfg),
     )
     where = "rl.generation.backend" if use == "rl" else "eval.backend"
     log.info("generation engine (%s=%s): %s, %s", where, requested, choice.backend, choice.reason)

@@ -293,6 +293,8 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
         metrics_path.unlink(missing_ok=True)
     if use_cpu(cfg):
         copies = 4 + (1 if cfg.rl.training.beta > 0 else 0)
+        if cfg.rl.generation.backend == "vllm":
+            copies += 2  # the colocated engine's weights in the trainer's precision and its packed copies
         io.warn_memory(sum(p.numel() for p in model.parameters()), copies=copies, what="GRPO", logger=log)
     trainer = TimedGRPOTrainer(
         model=model,
@@ -343,9 +345,8 @@ def _learn_colocated_speed(
     if not rates:
         return None
     rate = sorted(rates)[len(rates) // 2]
-    backends.record_colocated(
-        Path(cfg.cache_dir) / backends.CACHE_FILE, model_id=backends.model_id(init_path), tokens_per_s=rate
-    )
+    engine = backends.model_id(init_path, backends.engine_dtype(cfg, "rl"))
+    backends.record_colocated(Path(cfg.cache_dir) / backends.CACHE_FILE, model_id=engine, tokens_per_s=rate)
     hf = float(figures["hf_tokens_per_s"])
     if rate < hf:
         log.warning(

@@ -36,22 +36,38 @@ _applied = False
 _vllm_dispatch: Any = None  # vLLM's own dispatch_cpu_unquantized_gemm, once patched
 
 
+def packed_layers(model: Any) -> list[Any]:
+    """The layers of a vLLM model whose products go through a packed copy of their weight: every layer vLLM's CPU
+    dispatch packed, except the input embedding (looked up, never multiplied: its packed copy is unused) and the
+    layers vLLM leaves plain (``_cpu_skip_gemm_dispatch``)."""
+    import torch
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+
+    out = []
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not hasattr(module, "cpu_linear") or not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+            continue
+        if getattr(module, "_cpu_skip_gemm_dispatch", False) or not weight.numel() or weight.is_meta:
+            continue
+        if isinstance(module, VocabParallelEmbedding) and not isinstance(module, ParallelLMHead):
+            continue
+        out.append(module)
+    return out
+
+
 def repack(model: Any) -> int:
-    """Rebuild the packed copy of every linear layer of a vLLM model from its weight (just pushed); returns how many
+    """Rebuild the packed copy of every packed layer of a vLLM model from its weight (just pushed); returns how many
     layers. Uses vLLM's own dispatch, so the kernels are the ones vLLM picks for this CPU."""
     import torch
 
-    t0, count = time.perf_counter(), 0
+    t0 = time.perf_counter()
+    layers = packed_layers(model)
     with torch.no_grad():
-        for module in model.modules():
-            weight = getattr(module, "weight", None)
-            if not hasattr(module, "cpu_linear") or not isinstance(weight, torch.Tensor) or weight.ndim != 2:
-                continue
-            if weight.numel() and not weight.is_meta:
-                _vllm_dispatch(module, remove_weight=False)
-                count += 1
-    log.debug("vLLM on CPU: %d packed linear weights rebuilt in %.3f s", count, time.perf_counter() - t0)
-    return count
+        for module in layers:
+            _vllm_dispatch(module, remove_weight=False)
+    log.debug("vLLM on CPU: %d packed linear weights rebuilt in %.3f s", len(layers), time.perf_counter() - t0)
+    return len(layers)
 
 
 def packed_weights_follow_sync() -> None:
@@ -64,9 +80,17 @@ def packed_weights_follow_sync() -> None:
     _vllm_dispatch = vllm_layer_utils.dispatch_cpu_unquantized_gemm
 
     def dispatch_keeping_weight(layer: torch.nn.Module, remove_weight: bool) -> None:  # noqa: ARG001 - vLLM's signature
-        if layer.weight.ndim != 2:
-            # not a linear layer (conv / MoE expert weights): vLLM would pack some of them in place, which a weight
-            # push could not follow; these stay plain
+        weight = layer.weight
+        if weight.ndim == 3 and weight.size(1) == 1 and weight.size(2) == 4 and weight.dtype == torch.bfloat16:
+            # vLLM packs these causal-conv weights in place where bf16 conv kernels exist, and its kernels then
+            # assume packed weights: a weight push (unpacked) could not be followed
+            raise RuntimeError(
+                "the colocated vLLM engine on CPU cannot take weight pushes into this model's bfloat16 causal-conv "
+                "weights (hybrid Mamba / gated-delta-net models): set model.dtype=float32 or "
+                "rl.generation.backend=hf"
+            )
+        if weight.ndim != 2:
+            # MoE expert weights and float32 conv weights: vLLM computes them unpacked; nothing to follow
             layer.cpu_linear = torch.nn.functional.linear
             return
         _vllm_dispatch(layer, remove_weight=False)

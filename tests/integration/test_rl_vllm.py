@@ -51,7 +51,7 @@ def test_vllm_colocate_weight_sync_on_cpu(tiny_cfg, tmp_path, cache_dir):
     assert synced[0][diff] == pytest.approx(stale[0][diff], rel=0.5)  # identical before any update
     late_synced = max(r[diff] for r in synced[1:])
     late_stale = max(r[diff] for r in stale[2:])
-    assert late_synced < 0.02, synced
+    assert late_synced < 1e-4, synced  # measured 2e-7-4e-7: one precision, the same weights
     assert late_stale > 5 * late_synced, (late_stale, late_synced)
     assert torch.isfinite(torch.tensor([r["loss"] for r in synced])).all()
 
@@ -77,5 +77,5 @@ def test_ppo_generates_with_vllm_from_the_trainers_weights(tiny_cfg, tmp_path, c
     assert synced[0][diff] == pytest.approx(stale[0][diff], rel=0.5)  # identical before any update
     late_synced = max(r[diff] for r in synced[1:])
     late_stale = max(r[diff] for r in stale[1:])
-    assert late_synced < 0.02, synced
+    assert late_synced < 1e-4, synced  # measured 2e-7-4e-7: one precision, the same weights
     assert late_stale > 5 * late_synced, (late_stale, late_synced)

@@ -18,7 +18,7 @@ os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from stages.vllm_cpu import apply_cpu_colocate_patches, repack  # noqa: E402
+from stages.vllm_cpu import apply_cpu_colocate_patches, packed_layers, repack  # noqa: E402
 
 
 def hf_logprobs(model, prompt_ids: list[int], out_ids: list[int]) -> list[float]:
@@ -73,6 +73,7 @@ def main(path: str) -> int:
                 "packed": sum(m.cpu_linear is not torch.nn.functional.linear for m in linears),
                 "weights_kept": all(m.weight.numel() > 0 for m in linears),
                 "rebuilt": rebuilt,
+                "to_rebuild": [type(m).__name__ for m in packed_layers(engine_model)],
                 "before_push_vs_old": err(old, ids0, lps0),
                 "pushed_not_rebuilt_vs_new": err(new, ids1, lps1),
                 "rebuilt_vs_new": err(new, ids2, lps2),

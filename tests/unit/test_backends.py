@@ -122,3 +122,16 @@ def test_an_emulated_avx2_machine_is_its_own_machine(monkeypatch):
     assert emulated["emulated_isa"] == "avx2" and "emulated_isa" not in real
     assert not [f for f in emulated["cpu_flags"] if f.startswith(("avx512", "amx"))]
     assert backends.cache_key("m", emulated) != backends.cache_key("m", real)
+
+
+def test_figures_are_kept_per_precision(tmp_path):
+    """bfloat16 products are fast on AVX-512-BF16 and slow on AVX2-only CPUs: figures measured in one precision do
+    not decide for the other. RL computes in the trainer's precision, evaluation in eval.cpu_dtype."""
+    from stages.config import load_config
+    from tests.conftest import CONFIGS
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    assert backends.model_id(str(tmp_path), "float32") != backends.model_id(str(tmp_path), "bfloat16")
+    assert "float32" in backends.model_id("org/name")  # a hub id: its name and the precision
+    cfg = load_config(CONFIGS / "tiny.yaml", ["model.dtype=bfloat16"])
+    assert (backends.engine_dtype(cfg, "rl"), backends.engine_dtype(cfg, "eval")) == ("bfloat16", "float32")
