@@ -196,3 +196,40 @@ def test_two_process_grpo_runs_with_rank_zero_writing_alone(tmp_path, cache_dir)
     assert summary["algorithm"] == "grpo" and summary["steps"] == 2 and (arm / "DONE").is_file()
     assert (arm / "checkpoint" / "model.safetensors").is_file()
     assert not [p.name for p in arm.iterdir() if p.name.startswith(".") and p.name != ".lock"]  # no leftovers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_two_processes_each_push_the_weights_into_their_own_vllm_engine(tmp_path, cache_dir, algorithm):
+    """Colocated vLLM under the flows' launcher: each process holds an engine in its own process and pushes the
+    updated weights into it before generating, so the log-probs of what vLLM sampled stay the trainer's (reduced
+    over both processes) while the policy moves. PPO moves the tiny model from the first step (its KL and value
+    terms); GRPO's advantages are 0 on the tiny model's all-zero rewards, so for GRPO this shows the two engines run
+    and agree, and test_rl_vllm.py shows the push under a moving GRPO policy."""
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
+    overrides = [f"rl.algorithm={algorithm}", "rl.generation.backend=vllm", "rl.generation.max_completion_length=24"]
+    overrides += ["rl.training.max_steps=3", "rl.training.per_device_train_batch_size=4", "rl.arm=rl-vllm"]
+    overrides += ["rl.training.learning_rate=2e-2", "torch_threads=1", f"runs_root={tmp_path}"]
+    _two_processes("rl", overrides, env)
+    arm = tmp_path / "tiny" / "rl-vllm"
+    rows = [json.loads(x) for x in (arm / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert json.loads((arm / "metrics.json").read_text())["backend"] == "vllm"
+    assert max(r["sampling/sampling_logp_difference/mean"] for r in rows) < 1e-4, rows
+    if algorithm == "ppo":
+        moved = max(float((a - b).abs().max()) for a, b in _weights(cache_dir, arm))
+        assert moved > 1e-3  # the policy moved: a stale engine would have drifted
+
+
+def _weights(cache_dir: Path, arm: Path):
+    from stages.models import resolve_model
+
+    before = load_file(next(Path(resolve_model(_tiny(cache_dir))).glob("*.safetensors")))
+    after = load_file(arm / "checkpoint" / "model.safetensors")
+    return [(after[k], before[k]) for k in after if k in before]
+
+
+def _tiny(cache_dir: Path):
+    from stages.config import load_config
+
+    return load_config(REPO / "configs" / "tiny.yaml", [f"cache_dir={cache_dir}"])
