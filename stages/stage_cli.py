@@ -50,6 +50,17 @@ def expand_shortcuts(overrides: list[str], shortcuts: dict[str, str]) -> list[st
     return out
 
 
+def leave_process_group() -> None:
+    """Under accelerate launch, after a stage finished: wait for every process (rank 0 may still be writing the
+    arm), then take the process group down before the interpreter exits. Left to interpreter teardown, a process's
+    gloo threads once aborted it after a finished run ("terminate called without an active exception", SIGABRT),
+    failing a 2-process GRPO run that had completed."""
+    dist = sys.modules.get("torch.distributed")  # only a stage that imported torch can have a process group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def stage_main(
     argv: list[str] | None,
     *,
@@ -79,6 +90,7 @@ def stage_main(
                     run(one, args.force)
         else:
             run(cfg, args.force)
+        leave_process_group()
     except (ConfigError, FloatingPointError, ResourceError) as e:
         print(f"error: {scrub(str(e))}", file=sys.stderr)
         return EXIT_CODES[type(e)] if type(e) in EXIT_CODES else 2  # ConfigError subclasses (DataError, ...): 2
