@@ -340,6 +340,9 @@ def part_grpo(p: dict, device, result: dict, workdir: Path) -> dict:
         texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
         return [sum(ch.isdigit() for ch in t) / max(1, len(t)) for t in texts]
 
+    # A fixed fingerprint: datasets otherwise hashes the new table with dill, which failed on the H200's Python 3.12.3
+    # ("Can't pickle <class 'MonthDayNano'>", before any GRPO step); the check needs no cache of it.
+    prompts = datasets.Dataset(datasets.table.InMemoryTable.from_pylist(rows), fingerprint="sft2rl-gpu-check-prompts")
     gen_s: list[float] = []
 
     class Timed(GRPOTrainer):
@@ -373,7 +376,7 @@ def part_grpo(p: dict, device, result: dict, workdir: Path) -> dict:
         model=model,
         reward_funcs=[digits],
         args=args,
-        train_dataset=datasets.Dataset.from_list(rows),
+        train_dataset=prompts,
         processing_class=tok,
     )
     t0 = time.perf_counter()
@@ -439,7 +442,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise ValueError(f"unknown part {name!r}: choose from anchors, steps, grpo")
         except Exception as e:  # noqa: BLE001 - one failed part is recorded; the others still run
-            got = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+            tb = traceback.format_exc()
+            print(tb, file=sys.stderr, flush=True)  # whole, in the call's log; the JSON keeps where it began and ended
+            short = tb if len(tb) < 6000 else f"{tb[:3000]}\n...\n{tb[-3000:]}"
+            got = {"error": f"{type(e).__name__}: {e}", "traceback": short}
         got["part_s"] = time.perf_counter() - t0
         result["parts"][name] = got
         write(out, result)

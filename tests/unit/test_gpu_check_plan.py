@@ -28,3 +28,25 @@ def test_the_counted_matrices_are_those_of_the_built_model():
         model = gc.build_layers_model(shape, torch.device("cpu"), torch.float32)
         built = sorted(tuple(p.shape) for p in model.parameters() if p.dim() == 2)
         assert built == sorted(gc.matrices(shape)), name
+
+
+def test_the_committed_h200_results_are_a_full_cuda_run_and_the_readme_quotes_them():
+    import json
+    import re
+
+    r = json.loads((REPO / "benchmarks" / "results" / "gpu_check.json").read_text())
+    assert r["mode"] == "full" and r["machine"]["device"] == "cuda" and "H200" in r["machine"]["gpu"]
+    assert all("error" not in v and "skipped" not in v for v in r["parts"].values()), r["parts"]
+    assert set(r["parts"]) == {"anchors", "steps", "grpo"}
+    assert r["total_s"] < 8 * 60  # the sizing held on the machine itself
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("**Measured on the lent H200**") :]
+    steps = r["parts"]["steps"]
+    for ga in ("ga1", "ga8"):
+        for k in ("k768", "k25pct"):
+            quoted = f"{steps[ga]['ratio_to_sft'][k]:.2f}x"
+            assert quoted in section, (ga, k, quoted)
+    assert f"{r['parts']['grpo']['generation_tokens_per_s']:,.0f} tokens/s" in section
+    k768 = r["parts"]["anchors"]["k768"]
+    assert f"{k768['precompute_s']:.1f} s, {k768['precompute_over_full_svd']:.2f}x" in section
+    assert re.search(rf"{r['total_s']:.0f} s, against {r['plan_s_on_h200']['total']:.0f} s planned", section)
