@@ -1,5 +1,6 @@
-"""Evaluation statistics: Avg@k and pass@k, bootstrap intervals (plain, stratified, hierarchical over seeds and
-items, paired), bootstrap p-values with Holm's correction, Wilson intervals, linear CKA, token KL.
+"""Evaluation statistics: Avg@k and pass@k, bootstrap intervals (plain, stratified), intervals pooled over training
+seeds and items (:func:`seed_item_estimate`, paired: :func:`paired_diff`), p-values with Holm's correction, Wilson
+intervals, linear CKA, token KL.
 
 Pure numpy / torch, no model code, so every formula here is unit tested on hand-computed cases.
 """
@@ -9,8 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from statistics import NormalDist
+from typing import NamedTuple
 
 import numpy as np
+from scipy import stats as _st
+from scipy.optimize import brentq as _brentq
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -79,24 +83,50 @@ def stratified_bootstrap_ci(
     return v, lo, hi
 
 
-def hierarchical_bootstrap(
-    data: Sequence[Sequence[Sequence[float]]], *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float, float, np.ndarray]:
-    """Mean over seeds of the unweighted mean over strata of the item means, with a two-level bootstrap: seeds are
-    resampled with replacement, then items within each stratum of each drawn seed (each draw independently).
+class Estimate(NamedTuple):
+    """A pooled value with its interval and the two-sided p-value of "it is 0"; ``method`` says how they were got."""
 
-    ``data[s][g]`` holds the per-item values of stratum g (a benchmark) in seed s (a training run). Resampling seeds
-    is what lets the interval include run-to-run spread: with seeds that disagree in sign the interval covers both,
-    where an item-only bootstrap would not. One seed reduces to the item bootstrap (stratified by g).
+    value: float
+    low: float
+    high: float
+    p_value: float
+    method: str
 
-    Returns:
-        (point estimate, low, high, the bootstrap statistics).
-    """
+
+class NonFiniteScores(ValueError):
+    """Item scores that are NaN or infinite (a diverged checkpoint): no interval or verdict can be read from them."""
+
+
+def _checked(data: Sequence[Sequence[Sequence[float]]]) -> list[list[np.ndarray]]:
     seeds = [[np.asarray(g, dtype=float) for g in s] for s in data]
     if not seeds or any(not s or any(g.size == 0 for g in s) for s in seeds):
         raise ValueError("every seed needs at least one stratum with at least one item")
     if len({len(s) for s in seeds}) != 1:
         raise ValueError("every seed needs the same strata")
+    bad = sum(int((~np.isfinite(g)).sum()) for s in seeds for g in s)
+    if bad:
+        raise NonFiniteScores(f"{bad} item score(s) are NaN or infinite (a diverged checkpoint?)")
+    return seeds
+
+
+def hierarchical_bootstrap(
+    data: Sequence[Sequence[Sequence[float]]], *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float, np.ndarray]:
+    """Mean over seeds of the unweighted mean over strata of the item means, with a two-level percentile bootstrap:
+    seeds resampled with replacement, then items within each stratum of each drawn seed.
+
+    ``data[s][g]`` holds the per-item values of stratum g (a benchmark) in seed s (a training run). One seed is the
+    item bootstrap stratified by g, which is what :func:`seed_item_estimate` uses it for. With few seeds the
+    percentile interval cannot reach past the extreme seeds and is far too narrow (2 seeds: about 40% of intervals
+    miss a zero difference): pooled intervals over seeds come from :func:`seed_item_estimate`.
+
+    Returns:
+        (point estimate, low, high, the bootstrap statistics).
+
+    Raises:
+        NonFiniteScores: a NaN or infinite item score.
+    """
+    seeds = _checked(data)
     n_seeds, n_strata = len(seeds), len(seeds[0])
     rng = np.random.default_rng(seed)
     point = float(np.mean([np.mean([g.mean() for g in s]) for s in seeds]))
@@ -112,6 +142,81 @@ def hierarchical_bootstrap(
     stats /= chosen.shape[1]
     lo, hi = _interval(stats, confidence)
     return point, lo, hi, stats
+
+
+def seed_item_estimate(
+    data: Sequence[Sequence[Sequence[float]]],
+    *,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    bounds: tuple[float, float] | None = None,
+) -> Estimate:
+    """The mean over training seeds of the unweighted mean over strata (benchmarks) of the item means, with an
+    interval that counts both sources of chance: which training seeds were drawn, and which items.
+
+    ``data[s][g]`` holds the per-item values of stratum g in seed s. One seed: the item bootstrap stratified by g
+    (percentile interval, bootstrap p-value). Several seeds: the per-seed estimates m_s vary by seed (their sample
+    variance over S seeds, divided by S), and when every seed scores the same number of items per stratum (the
+    same evaluation items: crossed) the items add the variance of the seed-averaged item scores (per stratum,
+    divided by its item count; where the items differ between seeds this counts them twice, which errs wide). Each
+    source gets its Student's t half-width, added in quadrature: the seeds' with S - 1 degrees of freedom (2 seeds:
+    12.7 standard errors for 95%, 3 seeds: 4.3; with so few seeds their variance is itself uncertain, and a claim
+    about a method rests on it), the items' with theirs. A percentile bootstrap over so few seeds could not reach
+    past the extreme seed and missed a zero difference in about 40% of 2-seed cases; Welch-Satterthwaite's pooled
+    df, computed from the estimated variances, still missed 13.5% (a low seed estimate raised the df just when it
+    was wrong). The p-value is 1 - the confidence at which the interval reaches 0, so the two always agree.
+    ``bounds`` clips the interval to the values the mean can take (proportions: 0, 1).
+
+    Raises:
+        NonFiniteScores: a NaN or infinite item score.
+    """
+    seeds = _checked(data)
+    n_seeds, n_strata = len(seeds), len(seeds[0])
+    if n_seeds == 1:
+        point, lo, hi, stats = hierarchical_bootstrap(seeds, n_boot=n_boot, confidence=confidence, seed=seed)
+        return Estimate(point, *_clip(lo, hi, bounds), bootstrap_p_value(stats), "item bootstrap (one seed)")
+    per_seed = np.array([np.mean([g.mean() for g in s]) for s in seeds])
+    point = float(per_seed.mean())
+    seed_var = float(per_seed.var(ddof=1)) / n_seeds
+    parts = [(seed_var, n_seeds - 1)]
+    if all(len({s[g].size for s in seeds}) == 1 for g in range(n_strata)):  # crossed: the same items in every seed
+        for g in range(n_strata):
+            z = np.mean([s[g] for s in seeds], axis=0)  # each item's score averaged over the seeds
+            if z.size > 1:
+                parts.append((float(z.var(ddof=1)) / z.size / n_strata**2, z.size - 1))
+    var = sum(v for v, _ in parts)
+    if var <= 0:  # no spread at all: the value is exact for these seeds and items
+        return Estimate(point, point, point, 1.0 if point == 0 else 0.0, "exact (no spread over seeds or items)")
+    seed_part, item_parts = parts[0], parts[1:]
+    item_var = sum(v for v, _ in item_parts)
+    item_df = item_var**2 / sum(v**2 / d for v, d in item_parts if v > 0) if item_var > 0 else math.inf
+
+    def half_width(conf: float) -> float:
+        """Each source's t half-width (the seeds' with S - 1 degrees of freedom, the items' with theirs), added in
+        quadrature: the seeds' variance, estimated from 2 or 3 values, is itself uncertain and gets its wide t,
+        without stretching the well-estimated item part by the same factor."""
+        q = 0.5 + conf / 2
+        seeds_hw = float(_st.t.ppf(q, seed_part[1])) * math.sqrt(seed_part[0]) if seed_part[0] > 0 else 0.0
+        items_hw = float(_st.t.ppf(q, item_df)) * math.sqrt(item_var) if item_var > 0 else 0.0
+        return math.hypot(seeds_hw, items_hw)
+
+    lo, hi = _clip(point - half_width(confidence), point + half_width(confidence), bounds)
+    if point == 0:
+        p = 1.0
+    elif half_width(1e-9) >= abs(point):
+        p = 1.0
+    elif half_width(1 - 1e-12) <= abs(point):
+        p = 1e-12
+    else:  # the p-value is 1 - the confidence at which the interval's end reaches 0: consistent with the interval
+        p = 1.0 - float(_brentq(lambda c: half_width(c) - abs(point), 1e-9, 1 - 1e-12, xtol=1e-12))
+    return Estimate(point, lo, hi, p, f"t over {n_seeds} seeds ({n_seeds - 1} df) and items")
+
+
+def _clip(lo: float, hi: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
+    if bounds is None:
+        return float(lo), float(hi)
+    return float(max(bounds[0], lo)), float(min(bounds[1], hi))
 
 
 def bootstrap_p_value(stats: np.ndarray) -> float:
@@ -157,7 +262,7 @@ def paired_diff_ci(
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """Difference mean(a) - mean(b) paired by item and seed: ``a[s][i]`` and ``b[s][i]`` are the same item i of seed s.
-    Seeds and then items are resampled (:func:`hierarchical_bootstrap`).
+    Seeds and items both count (:func:`seed_item_estimate`).
 
     Returns:
         (difference, low, high).
@@ -165,7 +270,7 @@ def paired_diff_ci(
     Raises:
         ValueError: a and b do not cover the same items.
     """
-    d, lo, hi, _ = paired_diff(a, b, n_boot=n_boot, confidence=confidence, seed=seed)
+    d, lo, hi, _, _ = paired_diff(a, b, n_boot=n_boot, confidence=confidence, seed=seed)
     return d, lo, hi
 
 
@@ -176,8 +281,10 @@ def paired_diff(
     n_boot: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float, float, np.ndarray]:
-    """:func:`paired_diff_ci` with the bootstrap statistics; ``a[s]`` may also be a list of strata (benchmarks)."""
+    bounds: tuple[float, float] | None = None,
+) -> Estimate:
+    """:func:`paired_diff_ci` as an :class:`Estimate` (with its p-value); ``a[s]`` may also be a list of strata
+    (benchmarks). The per-item differences go through :func:`seed_item_estimate`."""
     if len(a) != len(b):
         raise ValueError("paired comparison needs the same seeds and items on both sides")
     nested = bool(len(a)) and bool(len(a[0])) and np.ndim(a[0][0]) == 1
@@ -188,7 +295,7 @@ def paired_diff(
         if len(sa) != len(sb) or any(len(x) != len(y) for x, y in zip(sa, sb, strict=True)):
             raise ValueError("paired comparison needs the same seeds and items on both sides")
         diffs.append([np.asarray(x, dtype=float) - np.asarray(y, dtype=float) for x, y in zip(sa, sb, strict=True)])
-    return hierarchical_bootstrap(diffs, n_boot=n_boot, confidence=confidence, seed=seed)
+    return seed_item_estimate(diffs, n_boot=n_boot, confidence=confidence, seed=seed, bounds=bounds)
 
 
 def _center_gram(k: np.ndarray) -> np.ndarray:

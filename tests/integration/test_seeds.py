@@ -85,7 +85,7 @@ def test_the_report_pools_seeds_and_reads_claims_about_the_method(three_seed_run
         ("rpsft", ("seed 1", "seed 2")),
     }
     md = (cfg.run_dir / "report.md").read_text()
-    assert "## Seed control (the same model, two training seeds)" in md and "seeds resampled" in md
+    assert "## Seed control (the same model, two training seeds)" in md and "Student's t over the seeds'" in md
     assert "(a) RPSFT gives a better in-domain / out-of-domain trade-off than SFT" in md
 
 

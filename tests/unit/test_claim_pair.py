@@ -37,7 +37,7 @@ def test_claims_use_the_pair_they_are_given():
         "n_seeds": 1,
         "comparisons": [
             {**comp, "metric": "ood/mean_accuracy", "diff": 3.0},
-            {**comp, "metric": "id/mean_accuracy", "diff": 0.5, "significant": False},
+            {**comp, "metric": "id/mean_accuracy", "diff": 0.5, "ci_low": -0.01, "significant": False},
             {**comp, "metric": "forgetting/kl_to_base", "diff": -0.05},
         ],
     }
