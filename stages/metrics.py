@@ -159,7 +159,8 @@ def seed_item_estimate(
     (percentile interval, bootstrap p-value). Several seeds: the per-seed estimates m_s vary by seed (their sample
     variance over S seeds, divided by S), and when every seed scores the same number of items per stratum (the
     same evaluation items: crossed) the items add the variance of the seed-averaged item scores (per stratum,
-    divided by its item count; where the items differ between seeds this counts them twice, which errs wide). Each
+    divided by its item count; with different item counts, each seed's item variance, which counts them twice and
+    errs wide). Each
     source gets its Student's t half-width, added in quadrature: the seeds' with S - 1 degrees of freedom (2 seeds:
     12.7 standard errors for 95%, 3 seeds: 4.3; with so few seeds their variance is itself uncertain, and a claim
     about a method rests on it), the items' with theirs. A percentile bootstrap over so few seeds could not reach
@@ -180,13 +181,20 @@ def seed_item_estimate(
     point = float(per_seed.mean())
     seed_var = float(per_seed.var(ddof=1)) / n_seeds
     parts = [(seed_var, n_seeds - 1)]
-    if all(len({s[g].size for s in seeds}) == 1 for g in range(n_strata)):  # crossed: the same items in every seed
-        for g in range(n_strata):
+    for g in range(n_strata):
+        sizes = {s[g].size for s in seeds}
+        if min(sizes) < 2:
+            continue
+        if len(sizes) == 1:  # crossed: the same items in every seed (the caller aligns them by id)
             z = np.mean([s[g] for s in seeds], axis=0)  # each item's score averaged over the seeds
-            if z.size > 1:
-                parts.append((float(z.var(ddof=1)) / z.size / n_strata**2, z.size - 1))
+            parts.append((float(z.var(ddof=1)) / z.size / n_strata**2, z.size - 1))
+        else:  # different items per seed: each seed's item variance (counted again beside the seeds': errs wide)
+            v = sum(float(s[g].var(ddof=1)) / s[g].size for s in seeds) / n_seeds**2
+            parts.append((v / n_strata**2, min(sizes) - 1))
     var = sum(v for v, _ in parts)
-    if var <= 0:  # no spread at all: the value is exact for these seeds and items
+    if var <= 0:
+        if any(s[g].size < 2 for s in seeds for g in range(n_strata)):  # a one-item benchmark: no item variance
+            return Estimate(point, point, point, 1.0, "no variance estimate (a benchmark with one item)")
         return Estimate(point, point, point, 1.0 if point == 0 else 0.0, "exact (no spread over seeds or items)")
     seed_part, item_parts = parts[0], parts[1:]
     item_var = sum(v for v, _ in item_parts)

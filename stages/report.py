@@ -54,20 +54,18 @@ def _load_run(run_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _aligned(per_seed: list[dict[str, Any]], metric: str, names: tuple[str, ...]) -> list[list[list[float]]] | None:
-    """Scores of ``metric`` for each model in ``names``, per seed, on the items all of them share (by id)."""
-    out: list[list[list[float]]] = [[] for _ in names]
-    for run in per_seed:
-        if any(n not in run or metric not in run[n]["scores"] for n in names):
-            return None
-        maps = [
-            dict(zip(run[n]["scores"][metric]["ids"], run[n]["scores"][metric]["scores"], strict=True)) for n in names
-        ]
-        common = [i for i in run[names[0]]["scores"][metric]["ids"] if all(i in m for m in maps)]
-        if not common:
-            return None
-        for k, m in enumerate(maps):
-            out[k].append([m[i] for i in common])
-    return out
+    """Scores of ``metric`` for each model in ``names``, per seed, on the items every model of every seed has (by
+    id), in one order: item i is the same item in every seed, which the pooled interval relies on."""
+    if any(n not in run or metric not in run[n]["scores"] for run in per_seed for n in names):
+        return None
+    maps = [
+        [dict(zip(run[n]["scores"][metric]["ids"], run[n]["scores"][metric]["scores"], strict=True)) for n in names]
+        for run in per_seed
+    ]
+    common = [i for i in per_seed[0][names[0]]["scores"][metric]["ids"] if all(i in m for ms in maps for m in ms)]
+    if not common:
+        return None
+    return [[[ms[k][i] for i in common] for ms in maps] for k in range(len(names))]
 
 
 def seed_run_dirs(cfg: Config) -> list[Path]:
@@ -175,9 +173,9 @@ def _metric_interval(per_seed, name: str, metric: str, boot: dict[str, Any]) -> 
         nan = float("nan")
         return {"value": nan, "ci_low": nan, "ci_high": nan, "n": n, "not_evaluated": str(e)}
     lo, hi = est.low, est.high
-    if lo == hi and prop:
-        flat = [x for s in data for g in s for x in g]
-        lo, hi = wilson_ci(int(sum(flat)), len(flat), boot["confidence"])
+    if lo == hi and prop and len(data[0]) == 1:  # one benchmark, every item 0 (or 1) in every seed: Wilson's interval
+        items = data[0][0]  # of one seed's items (the same items in every seed)
+        lo, hi = wilson_ci(int(sum(items)), len(items), boot["confidence"])
     return {"value": est.value, "ci_low": lo, "ci_high": hi, "n": n, "interval": est.method}
 
 
@@ -201,7 +199,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     # One seed: p-values come from the item bootstrap, whose smallest is 2 / (B + 1). Holm over m headline
     # comparisons needs m times that below 1 - confidence, or no headline difference could ever be significant.
     family = len(_HEADLINE) * len(pairs) + 1
-    cmp_boot = boot | {"n_boot": max(ev.bootstrap, math.ceil(20 * family / (1 - ev.confidence)))}
+    cmp_boot = boot | {"n_boot": max(ev.bootstrap, math.ceil(4 * family / (1 - ev.confidence)))}
     models = []
     # every model of any seed run (RL may run from some seeds' arms only: rl.seeds), pooled over the runs that have it
     names_all = list(dict.fromkeys(n for r in per_seed for n in r))
@@ -476,7 +474,7 @@ def claims(
 
     def sign(a: str, b: str, metric: str) -> tuple[dict[str, Any] | None, int]:
         c = comps.get((a, b, metric))
-        if c is None:
+        if c is None or "not_evaluated" in c:  # NaN scores: no evidence either way, and the claim says so
             return None, 0
         return c, ((1 if c["diff"] > 0 else -1) if c["significant"] else 0)
 
@@ -485,13 +483,23 @@ def claims(
         lvl = level_of(min(e["seeds"] for e in ev)) if ev else level  # RL may rest on fewer seeds (rl.seeds)
         return {"claim": name, "verdict": verdict, "level": lvl, "why": why, "evidence": ev}
 
+    def absent(a: str, b: str, metric: str, otherwise: str) -> str:
+        """Why a comparison gives no evidence: not made, or made on NaN / infinite scores."""
+        c = comps.get((a, b, metric))
+        return (
+            f"{a} - {b} on {metric} was not evaluated: {c['not_evaluated']}"
+            if c and "not_evaluated" in c
+            else otherwise
+        )
+
     ood, s_ood = sign(rp, sf, "ood/mean_accuracy")
     idm, s_id = sign(rp, sf, "id/mean_accuracy")
     # "in-domain no worse" must be shown, not merely not refuted: the in-domain interval's lower end within
     # ``margin`` (report.matched_tolerance) of 0, else "forgets less" may just be "learns less"
     id_ok = idm is not None and "not_evaluated" not in idm and idm["ci_low"] >= -margin
     if ood is None:
-        out = [claim("tradeoff", "inconclusive", f"{rp} and {sf} were not both evaluated out of domain", [idm])]
+        why = absent(rp, sf, "ood/mean_accuracy", f"{rp} and {sf} were not both evaluated out of domain")
+        out = [claim("tradeoff", "inconclusive", why, [idm])]
     elif s_ood == 1 and s_id != -1 and id_ok:
         why = f"RPSFT keeps more out-of-domain accuracy; in-domain no worse (interval above -{100 * margin:g} points)"
         out = [claim("tradeoff", "supported", why, [ood, idm])]
@@ -515,7 +523,8 @@ def claims(
         1: ("contradicted", "RPSFT's outputs drift further from the base model (higher KL)"),
         0: ("inconclusive", "the KL difference is not distinguishable from 0 at this size"),
     }
-    verdict, why = table[s_kl] if kl else ("inconclusive", f"no paired KL-to-base measurement of {rp} and {sf}")
+    no_kl = absent(rp, sf, "forgetting/kl_to_base", f"no paired KL-to-base measurement of {rp} and {sf}")
+    verdict, why = table[s_kl] if kl else ("inconclusive", no_kl)
     out.append(claim("representation", verdict, why, [kl]))
     rl, s_rl = sign(f"rl-{rp}", f"rl-{sf}", "id/mean_accuracy")
     table = {
@@ -523,7 +532,8 @@ def claims(
         -1: ("contradicted", "RL from RPSFT ends with lower in-domain accuracy than RL from SFT"),
         0: ("inconclusive", "the in-domain difference after RL is not distinguishable from 0 at this size"),
     }
-    verdict, why = table[s_rl] if rl else ("inconclusive", "RL from both initialisations was not evaluated")
+    no_rl = absent(f"rl-{rp}", f"rl-{sf}", "id/mean_accuracy", "RL from both initialisations was not evaluated")
+    verdict, why = table[s_rl] if rl else ("inconclusive", no_rl)
     out.append(claim("rl_init", verdict, why, [rl]))
     return out
 
@@ -536,10 +546,11 @@ def reward_trend(
     correlation 0.8 over 30 steps read as "rose or fell" in 56% of cases when steps were resampled as independent).
     Each third's mean gets ``k (1 - rho) / (1 + rho)`` effective steps, rho the lag-1 autocorrelation within the
     thirds, corrected for its small-sample bias and raised by 1/sqrt(n) to err wide (simulated, flat curves of 30
-    steps: 3% / 5% / 10% false trends at rho 0, 0.5, 0.8), then Student's t. None with fewer than 9 steps.
-    ``n_boot`` and ``seed`` are accepted for callers of the older bootstrap form and unused."""
+    steps: 3% / 4% / 4% false trends at rho 0, 0.5, 0.8; 9 steps: 3% / 10% / 20%), then Student's t. None with
+    fewer than 9 steps. ``n_boot`` and ``seed`` are accepted for callers of the older bootstrap form and unused."""
     del n_boot, seed
-    r = np.asarray([row["reward"] for row in rows if isinstance(row.get("reward"), int | float)], dtype=float)
+    r = [row["reward"] for row in rows if isinstance(row.get("reward"), int | float)]
+    r = np.asarray([x for x in r if math.isfinite(x)], dtype=float)
     if r.size < 9:  # at least 3 steps per third
         return None
     k = r.size // 3
@@ -548,8 +559,8 @@ def reward_trend(
     num = sum(float(((t[1:] - t.mean()) * (t[:-1] - t.mean())).sum()) for t in thirds)
     den = sum(float(((t - t.mean()) ** 2).sum()) for t in thirds)
     rho = num / den if den > 0 else 0.0
-    n = 3 * k
-    rho = float(np.clip(rho + (1 + 3 * rho) / n + 1 / math.sqrt(n), 0.0, 0.95))
+    # each third is centred on its own mean, so the estimate's bias is about (1 + 3 rho) / k, not / 3k
+    rho = float(np.clip(rho + (1 + 3 * rho) / k + 1 / math.sqrt(3 * k), 0.0, 0.95))
     n_eff = max(2.0, k * (1 - rho) / (1 + rho))
     diff = float(last.mean() - first.mean())
     se = math.sqrt((first.var(ddof=1) + last.var(ddof=1)) / n_eff)

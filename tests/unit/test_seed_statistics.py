@@ -119,3 +119,49 @@ def test_a_flat_autocorrelated_reward_curve_is_rarely_read_as_a_trend():
     assert false / 400 < 0.15
     rising = [{"reward": 0.05 * i + 0.01 * (i % 2)} for i in range(30)]
     assert reward_trend(rising)["ci_low"] > 0
+
+
+def test_seeds_with_different_item_counts_keep_the_items_variance():
+    rng = np.random.default_rng(2)
+    a = (rng.random(100) < 0.5).astype(float)
+    est = M.seed_item_estimate([[a], [np.tile(a, 2)]])  # the same mean, different counts: not "exact"
+    assert est.low < est.value < est.high and est.p_value < 1e-3  # the mean is ~0.5, far from 0
+    one_item = M.paired_diff([[[1.0]], [[1.0]]], [[[0.0]], [[0.0]]])  # one-item benchmark: no variance estimate
+    assert one_item.p_value == 1.0 and "no variance estimate" in one_item.method
+
+
+def test_wilson_is_used_for_one_benchmark_only_and_never_excludes_the_value():
+    from stages.report import _metric_interval
+
+    def run(a, b):
+        metrics = {k: {"domain": "out"} for k in ("a/accuracy", "b/accuracy")}
+        scores = {
+            "a/accuracy": {"ids": list(range(len(a))), "scores": a},
+            "b/accuracy": {"ids": list(range(len(b))), "scores": b},
+        }
+        return {"m": {"metrics": metrics, "scores": scores}}
+
+    per_seed = [run([1.0] * 10, [0.0] * 30), run([1.0] * 10, [0.0] * 30)]
+    row = _metric_interval(per_seed, "m", "ood/mean_accuracy", {"n_boot": 200, "confidence": 0.95, "seed": 0})
+    assert row["value"] == 0.5 and row["ci_low"] <= 0.5 <= row["ci_high"]  # Wilson of the pool read [0.17, 0.35]
+    row = _metric_interval(per_seed, "m", "b/accuracy", {"n_boot": 200, "confidence": 0.95, "seed": 0})
+    assert row["value"] == 0.0 and row["ci_low"] == 0.0 and row["ci_high"] == pytest.approx(M.wilson_ci(0, 30)[1])
+
+
+def test_items_are_aligned_by_id_across_seeds():
+    from stages.report import _aligned
+
+    def run(ids, scores):
+        return {"m": {"metrics": {}, "scores": {"x/accuracy": {"ids": ids, "scores": scores}}}}
+
+    # seed 1 lacks item 2 and lists the others in another order: every seed keeps items 0, 1, 3 in one order
+    out = _aligned([run([0, 1, 2, 3], [1, 0, 1, 1]), run([3, 1, 0], [0, 1, 1])], "x/accuracy", ("m",))
+    assert out == [[[1, 0, 1], [1, 1, 0]]]
+
+
+def test_a_nan_reward_or_comparison_is_said_to_be_not_evaluated():
+    rows = [{"reward": 0.1 * i} for i in range(12)] + [{"reward": float("nan")}]
+    assert reward_trend(rows)["steps"] == 4
+    c = {"a": "rpsft", "b": "sft", "metric": "forgetting/kl_to_base", "seeds": 3, "not_evaluated": "1 item score(s)"}
+    rep = {x["claim"]: x for x in claims({"n_seeds": 3, "comparisons": [c]})}["representation"]
+    assert rep["verdict"] == "inconclusive" and "was not evaluated: 1 item score(s)" in rep["why"]
