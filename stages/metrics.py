@@ -151,9 +151,14 @@ def seed_item_estimate(
     confidence: float = 0.95,
     seed: int = 0,
     bounds: tuple[float, float] | None = None,
+    seeds_fixed: bool = False,
 ) -> Estimate:
     """The mean over training seeds of the unweighted mean over strata (benchmarks) of the item means, with an
     interval that counts both sources of chance: which training seeds were drawn, and which items.
+
+    ``seeds_fixed``: the statement is about these checkpoints, not the method that made them (the report's level
+    "checkpoint", fewer than 3 seeds), so only the items are drawn: the item bootstrap of the seed-averaged item
+    scores (the same items in every seed), or of each seed's items with the seeds held fixed.
 
     ``data[s][g]`` holds the per-item values of stratum g in seed s. One seed: the item bootstrap stratified by g
     (percentile interval, bootstrap p-value). Several seeds: the per-seed estimates m_s vary by seed (their sample
@@ -177,6 +182,20 @@ def seed_item_estimate(
     if n_seeds == 1:
         point, lo, hi, stats = hierarchical_bootstrap(seeds, n_boot=n_boot, confidence=confidence, seed=seed)
         return Estimate(point, *_clip(lo, hi, bounds), bootstrap_p_value(stats), "item bootstrap (one seed)")
+    if seeds_fixed:
+        if all(len({s[g].size for s in seeds}) == 1 for g in range(n_strata)):  # crossed: average, then draw items
+            averaged = [[np.mean([s[g] for s in seeds], axis=0) for g in range(n_strata)]]
+            point, lo, hi, stats = hierarchical_bootstrap(averaged, n_boot=n_boot, confidence=confidence, seed=seed)
+        else:  # each seed's own items drawn, the seeds held fixed
+            rng = np.random.default_rng(seed)
+            point = float(np.mean([np.mean([g.mean() for g in s]) for s in seeds]))
+            stats = np.zeros(n_boot)
+            for s in seeds:
+                for g in s:
+                    stats += g[rng.integers(0, g.size, size=(n_boot, g.size))].mean(axis=1) / n_strata / n_seeds
+            lo, hi = _interval(stats, confidence)
+        method = f"item bootstrap, {n_seeds} checkpoints held fixed"
+        return Estimate(point, *_clip(lo, hi, bounds), bootstrap_p_value(stats), method)
     per_seed = np.array([np.mean([g.mean() for g in s]) for s in seeds])
     point = float(per_seed.mean())
     seed_var = float(per_seed.var(ddof=1)) / n_seeds
@@ -290,9 +309,10 @@ def paired_diff(
     confidence: float = 0.95,
     seed: int = 0,
     bounds: tuple[float, float] | None = None,
+    seeds_fixed: bool = False,
 ) -> Estimate:
     """:func:`paired_diff_ci` as an :class:`Estimate` (with its p-value); ``a[s]`` may also be a list of strata
-    (benchmarks). The per-item differences go through :func:`seed_item_estimate`."""
+    (benchmarks). The per-item differences go through :func:`seed_item_estimate` (``seeds_fixed`` too)."""
     if len(a) != len(b):
         raise ValueError("paired comparison needs the same seeds and items on both sides")
     nested = bool(len(a)) and bool(len(a[0])) and np.ndim(a[0][0]) == 1
@@ -303,7 +323,9 @@ def paired_diff(
         if len(sa) != len(sb) or any(len(x) != len(y) for x, y in zip(sa, sb, strict=True)):
             raise ValueError("paired comparison needs the same seeds and items on both sides")
         diffs.append([np.asarray(x, dtype=float) - np.asarray(y, dtype=float) for x, y in zip(sa, sb, strict=True)])
-    return seed_item_estimate(diffs, n_boot=n_boot, confidence=confidence, seed=seed, bounds=bounds)
+    return seed_item_estimate(
+        diffs, n_boot=n_boot, confidence=confidence, seed=seed, bounds=bounds, seeds_fixed=seeds_fixed
+    )
 
 
 def _center_gram(k: np.ndarray) -> np.ndarray:

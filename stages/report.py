@@ -168,7 +168,8 @@ def _metric_interval(per_seed, name: str, metric: str, boot: dict[str, Any]) -> 
         data, n = [[x] for x in aligned[0]], len(aligned[0][0])
     prop = not metric.startswith("forgetting/") and _proportions(data)
     try:
-        est = seed_item_estimate(data, **boot, bounds=(0.0, 1.0) if prop else None)
+        fixed = level_of(len(data)) == "checkpoint"  # fewer than 3 seeds: about these checkpoints, items drawn
+        est = seed_item_estimate(data, **boot, bounds=(0.0, 1.0) if prop else None, seeds_fixed=fixed)
     except NonFiniteScores as e:
         nan = float("nan")
         return {"value": nan, "ci_low": nan, "ci_high": nan, "n": n, "not_evaluated": str(e)}
@@ -302,7 +303,10 @@ def _matched(cfg: Config, run_dir: Path, per_seed, models, boot) -> list[dict[st
             nested = _nested(per_seed, keys, (name, nearest)) if keys else []
             if nested:
                 try:
-                    d, lo, hi, _, _ = paired_diff(nested[0], nested[1], **boot, bounds=_diff_bounds(nested))
+                    fixed = level_of(len(per_seed)) == "checkpoint"
+                    d, lo, hi, _, _ = paired_diff(
+                        nested[0], nested[1], **boot, bounds=_diff_bounds(nested), seeds_fixed=fixed
+                    )
                 except NonFiniteScores:
                     continue
                 row.update(metric="ood/mean_accuracy", diff=d, ci_low=lo, ci_high=hi)
@@ -355,7 +359,8 @@ def _comparison(a, b, metric, sides, n: int, seeds: int, boot: dict[str, Any]) -
     Scores that are NaN or infinite give no difference: the comparison is marked not evaluated."""
     row = {"a": a, "b": b, "metric": metric, "n": n, "seeds": seeds, "level": level_of(seeds)}
     try:
-        est: Estimate = paired_diff(sides[0], sides[1], **boot, bounds=_diff_bounds(sides))
+        fixed = level_of(seeds) == "checkpoint"  # about these checkpoints: the items are what is drawn
+        est: Estimate = paired_diff(sides[0], sides[1], **boot, bounds=_diff_bounds(sides), seeds_fixed=fixed)
     except NonFiniteScores as e:
         nan = float("nan")
         return row | {"diff": nan, "ci_low": nan, "ci_high": nan, "p_value": 1.0, "not_evaluated": str(e)}
@@ -890,14 +895,14 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
             f"Run folder `{data['run']}`; {len(data['models'])} models; {data['n_seeds']} training seed(s) "
             f"({', '.join(map(str, data['seeds']))}). Accuracies in percent with {conf}% intervals"
             + (
-                " (Student's t over the seeds' estimates plus the items' variance: the intervals include run-to-run "
-                "spread, estimated from "
-                + (
-                    "only two seeds, so they are wide: t with about 1 degree of freedom"
-                    if data["n_seeds"] == 2
-                    else f"{data['n_seeds']} seeds"
+                (
+                    " (Student's t over the seeds' estimates plus the items' variance: the intervals include "
+                    f"run-to-run spread over {data['n_seeds']} seeds, and verdicts are about the methods)"
+                    if data["n_seeds"] >= 3
+                    else " over items, each arm's two checkpoints held fixed: with 2 seeds the verdicts are about "
+                    "these checkpoints, and the seed control below shows the run-to-run spread (3 or more seeds put "
+                    "it into the intervals)"
                 )
-                + ")"
                 if data["n_seeds"] > 1
                 else " over items (Wilson for proportions); one training seed, so every verdict is about these "
                 "checkpoints, not the methods"

@@ -165,3 +165,18 @@ def test_a_nan_reward_or_comparison_is_said_to_be_not_evaluated():
     c = {"a": "rpsft", "b": "sft", "metric": "forgetting/kl_to_base", "seeds": 3, "not_evaluated": "1 item score(s)"}
     rep = {x["claim"]: x for x in claims({"n_seeds": 3, "comparisons": [c]})}["representation"]
     assert rep["verdict"] == "inconclusive" and "was not evaluated: 1 item score(s)" in rep["why"]
+
+
+def test_two_seeds_are_read_as_these_checkpoints_with_the_items_drawn():
+    """Fewer than 3 seeds: verdicts are about these checkpoints, so their intervals draw the items (the seed-averaged
+    item scores), and the seed control shows the run-to-run spread; t with 1 df would make nothing readable."""
+    rng = np.random.default_rng(3)
+    a, b = (rng.random(200) < 0.3).astype(float), (rng.random(200) < 0.4).astype(float)
+    est = M.seed_item_estimate([[a], [b]], seeds_fixed=True, n_boot=4000)
+    ref = M.bootstrap_ci((a + b) / 2, n_boot=4000, seed=0)
+    assert est.method == "item bootstrap, 2 checkpoints held fixed"
+    assert (est.value, est.low, est.high) == pytest.approx(ref, abs=1e-9)
+    c = _comparison("sft", "base", "x/accuracy", ([a, b], [np.zeros(200), np.zeros(200)]), 200, 2, {"n_boot": 2000})
+    assert c["interval"] == "item bootstrap, 2 checkpoints held fixed" and c["level"] == "checkpoint"
+    c3 = _comparison("sft", "base", "x/accuracy", ([a, b, a], [np.zeros(200)] * 3), 200, 3, {"n_boot": 2000})
+    assert c3["interval"].startswith("t over 3 seeds") and c3["level"] == "method"
