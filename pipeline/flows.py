@@ -505,7 +505,8 @@ def sft_to_rl(
     sweep: bool | None = None,
 ) -> dict[str, Any]:
     """prepare -> SFT arms (default sft and rpsft) -> RL from each arm -> evaluate all -> report; with several
-    ``seeds``, arms, RL and evaluation once per training seed and one report that resamples seeds, then items.
+    ``seeds``, arms, RL and evaluation once per training seed and one report that pools them (seeds and items both
+    in its intervals from 3 seeds on).
 
     Args:
         config: Config file (relative to the project folder).

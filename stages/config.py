@@ -906,7 +906,8 @@ class Config(Strict):
     seeds: list[int] = Field(
         default_factory=list,
         description="Training seeds of a multi-seed run: every arm is trained, RL'd and evaluated once per seed in "
-        "<run_dir>/seeds/seed-<s>/, and the report resamples seeds, then items. Empty: the one run of `seed`.",
+        "<run_dir>/seeds/seed-<s>/, and the report pools them (seeds and items both in its intervals from 3 seeds "
+        "on). Empty: the one run of `seed`.",
     )
     sweep: list[SweepArm] = Field(
         default_factory=list,

@@ -1,5 +1,5 @@
 """Seeds as a first-class part of a run: every arm trained and evaluated once per training seed in
-<run_dir>/seeds/seed-<s>/, one report that resamples seeds then items, a seed control, and the paper's claims at the
+<run_dir>/seeds/seed-<s>/, one report that pools them, a seed control, and the paper's claims at the
 level the number of seeds supports."""
 
 from __future__ import annotations
