@@ -359,7 +359,7 @@ def _comparison(a, b, metric, sides, n: int, seeds: int, boot: dict[str, Any]) -
     Scores that are NaN or infinite give no difference: the comparison is marked not evaluated."""
     row = {"a": a, "b": b, "metric": metric, "n": n, "seeds": seeds, "level": level_of(seeds)}
     try:
-        fixed = level_of(seeds) == "checkpoint"  # about these checkpoints: the items are what is drawn
+        fixed = row["level"] == "checkpoint"  # about these checkpoints: the items are what is drawn
         est: Estimate = paired_diff(sides[0], sides[1], **boot, bounds=_diff_bounds(sides), seeds_fixed=fixed)
     except NonFiniteScores as e:
         nan = float("nan")
@@ -543,17 +543,14 @@ def claims(
     return out
 
 
-def reward_trend(
-    rows: list[dict[str, Any]], *, n_boot: int = 2000, seed: int = 0, confidence: float = 0.95
-) -> dict[str, Any] | None:
+def reward_trend(rows: list[dict[str, Any]], *, confidence: float = 0.95) -> dict[str, Any] | None:
     """Did the reward curve rise? Mean reward of the last third of the steps minus the first third, with an interval
     that allows for autocorrelation: an RL reward curve is no sequence of independent draws (a flat curve with lag-1
     correlation 0.8 over 30 steps read as "rose or fell" in 56% of cases when steps were resampled as independent).
     Each third's mean gets ``k (1 - rho) / (1 + rho)`` effective steps, rho the lag-1 autocorrelation within the
     thirds, corrected for its small-sample bias and raised by 1/sqrt(n) to err wide (simulated, flat curves of 30
     steps: 3% / 4% / 4% false trends at rho 0, 0.5, 0.8; 9 steps: 3% / 10% / 20%), then Student's t. None with
-    fewer than 9 steps. ``n_boot`` and ``seed`` are accepted for callers of the older bootstrap form and unused."""
-    del n_boot, seed
+    fewer than 9 steps."""
     r = [row["reward"] for row in rows if isinstance(row.get("reward"), int | float)]
     r = np.asarray([x for x in r if math.isfinite(x)], dtype=float)
     if r.size < 9:  # at least 3 steps per third
