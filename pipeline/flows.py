@@ -450,6 +450,18 @@ def _rl_extra(cfg: Config, arm: str) -> list[str]:
     return [f"rl.init={(cfg.run_dir / arm / 'checkpoint').resolve()}"]
 
 
+def _rl_overrides(steps: int | None, learning_rate: float | None, seeds: list[int] | None = None) -> list[str]:
+    """The RL settings a user changes most, from their own form fields, as config overrides."""
+    out = []
+    if steps is not None:
+        out.append(f"rl.training.max_steps={steps}")
+    if learning_rate is not None:
+        out.append(f"rl.training.learning_rate={learning_rate!r}")
+    if seeds is not None:
+        out.append(f"rl.seeds={json.dumps(list(seeds))}")
+    return out
+
+
 def _params(model: type[StageParams], **kw: Any) -> Any:
     """Build and validate flow parameters; a bad value becomes one ConfigError naming the field."""
     from pydantic import ValidationError
@@ -503,6 +515,9 @@ def sft_to_rl(
     launcher: Launcher | None = None,
     seeds: list[int] | None = None,
     sweep: bool | None = None,
+    rl_steps: int | None = None,
+    rl_learning_rate: float | None = None,
+    rl_seeds: list[int] | None = None,
 ) -> dict[str, Any]:
     """prepare -> SFT arms (default sft and rpsft) -> RL from each arm -> evaluate all -> report; with several
     ``seeds``, arms, RL and evaluation once per training seed and one report that pools them (seeds and items both
@@ -520,9 +535,13 @@ def sft_to_rl(
         seeds: Training seeds, e.g. [0, 1, 2] (the config's ``seeds``); at least 3 for a verdict about methods.
         sweep: Train the config's ``sweep`` arms (lambda, k, learning-rate grid) instead of ``arms``; default: yes
             when the config has a sweep section. The report then draws the trade-off frontier.
+        rl_steps: GRPO/PPO optimizer steps from each arm (the config's rl.training.max_steps).
+        rl_learning_rate: RL learning rate (the config's rl.training.learning_rate).
+        rl_seeds: The training seeds whose arms get RL, e.g. [0] (the config's rl.seeds; [] means every seed).
     """
     if seeds:
         overrides = [*(overrides or []), f"seeds={json.dumps(list(seeds))}"]
+    overrides = [*(overrides or []), *_rl_overrides(rl_steps, rl_learning_rate, rl_seeds)]
     params = _params(
         PipelineParams,
         config=config,
@@ -638,6 +657,8 @@ def rl_flow(
     overrides: list[str] | None = None,
     force: bool = False,
     launcher: Launcher | None = None,
+    steps: int | None = None,
+    learning_rate: float | None = None,
 ) -> str:
     """RL (the config's rl section) from a finished SFT arm of the same run.
 
@@ -649,9 +670,12 @@ def rl_flow(
         overrides: Dotted key=value overrides, e.g. rl.training.max_steps=20.
         force: Rerun even if this RL run is complete.
         launcher: How the stage starts (processes, accelerate config).
+        steps: RL optimizer steps (the config's rl.training.max_steps).
+        learning_rate: RL learning rate (the config's rl.training.learning_rate).
     """
     if algorithm is not None:
         overrides = [*(overrides or []), f"rl.algorithm={algorithm}"]
+    overrides = [*(overrides or []), *_rl_overrides(steps, learning_rate)]
     params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher, runs_rl=True)
     if not (cfg.run_dir / init_arm / "DONE").is_file():
         raise ConfigError(

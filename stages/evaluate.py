@@ -557,23 +557,36 @@ def _forgetting_phase(cfg: Config, model, base_model, base_tok, scores: Scores, 
 
 
 def _domain_summaries(cfg: Config, scores: Scores, metrics: dict[str, Any]) -> dict[str, Any]:
-    """id/mean_accuracy and ood/mean_accuracy: the unweighted mean of each domain's benchmark accuracies."""
+    """id/mean_accuracy and ood/mean_accuracy: the unweighted mean of each domain's benchmark accuracies (greedy or
+    multiple choice); and id/mean_avg@k and id/mean_pass@k over the domain's benchmarks that sample k answers (the
+    paper's headline, Avg@k of sampled answers), when they all sample the same k."""
     out = {}
     for domain in ("in", "out"):
-        groups = [
-            scores[k]["scores"] for k, m in metrics.items() if m.get("domain") == domain and k.endswith("/accuracy")
-        ]
-        if groups:
+        prefix = "id" if domain == "in" else "ood"
+        ks = {k.rsplit("/avg@", 1)[1] for k, m in metrics.items() if m.get("domain") == domain and "/avg@" in k}
+        suffixes = ["accuracy"]
+        if len(ks) == 1:  # benchmarks sampled with different k have no common Avg@k
+            k = ks.pop()
+            suffixes += [f"avg@{k}", f"pass@{k}"]
+        for suffix in suffixes:
+            groups = [
+                scores[k]["scores"]
+                for k, m in metrics.items()
+                if m.get("domain") == domain and k.endswith(f"/{suffix}") and not k.startswith(("id/", "ood/"))
+            ]
+            if not groups:
+                continue
             v, lo, hi = stratified_bootstrap_ci(
                 groups, n_boot=cfg.eval.bootstrap, confidence=cfg.eval.confidence, seed=cfg.seed
             )
-            out[f"{'id' if domain == 'in' else 'ood'}/mean_accuracy"] = {
+            what = "accuracies" if suffix == "accuracy" else f"{suffix} scores"
+            out[f"{prefix}/mean_{suffix}"] = {
                 "value": v,
                 "ci_low": lo,
                 "ci_high": hi,
                 "n": sum(map(len, groups)),
                 "domain": domain,
-                "note": "unweighted mean of the benchmark accuracies; items resampled within each benchmark",
+                "note": f"unweighted mean of the benchmark {what}; items resampled within each benchmark",
             }
     return out
 

@@ -116,8 +116,17 @@ def _same_setup_but_seed(run: Path, other: Path) -> None:
             )
 
 
-def _strata(per_seed: list[dict[str, Any]], name: str, domain: str) -> list[str]:
-    """The per-benchmark accuracy metrics of ``domain`` that every seed run of model ``name`` has."""
+def summary_parts(metric: str) -> tuple[str, str] | None:
+    """(domain, per-benchmark suffix) of a summary metric over a domain's benchmarks: ``id/mean_accuracy`` ->
+    ("in", "accuracy"), ``id/mean_avg@4`` -> ("in", "avg@4"); None for any other metric."""
+    for prefix, domain in (("id/mean_", "in"), ("ood/mean_", "out")):
+        if metric.startswith(prefix):
+            return domain, metric[len(prefix) :]
+    return None
+
+
+def _strata(per_seed: list[dict[str, Any]], name: str, domain: str, suffix: str = "accuracy") -> list[str]:
+    """The per-benchmark metrics (``<benchmark>/<suffix>``) of ``domain`` that every seed run of model ``name`` has."""
     if any(name not in r for r in per_seed):
         return []
     first = per_seed[0][name]["metrics"]
@@ -125,7 +134,7 @@ def _strata(per_seed: list[dict[str, Any]], name: str, domain: str) -> list[str]
         k
         for k, m in first.items()
         if m.get("domain") == domain
-        and k.endswith("/accuracy")
+        and k.endswith(f"/{suffix}")
         and not k.startswith(("id/", "ood/"))
         and all(k in r[name]["scores"] for r in per_seed)
     ]
@@ -155,8 +164,8 @@ def _metric_interval(per_seed, name: str, metric: str, boot: dict[str, Any]) -> 
     """A metric of one model pooled over seeds (:func:`seed_item_estimate`: seeds and items both count); Wilson when
     it is a proportion whose interval has no width (0/n, n/n). A metric with NaN or infinite scores gives no
     interval (``not_evaluated`` says why)."""
-    if metric in ("id/mean_accuracy", "ood/mean_accuracy"):
-        keys = _strata(per_seed, name, "in" if metric.startswith("id/") else "out")
+    if (parts := summary_parts(metric)) is not None:
+        keys = _strata(per_seed, name, *parts)
         nested = _nested(per_seed, keys, (name,)) if keys else []
         if not nested:
             return None
@@ -201,6 +210,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     # comparisons needs m times that below 1 - confidence, or no headline difference could ever be significant.
     family = len(_HEADLINE) * len(pairs) + 1
     cmp_boot = boot | {"n_boot": max(ev.bootstrap, math.ceil(4 * family / (1 - ev.confidence)))}
+    labels = _seed_labels(cfg, runs)
     models = []
     # every model of any seed run (RL may run from some seeds' arms only: rl.seeds), pooled over the runs that have it
     names_all = list(dict.fromkeys(n for r in per_seed for n in r))
@@ -234,6 +244,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
                 "metrics": metrics,
                 "cka_layers": first.get("cka_layers", []),
                 "timing": first.get("timing", {}),
+                "seed_labels": [lab or "seed 0" for lab, r in zip(labels, per_seed, strict=True) if name in r],
             }
         )
     order = {"base": 0, "sft": 1, "external": 2, "rl": 3}
@@ -251,16 +262,21 @@ def aggregate(cfg: Config) -> dict[str, Any]:
             if aligned is None:
                 continue
             comparisons.append(_comparison(a, b, metric, aligned, len(aligned[0][0]), len(both), cmp_boot))
-        for summary, domain in (("id/mean_accuracy", "in"), ("ood/mean_accuracy", "out")):
-            keys = [k for k in _strata(both, a, domain) if k in _strata(both, b, domain)]
+        summaries = [k for k in both[0][a]["metrics"] if summary_parts(k) and k in both[0][b]["metrics"]]
+        for summary in summaries:
+            parts = summary_parts(summary)
+            keys = [k for k in _strata(both, a, *parts) if k in _strata(both, b, *parts)]
             nested = _nested(both, keys, (a, b)) if keys else []
             if nested:
                 n = sum(len(x) for x in nested[0][0])
                 comparisons.append(_comparison(a, b, summary, nested, n, len(both), cmp_boot))
+    pair = claim_pair(cfg)
+    gain_diff = _gain_diff(per_seed, comparisons, pair, cmp_boot)
+    if gain_diff is not None:
+        comparisons.append(gain_diff)
     _holm_verdicts(comparisons, cfg, 1 - ev.confidence)
     bench_file = runs[0] / "eval" / "benchmarks.json"
     benchmarks = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
-    labels = _seed_labels(cfg, runs)
     data = {
         "run": str(cfg.run_dir),
         "seeds": [*cfg.seed_list, *cfg.report.seed_runs],
@@ -268,16 +284,63 @@ def aggregate(cfg: Config) -> dict[str, Any]:
         "seed_runs": [str(r) for r in runs],
         "models": models,
         "rl": {k: v for r, s in zip(runs, labels, strict=True) for k, v in _rl_curves(r, s).items()},
+        "rl_start": _rl_start(per_seed, models, boot),
         "comparisons": comparisons,
         "seed_control": _seed_control(cfg, per_seed, labels, boot),
         "primary": {"a": cfg.report.primary.a, "b": cfg.report.primary.b, "metric": cfg.report.primary.metric},
         "benchmarks": benchmarks,
         "rotation_dir": str(runs[0]),
     }
-    data["claims"] = claims(data, claim_pair(cfg), margin=cfg.report.matched_tolerance)
+    data["rl_reading"] = rl_reading(comparisons, pair, gain_diff)
+    data["claims"] = claims(data, pair, margin=cfg.report.matched_tolerance)
     data["frontier_points"], data["frontier"] = pareto_front(models)
     data["matched"] = _matched(cfg, runs[0], per_seed, models, boot)
     return data
+
+
+def _rl_start(per_seed, models: list[dict[str, Any]], boot: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """For each RL model, its initial checkpoint's metrics over the same seed runs as the RL model (an SFT arm may
+    pool more seeds than RL ran from: ``rl.seeds``), so that a reader sets RL beside its own start."""
+    out = {}
+    byname = {m["name"]: m for m in models}
+    for m in models:
+        init = m.get("init")
+        if m["kind"] != "rl" or init not in byname:
+            continue
+        runs = [r for r in per_seed if m["name"] in r and init in r]
+        if not runs:
+            continue
+        metrics = {}
+        for metric, row in runs[0][init]["metrics"].items():
+            pooled = _metric_interval(runs, init, metric, boot) if len(runs) > 1 else None
+            metrics[metric] = {**row, **(pooled or {})}
+        out[m["name"]] = {"init": init, "seeds": len(runs), "metrics": metrics}
+    return out
+
+
+def _gain_diff(per_seed, comparisons, pair: tuple[str, str], boot: dict[str, Any]) -> dict[str, Any] | None:
+    """The difference of RL gains, per item and seed: (rl-rpsft - rpsft) - (rl-sft - sft) on claim (c)'s metric,
+    over the seed runs that have all four models. Removes the gap the two SFT checkpoints had before RL."""
+    rp, sf = pair
+    metric = gate_metric(comparisons, pair)
+    names = (f"rl-{rp}", rp, f"rl-{sf}", sf)
+    runs = [r for r in per_seed if all(n in r for n in names)]
+    parts = summary_parts(metric)
+    if not runs or parts is None:
+        return None
+    keys = [k for k in _strata(runs, names[0], *parts) if all(k in _strata(runs, n, *parts) for n in names[1:])]
+    nested = _nested(runs, keys, names) if keys else []
+    if not nested:
+        return None
+
+    def gain(after: int, before: int) -> list[list[np.ndarray]]:
+        return [
+            [np.asarray(x, dtype=float) - np.asarray(y, dtype=float) for x, y in zip(a, b, strict=True)]
+            for a, b in zip(nested[after], nested[before], strict=True)
+        ]
+
+    n = sum(len(x) for x in nested[0][0])
+    return _comparison(f"{names[0]} - {rp}", f"{names[2]} - {sf}", metric, [gain(0, 1), gain(2, 3)], n, len(runs), boot)
 
 
 def _matched(cfg: Config, run_dir: Path, per_seed, models, boot) -> list[dict[str, Any]]:
@@ -429,8 +492,8 @@ def _seed_control(cfg: Config, per_seed, labels: list[str], boot: dict[str, Any]
         for i in range(len(per_seed)):
             for j in range(i + 1, len(per_seed)):
                 pair = [per_seed[i], per_seed[j]]
-                if p.metric in ("id/mean_accuracy", "ood/mean_accuracy"):
-                    keys = _strata(pair, model, "in" if p.metric.startswith("id/") else "out")
+                if (parts := summary_parts(p.metric)) is not None:
+                    keys = _strata(pair, model, *parts)
                 elif all(model in r and p.metric in r[model]["scores"] for r in pair):
                     keys = [p.metric]
                 else:
@@ -531,16 +594,98 @@ def claims(
     no_kl = absent(rp, sf, "forgetting/kl_to_base", f"no paired KL-to-base measurement of {rp} and {sf}")
     verdict, why = table[s_kl] if kl else ("inconclusive", no_kl)
     out.append(claim("representation", verdict, why, [kl]))
-    rl, s_rl = sign(f"rl-{rp}", f"rl-{sf}", "id/mean_accuracy")
-    table = {
-        1: ("supported", "RL from RPSFT ends with higher in-domain accuracy than RL from SFT"),
-        -1: ("contradicted", "RL from RPSFT ends with lower in-domain accuracy than RL from SFT"),
-        0: ("inconclusive", "the in-domain difference after RL is not distinguishable from 0 at this size"),
-    }
-    no_rl = absent(f"rl-{rp}", f"rl-{sf}", "id/mean_accuracy", "RL from both initialisations was not evaluated")
-    verdict, why = table[s_rl] if rl else ("inconclusive", no_rl)
-    out.append(claim("rl_init", verdict, why, [rl]))
+    reading = data.get("rl_reading") or rl_reading(data["comparisons"], pair)
+    out.append(claim("rl_init", *_rl_claim(reading, rp, sf)))
     return out
+
+
+def moved(c: dict[str, Any] | None) -> bool:
+    """Whether a gain comparison (an RL model against its own initial checkpoint) lies beyond its interval."""
+    return c is not None and "not_evaluated" not in c and (c["ci_low"] > 0 or c["ci_high"] < 0)
+
+
+def gate_metric(comparisons: list[dict[str, Any]], pair: tuple[str, str]) -> str:
+    """The in-domain metric claim (c) is read on: Avg@k of sampled answers (``id/mean_avg@k``, the paper's headline)
+    when both RL runs were compared with their initial checkpoints on it, else greedy ``id/mean_accuracy``."""
+    rp, sf = pair
+    have = {(c["a"], c["b"], c["metric"]) for c in comparisons}
+    for m in sorted({c["metric"] for c in comparisons if c["metric"].startswith("id/mean_avg@")}):
+        if (f"rl-{rp}", rp, m) in have and (f"rl-{sf}", sf, m) in have and (f"rl-{rp}", f"rl-{sf}", m) in have:
+            return m
+    return "id/mean_accuracy"
+
+
+def rl_reading(
+    comparisons: list[dict[str, Any]], pair: tuple[str, str], gain_diff: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What the run says about RL from each initialisation, in the order claim (c) reads it: each RL run's gain over
+    its own initial checkpoint (the gate), the post-RL difference, the difference of gains, out-of-domain change
+    after RL, and pass@k as a diagnostic."""
+    rp, sf = pair
+    comps = {(c["a"], c["b"], c["metric"]): c for c in comparisons}
+    metric = gate_metric(comparisons, pair)
+    return {
+        "metric": metric,
+        "gains": {arm: comps.get((f"rl-{arm}", arm, metric)) for arm in (rp, sf)},
+        "post": comps.get((f"rl-{rp}", f"rl-{sf}", metric)),
+        "before": comps.get((rp, sf, metric)),
+        "gain_diff": gain_diff,
+        "ood": {arm: comps.get((f"rl-{arm}", arm, "ood/mean_accuracy")) for arm in (rp, sf)},
+        "pass": comps.get((f"rl-{rp}", f"rl-{sf}", metric.replace("/mean_avg@", "/mean_pass@")))
+        if "avg@" in metric
+        else None,
+    }
+
+
+def _pts(c: dict[str, Any]) -> str:
+    return f"{100 * c['diff']:+.1f} points [{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]"
+
+
+def _rl_claim(r: dict[str, Any], rp: str, sf: str) -> tuple[str, str, list]:
+    """Claim (c), "RPSFT is a better starting point for RL": (verdict, why, evidence).
+
+    The gate first: an RL run that did not move its model beyond the interval tested nothing, and if neither moved
+    the claim reads "not tested". Past the gate, "supported" needs RL from RPSFT to end higher than RL from SFT *and*
+    to have gained more (difference of gains per item): a lead the SFT checkpoints already had, carried through equal
+    RL gains, is no evidence about RL."""
+    metric, gains, post, gd = r["metric"], r["gains"], r["post"], r["gain_diff"]
+    if any(g is None or "not_evaluated" in g for g in gains.values()) or post is None or "not_evaluated" in post:
+        return "inconclusive", f"RL from both {rp} and {sf} was not evaluated on {metric}", [post, *gains.values()]
+    evidence = [post, gains[rp], gains[sf], gd]
+    said = "; ".join(f"from {arm} {_pts(g)}" for arm, g in gains.items())
+    if not any(moved(g) for g in gains.values()):
+        why = (
+            f"RL did not move either model beyond its interval on {metric} (gain over the initial checkpoint {said}), "
+            "so the run cannot say what RL makes of either starting point; RL needs more steps, a higher learning "
+            "rate or prompts with mixed rewards (benchmarks/rl_setting.py)"
+        )
+        return "not tested", why, evidence
+    only = [arm for arm, g in gains.items() if not moved(g)]
+    note = f" (RL did not move the model from {only[0]}: gain {_pts(gains[only[0]])})" if only else ""
+    s_post = (1 if post["diff"] > 0 else -1) if post.get("significant") else 0
+    s_gd = 0 if gd is None or "not_evaluated" in gd else (1 if gd["ci_low"] > 0 else -1 if gd["ci_high"] < 0 else 0)
+    gd_txt = "not computed" if gd is None else _pts(gd)
+    if s_post == 1 and s_gd == 1:
+        return "supported", f"RL from RPSFT ends higher ({_pts(post)}) and gained more ({gd_txt}){note}", evidence
+    if s_post == -1:
+        return "contradicted", f"RL from RPSFT ends lower than RL from SFT ({_pts(post)}){note}", evidence
+    if s_gd == -1 and s_post == 0:
+        why = f"RL gained less from RPSFT ({gd_txt}) and does not end higher ({_pts(post)}){note}"
+        return "contradicted", why, evidence
+    if s_post == 1:
+        before = r.get("before")
+        had = f"; before RL {rp} - {sf} was {_pts(before)}" if before and "not_evaluated" not in before else ""
+        why = (
+            f"RL from RPSFT ends higher ({_pts(post)}) but did not gain more than RL from SFT (difference of gains "
+            f"{gd_txt}{had}): the lead was there before RL{note}"
+        )
+        return "inconclusive", why, evidence
+    if s_gd == 1:
+        why = f"RL gained more from RPSFT ({gd_txt}), but after RL the difference is not distinguishable ({_pts(post)})"
+        why += note
+        return "inconclusive", why, evidence
+    why = f"after RL the difference is not distinguishable from 0 ({_pts(post)}; difference of gains {gd_txt}){note}"
+    return "inconclusive", why, evidence
 
 
 def reward_trend(rows: list[dict[str, Any]], *, confidence: float = 0.95) -> dict[str, Any] | None:
@@ -601,23 +746,6 @@ def reward_lines(curves: dict[str, list[dict[str, Any]]], confidence: float = 0.
     return out
 
 
-def rl_moved(comparisons: list[dict[str, Any]]) -> list[str]:
-    """Did RL change the model? One sentence per RL arm: its in-domain accuracy against its own starting checkpoint
-    (paired by item), and whether the change is beyond the interval. Rising reward curves alone are not evidence."""
-    out = []
-    for c in comparisons:
-        if c["metric"] == "id/mean_accuracy" and c["a"].startswith("rl-") and c["b"] == c["a"][3:]:
-            change = f"{100 * c['diff']:+.1f} points [{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]"
-            if c["ci_low"] > 0:
-                verdict = "RL improved it beyond the interval."
-            elif c["ci_high"] < 0:
-                verdict = "RL made it worse beyond the interval."
-            else:
-                verdict = "not beyond the interval: this RL run changed nothing measurable in domain."
-            out.append(f"RL from {c['b']}: in-domain accuracy {change} against its starting checkpoint; {verdict}")
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------ plots
 def _rl_curves(run_dir: Path, label: str = "") -> dict[str, list[dict[str, Any]]]:
     """RL arms' per-step rows, keyed by arm (``rl-sft (seed 1)`` in a multi-seed run)."""
@@ -657,7 +785,7 @@ def make_plots(cfg: Config, data: dict[str, Any], plot_dir: Path) -> dict[str, P
     figures = [
         ("tradeoff", (1, (6.4, 4.8)), _plot_tradeoff),
         ("frontier", (1, (7.2, 5.4)), _plot_frontier),
-        ("rl_curves", (2, (11, 4)), _plot_rl_curves),
+        ("rl_curves", (3, (15, 4)), _plot_rl_curves),
         ("rotation", (1, (7, 4)), _plot_rotation),
         ("forgetting", (2, (11, 4)), _plot_forgetting),
     ]
@@ -726,23 +854,55 @@ def _plot_frontier(axes, cfg: Config, data: dict[str, Any]) -> None:
     ax.grid(alpha=0.3)
 
 
+def _rl_groups(curves: dict[str, list[dict[str, Any]]]) -> dict[str, list[list[dict[str, Any]]]]:
+    """RL curves grouped by RL arm over seeds (``rl-sft (seed 1)`` -> ``rl-sft``)."""
+    groups: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
+    for key, rows in curves.items():
+        groups[key.split(" (", 1)[0]].append(rows)
+    return dict(groups)
+
+
 def _plot_rl_curves(axes, cfg: Config, data: dict[str, Any]) -> None:
-    """Reward and training accuracy (math_correct) per RL step, one line per RL run."""
+    """Per RL arm and step: reward, the share of prompt groups with mixed rewards (the groups that carry a GRPO
+    gradient) and KL to the initial policy; the mean over seeds with a band from the lowest to the highest seed."""
     curves = data["rl"]
     if not curves:
         _note(axes[0], "no RL runs in this run folder")
-        axes[1].set_axis_off()
+        for ax in axes[1:]:
+            ax.set_axis_off()
         return
-    for arm, rows in curves.items():
-        steps = [r["step"] for r in rows]
-        axes[0].plot(steps, [r.get("reward", float("nan")) for r in rows], marker="o", label=arm)
-        acc_key = next((k for k in rows[0] if k.startswith("rewards/math_correct") and k.endswith("/mean")), None)
-        if acc_key:
-            axes[1].plot(steps, [r.get(acc_key, float("nan")) for r in rows], marker="o", label=arm)
-    axes[0].set_title("RL reward per step")
-    axes[1].set_title("RL training accuracy (math_correct) per step")
-    for ax in axes:
+    series = (
+        ("reward", lambda r: r.get("reward"), "reward (mean over completions)"),
+        ("mixed", lambda r: 1 - r["frac_reward_zero_std"] if "frac_reward_zero_std" in r else None, "share"),
+        ("kl", lambda r: r.get("kl"), "KL to the initial policy"),
+    )
+    titles = ["RL reward per step", "Prompt groups with mixed rewards", "KL to the initial policy per step"]
+    drawn = [False, False, False]
+    for arm, runs in _rl_groups(curves).items():
+        for i, (_, get, _) in enumerate(series):
+            by_step: dict[int, list[float]] = defaultdict(list)
+            for rows in runs:
+                for r in rows:
+                    v = get(r)
+                    if isinstance(v, int | float) and math.isfinite(v):
+                        by_step[int(r["step"])].append(float(v))
+            if not by_step:
+                continue
+            steps = sorted(by_step)
+            mean = [sum(by_step[t]) / len(by_step[t]) for t in steps]
+            label = f"{arm} ({len(runs)} seeds)" if len(runs) > 1 else arm
+            (line,) = axes[i].plot(steps, mean, marker=".", label=label)
+            if len(runs) > 1:
+                lo, hi = [min(by_step[t]) for t in steps], [max(by_step[t]) for t in steps]
+                axes[i].fill_between(steps, lo, hi, alpha=0.2, color=line.get_color())
+            drawn[i] = True
+    for i, ax in enumerate(axes):
+        if not drawn[i]:
+            _note(ax, "KL not logged: rl.training.beta is 0 (no reference model)" if i == 2 else "not logged")
+            continue
+        ax.set_title(titles[i])
         ax.set_xlabel("step")
+        ax.set_ylabel(series[i][2])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
 
@@ -924,12 +1084,32 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
             rows.append([r["arm"], r["method"], r["matched_sft"], f"{100 * r['id_gap']:+.2f}", ood])
         blocks.append(("table", ["arm", "method", "plain SFT arm", "in-domain gap (points)", "OOD difference"], rows))
     blocks.append(("h2", "Scores"))
-    header = ["model", "init", *metric_names]
+    header = ["model", "init", "seeds", *metric_names]
     rows = [
-        [m["name"], m["init"] or "-", *[_fmt(m["metrics"].get(k), _is_pct(k)) for k in metric_names]]
+        [
+            m["name"],
+            m["init"] or "-",
+            ", ".join(x.removeprefix("seed ") for x in m.get("seed_labels", [])) or "-",
+            *[_fmt(m["metrics"].get(k), _is_pct(k)) for k in metric_names],
+        ]
         for m in data["models"]
     ]
     blocks.append(("table", header, rows))
+    unmatched = [
+        f"{name}: {start['seeds']} seed{'s' if start['seeds'] > 1 else ''}"
+        for name, start in data.get("rl_start", {}).items()
+        if start["seeds"] < len(next(m for m in data["models"] if m["name"] == start["init"]).get("seed_labels", []))
+    ]
+    if unmatched:
+        blocks.append(
+            (
+                "p",
+                "The SFT rows above pool more seeds than RL ran from ("
+                + ", ".join(unmatched)
+                + "): read RL against its own starting checkpoint in 'RL from each initialisation', where both come "
+                "from the same seeds.",
+            )
+        )
     blocks.append(("h2", "Benchmarks"))
     brows = []
     for name, b in data["benchmarks"].items():
@@ -962,38 +1142,12 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
         for c in data["comparisons"]
     ]
     blocks.append(("table", ["pair", "metric", "difference", "items", "p (Holm)", "verdict"], crows))
-    curves = data["rl"]
-    if curves:
-        blocks.append(("h2", "RL runs"))
-        rrows = []
-        for arm, rows_ in curves.items():
-            r0, r1 = rows_[0], rows_[-1]
-            rrows.append(
-                [
-                    arm,
-                    str(r1["step"]),
-                    f"{r0.get('reward', float('nan')):.3f}",
-                    f"{r1.get('reward', float('nan')):.3f}",
-                    f"{sum(r.get('kl', 0.0) for r in rows_) / len(rows_):.4f}",
-                    f"{sum(r.get('step_time_s', 0.0) for r in rows_) / len(rows_):.1f}",
-                ]
-            )
-        blocks.append(("table", ["arm", "steps", "reward first", "reward last", "mean KL", "s/step"], rrows))
-        rl_seeds = {c["seeds"] for c in data["comparisons"] if c["a"].startswith("rl-") or c["b"].startswith("rl-")}
-        if rl_seeds and max(rl_seeds) < data["n_seeds"]:
-            blocks.append(
-                (
-                    "p",
-                    f"RL ran from the arms of {max(rl_seeds)} of the {data['n_seeds']} training seeds (rl.seeds): "
-                    "its comparisons rest on those seeds only and are labelled at that level.",
-                )
-            )
-        for line in [*reward_lines(curves, cfg.eval.confidence), *rl_moved(data["comparisons"])]:
-            blocks.append(("p", line))
+    blocks += _rl_section(cfg, data)
     blocks.append(("h2", "Plots"))
     captions = {
         "tradeoff": "In-domain vs out-of-domain accuracy, one point per model, with intervals.",
-        "rl_curves": "RL reward and training accuracy per step for each initialisation.",
+        "rl_curves": "RL per step from each initialisation: reward, the share of prompt groups with mixed rewards "
+        "(only those carry a GRPO gradient) and KL to the initial policy; bands span the seeds.",
         "rotation": "Mean principal angle between the base's and the fine-tuned top-k singular subspaces, per layer.",
         "forgetting": "KL(base || model) per token on general text, and linear CKA with the base per layer.",
     }
@@ -1006,6 +1160,86 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
         )
         blocks.append(("img", plots["frontier"], caption))
     return blocks
+
+
+def _rl_section(cfg: Config, data: dict[str, Any]) -> list[tuple]:
+    """'RL from each initialisation': the gate (did RL move each model), then per initialisation its start and end
+    on the same seeds, the gain with its interval and out-of-domain after RL; the reward curves' trend last."""
+    curves, r = data["rl"], data.get("rl_reading")
+    if not curves and not data.get("rl_start"):
+        return []
+    out: list[tuple] = [("h2", "RL from each initialisation")]
+    comps = {(c["a"], c["b"], c["metric"]): c for c in data["comparisons"]}
+    metric = r["metric"] if r else "id/mean_accuracy"
+    gate = []
+    for name, start in data.get("rl_start", {}).items():
+        g = comps.get((name, start["init"], metric))
+        if g is None or "not_evaluated" in g:
+            gate.append(f"{name}: no paired {metric} against {start['init']}.")
+            continue
+        state = (
+            "RL moved it up beyond the interval"
+            if g["ci_low"] > 0
+            else "RL moved it down beyond the interval"
+            if g["ci_high"] < 0
+            else "RL did not move it beyond the interval: this run cannot say what RL makes of it"
+        )
+        gate.append(f"From {start['init']}: {metric} {_pts(g)} against its starting checkpoint; {state}.")
+    if gate:
+        out.append(("p", f"Did RL move each model? (the gate of claim (c), on {metric}, paired by item and seed)"))
+        out.append(("ul", gate))
+    rows = []
+    for name, start in data.get("rl_start", {}).items():
+        rl_model = next((m for m in data["models"] if m["name"] == name), None)
+        if rl_model is None:
+            continue
+        for m in dict.fromkeys((metric, "id/mean_accuracy", "ood/mean_accuracy")):
+            before, after, g = start["metrics"].get(m), rl_model["metrics"].get(m), comps.get((name, start["init"], m))
+            if before is None or after is None:
+                continue
+            rows.append(
+                [
+                    start["init"],
+                    m,
+                    f"{start['seeds']}",
+                    _fmt(before, True),
+                    _fmt(after, True),
+                    _fmt_diff(g) if g and "not_evaluated" not in g else "-",
+                ]
+            )
+    if rows:
+        out.append(("table", ["initialisation", "metric", "seeds", "before RL", "after RL", "change (points)"], rows))
+    if curves:
+        rrows = []
+        for arm, rows_ in curves.items():
+            r0, r1 = rows_[0], rows_[-1]
+            mixed = [1 - x["frac_reward_zero_std"] for x in rows_ if "frac_reward_zero_std" in x]
+            kls = [x["kl"] for x in rows_ if isinstance(x.get("kl"), int | float)]
+            rrows.append(
+                [
+                    arm,
+                    str(r1["step"]),
+                    f"{r0.get('reward', float('nan')):.3f}",
+                    f"{r1.get('reward', float('nan')):.3f}",
+                    f"{sum(mixed) / len(mixed):.2f}" if mixed else "-",
+                    f"{sum(kls) / len(kls):.4f}" if kls else "- (beta 0)",
+                    f"{sum(x.get('step_time_s', 0.0) for x in rows_) / len(rows_):.1f}",
+                ]
+            )
+        header = ["RL run", "steps", "reward first", "reward last", "groups with mixed rewards", "mean KL", "s/step"]
+        out.append(("table", header, rrows))
+        rl_seeds = {c["seeds"] for c in data["comparisons"] if c["a"].startswith("rl-") or c["b"].startswith("rl-")}
+        if rl_seeds and max(rl_seeds) < data["n_seeds"]:
+            out.append(
+                (
+                    "p",
+                    f"RL ran from the arms of {max(rl_seeds)} of the {data['n_seeds']} training seeds (rl.seeds): "
+                    "its comparisons rest on those seeds only and are labelled at that level.",
+                )
+            )
+        for line in reward_lines(curves, cfg.eval.confidence):
+            out.append(("p", line))
+    return out
 
 
 def render_md(blocks: list[tuple], rel_to: Path) -> str:

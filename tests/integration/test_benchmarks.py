@@ -117,3 +117,31 @@ def test_forgetting_setting_benchmark_reads_each_candidate_against_the_base(tmp_
         assert d["ci_low"] <= d["diff"] <= d["ci_high"] and d["n"] > 0
     assert c["sft_train_runtime_s"] > 0 and c["eval_model_s"] > 0
     assert isinstance(c["ood_drops_beyond_interval"], list)
+
+
+@pytest.mark.slow
+def test_rl_setting_benchmark_reads_each_rl_run_against_its_initial_checkpoint(tmp_path, cache_dir):
+    runs = tmp_path / "runs"
+    sft = [sys.executable, "-m", "stages.sft", "--config", "configs/tiny.yaml", f"runs_root={runs}", "run_name=init"]
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir)}
+    subprocess.run([*sft, "method=sft"], cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    out = tmp_path / "rl.json"
+    args = ["benchmarks/rl_setting.py", "--config", "configs/tiny.yaml", "--init-run", str(runs / "init")]
+    args += ["--runs", "t0.7-lr5e-5-12steps:sft", "--runs-root", str(runs), "--eval-size", "8"]
+    args += ["--set", "rl.training.max_steps=2", "--set", "rl.generation.max_completion_length=8"]
+    _run([*args, "--out", str(out)], cache_dir)
+    r = json.loads(out.read_text())
+    (row,) = r["runs"]
+    assert row["arm"] == "rl-t0.7-lr5e-5-12steps-sft" and row["steps"] == 2 and row["init"] == "sft"
+    assert (runs / "rl-setting" / row["arm"] / "DONE").is_file() and (runs / "rl-setting" / "sft").is_symlink()
+    for metric in ("chain_sum/accuracy", "chain_sum/avg@4", "chain_sum/pass@4"):
+        g = row["gain"][metric]
+        assert g["ci_low"] <= g["diff"] <= g["ci_high"] and g["n"] == 8
+    assert set(row["ood_change"]) == {"chat_facts/accuracy", "instructions/accuracy", "agreement/accuracy"} | {
+        "facts/accuracy"
+    }
+    assert len(row["curve"]["mixed_groups"]) == 2 and all(0 <= x <= 1 for x in row["curve"]["mixed_groups"])
+    # the choice: a setting only when its Avg@k gain excludes 0 from every initialisation it ran from
+    moved = row["gain"]["chain_sum/avg@4"]["ci_low"] > 0
+    assert r["chosen"] == ("t0.7-lr5e-5-12steps" if moved else None)
+    assert r["extra_overrides"] == ["rl.training.max_steps=2", "rl.generation.max_completion_length=8"]

@@ -161,25 +161,18 @@ def test_probes_are_deterministic_valid_and_balanced():
         assert x["choices"][x["answer"]] == x["answer_text"] and x["question"].startswith("Question: ")
 
 
-def test_the_report_says_whether_rl_moved_each_model():
-    from stages.report import rl_moved
+def test_an_rl_run_moved_only_beyond_its_interval():
+    from stages.report import moved
 
-    def c(a, b, diff, lo, hi, metric="id/mean_accuracy"):
-        return {"a": a, "b": b, "metric": metric, "diff": diff, "ci_low": lo, "ci_high": hi}
+    def c(lo, hi, **extra):
+        return {"a": "rl-sft", "b": "sft", "metric": "id/mean_avg@4", "diff": (lo + hi) / 2, "ci_low": lo} | {
+            "ci_high": hi,
+            **extra,
+        }
 
-    lines = rl_moved(
-        [
-            c("rl-sft", "sft", 0.01, -0.02, 0.04),
-            c("rl-rpsft", "rpsft", 0.08, 0.03, 0.13),
-            c("rl-l2", "l2", -0.08, -0.13, -0.03),
-            c("rl-sft", "sft", 0.5, 0.4, 0.6, metric="ood/mean_accuracy"),  # not the in-domain reading
-            c("rl-rpsft", "rl-sft", 0.5, 0.4, 0.6),  # not an RL arm against its own start
-        ]
-    )
-    assert len(lines) == 3
-    assert lines[0].startswith("RL from sft: in-domain accuracy +1.0 points [-2.0, +4.0]")
-    assert "changed nothing measurable" in lines[0]
-    assert "improved it beyond the interval" in lines[1] and "worse beyond the interval" in lines[2]
+    assert moved(c(0.01, 0.05)) and moved(c(-0.05, -0.01))
+    assert not moved(c(-0.02, 0.04)) and not moved(c(0.0, 0.04)) and not moved(None)
+    assert not moved(c(0.01, 0.05, not_evaluated="NaN scores"))
 
 
 def test_the_report_reads_whether_each_reward_curve_rose():

@@ -44,3 +44,17 @@ def test_methods_arms_and_algorithm_are_choices():
     assert _enum(rl["properties"]["algorithm"], rl.get("definitions", {})) == ["grpo", "ppo"]
     # a sweep arm has a name of its own (rpsft-l10-k0.25): the RL start is free text, described
     assert "sweep arm" in rl["properties"]["init_arm"]["description"]
+
+
+def test_the_rl_settings_users_change_most_are_form_fields():
+    """Steps, learning rate and the seeds that get RL sit on the run form, not only behind dotted overrides."""
+    from pipeline.flows import _rl_overrides
+    from stages.config import load_config
+    from tests.conftest import CONFIGS
+
+    pipe, rl = _schema(sft_to_rl)["properties"], _schema(rl_flow)["properties"]
+    assert {"rl_steps", "rl_learning_rate", "rl_seeds"} <= set(pipe) and {"steps", "learning_rate"} <= set(rl)
+    cfg = load_config(CONFIGS / "smollm2-cpu.yaml", _rl_overrides(30, 3e-5, [0, 1]))
+    assert (cfg.rl.training.max_steps, cfg.rl.training.learning_rate, cfg.rl.seeds) == (30, 3e-5, [0, 1])
+    assert load_config(CONFIGS / "smollm2-cpu.yaml", _rl_overrides(None, None, [])).rl.seeds == []
+    assert _rl_overrides(None, None) == []

@@ -1,0 +1,269 @@
+"""Which CPU RL setting moves a model? GRPO from the default's SFT and RPSFT checkpoints over a small grid of settings,
+each RL checkpoint evaluated against its own initial checkpoint, paired by item. Writes JSON; the default config's
+``rl`` section is chosen from it (README "RL that moves").
+
+    python benchmarks/rl_setting.py --config configs/smollm2-cpu.yaml \\
+        --init-run runs/smollm2-cpu/seeds/seed-0 --out benchmarks/results/rl_setting.json
+
+Per setting and initialisation: the reward curve, the share of prompt groups with mixed rewards per step (a group
+whose completions are all right or all wrong carries no GRPO gradient), seconds per step split into generation and
+training, and the RL checkpoint's gain over its initial checkpoint in domain (greedy accuracy, and Avg@k / pass@k of
+k sampled answers at the evaluation temperature, the paper's headline) and out of domain, each with its interval
+(items resampled; one training seed, so about these checkpoints). The chosen setting is the cheapest whose in-domain
+Avg@k gain excludes 0 from every initialisation it ran from.
+
+Every RL run and evaluation is a stage run as a child process into ``--runs-root`` (default runs/rl-setting), one at
+a time: rerunning the script skips what is complete. The init checkpoints are linked into that folder (sft, rpsft),
+so the RL arms are named rl-<setting>-<init>.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# The grid. Every setting: beta 0 (no reference model), no importance-sampling forward (the CPU engine's log-probs
+# equal the trainer's to ~1e-5, README "vLLM on CPU"), 4 prompts x 8 completions per optimizer step. What varies:
+# sampling temperature (how many groups have mixed rewards) and learning rate (how far Adam moves a weight).
+COMMON = [
+    "rl.training.beta=0.0",
+    "rl.generation.num_generations=8",
+    "rl.training.per_device_train_batch_size=16",
+    "rl.training.gradient_accumulation_steps=2",
+    "rl.training.lr_scheduler_type=constant_with_warmup",
+    "rl.training.warmup_steps=2",
+    "rl.training.save_steps=100",
+    'rl.trl={"vllm_importance_sampling_correction": false}',
+]
+SETTINGS: dict[str, list[str]] = {
+    "t1.0-lr2e-5": ["rl.generation.temperature=1.0", "rl.training.learning_rate=2e-5", "rl.training.max_steps=24"],
+    "t0.7-lr2e-5": ["rl.generation.temperature=0.7", "rl.training.learning_rate=2e-5", "rl.training.max_steps=24"],
+    "t0.7-lr5e-5": ["rl.generation.temperature=0.7", "rl.training.learning_rate=5e-5", "rl.training.max_steps=24"],
+    "t0.7-lr5e-5-12steps": [
+        "rl.generation.temperature=0.7",
+        "rl.training.learning_rate=5e-5",
+        "rl.training.max_steps=12",
+    ],
+}
+# What the checkpoints are read on: held-out chain_sum (greedy, and k samples at the paper's temperature 0.7) and
+# the default's out-of-domain probes; no forgetting phase (the default run measures KL for the chosen setting).
+SAMPLES = 4
+EVAL_TEMPERATURE = 0.7
+BENCHMARKS = [
+    {
+        "name": "chain_sum",
+        "source": "train_task",
+        "domain": "in",
+        "size": 200,
+        "max_new_tokens": 96,
+        "samples": SAMPLES,
+        "temperature": EVAL_TEMPERATURE,
+    },
+    {"name": "chat_facts", "source": "chat_facts", "domain": "out", "size": 103, "max_new_tokens": 32},
+    {"name": "instructions", "source": "instructions", "domain": "out", "size": 100, "max_new_tokens": 64},
+    {"name": "agreement", "source": "agreement", "domain": "out", "size": 200},
+    {"name": "facts", "source": "facts", "domain": "out", "size": 103},
+]
+IN_DOMAIN = ["chain_sum/accuracy", f"chain_sum/avg@{SAMPLES}", f"chain_sum/pass@{SAMPLES}"]
+OUT_OF_DOMAIN = ["chat_facts/accuracy", "instructions/accuracy", "agreement/accuracy", "facts/accuracy"]
+
+
+def _stage(module: str, config: str, overrides: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", module, "--config", config, *overrides], check=True, cwd=REPO)
+    return time.perf_counter() - t0
+
+
+def _scores(eval_dir: Path) -> dict:
+    return json.loads((eval_dir / "scores.json").read_text())
+
+
+def _paired(a: dict, b: dict, metric: str) -> dict | None:
+    """a - b on ``metric``, paired by item id, with its interval (items resampled)."""
+    from stages.metrics import paired_diff
+
+    if metric not in a or metric not in b:
+        return None
+    mb = dict(zip(b[metric]["ids"], b[metric]["scores"], strict=True))
+    ids = [i for i in a[metric]["ids"] if i in mb]
+    ma = dict(zip(a[metric]["ids"], a[metric]["scores"], strict=True))
+    est = paired_diff([[ma[i] for i in ids]], [[mb[i] for i in ids]], n_boot=4000, bounds=(-1.0, 1.0))
+    mean_a = sum(ma[i] for i in ids) / len(ids)
+    return {"diff": est.value, "ci_low": est.low, "ci_high": est.high, "n": len(ids), "after": mean_a}
+
+
+def _ood_mean(scores: dict) -> list[list[float]]:
+    return [scores[m]["scores"] for m in OUT_OF_DOMAIN if m in scores]
+
+
+def _ood_change(a: dict, b: dict) -> dict | None:
+    """Unweighted mean of the out-of-domain benchmarks, a - b, paired by item within each benchmark."""
+    from stages.metrics import paired_diff
+
+    sa, sb = [], []
+    for m in OUT_OF_DOMAIN:
+        if m not in a or m not in b:
+            return None
+        mb = dict(zip(b[m]["ids"], b[m]["scores"], strict=True))
+        ma = dict(zip(a[m]["ids"], a[m]["scores"], strict=True))
+        ids = [i for i in a[m]["ids"] if i in mb]
+        sa.append([ma[i] for i in ids])
+        sb.append([mb[i] for i in ids])
+    est = paired_diff([sa], [sb], n_boot=4000, bounds=(-1.0, 1.0))
+    return {"diff": est.value, "ci_low": est.low, "ci_high": est.high}
+
+
+def _curve(arm_dir: Path) -> dict:
+    rows = [json.loads(x) for x in (arm_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    mixed = [1.0 - r["frac_reward_zero_std"] for r in rows if "frac_reward_zero_std" in r]
+    gen = [r.get("timing/generation_s", 0.0) for r in rows]
+    step = [r.get("step_time_s", 0.0) for r in rows]
+    return {
+        "reward": [r.get("reward") for r in rows],
+        "mixed_groups": mixed,
+        "mixed_groups_mean": sum(mixed) / len(mixed) if mixed else None,
+        "kl": [r.get("kl") for r in rows],
+        "completion_length": [r.get("completions/mean_length") for r in rows],
+        "step_s_median": sorted(step)[len(step) // 2] if step else None,
+        "generation_s_median": sorted(gen)[len(gen) // 2] if gen else None,
+    }
+
+
+def _link_inits(runs_root: Path, init_run: Path, inits: list[str]) -> Path:
+    run_dir = runs_root / "rl-setting"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for arm in inits:
+        src = (init_run / arm).resolve()
+        if not (src / "DONE").is_file():
+            raise SystemExit(f"{src} is not a finished SFT arm: run the default's SFT stage for it first")
+        link = run_dir / arm
+        if not link.exists():
+            link.symlink_to(src, target_is_directory=True)
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/smollm2-cpu.yaml")
+    parser.add_argument("--init-run", default="runs/smollm2-cpu/seeds/seed-0", help="run folder of the SFT arms")
+    parser.add_argument("--inits", default="sft", help="SFT arms RL starts from in every setting (comma-separated)")
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help=f"settings to run, in order (of {', '.join(SETTINGS)})"
+    )
+    parser.add_argument(
+        "--runs",
+        default="",
+        help="explicit SETTING:INIT pairs in the order to run them, instead of --settings x --inits "
+        "(e.g. t0.7-lr5e-5:sft,t0.7-lr5e-5:rpsft: the most promising setting from both arms first)",
+    )
+    parser.add_argument("--runs-root", default="runs")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="extra dotted overrides for every RL run, after the setting's (repeatable; recorded)",
+    )
+    parser.add_argument("--eval-size", type=int, default=None, help="items per benchmark (default: as listed above)")
+    parser.add_argument("--out", default="benchmarks/results/rl_setting.json")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("SFT2RL_CACHE_DIR", str(REPO / ".cache" / "sft2rl"))
+    inits = [x for x in args.inits.split(",") if x]
+    pairs = [(s, i) for s in args.settings.split(",") if s for i in inits]
+    if args.runs:
+        pairs = [tuple(x.split(":", 1)) for x in args.runs.split(",") if x]
+    unknown = sorted({s for s, _ in pairs if s not in SETTINGS})
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; known: {sorted(SETTINGS)}")
+    all_inits = sorted({i for _, i in pairs})
+    run_dir = _link_inits(Path(args.runs_root), Path(args.init_run), all_inits)
+    benchmarks = [b | ({"size": args.eval_size} if args.eval_size else {}) for b in BENCHMARKS]
+    base = [
+        f"runs_root={args.runs_root}",
+        "run_name=rl-setting",
+        "seed=0",
+        "seeds=[]",
+        "rl.seeds=[]",
+        f"eval.benchmarks={json.dumps(benchmarks)}",
+        "eval.forgetting.enabled=false",
+    ]
+    out_path = Path(args.out)
+    result: dict = {
+        "config": args.config,
+        "init_run": args.init_run,
+        "common": COMMON,
+        "settings": {s: SETTINGS[s] for s in dict.fromkeys(s for s, _ in pairs)},
+        "eval": {"benchmarks": benchmarks, "samples": SAMPLES, "temperature": EVAL_TEMPERATURE},
+        "extra_overrides": args.set,
+        "machine": {"cores": os.cpu_count(), "arch": platform.machine()},
+        "runs": [],
+    }
+    # the initial checkpoints first: every gain is read against them
+    t = _stage("stages.evaluate", args.config, [*base, f"eval.models={json.dumps(all_inits)}"])
+    result["init_eval_s"] = round(t, 1)
+    for setting, init in pairs:
+        arm = f"rl-{setting}-{init}"
+        overrides = [*base, *COMMON, *SETTINGS[setting], *args.set]
+        overrides += [f"rl.init={run_dir / init / 'checkpoint'}", f"rl.arm={arm}"]
+        rl_s = _stage("stages.rl", args.config, overrides)
+        eval_s = _stage("stages.evaluate", args.config, [*base, f"eval.models={json.dumps([arm])}"])
+        after, before = _scores(run_dir / "eval" / arm), _scores(run_dir / "eval" / init)
+        summary = json.loads((run_dir / arm / "metrics.json").read_text())
+        row = {
+            "setting": setting,
+            "init": init,
+            "arm": arm,
+            "steps": summary["steps"],
+            "train_runtime_s": round(summary["train_runtime_s"], 1),
+            "stage_wall_s": round(rl_s, 1),
+            "eval_wall_s": round(eval_s, 1),
+            "backend": summary.get("backend"),
+            "curve": _curve(run_dir / arm),
+            "gain": {m: _paired(after, before, m) for m in IN_DOMAIN},
+            "ood_change": {m: _paired(after, before, m) for m in OUT_OF_DOMAIN},
+            "ood_mean_change": _ood_change(after, before),
+            "init_scores": {m: _paired(before, before, m)["after"] for m in IN_DOMAIN if m in before},
+        }
+        result["runs"].append(row)
+        _choose(result)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=1) + "\n")
+        g = row["gain"][f"chain_sum/avg@{SAMPLES}"]
+        print(
+            f"{arm}: avg@{SAMPLES} {100 * g['diff']:+.1f} [{100 * g['ci_low']:+.1f}, {100 * g['ci_high']:+.1f}] "
+            f"points, {row['train_runtime_s']:.0f} s of training",
+            flush=True,
+        )
+    return 0
+
+
+def _choose(result: dict) -> None:
+    """The cheapest setting (training seconds summed over its runs) whose Avg@k gain excludes 0 from every
+    initialisation it ran from; None when no setting moved."""
+    key = f"chain_sum/avg@{SAMPLES}"
+    by_setting: dict[str, list[dict]] = {}
+    for r in result["runs"]:
+        by_setting.setdefault(r["setting"], []).append(r)
+    moved = {
+        s: sum(r["train_runtime_s"] for r in rows) / len(rows)
+        for s, rows in by_setting.items()
+        if all(r["gain"][key] and r["gain"][key]["ci_low"] > 0 for r in rows)
+    }
+    result["chosen"] = min(moved, key=moved.get) if moved else None
+    result["chosen_rule"] = (
+        f"cheapest mean training time among settings whose in-domain {key} gain over the initial checkpoint "
+        "excludes 0 from every initialisation run"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
