@@ -408,6 +408,7 @@ def report_artifacts(cfg: Config) -> None:
     rows: list[dict[str, Any]] = []
     for m in data["models"]:
         row: dict[str, Any] = {"model": m["name"], "init": m["init"] or "none"}
+        row["seeds"] = ", ".join(x.removeprefix("seed ") for x in m.get("seed_labels", [])) or "n/a"
         for name, v in m["metrics"].items():
             row[name] = _cell(name, v)
         rows.append(row)

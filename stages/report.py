@@ -211,6 +211,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     family = len(_HEADLINE) * len(pairs) + 1
     cmp_boot = boot | {"n_boot": max(ev.bootstrap, math.ceil(4 * family / (1 - ev.confidence)))}
     labels = _seed_labels(cfg, runs)
+    run_seeds = [f"seed {s}" for s in cfg.seed_list] + [f"seed run {Path(r).name}" for r in cfg.report.seed_runs]
     models = []
     # every model of any seed run (RL may run from some seeds' arms only: rl.seeds), pooled over the runs that have it
     names_all = list(dict.fromkeys(n for r in per_seed for n in r))
@@ -244,7 +245,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
                 "metrics": metrics,
                 "cka_layers": first.get("cka_layers", []),
                 "timing": first.get("timing", {}),
-                "seed_labels": [lab or "seed 0" for lab, r in zip(labels, per_seed, strict=True) if name in r],
+                "seed_labels": [lab for lab, r in zip(run_seeds, per_seed, strict=True) if name in r],
             }
         )
     order = {"base": 0, "sft": 1, "external": 2, "rl": 3}
@@ -1324,7 +1325,9 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     plots = make_plots(cfg, data, cfg.run_dir / "plots")
     blocks = _blocks(cfg, data, plots)
     report = {
-        "models": [{k: m[k] for k in ("name", "init", "kind", "metrics", "cka_layers")} for m in data["models"]],
+        "models": [
+            {k: m[k] for k in ("name", "init", "kind", "metrics", "cka_layers", "seed_labels")} for m in data["models"]
+        ],
         "comparisons": data["comparisons"],
         "benchmarks": data["benchmarks"],
         "summary": _sentences(data),
@@ -1337,6 +1340,8 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         "matched": data["matched"],
         "plots": {k: str(v) for k, v in plots.items()},
         "rl": data["rl"],
+        "rl_reading": data["rl_reading"],
+        "rl_start": data["rl_start"],
     }
     atomic_write_json(cfg.run_dir / "report.json", report)
     atomic_write_text(cfg.run_dir / "report.md", render_md(blocks, cfg.run_dir))
