@@ -109,7 +109,9 @@ PPO = [
 ]
 
 
-SFT_INIT = ["sft.training.max_steps=30", "sft.training.learning_rate=1e-2", "torch_threads=1"]
+# 40 steps: at 30 the fine-tuned tiny model earned no reward on an AVX2 machine (the check below needs some); at 60
+# PPO at lr 1e-3 moves it so far (KL ~1.1) that round-off between 1 and 2 processes passes 1e-4
+SFT_INIT = ["sft.training.max_steps=40", "sft.training.learning_rate=1e-2", "torch_threads=1"]
 
 
 @pytest.mark.slow
