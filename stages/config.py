@@ -690,7 +690,13 @@ class BenchmarkSpec(Strict):
     max_new_tokens: int = Field(128, ge=1)
     samples: int = Field(0, ge=0, description="k sampled completions per item for Avg@k and pass@k (0 = greedy only).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for Avg@k / pass@k.")
-    chance: float | None = Field(None, ge=0, le=1, description="Chance level; multiple choice: mean 1/#options.")
+    chance: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Chance level. Default: multiple choice, mean 1/#options; generation, the best score of "
+        "task-shaped constant outputs ('#### 12', '42').",
+    )
 
     @field_validator("name")
     @classmethod

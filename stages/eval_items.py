@@ -19,7 +19,7 @@ import reasoning_gym
 
 from stages import lm_eval_bench, probes
 from stages.answers import unreadable_golds
-from stages.config import BenchmarkSpec, Config, DataConfig
+from stages.config import BenchmarkSpec, Config, ConfigError, DataConfig
 from stages.data import DataError, _item_id, _question_of, build_items, load_table, resolve_field, scalar_answer
 
 _WORDS = re.compile(r"[a-z]+")
@@ -70,17 +70,17 @@ def gsm_symbolic_to_gsm8k() -> dict[int, int]:
 
 
 def training_items(cfg: Config) -> list[dict[str, Any]]:
-    """Items the model saw: the SFT items, plus the RL prompts when those come from the training task."""
+    """Items the model saw: the SFT items and the RL prompts, whatever their source (``rl.prompt_data`` or the
+    training task)."""
     items = build_items(cfg.data)
-    if cfg.rl.prompt_data is None:
-        # lazy: stages.rl imports TRL's GRPOTrainer, which loads vLLM where it is installed; the evaluation needs
-        # neither, only the RL prompt list
-        from stages.rl import rl_prompts
+    # lazy: stages.rl imports TRL's GRPOTrainer, which loads vLLM where it is installed; the evaluation needs neither,
+    # only the RL prompt list
+    from stages.rl import rl_prompts
 
-        try:
-            items = items + rl_prompts(cfg)
-        except DataError:
-            pass
+    try:
+        items = items + rl_prompts(cfg)
+    except (DataError, ConfigError):  # prompts RL itself could not build: RL stops on them before training
+        pass
     return items
 
 
@@ -112,7 +112,7 @@ def _train_task(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
     size = spec.n_items
     seen = training_questions(cfg, trained)
     data = cfg.data.model_copy(update={"holdout_source_ids": sorted(training_source_ids(cfg, trained))})
-    pool = build_items(data, size=2 * size + len(seen), seed=spec.seed)
+    pool, _ = distinct_items(build_items(data, size=2 * size + len(seen), seed=spec.seed))
     note = {
         "excluded": sum(1 for x in pool if x["question"] in seen),
         "why": "question seen in SFT data or RL prompts; the rest drawn per generator setting (terms x digits) "
@@ -143,8 +143,8 @@ def _gsm8k(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
 
 
 def _reasoning_gym(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
-    try:
-        ds = reasoning_gym.create_dataset(spec.task, size=spec.n_items, seed=spec.seed, **spec.params)
+    try:  # twice the items asked for: repeated questions are dropped (generators with few distinct questions repeat)
+        ds = reasoning_gym.create_dataset(spec.task, size=2 * spec.n_items, seed=spec.seed, **spec.params)
     except (KeyError, ValueError, TypeError) as e:
         raise DataError(f"eval benchmark {spec.name!r}: reasoning-gym task {spec.task!r} failed: {e}") from None
     items = [
@@ -156,7 +156,7 @@ def _reasoning_gym(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Bui
         }
         for x in ds
     ]
-    return items, dict(NO_NOTE)
+    return distinct_items(items)[0][: spec.n_items], dict(NO_NOTE)
 
 
 def _lm_eval(cfg: Config, spec: BenchmarkSpec, trained, label: str) -> Built:
@@ -189,6 +189,16 @@ def build_benchmark(cfg: Config, spec: BenchmarkSpec, trained: list[dict[str, An
     label = benchmark_label(cfg, spec)
     build = SOURCES.get(spec.source)
     items, note = build(cfg, spec, trained, label) if build else (_custom_items(spec, label), dict(NO_NOTE))
+    items, repeated = distinct_items(items)
+    if repeated:
+        note["repeated_dropped"] = repeated
+    if spec.domain == "in" and spec.source not in NEEDS_TRAINING_ITEMS:  # those exclude training items themselves
+        seen = training_questions(cfg, trained)
+        kept = [x for x in items if x["question"] not in seen]
+        if len(kept) < len(items):
+            note["excluded"] = note.get("excluded", 0) + len(items) - len(kept)
+            note["why"] = "question seen in SFT data or RL prompts"
+            items = kept
     if not items:
         raise DataError(f"{label} has no items: check its size and source")
     if not spec.is_choice and spec.answer_type in ("math", "number") and spec.source not in OWN_SCORERS:
@@ -200,6 +210,19 @@ def build_benchmark(cfg: Config, spec: BenchmarkSpec, trained: list[dict[str, An
             )
     note["n"] = len(items)
     return items, note
+
+
+def distinct_items(items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The items with every repeat of a prompt dropped (same question, options and chat; first kept), and how many
+    were dropped. A repeated item counts twice in a mean and in its interval as if it were two observations."""
+    seen: set[tuple] = set()
+    out = []
+    for x in items:
+        key = (x["question"], tuple(map(str, x.get("choices") or ())), repr(x.get("messages")))
+        if key not in seen:
+            seen.add(key)
+            out.append(x)
+    return out, len(items) - len(out)
 
 
 OWN_SCORERS = ("reasoning_gym", "chat_facts", "instructions", "lm_eval")  # sources scored by their own checker

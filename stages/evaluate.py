@@ -232,15 +232,26 @@ def score_text(spec: BenchmarkSpec, item: dict[str, Any], text: str, *, lenient:
     return score_math(text, item["answer"], lenient=lenient)
 
 
+# Task-shaped constant outputs: what a model collapsed onto the SFT task writes whatever it is asked. Their best score
+# on a generation benchmark is its chance level (a probe that such outputs pass cannot show forgetting).
+CONSTANT_OUTPUTS = ("#### 12", "12 + 7 = 19\n#### 19", "42")
+
+
+def constant_output_score(spec: BenchmarkSpec, items: list[dict[str, Any]]) -> float:
+    """The best mean score of one :data:`CONSTANT_OUTPUTS` answer given to every item."""
+    return max(sum(score_text(spec, x, c) for x in items) / len(items) for c in CONSTANT_OUTPUTS)
+
+
 def _chance(spec: BenchmarkSpec, items: list[dict[str, Any]]) -> float:
-    """The configured chance level, else 1/#options averaged over items (multiple choice), else 0."""
+    """The configured chance level, else 1/#options averaged over items (multiple choice), else the score of
+    task-shaped constant outputs (generation)."""
     if spec.chance is not None:
         return spec.chance
     if spec.answer_type == "choice":
         return float(sum(1 / x["n_choices"] for x in items) / len(items))
     if spec.is_choice:
         return float(sum(1 / len(x["choices"]) for x in items) / len(items))
-    return 0.0
+    return constant_output_score(spec, items)
 
 
 # ---------------------------------------------------------------------------------------- multiple choice

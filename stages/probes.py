@@ -222,16 +222,71 @@ def chat_fact_correct(item: dict[str, Any], text: str) -> bool:
     return _mentions(text, item["answer"]) and not any(_mentions(text, d) for d in item["distractors"])
 
 
-_TOPICS = [
-    "Describe a rainy afternoon in a city.", "Why do people keep pets?", "What makes a good breakfast?",
-    "Explain why exercise is healthy.", "Describe the ocean.", "What is a good way to learn a new language?",
-    "Why do leaves change colour in autumn?", "Describe a busy market.", "How can someone sleep better?",
-    "What do you like about trains?", "Why is reading useful?", "Describe a mountain village.",
-]  # fmt: skip
-_ONE_WORD = [
-    "Name an animal that lives in the sea.", "What colour is grass?", "Name a fruit that is yellow.",
-    "What is the opposite of cold?", "Name a day of the week.", "What do bees make?",
-]  # fmt: skip
+# Each topic with the word stems an answer on topic uses (matched at the start of a word: "rain" also matches
+# "rainy"); each one-word question with the answers that are right. An instruction is followed only by an answer to the
+# question: a constant output (a number, "#### 12") follows "at most 5 words" or "no commas" but answers nothing.
+_TOPICS: dict[str, tuple[str, ...]] = {
+    "Describe a rainy afternoon in a city.": (
+        "rain", "city", "cities", "street", "umbrella", "wet", "cloud", "grey", "gray", "drop", "puddle", "storm",
+        "afternoon", "people", "sky", "road", "window", "car", "traffic", "water", "shower", "drizzl",
+    ),
+    "Why do people keep pets?": (
+        "pet", "dog", "cat", "animal", "compan", "love", "friend", "famil", "care", "loyal", "lonel", "joy", "fun",
+        "happ", "owner", "keep",
+    ),
+    "What makes a good breakfast?": (
+        "breakfast", "egg", "toast", "bread", "cereal", "oat", "fruit", "milk", "coffee", "tea", "juice", "protein",
+        "healthy", "morning", "food", "meal", "eat", "yogurt", "yoghurt", "porridge", "pancake", "nutri", "energy",
+    ),
+    "Explain why exercise is healthy.": (
+        "exercis", "health", "heart", "muscle", "body", "fit", "weight", "strong", "strength", "energy", "blood",
+        "mood", "stress", "disease", "run", "walk", "active", "activit", "physical", "bone", "sleep", "mental",
+    ),
+    "Describe the ocean.": (
+        "ocean", "sea", "water", "wave", "blue", "deep", "fish", "salt", "vast", "tide", "shore", "beach", "whale",
+        "coral", "marine", "horizon", "current", "life",
+    ),
+    "What is a good way to learn a new language?": (
+        "languag", "learn", "practi", "speak", "word", "vocabular", "grammar", "read", "listen", "native",
+        "conversation", "study", "app", "class", "lesson", "immers", "talk", "book", "daily", "fluen",
+    ),
+    "Why do leaves change colour in autumn?": (
+        "leaf", "leaves", "colo", "autumn", "fall", "chlorophyll", "tree", "red", "yellow", "orange", "green",
+        "sun", "light", "cold", "season", "pigment", "winter", "temperature",
+    ),
+    "Describe a busy market.": (
+        "market", "busy", "stall", "vendor", "seller", "sell", "buy", "people", "crowd", "fruit", "vegetable",
+        "food", "noise", "nois", "loud", "shop", "trade", "price", "colo", "smell", "goods",
+    ),
+    "How can someone sleep better?": (
+        "sleep", "bed", "night", "rest", "dark", "quiet", "routine", "caffeine", "coffee", "screen", "relax",
+        "tired", "hour", "schedule", "room", "pillow", "calm", "alarm", "nap",
+    ),
+    "What do you like about trains?": (
+        "train", "rail", "travel", "journey", "ride", "view", "window", "seat", "station", "comfort", "speed",
+        "fast", "scenery", "landscape", "track", "relax", "trip", "calm", "passeng",
+    ),
+    "Why is reading useful?": (
+        "read", "book", "knowledge", "learn", "mind", "vocabular", "word", "imagin", "understand", "story",
+        "stories", "brain", "think", "idea", "inform", "language", "focus", "educat", "skill",
+    ),
+    "Describe a mountain village.": (
+        "mountain", "village", "house", "home", "peak", "snow", "hill", "valley", "stone", "wood", "quiet",
+        "peace", "air", "people", "road", "path", "cottage", "roof", "river", "tree", "forest", "small",
+    ),
+}  # fmt: skip
+_ONE_WORD: dict[str, tuple[str, ...]] = {
+    "Name an animal that lives in the sea.": (
+        "fish", "shark", "whale", "dolphin", "octopus", "squid", "crab", "lobster", "jellyfish", "seal", "turtle",
+        "starfish", "seahorse", "orca", "eel", "shrimp", "ray", "walrus", "tuna", "salmon", "clam", "oyster",
+        "coral", "urchin", "otter", "penguin", "manatee", "cod", "sardine", "stingray", "narwhal",
+    ),
+    "What colour is grass?": ("green",),
+    "Name a fruit that is yellow.": ("banana", "lemon", "pineapple", "mango", "pear", "apple", "grapefruit", "quince"),
+    "What is the opposite of cold?": ("hot", "warm", "heat"),
+    "Name a day of the week.": tuple(d.lower() for d in _DAYS),
+    "What do bees make?": ("honey", "wax", "beeswax"),
+}  # fmt: skip
 _START_WORDS = ["Certainly", "Indeed", "Well", "Sure"]
 _END_PHRASES = ["That is all.", "The end.", "Thank you."]
 _JSON_KEYS = [("name", "city"), ("title", "year"), ("colour", "size"), ("animal", "sound")]
@@ -271,10 +326,14 @@ def _instruction_item(rng: random.Random) -> dict[str, Any]:
         args["phrase"] = rng.choice(_END_PHRASES)
     elif kind == "max_words":
         args["n"] = rng.choice([5, 8, 10])
-    topic = rng.choice(_ONE_WORD if kind == "one_word" else _TOPICS)
+    topics = _ONE_WORD if kind == "one_word" else _TOPICS
+    topic = rng.choice(list(topics))
     question = f"{topic} {_INSTRUCTIONS[kind].format(**args)}"
     digest = hashlib.sha256(f"instructions\x00{question}".encode()).hexdigest()[:16]
-    return {"id": digest, "question": question, "answer": kind, "check": {"kind": kind, **args}}
+    # json_keys is judged on form only (a JSON object answers no topic, and a collapsed output is never one); every
+    # other kind also needs the answer on topic: ``accept`` (one-word answers) or ``topic`` (word stems)
+    on_topic = {} if kind == "json_keys" else {("accept" if kind == "one_word" else "topic"): list(topics[topic])}
+    return {"id": digest, "question": question, "answer": kind, "check": {"kind": kind, **args, **on_topic}}
 
 
 def _words(text: str) -> list[str]:
@@ -291,8 +350,24 @@ def _json_object(text: str) -> Any:
         return None
 
 
+def on_topic(check: dict[str, Any], text: str) -> bool:
+    """Whether ``text`` answers the item's question: its one word is an accepted answer (``accept``), or one of its
+    words starts with a stem of the topic (``topic``). A check with neither (older items, ``json_keys``) passes."""
+    words = [w.lower() for w in _words(text)]
+    if check.get("accept") is not None:
+        return len(words) == 1 and words[0].rstrip("s") in {a.rstrip("s") for a in check["accept"]}
+    if check.get("topic") is not None:
+        return any(w.startswith(tuple(check["topic"])) for w in words)
+    return True
+
+
 def follows_instruction(check: dict[str, Any], text: str) -> bool:
-    """Whether ``text`` satisfies the item's constraint. Pure; every kind is unit tested both ways."""
+    """Whether ``text`` satisfies the item's constraint and answers its question (:func:`on_topic`). Pure; every kind
+    is unit tested both ways."""
+    return _follows_form(check, text) and on_topic(check, text)
+
+
+def _follows_form(check: dict[str, Any], text: str) -> bool:
     kind, t = check["kind"], text.strip()
     letters = re.findall(r"[A-Za-z]", t)
     if kind == "one_word":

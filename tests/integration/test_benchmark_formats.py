@@ -5,6 +5,7 @@ loaded through the config alone, scored by the one math scorer, and evaluated en
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -230,3 +231,28 @@ def test_the_readme_verl_example_runs_as_written(tiny_cfg, tmp_path):
     cfg, (items, _) = _bench(tiny_cfg, spec)
     assert [x["answer"] for x in items] == MATH_GOLDS[:12]
     assert all(score_text(cfg.eval.benchmarks[0], x, f"\\boxed{{{x['answer']}}}") == 1.0 for x in items)
+
+
+def test_rl_prompts_from_a_file_leave_the_in_domain_evaluation_and_repeated_rows_count_once(tiny_cfg, verl_math):
+    from stages.rl import rl_prompts
+
+    spec = {"name": "math500", "source": "file", "path": verl_math}
+    spec["fields"] = {"question": "prompt", "answer": "reward_model.ground_truth"}
+    rl = [
+        "rl.prompt_data.source=file",
+        f"rl.prompt_data.path={verl_math}",
+        "rl.prompt_data.fields.question=prompt",
+        "rl.prompt_data.fields.response=null",
+        "rl.prompt_data.fields.answer=reward_model.ground_truth",
+        "rl.num_prompts=4",
+    ]
+    cfg, (items, note) = _bench(tiny_cfg, spec, *rl)
+    prompts = {p["question"] for p in rl_prompts(cfg)}
+    assert len(prompts) == 4 and not prompts & {x["question"] for x in items}
+    assert note["excluded"] == 4 and len(items) == len(MATH_GOLDS) - 4 and "RL prompts" in note["why"]
+    # the same file as an out-of-domain benchmark keeps every item; a row written twice is scored once
+    rows = Path(verl_math).read_text().splitlines()
+    twice = Path(verl_math).with_name("twice.jsonl")
+    twice.write_text("\n".join([*rows, rows[0]]) + "\n")
+    _, (items, note) = _bench(tiny_cfg, {**spec, "path": str(twice), "domain": "out"}, *rl)
+    assert len(items) == len(MATH_GOLDS) and note["repeated_dropped"] == 1

@@ -27,3 +27,15 @@ def test_a_stratum_without_enough_unseen_items_gives_its_quota_to_the_rest():
     seen = {f"s{i}" for i in range(9)}
     chosen = stratified_unseen(pool, seen, 10)
     assert len(chosen) == 10 and Counter(x["stratum"] for x in chosen) == {"a": 1, "b": 9}
+
+
+def test_no_builtin_benchmark_of_the_shipped_configs_repeats_an_item():
+    from stages.config import load_config
+    from stages.eval_items import build_benchmark
+
+    cfg = load_config("configs/smollm2-cpu.yaml")
+    for spec in cfg.eval.benchmarks:
+        items, note = build_benchmark(cfg, spec)
+        keys = [(x["question"], tuple(map(str, x.get("choices") or ()))) for x in items]
+        assert len(set(keys)) == len(keys) == note["n"], spec.name
+        assert len(items) == spec.n_items, spec.name  # repeats replaced, not just dropped

@@ -49,3 +49,33 @@ def test_chat_facts_score_the_gold_and_not_a_list_of_every_option():
     assert not chat_fact_correct(x, "I do not know.")
     assert not chat_fact_correct(x, ", ".join([x["answer"], *x["distractors"]]))  # naming every option
     assert not chat_fact_correct(x, f"{x['answer']}ville")  # a word that only contains the gold
+
+
+def test_instruction_checks_need_an_answer_on_topic():
+    items = instruction_items(100, seed=5)
+    rain = next(x for x in items if x["question"].startswith("Describe a rainy") and x["check"]["kind"] == "max_words")
+    assert follows_instruction(rain["check"], "Grey streets, wet umbrellas.")
+    assert not follows_instruction(rain["check"], "#### 12")  # short enough, answers nothing
+    bees = {"kind": "one_word", "accept": ["honey", "wax"]}
+    assert follows_instruction(bees, "Honey.") and not follows_instruction(bees, "Dolphin.")
+    assert not follows_instruction(bees, "1111111111")
+    # json_keys is judged on form only: no topic stems attached
+    assert all("topic" not in x["check"] for x in items if x["check"]["kind"] == "json_keys")
+
+
+@pytest.mark.parametrize("constant", ["#### 12", "12 + 7 = 19\n#### 19", "42", "1111111111", "- - -\n- - -"])
+def test_task_shaped_constant_outputs_pass_at_most_5_percent_of_instruction_items(constant):
+    items = instruction_items(200, seed=11)
+    passed = sum(follows_instruction(x["check"], constant) for x in items)
+    assert passed <= 0.05 * len(items), (constant, passed)
+
+
+def test_generation_chance_level_is_the_score_of_constant_outputs():
+    from stages.config import BenchmarkSpec
+    from stages.evaluate import _chance
+
+    spec = BenchmarkSpec(name="instructions", source="instructions", domain="out", size=100)
+    assert _chance(spec, instruction_items(100, seed=2)) <= 0.05
+    math = BenchmarkSpec(name="m", source="file", path="x.jsonl", answer_type="math", domain="in")
+    items = [{"id": str(i), "question": "q", "answer": "12" if i < 3 else "7"} for i in range(10)]
+    assert _chance(math, items) == pytest.approx(0.3)  # "#### 12" is right on 3 of 10: the floor a constant reaches
