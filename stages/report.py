@@ -29,7 +29,16 @@ from scipy.stats import t as _t
 from stages import tracking
 from stages.config import SFT_METHODS, Config, ConfigError, safe_yaml
 from stages.io import atomic_write, atomic_write_json, atomic_write_text, is_done
-from stages.metrics import Estimate, NonFiniteScores, holm, paired_diff, seed_item_estimate, wilson_ci
+from stages.metrics import (
+    Estimate,
+    NonFiniteScores,
+    holm,
+    minimum_detectable_effect,
+    paired_diff,
+    seed_item_estimate,
+    seeds_needed,
+    wilson_ci,
+)
 from stages.stage_cli import stage_main
 
 log = logging.getLogger(__name__)
@@ -206,9 +215,9 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     primary = (cfg.report.primary.a, cfg.report.primary.b)
     if primary not in pairs:
         pairs.insert(0, primary)
-    # One seed: p-values come from the item bootstrap, whose smallest is 2 / (B + 1). Holm over m headline
-    # comparisons needs m times that below 1 - confidence, or no headline difference could ever be significant.
-    family = len(_HEADLINE) * len(pairs) + 1
+    # Interval ends far out in the tails: Holm over the claims' tests (at most 5) compares p-values with alpha / 5,
+    # and a percentile interval read at that level needs resamples beyond it.
+    family = 5
     cmp_boot = boot | {"n_boot": max(ev.bootstrap, math.ceil(4 * family / (1 - ev.confidence)))}
     labels = _seed_labels(cfg, runs)
     run_seeds = [f"seed {s}" for s in cfg.seed_list] + [f"seed run {Path(r).name}" for r in cfg.report.seed_runs]
@@ -276,6 +285,8 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     if gain_diff is not None:
         comparisons.append(gain_diff)
     _holm_verdicts(comparisons, cfg, 1 - ev.confidence)
+    seed_control = _seed_control(cfg, per_seed, labels, boot, comparisons)
+    _seed_spread_notes(comparisons, seed_control)
     bench_file = runs[0] / "eval" / "benchmarks.json"
     benchmarks = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
     data = {
@@ -287,16 +298,46 @@ def aggregate(cfg: Config) -> dict[str, Any]:
         "rl": {k: v for r, s in zip(runs, labels, strict=True) for k, v in _rl_curves(r, s).items()},
         "rl_start": _rl_start(per_seed, models, boot),
         "comparisons": comparisons,
-        "seed_control": _seed_control(cfg, per_seed, labels, boot),
+        "seed_control": seed_control,
         "primary": {"a": cfg.report.primary.a, "b": cfg.report.primary.b, "metric": cfg.report.primary.metric},
         "benchmarks": benchmarks,
         "rotation_dir": str(runs[0]),
     }
+    data["seed_labels"] = labels if n_seeds > 1 else []
+    data["per_seed_values"] = _per_seed_values(cfg, per_seed, comparisons) if n_seeds > 1 else {}
     data["rl_reading"] = rl_reading(comparisons, pair, gain_diff)
-    data["claims"] = claims(data, pair, margin=cfg.report.matched_tolerance)
+    data["claims"] = claims(data, pair, margin=cfg.report.matched_tolerance, alpha=1 - ev.confidence)
     data["frontier_points"], data["frontier"] = pareto_front(models)
     data["matched"] = _matched(cfg, runs[0], per_seed, models, boot)
     return data
+
+
+def _per_seed_values(cfg: Config, per_seed, comparisons: list[dict[str, Any]]) -> dict[str, dict[str, list]]:
+    """``{arm: {metric: [value per seed run]}}`` for the arms the claims compare, on the claims' metrics and every
+    benchmark's accuracy (and Avg@k): what the pooled rows average, shown so that a reader sees the spread."""
+    rp, sf = claim_pair(cfg)
+    gate = gate_metric(comparisons, (rp, sf))
+    out: dict[str, dict[str, list]] = {}
+    for model in (sf, rp):
+        have = [r.get(model) for r in per_seed]
+        first = next((h for h in have if h), None)
+        if first is None:
+            continue
+        keys = ["id/mean_accuracy", gate, "ood/mean_accuracy", "forgetting/kl_to_base"]
+        keys += [
+            k
+            for k, m in first["metrics"].items()
+            if m.get("domain") in ("in", "out")
+            and not k.startswith(("id/", "ood/", "forgetting/"))
+            and (k.endswith("/accuracy") or "/avg@" in k)
+        ]
+        rows = {}
+        for k in dict.fromkeys(keys):
+            vals = [None if h is None or k not in h["metrics"] else h["metrics"][k].get("value") for h in have]
+            if any(v is not None for v in vals):
+                rows[k] = vals
+        out[model] = rows
+    return out
 
 
 def _rl_start(per_seed, models: list[dict[str, Any]], boot: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -422,6 +463,7 @@ def _comparison(a, b, metric, sides, n: int, seeds: int, boot: dict[str, Any]) -
     """a - b on ``metric``, paired by item within each seed (``sides``: a's and b's scores, per seed [per stratum]).
     Scores that are NaN or infinite give no difference: the comparison is marked not evaluated."""
     row = {"a": a, "b": b, "metric": metric, "n": n, "seeds": seeds, "level": level_of(seeds)}
+    row["per_seed"] = [x - y for x, y in zip(_seed_means(sides[0]), _seed_means(sides[1]), strict=True)]
     try:
         fixed = row["level"] == "checkpoint"  # about these checkpoints: the items are what is drawn
         est: Estimate = paired_diff(sides[0], sides[1], **boot, bounds=_diff_bounds(sides), seeds_fixed=fixed)
@@ -434,24 +476,46 @@ def _comparison(a, b, metric, sides, n: int, seeds: int, boot: dict[str, Any]) -
         "ci_high": est.high,
         "p_value": est.p_value,
         "interval": est.method,
+        "se": est.se,
+        "df": est.df,
     }
 
 
-def _family(cfg: Config, c: dict[str, Any]) -> bool:
-    """The headline family: the primary comparison and the headline metrics of the configured pairs."""
+def _seed_means(side) -> list[float]:
+    """Each seed's value of one side of a comparison: the unweighted mean over its strata of the item means."""
+    out = []
+    for s in side:
+        strata = s if len(s) and np.ndim(s[0]) == 1 else [s]
+        out.append(float(np.mean([np.mean(np.asarray(g, dtype=float)) for g in strata])))
+    return out
+
+
+def claim_tests(cfg: Config, comparisons: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """The family Holm's correction runs over: the claims' own tests and nothing else. (a) RPSFT - SFT out of domain,
+    (b) RPSFT - SFT KL to the base, (c) RL-from-RPSFT - RL-from-SFT and the difference of RL gains on claim (c)'s
+    metric; and the configured primary comparison. Every other comparison is descriptive (unadjusted, labelled so):
+    a family of every pair and headline metric held 18 tests, and at 2-3 seeds none could pass it."""
+    rp, sf = claim_pair(cfg)
+    m = gate_metric(comparisons, (rp, sf))
     p = cfg.report.primary
-    if (c["a"], c["b"], c["metric"]) == (p.a, p.b, p.metric):
-        return True
-    return c["metric"] in _HEADLINE and (c["a"], c["b"]) in {tuple(x) for x in cfg.report.compare}
+    return {
+        (rp, sf, "ood/mean_accuracy"),
+        (rp, sf, "forgetting/kl_to_base"),
+        (f"rl-{rp}", f"rl-{sf}", m),
+        (f"rl-{rp} - {rp}", f"rl-{sf} - {sf}", m),
+        (p.a, p.b, p.metric),
+    }
 
 
 def _holm_verdicts(comparisons: list[dict[str, Any]], cfg: Config, alpha: float) -> None:
-    """Verdicts in place. In the headline family, significance is Holm-adjusted p < alpha; elsewhere the unadjusted
-    interval excluding 0 (marked as such). "Not distinguishable" claims no equivalence: it gives the interval."""
-    fam = [c for c in comparisons if _family(cfg, c) and "not_evaluated" not in c]
+    """Verdicts in place. In the claims' family (:func:`claim_tests`), significance is Holm-adjusted p < alpha;
+    elsewhere the unadjusted interval excluding 0, marked descriptive. "Not distinguishable" claims no equivalence:
+    it gives the interval."""
+    tests = claim_tests(cfg, comparisons)
+    fam = [c for c in comparisons if (c["a"], c["b"], c["metric"]) in tests and "not_evaluated" not in c]
     for c, adj in zip(fam, holm([c["p_value"] for c in fam]), strict=True):
         c["p_holm"] = adj
-        c["family"] = "headline"
+        c["family"] = "claims"
     for c in comparisons:
         if "not_evaluated" in c:
             c["significant"] = False
@@ -476,50 +540,115 @@ def _holm_verdicts(comparisons: list[dict[str, Any]], cfg: Config, alpha: float)
         else:
             verdict = f"not distinguishable at this size: {span}"
         if not in_family:
-            verdict += " (unadjusted)"
+            verdict += " (descriptive, unadjusted)"
         if c["level"] == "checkpoint":
             verdict += f" (about these checkpoints: {c['seeds']} seed{'s' if c['seeds'] > 1 else ''}, not the method)"
         c["verdict"] = verdict
 
 
-def _seed_control(cfg: Config, per_seed, labels: list[str], boot: dict[str, Any]) -> list[dict[str, Any]]:
-    """The negative control of a multi-seed run: the same model in two seed runs, on the primary metric, paired by
-    item. A method difference is read against this run-to-run spread."""
+def _seed_pair_diff(pair, model: str, metric: str, boot: dict[str, Any]) -> dict[str, Any] | None:
+    """One model in two seed runs on ``metric`` (a summary: its benchmarks as strata), paired by item id."""
+    if (parts := summary_parts(metric)) is not None:
+        keys = _strata(pair, model, *parts)
+    elif all(model in r and metric in r[model]["scores"] for r in pair):
+        keys = [metric]
+    else:
+        keys = []
+    a_side, b_side = [], []
+    for k in keys:  # paired by item id across the two runs, per benchmark
+        sa, sb = (r[model]["scores"][k] for r in pair)
+        by_id = dict(zip(sb["ids"], sb["scores"], strict=True))
+        common = [(x, by_id[i]) for i, x in zip(sa["ids"], sa["scores"], strict=True) if i in by_id]
+        if not common:
+            return None
+        a_side.append([x for x, _ in common])
+        b_side.append([y for _, y in common])
+    if not keys:
+        return None
+    try:
+        est = paired_diff([a_side], [b_side], **boot)
+    except NonFiniteScores:
+        return None
+    return {"diff": est.value, "ci_low": est.low, "ci_high": est.high, "p_value": est.p_value}
+
+
+def _seed_control(
+    cfg: Config, per_seed, labels: list[str], boot: dict[str, Any], comparisons: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The run-to-run spread of a multi-seed run: the same model in two seed runs, paired by item, on every metric a
+    claim reads and on every benchmark, for the two arms the claims compare. A verdict is read against it: on a
+    mean over benchmarks, seed effects of opposite sign cancel (a seed that forgets chat facts and one that forgets
+    instructions have about the same mean), so each benchmark is shown and a mean whose parts differ is flagged."""
     if len(per_seed) < 2:
         return []
+    rp, sf = claim_pair(cfg)
     p = cfg.report.primary
+    claim_metrics = ["ood/mean_accuracy", "id/mean_accuracy", gate_metric(comparisons, (rp, sf))]
+    claim_metrics = list(dict.fromkeys([*claim_metrics, "forgetting/kl_to_base", p.metric]))
     out = []
-    for model in dict.fromkeys((p.b, p.a)):
+    for model in dict.fromkeys((sf, rp, p.b, p.a)):
+        if model == "base":  # evaluated once for all seeds: no run-to-run spread
+            continue
         for i in range(len(per_seed)):
             for j in range(i + 1, len(per_seed)):
                 pair = [per_seed[i], per_seed[j]]
-                if (parts := summary_parts(p.metric)) is not None:
-                    keys = _strata(pair, model, *parts)
-                elif all(model in r and p.metric in r[model]["scores"] for r in pair):
-                    keys = [p.metric]
-                else:
-                    keys = []
-                a_side, b_side = [], []
-                for k in keys:  # paired by item id across the two runs, per benchmark
-                    sa, sb = (r[model]["scores"][k] for r in pair)
-                    by_id = dict(zip(sb["ids"], sb["scores"], strict=True))
-                    common = [(x, by_id[i]) for i, x in zip(sa["ids"], sa["scores"], strict=True) if i in by_id]
-                    if not common:
-                        break
-                    a_side.append([x for x, _ in common])
-                    b_side.append([y for _, y in common])
-                else:
-                    if not keys:
-                        continue
-                    try:
-                        d, lo, hi, _, _ = paired_diff([a_side], [b_side], **boot)
-                    except NonFiniteScores:
-                        continue
-                    out.append(
-                        {"model": model, "metric": p.metric, "runs": [labels[i], labels[j]], "diff": d, "ci_low": lo}
-                        | {"ci_high": hi}
-                    )
+                if any(model not in r for r in pair):
+                    continue
+                info = pair[0][model]["metrics"]
+                benches = [
+                    k
+                    for k in pair[0][model]["scores"]
+                    if (k.endswith("/accuracy") or "/avg@" in k)
+                    and not k.startswith(("id/", "ood/", "forgetting/"))
+                    and info.get(k, {}).get("domain") in ("in", "out")
+                ]
+                for metric, kind in [*((m, "claim") for m in claim_metrics), *((k, "benchmark") for k in benches)]:
+                    d = _seed_pair_diff(pair, model, metric, boot)
+                    if d is not None:
+                        row = {"model": model, "metric": metric, "kind": kind, "runs": [labels[i], labels[j]], **d}
+                        row["differs"] = bool(d["ci_low"] > 0 or d["ci_high"] < 0)
+                        out.append(row)
+    for row in out:  # a mean over benchmarks that hides parts that differ (seed effects cancelling)
+        parts = summary_parts(row["metric"])
+        if parts is None or row["differs"]:
+            continue
+        domain, suffix = parts
+        hidden = [
+            r["metric"]
+            for r in out
+            if r["kind"] == "benchmark"
+            and r["model"] == row["model"]
+            and r["runs"] == row["runs"]
+            and r["differs"]
+            and r["metric"].endswith(f"/{suffix}")
+            and per_seed[0][row["model"]]["metrics"].get(r["metric"], {}).get("domain") == domain
+        ]
+        if hidden:
+            row["hides"] = hidden
     return out
+
+
+def _seed_spread_notes(comparisons: list[dict[str, Any]], seed_control: list[dict[str, Any]]) -> None:
+    """Mark, in place, each checkpoint-level comparison whose effect is not larger than the seed spread of either
+    model on the same metric (the largest difference between two seed runs of one model): at 2 seeds such an effect
+    may be which seed was drawn, not which method."""
+    spread: dict[tuple[str, str], float] = {}
+    for r in seed_control:
+        key = (r["model"], r["metric"])
+        spread[key] = max(spread.get(key, 0.0), abs(r["diff"]))
+    for c in comparisons:
+        if "not_evaluated" in c or c["seeds"] < 2:
+            continue
+        known = [spread[k] for k in ((c["a"], c["metric"]), (c["b"], c["metric"])) if k in spread]
+        if not known:
+            continue
+        c["seed_spread"] = max(known)
+        if abs(c["diff"]) <= c["seed_spread"]:
+            c["within_seed_spread"] = True
+            c["verdict"] += (
+                f"; not larger than the seed spread (one model's two seeds differ by up to "
+                f"{_scaled(c['metric'], c['seed_spread'])})"
+            )
 
 
 def claim_pair(cfg: Config) -> tuple[str, str]:
@@ -530,16 +659,48 @@ def claim_pair(cfg: Config) -> tuple[str, str]:
     return (a, b) if method.get(a) == "rpsft" and method.get(b) == "sft" else ("rpsft", "sft")
 
 
+def power_of(c: dict[str, Any] | None, alpha: float, family_size: int, power: float = 0.8) -> dict[str, Any] | None:
+    """What a comparison could have detected: the minimum detectable effect (``power`` at Holm's strictest level,
+    alpha / family size, with the comparison's own standard error and degrees of freedom) and, from the spread of its
+    per-seed differences, how many training seeds a method-level test of the observed effect would need."""
+    if c is None or "not_evaluated" in c or not math.isfinite(c.get("se", math.nan)):
+        return None
+    level = alpha / max(1, family_size)
+    need = seeds_needed(c.get("per_seed", []), c["diff"], level, power)
+    return {
+        "mde": minimum_detectable_effect(c["se"], c.get("df", math.inf), level, power),
+        "alpha": level,
+        "power": power,
+        "seeds": c["seeds"],
+        "n": c["n"],
+        "seeds_needed": need,
+        "seeds_needed_why": (
+            "one seed: no seed spread to size from"
+            if len(c.get("per_seed", [])) < 2
+            else "more than 1000"
+            if need is None
+            else f"from the spread of {len(c['per_seed'])} seeds' differences"
+        ),
+    }
+
+
+def _cka(data: dict[str, Any], name: str) -> dict[str, Any] | None:
+    m = next((m for m in data.get("models", []) if m["name"] == name), None)
+    return None if m is None else m["metrics"].get("forgetting/cka_mean")
+
+
 def claims(
-    data: dict[str, Any], pair: tuple[str, str] = ("rpsft", "sft"), margin: float = 0.02
+    data: dict[str, Any], pair: tuple[str, str] = ("rpsft", "sft"), margin: float = 0.02, alpha: float = 0.05
 ) -> list[dict[str, Any]]:
-    """The paper's three claims, each supported / contradicted / inconclusive from this run's comparisons of the
-    RPSFT and SFT arms in ``pair``: (a) a better in-domain / out-of-domain trade-off than SFT; (b) representations
-    closer to the base; (c) RL from RPSFT ends better than RL from SFT. ``level`` says whether that is about methods
-    (>= 3 seeds)."""
+    """The paper's three claims, each supported / contradicted / inconclusive (or "too imprecise", "not tested") from
+    this run's comparisons of the RPSFT and SFT arms in ``pair``: (a) a better in-domain / out-of-domain trade-off
+    than SFT; (b) closer to the base: outputs (KL, the test), hidden states (CKA) beside it; (c) RL from RPSFT ends
+    better than RL from SFT. ``level`` says whether that is about methods (>= 3 seeds); each claim states the
+    minimum detectable effect of its test and a note when its effect is within the seed spread."""
     rp, sf = pair
     comps = {(c["a"], c["b"], c["metric"]): c for c in data["comparisons"]}
     level = level_of(data["n_seeds"])
+    family_size = sum(1 for c in data["comparisons"] if "p_holm" in c) or 1
 
     def sign(a: str, b: str, metric: str) -> tuple[dict[str, Any] | None, int]:
         c = comps.get((a, b, metric))
@@ -550,7 +711,22 @@ def claims(
     def claim(name: str, verdict: str, why: str, evidence: list) -> dict[str, Any]:
         ev = [e for e in evidence if e]
         lvl = level_of(min(e["seeds"] for e in ev)) if ev else level  # RL may rest on fewer seeds (rl.seeds)
-        return {"claim": name, "verdict": verdict, "level": lvl, "why": why, "evidence": ev}
+        test = ev[0] if ev else None
+        if test is not None and test.get("within_seed_spread") and verdict in ("supported", "contradicted"):
+            why += (
+                f"; but the effect is not larger than one model's seed-to-seed difference on {test['metric']} "
+                f"({_scaled(test['metric'], test['seed_spread'])}): at {test['seeds']} seeds it may be the seeds drawn"
+            )
+        elif test is not None and test["seeds"] == 1:
+            why += "; one training seed, so the run-to-run spread of this effect is unknown"
+        return {
+            "claim": name,
+            "verdict": verdict,
+            "level": lvl,
+            "why": why,
+            "evidence": ev,
+            "power": power_of(test, alpha, family_size),
+        }
 
     def absent(a: str, b: str, metric: str, otherwise: str) -> str:
         """Why a comparison gives no evidence: not made, or made on NaN / infinite scores."""
@@ -566,19 +742,35 @@ def claims(
     # "in-domain no worse" must be shown, not merely not refuted: the in-domain interval's lower end within
     # ``margin`` (report.matched_tolerance) of 0, else "forgets less" may just be "learns less"
     id_ok = idm is not None and "not_evaluated" not in idm and idm["ci_low"] >= -margin
+    reason = (
+        f"the margin, {100 * margin:g} points (report.matched_tolerance), is the in-domain loss accepted for an "
+        "out-of-domain gain"
+    )
     if ood is None:
         why = absent(rp, sf, "ood/mean_accuracy", f"{rp} and {sf} were not both evaluated out of domain")
         out = [claim("tradeoff", "inconclusive", why, [idm])]
     elif s_ood == 1 and s_id != -1 and id_ok:
         why = f"RPSFT keeps more out-of-domain accuracy; in-domain no worse (interval above -{100 * margin:g} points)"
-        out = [claim("tradeoff", "supported", why, [ood, idm])]
+        out = [claim("tradeoff", "supported", why + f"; {reason}", [ood, idm])]
+    elif s_ood == 1 and s_id != -1 and idm is not None and "not_evaluated" not in idm:
+        half = (idm["ci_high"] - idm["ci_low"]) / 2
+        if half > margin:  # no outcome of a run this size could show "no worse": say so rather than "inconclusive"
+            n = idm.get("n")
+            need = f"about {math.ceil(n * (half / margin) ** 2)} in-domain items (or more seeds)" if n else "more items"
+            why = (
+                f"RPSFT keeps more out-of-domain accuracy, but the in-domain interval (half-width "
+                f"{100 * half:.1f} points{f' over {n} items' if n else ''}) is wider than the margin, so no run this "
+                f"size can show in-domain no worse; {need} would; {reason}"
+            )
+            out = [claim("tradeoff", "too imprecise", why, [ood, idm])]
+        else:
+            why = (
+                "RPSFT keeps more out-of-domain accuracy, but in-domain it may learn less: the in-domain "
+                f"difference's interval reaches {100 * idm['ci_low']:+.2f} points, past the margin; {reason}"
+            )
+            out = [claim("tradeoff", "inconclusive", why, [ood, idm])]
     elif s_ood == 1 and s_id != -1:
-        why = "RPSFT keeps more out-of-domain accuracy, but in-domain it may learn less: " + (
-            f"the in-domain difference's interval reaches {100 * idm['ci_low']:+.2f} points, past the "
-            f"-{100 * margin:g}-point margin (report.matched_tolerance)"
-            if idm is not None and "not_evaluated" not in idm
-            else "in-domain accuracy was not compared"
-        )
+        why = "RPSFT keeps more out-of-domain accuracy, but in-domain accuracy was not compared"
         out = [claim("tradeoff", "inconclusive", why, [ood, idm])]
     elif s_ood == -1 or (s_id == -1 and s_ood != 1):
         why = "RPSFT is worse out of domain, or loses in-domain accuracy without an out-of-domain gain"
@@ -594,6 +786,18 @@ def claims(
     }
     no_kl = absent(rp, sf, "forgetting/kl_to_base", f"no paired KL-to-base measurement of {rp} and {sf}")
     verdict, why = table[s_kl] if kl else ("inconclusive", no_kl)
+    c_rp, c_sf = _cka(data, rp), _cka(data, sf)
+    if kl and c_rp and c_sf and "ci_low" in c_rp and "ci_low" in c_sf:
+        cka = (
+            f"linear CKA of hidden states with the base: {rp} {c_rp['value']:.3f} [{c_rp['ci_low']:.3f}, "
+            f"{c_rp['ci_high']:.3f}], {sf} {c_sf['value']:.3f} [{c_sf['ci_low']:.3f}, {c_sf['ci_high']:.3f}]"
+        )
+        further = c_rp["ci_high"] < c_sf["ci_low"]  # RPSFT's hidden states measurably less like the base's
+        closer = c_rp["ci_low"] > c_sf["ci_high"]
+        if (s_kl == -1 and further) or (s_kl == 1 and closer):
+            verdict, why = "inconclusive", f"{why}, but the hidden states say the opposite ({cka})"
+        else:
+            why = f"{why}; {cka} (intervals per model, not paired: they corroborate, they do not decide)"
     out.append(claim("representation", verdict, why, [kl]))
     reading = data.get("rl_reading") or rl_reading(data["comparisons"], pair)
     out.append(claim("rl_init", *_rl_claim(reading, rp, sf)))
@@ -664,7 +868,11 @@ def _rl_claim(r: dict[str, Any], rp: str, sf: str) -> tuple[str, str, list]:
     only = [arm for arm, g in gains.items() if not moved(g)]
     note = f" (RL did not move the model from {only[0]}: gain {_pts(gains[only[0]])})" if only else ""
     s_post = (1 if post["diff"] > 0 else -1) if post.get("significant") else 0
-    s_gd = 0 if gd is None or "not_evaluated" in gd else (1 if gd["ci_low"] > 0 else -1 if gd["ci_high"] < 0 else 0)
+    # the difference of gains is one of the claims' tests: its sign counts when it passed Holm's correction
+    significant = (
+        gd is not None and "not_evaluated" not in gd and gd.get("significant", gd["ci_low"] > 0 or gd["ci_high"] < 0)
+    )
+    s_gd = (1 if gd["diff"] > 0 else -1) if significant else 0
     gd_txt = "not computed" if gd is None else _pts(gd)
     if s_post == 1 and s_gd == 1:
         return "supported", f"RL from RPSFT ends higher ({_pts(post)}) and gained more ({gd_txt}){note}", evidence
@@ -689,17 +897,21 @@ def _rl_claim(r: dict[str, Any], rp: str, sf: str) -> tuple[str, str, list]:
     return "inconclusive", why, evidence
 
 
+MIN_TREND_STEPS = 36  # the shortest curve whose trend verdict holds its level at lag-1 autocorrelation 0.8
+
+
 def reward_trend(rows: list[dict[str, Any]], *, confidence: float = 0.95) -> dict[str, Any] | None:
     """Did the reward curve rise? Mean reward of the last third of the steps minus the first third, with an interval
     that allows for autocorrelation: an RL reward curve is no sequence of independent draws (a flat curve with lag-1
     correlation 0.8 over 30 steps read as "rose or fell" in 56% of cases when steps were resampled as independent).
     Each third's mean gets ``k (1 - rho) / (1 + rho)`` effective steps, rho the lag-1 autocorrelation within the
-    thirds, corrected for its small-sample bias and raised by 1/sqrt(n) to err wide (simulated, flat curves of 30
-    steps: 3% / 4% / 4% false trends at rho 0, 0.5, 0.8; 9 steps: 3% / 10% / 20%), then Student's t. None with
-    fewer than 9 steps."""
+    thirds, corrected for its small-sample bias and raised by 1/sqrt(n) to err wide, then Student's t. On short
+    curves rho cannot be estimated well enough: simulated flat AR(1) curves at rho 0.8 read as a trend 17% of the
+    time at 9 steps, 8.5% at 18, 5.2% at 30, 4.2% at 36 and 2.6% at 45 (tests/unit/test_seed_statistics.py checks
+    36). None below :data:`MIN_TREND_STEPS` steps: no trend verdict at all."""
     r = [row["reward"] for row in rows if isinstance(row.get("reward"), int | float)]
     r = np.asarray([x for x in r if math.isfinite(x)], dtype=float)
-    if r.size < 9:  # at least 3 steps per third
+    if r.size < MIN_TREND_STEPS:
         return None
     k = r.size // 3
     thirds = [r[:k], r[k : 2 * k], r[-k:]]
@@ -731,8 +943,9 @@ def reward_lines(curves: dict[str, list[dict[str, Any]]], confidence: float = 0.
         t = reward_trend(rows, confidence=confidence)
         if t is None:
             out.append(
-                f"{arm}: {len(rows)} steps, too few to read a trend in the reward (9 or more: 3 per third), so this "
-                "report makes no claim that the reward rose."
+                f"{arm}: {len(rows)} steps, too few to read a trend in the reward ({MIN_TREND_STEPS} or more: an RL "
+                "reward curve is autocorrelated, and a shorter flat one reads as a trend more than 5% of the time), "
+                "so this report makes no claim that the reward rose."
             )
             continue
         rose = (
@@ -991,7 +1204,8 @@ def _sentences(data: dict[str, Any]) -> list[str]:
 def _claim_lines(data: dict[str, Any]) -> list[str]:
     names = {
         "tradeoff": "(a) RPSFT gives a better in-domain / out-of-domain trade-off than SFT",
-        "representation": "(b) RPSFT keeps representations closer to the pretrained model",
+        "representation": "(b) RPSFT keeps the model closer to the pretrained one (outputs: KL to the base, the "
+        "test; hidden states: CKA, beside it)",
         "rl_init": "(c) RL from RPSFT ends better than RL from SFT",
     }
     out = []
@@ -1002,32 +1216,73 @@ def _claim_lines(data: dict[str, Any]) -> list[str]:
         )
         about = "the method" if c["level"] == "method" else "these checkpoints only (fewer than 3 seeds)"
         why = c["why"][:1].upper() + c["why"][1:]
-        out.append(f"{names[c['claim']]}: **{c['verdict']}** about {about}. {why}. Evidence: {ev}.")
+        out.append(f"{names[c['claim']]}: **{c['verdict']}** about {about}. {why}. Evidence: {ev}.{_power_text(c)}")
     return out
+
+
+def _power_text(c: dict[str, Any]) -> str:
+    """What the claim's test could detect, and what the observed effect would need."""
+    pw, ev = c.get("power"), c.get("evidence") or []
+    if not pw or not ev or not math.isfinite(pw["mde"]):
+        return ""
+    metric = ev[0]["metric"]
+    seeds = f"{pw['seeds']} seed{'s' if pw['seeds'] > 1 else ''}"
+    text = (
+        f" Minimum detectable effect of {metric} at {seeds} and {pw['n']} items: {_scaled(metric, pw['mde'])} "
+        f"({100 * pw['power']:.0f}% power at alpha {pw['alpha']:.3g}, Holm's strictest level)"
+    )
+    if pw["seeds_needed"] is not None:
+        text += (
+            f"; the observed effect ({_scaled(metric, abs(ev[0]['diff']))}) would need {pw['seeds_needed']} seeds "
+            f"at the method level ({pw['seeds_needed_why']})"
+        )
+    else:
+        text += f"; seeds the observed effect would need: not estimable ({pw['seeds_needed_why']})"
+    return text + "."
 
 
 def _seed_control_lines(data: dict[str, Any]) -> list[str]:
+    """The seed control in words: which metrics a model's two seeds differ on, and means that hide differing parts."""
     out = []
-    for c in data["seed_control"]:
-        out.append(f"{c['model']}, {c['runs'][0]} vs {c['runs'][1]}, {c['metric']}: {_fmt_diff(c)}")
-    spread = max(abs(c["diff"]) for c in data["seed_control"])
-    want = data.get("primary") or {}
-    prim = next(
-        (
-            c
-            for c in data["comparisons"]
-            if (c["a"], c["b"], c["metric"]) == (want.get("a"), want.get("b"), data["seed_control"][0]["metric"])
-        ),
-        None,
-    )
-    if prim is not None and "not_evaluated" not in prim:
-        bigger = abs(prim["diff"]) > spread
+    rows = data["seed_control"]
+    for r in rows:
+        if r["kind"] != "claim" and not r["differs"]:
+            continue
+        line = f"{r['model']}, {r['runs'][0]} vs {r['runs'][1]}, {r['metric']}: {_fmt_diff(r)}"
+        line += " (the seeds differ)" if r["differs"] else ""
+        if r.get("hides"):
+            line += (
+                f": not distinguishable on the mean, but the seeds differ on {', '.join(r['hides'])}; their effects "
+                "cancel in the mean, so 'both seeds forget alike' does not follow"
+            )
+        out.append(line)
+    for model in dict.fromkeys(r["model"] for r in rows):
+        quiet = [r["metric"] for r in rows if r["model"] == model and r["kind"] == "benchmark" and not r["differs"]]
+        if quiet:
+            out.append(f"{model}: its seeds do not differ measurably on {', '.join(dict.fromkeys(quiet))}.")
+    within = [c for c in data["comparisons"] if c.get("within_seed_spread") and c.get("family") == "claims"]
+    for c in within:
         out.append(
-            f"{prim['a']} - {prim['b']} on {prim['metric']} is {_fmt_diff(prim)}: "
-            + ("larger" if bigger else "not larger")
-            + f" than the largest seed-to-seed difference of one model ({_scaled(prim['metric'], spread)})."
+            f"{c['a']} - {c['b']} on {c['metric']} ({_fmt_diff(c)}) is not larger than one model's seed-to-seed "
+            f"difference ({_scaled(c['metric'], c['seed_spread'])}): at this number of seeds the effect may be "
+            "which seeds were drawn."
         )
     return out
+
+
+def _per_seed_table(data: dict[str, Any]) -> tuple | None:
+    """Each claim arm's value per seed run, side by side, on the metrics the claims read and every benchmark."""
+    per = data.get("per_seed_values") or {}
+    labels = data.get("seed_labels") or []
+    if len(labels) < 2 or not per:
+        return None
+    rows = []
+    for model, metrics in per.items():
+        for metric, vals in metrics.items():
+            pct = _is_pct(metric)
+            cells = ["-" if v is None else (f"{100 * v:.1f}" if pct else f"{v:.4f}") for v in vals]
+            rows.append([model, metric, *cells])
+    return ("table", ["model", "metric", *labels], rows)
 
 
 def _scaled(metric: str, x: float) -> str:
@@ -1077,6 +1332,10 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
     if data["seed_control"]:
         blocks.append(("h2", "Seed control (the same model, two training seeds)"))
         blocks.append(("ul", _seed_control_lines(data)))
+        table = _per_seed_table(data)
+        if table is not None:
+            blocks.append(("p", "Per-seed values of the arms the claims compare (percent; KL in nats per token):"))
+            blocks.append(table)
     if data.get("matched"):
         blocks.append(("h2", "At matched in-domain accuracy (each arm vs the nearest plain-SFT arm)"))
         rows = []
@@ -1310,7 +1569,7 @@ def _track_headline(cfg: Config, comparisons: list[dict[str, Any]]) -> None:
         return
     try:
         for c in comparisons:
-            if c.get("family") != "headline":
+            if c.get("family") != "claims":
                 continue
             tag = f"report/{c['a']}-minus-{c['b']}/{c['metric']}"
             for key, suffix in (("diff", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high")):

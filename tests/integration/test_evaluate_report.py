@@ -169,7 +169,7 @@ def test_report_files_hold_every_model_and_plot(finished_run):
     for c in data["comparisons"]:
         assert c["ci_low"] <= c["diff"] <= c["ci_high"]
         assert c["level"] == "checkpoint" and "about these checkpoints" in c["verdict"]  # one training seed
-        if c.get("family") == "headline":  # Holm within the headline family
+        if c.get("family") == "claims":  # Holm within the claims' own tests
             assert c["significant"] == (c["p_holm"] < 0.05) and c["p_holm"] >= c["p_value"]
         else:
             assert c["significant"] == (c["ci_low"] > 0 or c["ci_high"] < 0) and "(unadjusted)" in c["verdict"]
@@ -177,8 +177,14 @@ def test_report_files_hold_every_model_and_plot(finished_run):
             assert c["verdict"].startswith(("not distinguishable at this size: [", "not significant after Holm's"))
     assert [c["claim"] for c in data["claims"]] == ["tradeoff", "representation", "rl_init"]
     assert all(
-        c["level"] == "checkpoint" and c["verdict"] in ("supported", "contradicted", "inconclusive", "not tested")
+        c["level"] == "checkpoint"
+        and c["verdict"] in ("supported", "contradicted", "inconclusive", "too imprecise", "not tested")
         for c in data["claims"]
+    )
+    # every claim whose test ran states what it could have detected
+    assert all(c["power"] is None or c["power"]["mde"] > 0 for c in data["claims"])
+    assert (
+        any(c["power"] for c in data["claims"]) and "Minimum detectable effect" in (run_dir / "report.md").read_text()
     )
     # claim (c) is gated on RL having moved a model: 3 GRPO steps on the tiny model move nothing measurable, and
     # then the claim is "not tested", never a reading of the SFT checkpoints' own gap

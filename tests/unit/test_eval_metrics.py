@@ -178,15 +178,15 @@ def test_an_rl_run_moved_only_beyond_its_interval():
 def test_the_report_reads_whether_each_reward_curve_rose():
     from stages.report import reward_lines, reward_trend
 
-    flat = [{"reward": 0.5 + 0.01 * (i % 2)} for i in range(9)]
-    rising = [{"reward": 0.1 * i} for i in range(9)]
-    assert reward_trend(flat[:8]) is None  # 2 steps per third: no interval worth the name
+    flat = [{"reward": 0.5 + 0.01 * (i % 2)} for i in range(36)]
+    rising = [{"reward": 0.1 * i} for i in range(36)]
+    assert reward_trend(flat[:35]) is None  # too short for a trend verdict at the autocorrelation RL curves have
     t = reward_trend(rising)
-    assert t["steps"] == 3 and t["first"] == pytest.approx(0.1) and t["last"] == pytest.approx(0.7)
+    assert t["steps"] == 12 and t["first"] == pytest.approx(0.55) and t["last"] == pytest.approx(2.95)
     assert t["ci_low"] > 0
-    lines = reward_lines({"rl-sft": flat, "rl-rpsft": rising, "rl-l2": flat[:4]})
+    lines = reward_lines({"rl-sft": flat, "rl-rpsft": rising, "rl-l2": flat[:9]})
     assert "did not rise beyond its interval" in lines[0]
-    assert "rose beyond its interval" in lines[1] and "+0.600" in lines[1]
+    assert "rose beyond its interval" in lines[1] and "+2.400" in lines[1]
     assert "too few to read a trend" in lines[2]
 
 

@@ -5,6 +5,8 @@ a NaN KL read as claim (b) supported, an in-domain loss of up to 12 points read 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -87,7 +89,9 @@ def test_a_holm_decided_verdict_names_the_correction_beside_an_interval_that_exc
         base | {"metric": "forgetting/kl_to_base", "diff": 0.0, "ci_low": -0.1, "ci_high": 0.1, "p_value": 0.8},
     ]
     _holm_verdicts(comps, cfg, 0.05)
-    assert comps[0]["p_holm"] == pytest.approx(0.093)
+    # the family is the claims' own tests (here out-of-domain and KL), not every headline metric
+    assert comps[0]["p_holm"] == pytest.approx(0.062) and comps[0]["family"] == "claims"
+    assert "p_holm" not in comps[1] and comps[1]["verdict"].endswith("(descriptive, unadjusted)")
     assert not comps[0]["significant"] and "not significant after Holm's correction" in comps[0]["verdict"]
     assert "excludes 0" in comps[0]["verdict"]
     assert comps[1]["verdict"].startswith("not distinguishable at this size")
@@ -99,25 +103,35 @@ def test_the_trade_off_claim_needs_in_domain_no_worse_shown_not_merely_not_refut
     idm = comp | {"metric": "id/mean_accuracy", "diff": -0.05, "ci_low": -0.12, "ci_high": 0.003}
     idm["significant"] = False
     out = {c["claim"]: c for c in claims({"n_seeds": 3, "comparisons": [ood, idm]}, margin=0.02)}
-    assert out["tradeoff"]["verdict"] == "inconclusive" and "-12.00 points" in out["tradeoff"]["why"]
+    # the in-domain interval is 12.3 points wide, the margin 2: no run this size could show "no worse"
+    assert out["tradeoff"]["verdict"] == "too imprecise" and "wider than the margin" in out["tradeoff"]["why"]
+    near = idm | {"ci_low": -0.03, "ci_high": 0.003, "n": 200}  # half-width 1.65 < 2, but it reaches -3 points
+    out = {c["claim"]: c for c in claims({"n_seeds": 3, "comparisons": [ood, near]}, margin=0.02)}
+    assert out["tradeoff"]["verdict"] == "inconclusive" and "-3.00 points" in out["tradeoff"]["why"]
+    wide = idm | {"n": 200}
+    out = {c["claim"]: c for c in claims({"n_seeds": 3, "comparisons": [ood, wide]}, margin=0.02)}
+    assert "about 1892 in-domain items" in out["tradeoff"]["why"]  # 200 x (6.15 / 2)^2, rounded up
     close = idm | {"diff": 0.0, "ci_low": -0.015, "ci_high": 0.015}
     out = {c["claim"]: c for c in claims({"n_seeds": 3, "comparisons": [ood, close]}, margin=0.02)}
     assert out["tradeoff"]["verdict"] == "supported"
 
 
 def test_a_flat_autocorrelated_reward_curve_is_rarely_read_as_a_trend():
-    """Lag-1 correlation 0.8, 30 steps, no trend: "rose or fell" in 56% of curves when steps were resampled as
-    independent; the autocorrelation-aware interval keeps it near its level."""
+    """Lag-1 correlation 0.8, no trend: "rose or fell" in 56% of 30-step curves when steps were resampled as
+    independent; at the shortest length the report reads a trend on, the false-positive rate is at most 5%."""
+    from stages.report import MIN_TREND_STEPS
+
     rng = np.random.default_rng(0)
-    false = 0
-    for _ in range(400):
-        x = np.zeros(80)
-        for i in range(1, 80):
+    false, reps, n = 0, 2000, MIN_TREND_STEPS
+    for _ in range(reps):
+        x = np.zeros(n + 50)
+        for i in range(1, n + 50):
             x[i] = 0.8 * x[i - 1] + rng.normal()
         t = reward_trend([{"reward": float(v)} for v in x[50:]])
         false += t["ci_low"] > 0 or t["ci_high"] < 0
-    assert false / 400 < 0.15
-    rising = [{"reward": 0.05 * i + 0.01 * (i % 2)} for i in range(30)]
+    assert false / reps <= 0.05
+    assert reward_trend([{"reward": float(v)} for v in x[51:]]) is None  # one step shorter: no verdict
+    rising = [{"reward": 0.05 * i + 0.01 * (i % 2)} for i in range(n)]
     assert reward_trend(rising)["ci_low"] > 0
 
 
@@ -160,8 +174,8 @@ def test_items_are_aligned_by_id_across_seeds():
 
 
 def test_a_nan_reward_or_comparison_is_said_to_be_not_evaluated():
-    rows = [{"reward": 0.1 * i} for i in range(12)] + [{"reward": float("nan")}]
-    assert reward_trend(rows)["steps"] == 4
+    rows = [{"reward": 0.1 * i} for i in range(36)] + [{"reward": float("nan")}]
+    assert reward_trend(rows)["steps"] == 12
     c = {"a": "rpsft", "b": "sft", "metric": "forgetting/kl_to_base", "seeds": 3, "not_evaluated": "1 item score(s)"}
     rep = {x["claim"]: x for x in claims({"n_seeds": 3, "comparisons": [c]})}["representation"]
     assert rep["verdict"] == "inconclusive" and "was not evaluated: 1 item score(s)" in rep["why"]
@@ -174,9 +188,67 @@ def test_two_seeds_are_read_as_these_checkpoints_with_the_items_drawn():
     a, b = (rng.random(200) < 0.3).astype(float), (rng.random(200) < 0.4).astype(float)
     est = M.seed_item_estimate([[a], [b]], seeds_fixed=True, n_boot=4000)
     ref = M.bootstrap_ci((a + b) / 2, n_boot=4000, seed=0)
-    assert est.method == "item bootstrap, 2 checkpoints held fixed"
+    assert est.method.startswith("item bootstrap, 2 checkpoints held fixed")
     assert (est.value, est.low, est.high) == pytest.approx(ref, abs=1e-9)
     c = _comparison("sft", "base", "x/accuracy", ([a, b], [np.zeros(200), np.zeros(200)]), 200, 2, {"n_boot": 2000})
-    assert c["interval"] == "item bootstrap, 2 checkpoints held fixed" and c["level"] == "checkpoint"
+    assert c["interval"].startswith("item bootstrap, 2 checkpoints held fixed") and c["level"] == "checkpoint"
     c3 = _comparison("sft", "base", "x/accuracy", ([a, b, a], [np.zeros(200)] * 3), 200, 3, {"n_boot": 2000})
     assert c3["interval"].startswith("t over 3 seeds") and c3["level"] == "method"
+
+
+def test_one_seed_paired_binary_p_value_holds_its_level_where_the_bootstrap_did_not():
+    # paired 0/1 items, 5% discordant, no true difference: exact McNemar rejects at most 5% of the time
+    rng = np.random.default_rng(0)
+    n, reps, rejected, boot_rejected = 200, 1000, 0, 0
+    for r in range(reps):
+        a = (rng.random(n) < 0.4).astype(float)
+        b = a.copy()
+        flip = rng.random(n) < 0.05
+        b[flip] = 1 - b[flip]
+        est = M.paired_diff([a], [b], n_boot=500, seed=r)
+        rejected += est.p_value < 0.05
+        boot_rejected += M.bootstrap_p_value(M.hierarchical_bootstrap([[a - b]], n_boot=500, seed=r)[3]) < 0.05
+        assert "McNemar" in est.method
+    assert rejected / reps <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / reps)  # the exact test's level, up to simulation
+    assert boot_rejected > rejected  # the bootstrap p-value it replaces ran above nominal here
+
+
+def test_sign_flip_p_value_holds_its_level_on_several_benchmarks_and_finds_a_real_shift():
+    rng = np.random.default_rng(1)
+    reps, rejected = 300, 0
+    for r in range(reps):
+        groups = [(rng.normal(0, 1, 60), 0.5), (rng.integers(-1, 2, 40).astype(float), 0.5)]
+        p, test = M.paired_p_value(groups, n_perm=500, seed=r)
+        rejected += p < 0.05
+    assert test == "sign-flip permutation" and rejected / reps <= 0.07
+    shifted = rng.normal(0.3, 1, 200)
+    p, _ = M.paired_p_value([(shifted, 1.0)], n_perm=4000)
+    assert p == pytest.approx(M._st.ttest_1samp(shifted, 0).pvalue, abs=0.01) and p < 0.05
+
+
+@pytest.mark.parametrize("df", [math.inf, 4])
+def test_minimum_detectable_effect_has_the_power_it_claims(df):
+    # an effect equal to the MDE is detected about 80% of the time by the test it is computed for
+    rng = np.random.default_rng(2)
+    alpha, reps = 0.05, 20000
+    if math.isinf(df):
+        se = 0.03
+        mde = M.minimum_detectable_effect(se, df, alpha)
+        z = rng.normal(mde, se, reps) / se
+        power = float((np.abs(z) > M._st.norm.ppf(1 - alpha / 2)).mean())
+    else:  # a t-test over S = df + 1 seeds with per-seed spread sigma
+        s, sigma = df + 1, 0.05
+        mde = M.minimum_detectable_effect(sigma / math.sqrt(s), df, alpha)
+        x = rng.normal(mde, sigma, (reps, s))
+        t = x.mean(axis=1) / (x.std(axis=1, ddof=1) / math.sqrt(s))
+        power = float((np.abs(t) > M._st.t.ppf(1 - alpha / 2, df)).mean())
+    assert 0.75 <= power <= 0.85, power
+
+
+def test_seeds_needed_from_the_observed_seed_spread():
+    # per-seed differences with sd 0.02; an effect of 0.03 at alpha 0.05: the t-test over S seeds reaches 80% power
+    need = M.seeds_needed([0.01, 0.0382843], 0.03)  # two values with sd 0.02
+    assert need is not None and M.minimum_detectable_effect(0.02 / math.sqrt(need), need - 1) <= 0.03
+    assert M.minimum_detectable_effect(0.02 / math.sqrt(need - 1), need - 2) > 0.03
+    assert M.seeds_needed([0.01], 0.03) is None  # one seed: no spread to size from
+    assert M.seeds_needed([0.0, 0.5], 0.001, max_seeds=50) is None
