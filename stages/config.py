@@ -619,6 +619,12 @@ class EvalFieldMap(Strict):
         description="A list of options: scored by log-likelihood, or by generation with answer_type: choice "
         "(the options are then written into the prompt as A., B., ...).",
     )
+    labels: str | None = Field(
+        None,
+        description="The options' own labels, a list beside choices (ARC's choices.label: 'A'-'D', or '1'-'4' on "
+        "some items); the gold is matched against them first. Default: the 'label' list next to a '<x>.text' "
+        "choices path, when the row has one.",
+    )
 
 
 class BenchmarkSpec(Strict):

@@ -277,11 +277,68 @@ def inline_option_count(question: str) -> int:
     return n if n >= 2 else 0
 
 
-def _gold_index(a: Any, choices: list[str] | None, n: int, spec: BenchmarkSpec, where: str, label: str) -> int:
-    """The 0-based index of the right option. An integer gold is an index (counted from ``label_base``); a string is
-    the option's text if it is one, else a letter (``C``, ``(C)``), else a number written as text (``"2"``, an index
-    counted from ``label_base``)."""
+_NUMBERED_LINE = re.compile(r"^(\s*)\(?(10|[1-9])[).:]\s", re.MULTILINE)
+
+
+def numbered_option_count(question: str) -> int:
+    """Options written in the question as lines ``1. ...`` / ``(2) ...`` / ``3) ...``, numbered from 1 in order: how
+    many (0 if fewer than 2). ARC writes some items' options so, with the gold a number."""
+    n = 0
+    for m in _NUMBERED_LINE.finditer(question):
+        if int(m.group(2)) == n + 1:
+            n += 1
+    return n if n >= 2 else 0
+
+
+def letter_numbered_options(question: str, n: int) -> str:
+    """The question with its first ``n`` numbered option lines relabelled ``A.`` to ``J.``: the prompt then asks for
+    a letter, as every other multiple-choice item does."""
+    want = 1
+
+    def swap(m: re.Match) -> str:
+        nonlocal want
+        if want <= n and int(m.group(2)) == want:
+            want += 1
+            return f"{m.group(1)}{LETTERS[want - 2]}. "
+        return m.group(0)
+
+    return _NUMBERED_LINE.sub(swap, question)
+
+
+def _option_labels(row: dict[str, Any], f: Any, n: int, where: str, label: str) -> list[str] | None:
+    """The options' own labels: ``fields.labels``, else the ``label`` list beside a ``<x>.text`` choices path."""
+    path = f.labels or (f.choices[: -len(".text")] + ".label" if f.choices and f.choices.endswith(".text") else None)
+    if path is None:
+        return None
+    try:
+        value = resolve_field(row, path, where, f"{label}.fields.labels")
+    except DataError:
+        if f.labels:
+            raise
+        return None
+    if isinstance(value, list) and len(value) == n:
+        return [str(x).strip() for x in value]
+    if f.labels:
+        raise DataError(f"{where}: {label}.fields.labels={path!r} must be a list of {n} labels, one per option")
+    return None
+
+
+def _gold_index(
+    a: Any,
+    choices: list[str] | None,
+    n: int,
+    spec: BenchmarkSpec,
+    where: str,
+    label: str,
+    labels: list[str] | None = None,
+) -> int:
+    """The 0-based index of the right option. A gold among the options' own ``labels`` (ARC's '1'-'4' or 'A'-'D')
+    is that option. Else an integer gold is an index (counted from ``label_base``); a string is the option's text if
+    it is one, else a letter (``C``, ``(C)``), else a number written as text (``"2"``, an index counted from
+    ``label_base``)."""
     text = str(a).strip()
+    if labels and text in labels:
+        return labels.index(text)
     is_int = isinstance(a, int) and not isinstance(a, bool)
     if not is_int and choices is not None and text in choices:
         return choices.index(text)
@@ -333,6 +390,7 @@ def _custom_items(spec: BenchmarkSpec, label: str) -> list[dict[str, Any]]:
             if len(choices) > len(LETTERS):
                 raise DataError(f"{where}: {label}.fields.choices has {len(choices)} options; at most 10 are supported")
             choices = [str(c) for c in choices]
+        labels = _option_labels(row, f, len(choices), where, label) if choices is not None else None
         if spec.answer_type == "choice":
             if choices is not None:
                 n = len(choices)
@@ -344,15 +402,21 @@ def _custom_items(spec: BenchmarkSpec, label: str) -> list[dict[str, Any]]:
                     messages[last_user] = {"role": "user", "content": prompt_q}
             else:
                 n = spec.num_choices or inline_option_count(q)
+                if not n and (n := numbered_option_count(q)):  # options "1." to "4.", the gold a number: ARC
+                    labels = [str(j + 1) for j in range(n)]
+                    item["question"] = letter_numbered_options(q, n)
+                    if messages is not None:
+                        last_user = max(j for j, m in enumerate(messages) if m["role"] == "user")
+                        messages[last_user] = {"role": "user", "content": letter_numbered_options(q, n)}
                 if not n:
                     raise DataError(
                         f"{where}: {label} has answer_type: choice but no options: map fields.choices to a list "
-                        "column, write the options in the question as lines 'A. ...', or set num_choices"
+                        "column, write the options in the question as lines 'A. ...' or '1. ...', or set num_choices"
                     )
-            idx = _gold_index(a, choices, n, spec, where, label)
+            idx = _gold_index(a, choices, n, spec, where, label, labels)
             item.update(answer=LETTERS[idx], answer_index=idx, n_choices=n)
         elif choices is not None:
-            idx = _gold_index(a, choices, len(choices), spec, where, label)
+            idx = _gold_index(a, choices, len(choices), spec, where, label, labels)
             item.update(question=f"Question: {q}\nAnswer:", choices=choices, answer=idx, answer_text=choices[idx])
         items.append(item)
     return items

@@ -256,3 +256,29 @@ def test_rl_prompts_from_a_file_leave_the_in_domain_evaluation_and_repeated_rows
     twice.write_text("\n".join([*rows, rows[0]]) + "\n")
     _, (items, note) = _bench(tiny_cfg, {**spec, "path": str(twice), "domain": "out"}, *rl)
     assert len(items) == len(MATH_GOLDS) and note["repeated_dropped"] == 1
+
+
+def test_arc_items_with_numbered_options_are_read_by_their_labels(tiny_cfg, tmp_path):
+    # ARC-Challenge as the hub has it: most items labelled A-D, some 1-4 with the gold a number
+    rows = [
+        {"question": "Which is a mammal?", "choices": {"text": ["trout", "whale", "frog", "crow"], "label": list("ABCD")}, "answerKey": "B"},  # noqa: E501
+        {"question": "Which is a metal?", "choices": {"text": ["wood", "glass", "iron", "wool"], "label": ["1", "2", "3", "4"]}, "answerKey": "3"},  # noqa: E501
+        {"question": "Which is a gas?", "choices": {"text": ["ice", "steam", "sand", "salt"], "label": ["1", "2", "3", "4"]}, "answerKey": "4"},  # noqa: E501
+    ]
+    path = _write_jsonl(tmp_path / "arc.jsonl", rows)
+    fields = {"question": "question", "choices": "choices.text", "answer": "answerKey"}
+    spec = {"name": "arc", "source": "file", "path": path, "answer_type": "choice", "domain": "out", "fields": fields}
+    cfg, (items, _) = _bench(tiny_cfg, spec)
+    assert [x["answer"] for x in items] == ["B", "C", "D"]  # "4" was out of range and stopped the benchmark
+    assert "C. iron" in items[1]["question"]
+    _, (ll, _) = _bench(tiny_cfg, {**spec, "answer_type": "math"})  # the same file scored by log-likelihood
+    assert [x["answer"] for x in ll] == [1, 2, 3]
+    # the options written into the question as numbered lines, the gold a number
+    inline = [{"question": "Which is a gas?\n1. ice\n2. steam\n3. sand\n4. salt", "answerKey": "2"}]
+    path = _write_jsonl(tmp_path / "arc-inline.jsonl", inline)
+    spec = {"name": "arc", "source": "file", "path": path, "answer_type": "choice", "domain": "out"}
+    spec["fields"] = {"question": "question", "answer": "answerKey"}
+    cfg, (items, _) = _bench(tiny_cfg, spec)
+    assert items[0]["answer"] == "B" and items[0]["n_choices"] == 4
+    assert "\nB. steam\n" in items[0]["question"] and "\n2. steam" not in items[0]["question"]
+    assert score_text(cfg.eval.benchmarks[0], items[0], "The final answer is (B).") == 1.0
