@@ -261,9 +261,21 @@ def test_rl_prompts_from_a_file_leave_the_in_domain_evaluation_and_repeated_rows
 def test_arc_items_with_numbered_options_are_read_by_their_labels(tiny_cfg, tmp_path):
     # ARC-Challenge as the hub has it: most items labelled A-D, some 1-4 with the gold a number
     rows = [
-        {"question": "Which is a mammal?", "choices": {"text": ["trout", "whale", "frog", "crow"], "label": list("ABCD")}, "answerKey": "B"},  # noqa: E501
-        {"question": "Which is a metal?", "choices": {"text": ["wood", "glass", "iron", "wool"], "label": ["1", "2", "3", "4"]}, "answerKey": "3"},  # noqa: E501
-        {"question": "Which is a gas?", "choices": {"text": ["ice", "steam", "sand", "salt"], "label": ["1", "2", "3", "4"]}, "answerKey": "4"},  # noqa: E501
+        {
+            "question": "Which is a mammal?",
+            "choices": {"text": ["trout", "whale", "frog", "crow"], "label": list("ABCD")},
+            "answerKey": "B",
+        },  # noqa: E501
+        {
+            "question": "Which is a metal?",
+            "choices": {"text": ["wood", "glass", "iron", "wool"], "label": ["1", "2", "3", "4"]},
+            "answerKey": "3",
+        },  # noqa: E501
+        {
+            "question": "Which is a gas?",
+            "choices": {"text": ["ice", "steam", "sand", "salt"], "label": ["1", "2", "3", "4"]},
+            "answerKey": "4",
+        },  # noqa: E501
     ]
     path = _write_jsonl(tmp_path / "arc.jsonl", rows)
     fields = {"question": "question", "choices": "choices.text", "answer": "answerKey"}

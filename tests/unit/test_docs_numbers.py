@@ -24,3 +24,66 @@ def test_the_rl_setting_section_quotes_benchmarks_results_rl_setting_json():
     # the choice is the file's: none, when no setting raised Avg@k from every initialisation
     chosen = r["chosen"]
     assert (chosen is None) == ("No setting was chosen" in section)
+
+
+# The forgetting-setting table: each row's file and candidate (learning rate, system prompt tag)
+FORGETTING_ROWS = [
+    ("lr 2e-5 (the old default)", "forgetting_setting.json", 2e-5, True),
+    ("lr 1e-4", "forgetting_setting.json", 1e-4, True),
+    ("lr 2e-4", "forgetting_setting.json", 2e-4, True),
+    ("lr 4e-4", "forgetting_setting.json", 4e-4, True),
+    ("lr 1e-4, no system prompt", "forgetting_setting.json", 1e-4, False),
+    ("lr 4e-4, no system prompt", "forgetting_setting.json", 4e-4, False),
+    ("lr 1e-4, **80 steps**", "forgetting_setting_80steps.json", 1e-4, True),
+    ("lr 1e-4, 80 steps, batch 4", "forgetting_setting_80steps_batch4.json", 1e-4, True),
+    ("lr 1e-4, 80 steps, batch 4, cosine", "forgetting_setting_80steps_batch4_cosine.json", 1e-4, True),
+    (
+        "**lr 2e-4, 80 steps, batch 4, cosine** (the new default)",
+        "forgetting_setting_80steps_batch4_cosine.json",
+        2e-4,
+        True,
+    ),  # noqa: E501
+]
+
+
+def _pct(x: float) -> str:
+    s = f"{100 * x:.1f}"
+    return s[:-2] if s.endswith(".0") and s in ("100.0",) else s
+
+
+def _cell(c: dict, key: str, always: bool) -> str:
+    """A benchmark cell: the value, then the strict paired difference to the base when it is always shown or when it
+    excludes 0 (bold when it falls beyond its interval)."""
+    v, d = c["metrics"][key]["value"], c["vs_base"][key]
+    span = f"[{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]".replace("+0.0", "0.0").replace("-0.0", "0.0")
+    if d["ci_high"] < 0 and key != "chain_sum/accuracy":
+        span = f"**{span}**"
+    shown = always or d["ci_low"] > 0 or d["ci_high"] < 0
+    return f"{_pct(v)} {span}" if shown else _pct(v)
+
+
+def forgetting_table_rows() -> list[str]:
+    rows = []
+    for label, file, lr, tag in FORGETTING_ROWS:
+        d = json.loads((REPO / "benchmarks" / "results" / file).read_text())
+        c = next(x for x in d["candidates"] if x["learning_rate"] == lr and x["system_prompt_tag"] == tag)
+        m = c["metrics"]
+        cells = [
+            label,
+            _cell(c, "chain_sum/accuracy", True),
+            _cell(c, "chat_facts/accuracy", True),
+            _cell(c, "instructions/accuracy", False),
+            _cell(c, "agreement/accuracy", False),
+            _cell(c, "facts/accuracy", False),
+            f"{m['forgetting/kl_to_base']['value']:.3f} / {m['forgetting/kl_to_base_sampled']['value']:.3f}",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def test_the_forgetting_setting_table_is_its_files_with_strict_in_domain_intervals():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Which CPU setting makes plain SFT forget") :]
+    section = section[: section.index("\n## ")]
+    for row in forgetting_table_rows():
+        assert row in section, row
