@@ -17,6 +17,7 @@ import html
 import json
 import logging
 import math
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -1523,8 +1524,15 @@ def render_md(blocks: list[tuple], rel_to: Path) -> str:
     return "\n".join(out) + "\n"
 
 
+def _inline(text: str) -> str:
+    """Markdown's inline emphasis and code, as the report's markdown uses them, in escaped HTML."""
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+
+
 def render_html(blocks: list[tuple], title: str) -> str:
-    e = html.escape
+    e = _inline
     body = []
     for b in blocks:
         kind = b[0]
@@ -1541,7 +1549,7 @@ def render_html(blocks: list[tuple], title: str) -> str:
         elif kind == "img":
             data = base64.b64encode(b[1].read_bytes()).decode()
             body.append(
-                f'<figure><img alt="{e(b[2])}" src="data:image/png;base64,{data}"/>'
+                f'<figure><img alt="{html.escape(b[2])}" src="data:image/png;base64,{data}"/>'
                 f"<figcaption>{e(b[2])}</figcaption></figure>"
             )
     style = (
@@ -1550,7 +1558,7 @@ def render_html(blocks: list[tuple], title: str) -> str:
         "th{background:#f3f3f3}img{max-width:100%}figcaption{font-style:italic;color:#555}"
     )
     return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{style}</style>"
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
         f"</head><body>{''.join(body)}</body></html>\n"
     )
 

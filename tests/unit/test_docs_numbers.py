@@ -87,3 +87,51 @@ def test_the_forgetting_setting_table_is_its_files_with_strict_in_domain_interva
     section = section[: section.index("\n## ")]
     for row in forgetting_table_rows():
         assert row in section, row
+
+
+# The default run's table: the report.json of the last fresh-clone `make run`, committed
+DEFAULT_REPORT = REPO / "benchmarks" / "results" / "default_run_report.json"
+DEFAULT_COLUMNS = [
+    ("chain_sum/accuracy", True),
+    ("chain_sum/avg@4", True),
+    ("chat_facts/accuracy", True),
+    ("instructions/accuracy", True),
+    ("agreement/accuracy", False),
+    ("facts/accuracy", False),
+    ("ood/mean_accuracy", True),
+]
+
+
+def _interval_cell(m: dict | None, with_interval: bool) -> str:
+    if m is None:
+        return "-"
+    v = f"{100 * m['value']:.1f}"
+    return f"{v} [{100 * m['ci_low']:.1f}, {100 * m['ci_high']:.1f}]" if with_interval else v
+
+
+def default_run_rows(report: dict) -> list[str]:
+    rows = []
+    for m in report["models"]:
+        met = m["metrics"]
+        kl = met.get("forgetting/kl_to_base")
+        kls = met.get("forgetting/kl_to_base_sampled")
+        cells = [m["name"], ", ".join(x.removeprefix("seed ") for x in m.get("seed_labels", [])) or "-"]
+        cells += [_interval_cell(met.get(k), iv) for k, iv in DEFAULT_COLUMNS]
+        cells.append("-" if kl is None or kls is None else f"{kl['value']:.3f} / {kls['value']:.3f}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def test_the_default_run_section_quotes_its_committed_report():
+    report = json.loads(DEFAULT_REPORT.read_text())
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### What the default run shows") :]
+    section = section[: section.index("\n### ", 10)]
+    for row in default_run_rows(report):
+        assert row in section, row
+    letters = {"tradeoff": "a", "representation": "b", "rl_init": "c"}
+    for c in report["claims"]:  # each claim's verdict as the report gives it, on the claim's own line
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"- ({letters[c['claim']]}) "))
+        assert f"**{c['verdict']}**" in line, c["claim"]
+    times = json.loads((REPO / "benchmarks" / "results" / "pipeline_smollm2_cpu.json").read_text())
+    assert f"**{times['fresh_clone']['total_s_make_run'] / 60:.1f} minutes**" in section

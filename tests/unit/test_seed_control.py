@@ -75,3 +75,11 @@ def test_seed_effects_that_cancel_on_the_mean_are_flagged(tmp_path):
     assert ood["seed_spread"] >= 0
     claim_a = next(c for c in data["claims"] if c["claim"] == "tradeoff")
     assert claim_a["power"]["mde"] > 0 and claim_a["power"]["seeds"] == 2
+
+
+def test_report_html_renders_emphasis_and_code_not_literal_markers():
+    from stages.report import render_html
+
+    page = render_html([("ul", ["(a) claim: **supported** about `rpsft` <b>"])], "t")
+    assert "<strong>supported</strong>" in page and "<code>rpsft</code>" in page
+    assert "**" not in page and "&lt;b&gt;" in page  # the rest stays escaped
