@@ -410,9 +410,8 @@ def _matched(cfg: Config, run_dir: Path, per_seed, models, boot) -> list[dict[st
             if nested:
                 try:
                     fixed = level_of(len(per_seed)) == "checkpoint"
-                    d, lo, hi, _, _ = paired_diff(
-                        nested[0], nested[1], **boot, bounds=_diff_bounds(nested), seeds_fixed=fixed
-                    )
+                    est = paired_diff(nested[0], nested[1], **boot, bounds=_diff_bounds(nested), seeds_fixed=fixed)
+                    d, lo, hi = est.value, est.low, est.high
                 except NonFiniteScores:
                     continue
                 row.update(metric="ood/mean_accuracy", diff=d, ci_low=lo, ci_high=hi)
