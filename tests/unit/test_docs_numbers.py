@@ -135,3 +135,37 @@ def test_the_default_run_section_quotes_its_committed_report():
         assert f"**{c['verdict']}**" in line, c["claim"]
     times = json.loads((REPO / "benchmarks" / "results" / "pipeline_smollm2_cpu.json").read_text())
     assert f"**{times['fresh_clone']['total_s_make_run'] / 60:.1f} minutes**" in section
+
+
+def test_the_overhead_and_task_tables_quote_their_files():
+    readme = (REPO / "README.md").read_text()
+    o = json.loads((REPO / "benchmarks" / "results" / "rpsft_overhead.json").read_text())
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in readme.splitlines() if ln.startswith("| ")}
+    assert f"| {o['ratio_ga1']:.2f} (" in rows["optimizer step RPSFT / SFT, GA 1"]
+    assert f"| {o['ratio_ga4']:.2f} (" in rows["optimizer step RPSFT / SFT, GA 4"]
+    assert (
+        f"| {o['naive_ratio_ga1']:.2f} / {o['naive_ratio_ga4']:.2f} ("
+        in rows["naive per-micro-batch form / SFT, GA 1 and GA 4"]
+    )  # noqa: E501
+    anchor = f"{o['precompute_s']:.2f} s vs {o['full_svd_s']:.2f} s = {o['precompute_over_full_svd']:.2f}"
+    assert anchor in rows["anchor precompute vs full fp32 SVD of the same matrices"]
+    assert f"| {o['cache_hit_s']:.2f} s |" in rows["anchor cache hit"]
+    assert (
+        f"{o['extra_memory_mb']:.0f} MB (model: {o['model_fp32_mb']:.0f} MB)"
+        in rows["anchor memory (U_k, V_k, S_ref in fp32)"]
+    )
+    assert f"{o['anchor_max_rel_error_top_k_singular_values']:.1e}" in readme
+    labels = {
+        "base": "SmolLM2-135M-Instruct (base)",
+        "sft": "after 40 SFT steps (batch 8, lr 2e-5)",
+        "rpsft": "after 40 RPSFT steps (same recipe, lambda = 1)",
+    }
+    for arm, label in labels.items():
+        t = json.loads((REPO / "benchmarks" / "results" / f"task_{arm}_chain_sum.json").read_text())
+
+        def cell(v, ci):
+            return f"{100 * v:.0f}% [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]"
+
+        want = f"| {label} | {cell(t['strict_accuracy'], t['strict_ci95'])} | "
+        want += f"{cell(t['lenient_accuracy'], t['lenient_ci95'])} | {100 * t['well_formed']:.0f}% |"
+        assert want in readme, want
