@@ -334,10 +334,12 @@ def normalise(answer: str) -> str:
     s = re.sub(r"(?<=\d)\\[,!;:](?=\d{3}\b)", ",", s)  # 10,\!080 and 10\,080: thousands separators
     # a unit written after the number, squared or cubed: 36\mbox{ inches}^2, \frac12\text{ cm}^3 (math-verify reads
     # the number and drops the rest, which would make the gold a fragment of itself)
-    s = re.sub(r"(?<=[\d}])\s*\\(?:mbox|text|textrm|mathrm)\{\s*[A-Za-z][A-Za-z ]*\}\^\{?[23]\}?\s*$", "", s)
+    s = re.sub(
+        r"(?<=[\d}])\s*\\(?:mbox|text|textrm|mathrm)\{\s*(?![eEi]\s*\})[A-Za-z][A-Za-z ]*\}\^\{?[23]\}?\s*$", "", s
+    )  # (not \mathrm{e}^2: Euler's number squared)
     s = re.sub(r"(?<=\d)\.(?=\s*/)", "", s)  # -1./3: a number written with a bare point, then divided
     # E_1 and e_{2} are read as Euler's number with a subscript, and fail; upright E reads as a plain symbol
-    s = re.sub(r"(?<![A-Za-z\\{])([Ee])(?=_)", r"\\mathrm{\1}", s)
+    s = re.sub(r"(?<![A-Za-z\\])(?<!\\mathrm\{)([Ee])(?=_)", r"\\mathrm{\1}", s)
     unit = re.fullmatch(r"([-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+))\s+([A-Za-z]{2,}(?:\s+[A-Za-z]+)*)", s)
     if unit:
         s = _number_and_words(unit.group(1), unit.group(2))

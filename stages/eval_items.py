@@ -184,7 +184,7 @@ def build_benchmark(cfg: Config, spec: BenchmarkSpec, trained: list[dict[str, An
 
     ``trained``: :func:`training_items`, when the caller builds several benchmarks (computed here otherwise).
     """
-    if trained is None and spec.source in NEEDS_TRAINING_ITEMS:
+    if trained is None and (spec.source in NEEDS_TRAINING_ITEMS or spec.domain == "in"):
         trained = training_items(cfg)
     label = benchmark_label(cfg, spec)
     build = SOURCES.get(spec.source)

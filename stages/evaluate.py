@@ -237,12 +237,12 @@ def score_text(spec: BenchmarkSpec, item: dict[str, Any], text: str, *, lenient:
 CONSTANT_OUTPUTS = ("#### 12", "12 + 7 = 19\n#### 19", "42")
 
 
-def constant_output_score(spec: BenchmarkSpec, items: list[dict[str, Any]]) -> float:
+def constant_output_score(spec: BenchmarkSpec, items: list[dict[str, Any]], lenient: bool = False) -> float:
     """The best mean score of one :data:`CONSTANT_OUTPUTS` answer given to every item."""
-    return max(sum(score_text(spec, x, c) for x in items) / len(items) for c in CONSTANT_OUTPUTS)
+    return max(sum(score_text(spec, x, c, lenient=lenient) for x in items) / len(items) for c in CONSTANT_OUTPUTS)
 
 
-def _chance(spec: BenchmarkSpec, items: list[dict[str, Any]]) -> float:
+def _chance(spec: BenchmarkSpec, items: list[dict[str, Any]], lenient: bool = False) -> float:
     """The configured chance level, else 1/#options averaged over items (multiple choice), else the score of
     task-shaped constant outputs (generation)."""
     if spec.chance is not None:
@@ -251,7 +251,7 @@ def _chance(spec: BenchmarkSpec, items: list[dict[str, Any]]) -> float:
         return float(sum(1 / x["n_choices"] for x in items) / len(items))
     if spec.is_choice:
         return float(sum(1 / len(x["choices"]) for x in items) / len(items))
-    return constant_output_score(spec, items)
+    return constant_output_score(spec, items, lenient)
 
 
 # ---------------------------------------------------------------------------------------- multiple choice
@@ -509,7 +509,8 @@ def _generation_phase(cfg: Config, entry, tok, gen_benches, scores: Scores, metr
                 # lenient: also the last number of an answer with no marked final answer (format vs knowledge)
                 loose = [score_text(spec, x, g[0], lenient=True) for x, g in zip(items, greedy, strict=True)]
                 scores[f"{spec.name}/accuracy_lenient"] = {"ids": ids, "scores": loose}
-                metrics[f"{spec.name}/accuracy_lenient"] = _summary(loose, cfg, **extra, kind="greedy_lenient")
+                extra_lenient = extra | {"chance": _chance(spec, items, lenient=True)}
+                metrics[f"{spec.name}/accuracy_lenient"] = _summary(loose, cfg, **extra_lenient, kind="greedy_lenient")
             if spec.samples:
                 k = spec.samples
                 sampled = generator.generate(
@@ -614,7 +615,8 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     tracking.check_installed(cfg)
     table = model_table(cfg)
     benches = []
-    needs_training = any(b.source in NEEDS_TRAINING_ITEMS for b in cfg.eval.benchmarks)
+    # in-domain benchmarks of any source drop questions seen in training: build the training items once for all
+    needs_training = any(b.source in NEEDS_TRAINING_ITEMS or b.domain == "in" for b in cfg.eval.benchmarks)
     trained = training_items(cfg) if needs_training else None
     for spec in cfg.eval.benchmarks:
         items, note = build_benchmark(cfg, spec, trained)

@@ -116,9 +116,12 @@ def paired_p_value(
         return 1.0, "sign-flip permutation"
     rng = np.random.default_rng(seed)
     flipped = np.zeros(n_perm)
+    chunk = max(1, 2_000_000 // max(1, max(d.size for d, _ in groups)))  # bounded memory on large benchmarks
     for d, w in groups:
-        signs = rng.integers(0, 2, size=(n_perm, d.size)) * 2 - 1
-        flipped += w * (signs * d).mean(axis=1)
+        for start in range(0, n_perm, chunk):
+            rows = min(chunk, n_perm - start)
+            signs = rng.integers(0, 2, size=(rows, d.size), dtype=np.int8) * 2 - 1
+            flipped[start : start + rows] += w * (signs @ d) / d.size
     # a tolerance, so that a flip giving the observed value exactly (by symmetry) counts as reaching it
     count = int((np.abs(flipped) >= observed * (1 - 1e-12)).sum())
     return float((count + 1) / (n_perm + 1)), "sign-flip permutation"
@@ -306,10 +309,17 @@ def seed_item_estimate(
         p = 1e-12
     else:  # the p-value is 1 - the confidence at which the interval's end reaches 0: consistent with the interval
         p = 1.0 - float(_brentq(lambda c: half_width(c) - abs(point), 1e-9, 1 - 1e-12, xtol=1e-12))
-    # Welch-Satterthwaite's df of the whole, only for the minimum detectable effect (the interval keeps each part's t)
-    df = var**2 / sum(v**2 / d for v, d in parts if v > 0 and d > 0 and math.isfinite(d)) if var > 0 else math.inf
+    # For the minimum detectable effect: the df of one Student's t whose 95% quantile gives this interval's own
+    # half-width (the seeds' and items' t half-widths added in quadrature are wider than Welch-Satterthwaite's t)
+    crit = half_width(0.95) / math.sqrt(var)
+    if crit <= float(_st.norm.ppf(0.975)):
+        df = math.inf
+    elif crit >= float(_st.t.ppf(0.975, 1)):
+        df = 1.0
+    else:
+        df = float(_brentq(lambda f: float(_st.t.ppf(0.975, f)) - crit, 1.0, 1e7))
     method = f"t over {n_seeds} seeds ({n_seeds - 1} df) and items"
-    return Estimate(point, lo, hi, p, method, math.sqrt(var), float(df))
+    return Estimate(point, lo, hi, p, method, math.sqrt(var), df)
 
 
 def _clip(lo: float, hi: float, bounds: tuple[float, float] | None) -> tuple[float, float]:

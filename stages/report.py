@@ -477,7 +477,7 @@ def _comparison(a, b, metric, sides, n: int, seeds: int, boot: dict[str, Any]) -
         "p_value": est.p_value,
         "interval": est.method,
         "se": est.se,
-        "df": est.df,
+        "df": est.df if math.isfinite(est.df) else None,  # None: normal (JSON has no infinity)
     }
 
 
@@ -621,11 +621,16 @@ def _seed_control(
             and r["runs"] == row["runs"]
             and r["differs"]
             and r["metric"].endswith(f"/{suffix}")
-            and per_seed[0][row["model"]]["metrics"].get(r["metric"], {}).get("domain") == domain
+            and _domain_of(per_seed, row["model"], r["metric"]) == domain
         ]
         if hidden:
             row["hides"] = hidden
     return out
+
+
+def _domain_of(per_seed, model: str, metric: str) -> str | None:
+    run = next((r for r in per_seed if model in r), None)
+    return None if run is None else run[model]["metrics"].get(metric, {}).get("domain")
 
 
 def _seed_spread_notes(comparisons: list[dict[str, Any]], seed_control: list[dict[str, Any]]) -> None:
@@ -637,7 +642,7 @@ def _seed_spread_notes(comparisons: list[dict[str, Any]], seed_control: list[dic
         key = (r["model"], r["metric"])
         spread[key] = max(spread.get(key, 0.0), abs(r["diff"]))
     for c in comparisons:
-        if "not_evaluated" in c or c["seeds"] < 2:
+        if "not_evaluated" in c or c["seeds"] < 2 or c["level"] != "checkpoint":  # 3+ seeds: spread is in the interval
             continue
         known = [spread[k] for k in ((c["a"], c["metric"]), (c["b"], c["metric"])) if k in spread]
         if not known:
@@ -663,24 +668,28 @@ def power_of(c: dict[str, Any] | None, alpha: float, family_size: int, power: fl
     """What a comparison could have detected: the minimum detectable effect (``power`` at Holm's strictest level,
     alpha / family size, with the comparison's own standard error and degrees of freedom) and, from the spread of its
     per-seed differences, how many training seeds a method-level test of the observed effect would need."""
-    if c is None or "not_evaluated" in c or not math.isfinite(c.get("se", math.nan)):
+    se = c.get("se", math.nan) if c is not None else math.nan
+    if c is None or "not_evaluated" in c or not math.isfinite(se) or se <= 0:  # no spread: nothing to size from
         return None
     level = alpha / max(1, family_size)
     need = seeds_needed(c.get("per_seed", []), c["diff"], level, power)
+    df = c.get("df")
+    if len(c.get("per_seed", [])) < 2:
+        why = "one seed: no seed spread to size from"
+    elif c["diff"] == 0:
+        why = "the observed effect is 0"
+    elif need is None:
+        why = "more than 1000"
+    else:
+        why = f"from the spread of {len(c['per_seed'])} seeds' differences"
     return {
-        "mde": minimum_detectable_effect(c["se"], c.get("df", math.inf), level, power),
+        "mde": minimum_detectable_effect(c["se"], math.inf if df is None else df, level, power),
         "alpha": level,
         "power": power,
         "seeds": c["seeds"],
-        "n": c["n"],
+        "n": c.get("n"),
         "seeds_needed": need,
-        "seeds_needed_why": (
-            "one seed: no seed spread to size from"
-            if len(c.get("per_seed", [])) < 2
-            else "more than 1000"
-            if need is None
-            else f"from the spread of {len(c['per_seed'])} seeds' differences"
-        ),
+        "seeds_needed_why": why,
     }
 
 
@@ -787,6 +796,7 @@ def claims(
     no_kl = absent(rp, sf, "forgetting/kl_to_base", f"no paired KL-to-base measurement of {rp} and {sf}")
     verdict, why = table[s_kl] if kl else ("inconclusive", no_kl)
     c_rp, c_sf = _cka(data, rp), _cka(data, sf)
+    pooled_within = bool(c_rp and c_rp.get("within_seed")) or bool(c_sf and c_sf.get("within_seed"))
     if kl and c_rp and c_sf and "ci_low" in c_rp and "ci_low" in c_sf:
         cka = (
             f"linear CKA of hidden states with the base: {rp} {c_rp['value']:.3f} [{c_rp['ci_low']:.3f}, "
@@ -794,10 +804,11 @@ def claims(
         )
         further = c_rp["ci_high"] < c_sf["ci_low"]  # RPSFT's hidden states measurably less like the base's
         closer = c_rp["ci_low"] > c_sf["ci_high"]
-        if (s_kl == -1 and further) or (s_kl == 1 and closer):
+        if ((s_kl == -1 and further) or (s_kl == 1 and closer)) and not pooled_within:
             verdict, why = "inconclusive", f"{why}, but the hidden states say the opposite ({cka})"
         else:
-            why = f"{why}; {cka} (intervals per model, not paired: they corroborate, they do not decide)"
+            note = "within-seed intervals, mean of the seeds' bounds" if pooled_within else "intervals per model"
+            why = f"{why}; {cka} ({note}, not paired: they corroborate, they do not decide)"
     out.append(claim("representation", verdict, why, [kl]))
     reading = data.get("rl_reading") or rl_reading(data["comparisons"], pair)
     out.append(claim("rl_init", *_rl_claim(reading, rp, sf)))
@@ -1249,7 +1260,7 @@ def _seed_control_lines(data: dict[str, Any]) -> list[str]:
         if r["kind"] != "claim" and not r["differs"]:
             continue
         line = f"{r['model']}, {r['runs'][0]} vs {r['runs'][1]}, {r['metric']}: {_fmt_diff(r)}"
-        line += " (the seeds differ)" if r["differs"] else ""
+        line += " (the seeds differ; unadjusted, one of many such checks)" if r["differs"] else ""
         if r.get("hides"):
             line += (
                 f": not distinguishable on the mean, but the seeds differ on {', '.join(r['hides'])}; their effects "

@@ -172,7 +172,10 @@ def test_report_files_hold_every_model_and_plot(finished_run):
         if c.get("family") == "claims":  # Holm within the claims' own tests
             assert c["significant"] == (c["p_holm"] < 0.05) and c["p_holm"] >= c["p_value"]
         else:
-            assert c["significant"] == (c["ci_low"] > 0 or c["ci_high"] < 0) and "(unadjusted)" in c["verdict"]
+            assert (
+                c["significant"] == (c["ci_low"] > 0 or c["ci_high"] < 0)
+                and "(descriptive, unadjusted)" in c["verdict"]
+            )
         if not c["significant"]:  # an interval, never a claim of equivalence; Holm's correction named when it decides
             assert c["verdict"].startswith(("not distinguishable at this size: [", "not significant after Holm's"))
     assert [c["claim"] for c in data["claims"]] == ["tradeoff", "representation", "rl_init"]

@@ -466,3 +466,12 @@ def test_scoring_works_off_the_main_thread_with_the_same_results():
         on_main, scores = off.result()
     assert not on_main
     assert scores == main == [1.0] * len(pairs)
+
+
+def test_unit_and_symbol_rewrites_leave_euler_and_sets_alone():
+    from stages.answers import normalise
+
+    assert "e" in normalise("2\\mathrm{e}^2")  # Euler's number squared is no unit
+    assert normalise("36\\mbox{ inches}^2") == "36"
+    assert normalise("\\{E_1, E_2\\}").count("\\mathrm{E}") == 2  # the first E after \{ too
+    assert normalise(normalise("E_{1},E_{2}")) == normalise("E_{1},E_{2}")  # idempotent

@@ -83,3 +83,14 @@ def test_report_html_renders_emphasis_and_code_not_literal_markers():
     page = render_html([("ul", ["(a) claim: **supported** about `rpsft` <b>"])], "t")
     assert "<strong>supported</strong>" in page and "<code>rpsft</code>" in page
     assert "**" not in page and "&lt;b&gt;" in page  # the rest stays escaped
+
+
+def test_only_checkpoint_level_effects_are_read_against_one_pair_of_seeds():
+    from stages.report import _seed_spread_notes
+
+    rows = [{"model": "sft", "metric": "m/accuracy", "diff": 0.05}]
+    base = {"a": "rpsft", "b": "sft", "metric": "m/accuracy", "diff": 0.03, "verdict": "rpsft is higher"}
+    checkpoint, method = base | {"seeds": 2, "level": "checkpoint"}, base | {"seeds": 3, "level": "method"}
+    _seed_spread_notes([checkpoint, method], rows)
+    assert checkpoint["within_seed_spread"] and "not larger than the seed spread" in checkpoint["verdict"]
+    assert "within_seed_spread" not in method  # with 3+ seeds the spread is inside the interval already
