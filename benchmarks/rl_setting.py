@@ -53,6 +53,22 @@ SETTINGS: dict[str, list[str]] = {
         "rl.training.learning_rate=5e-5",
         "rl.training.max_steps=12",
     ],
+    # the same steps on prompts that carry a gradient: each RL prompt first sampled 8 times from the initial
+    # checkpoint, training only on those whose rewards differ (about 40% of the default's prompts at 0.7)
+    "t0.7-lr2e-5-mixed": [
+        "rl.generation.temperature=0.7",
+        "rl.training.learning_rate=2e-5",
+        "rl.training.max_steps=24",
+        "rl.prompt_filter.samples=8",
+        "rl.num_prompts=160",
+    ],
+    "t0.7-lr3e-5-mixed": [
+        "rl.generation.temperature=0.7",
+        "rl.training.learning_rate=3e-5",
+        "rl.training.max_steps=24",
+        "rl.prompt_filter.samples=8",
+        "rl.num_prompts=160",
+    ],
     # the work the settings above leave out, put back, for its cost per step (read against the first steps of
     # t0.7-lr5e-5): a reference model for a KL term and the trainer's forward for the engine's log-probs
     "t0.7-lr5e-5-with-ref-and-is": [
@@ -212,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cores": os.cpu_count(), "arch": platform.machine()},
         "runs": [],
     }
+    previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    if previous.get("config") == args.config and previous.get("init_run") == args.init_run:
+        # runs of other (setting, init) pairs measured before stay in the file, with their settings
+        result["runs"] = [r for r in previous.get("runs", []) if (r["setting"], r["init"]) not in set(pairs)]
+        result["settings"] = previous.get("settings", {}) | result["settings"]
     # the initial checkpoints first: every gain is read against them
     t = _stage("stages.evaluate", args.config, [*base, f"eval.models={json.dumps(all_inits)}"])
     result["init_eval_s"] = round(t, 1)
@@ -232,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             "stage_wall_s": round(rl_s, 1),
             "eval_wall_s": round(eval_s, 1),
             "backend": summary.get("backend"),
+            "prompt_filter": summary.get("prompt_filter"),
             "curve": _curve(run_dir / arm),
             "gain": {m: _paired(after, before, m) for m in IN_DOMAIN},
             "ood_change": {m: _paired(after, before, m) for m in OUT_OF_DOMAIN},

@@ -320,7 +320,7 @@ def probe_prompts(cfg: Any, count: int) -> list[str]:
     """Task prompts as the model sees them (chat-template text): the RL prompts, drawn like the task's."""
     from stages.data import prompt_messages, prompt_text
     from stages.models import load_tokenizer, resolve_model
-    from stages.rl import rl_prompts
+    from stages.rl_prompts import rl_prompts
 
     tok = load_tokenizer(resolve_model(cfg), cfg.model)
     return [prompt_text(tok, prompt_messages(x, cfg.data.system_prompt)) for x in rl_prompts(cfg)[:count]]

@@ -522,6 +522,27 @@ class PPOArgs(Strict):
     kl_coef: float = Field(0.05, ge=0, description="Per-token KL penalty to the initial policy in the reward.")
 
 
+class PromptFilter(Strict):
+    """Which RL prompts train: GRPO learns only from a group whose completions got different rewards (a group all
+    right or all wrong has zero advantage and costs a full forward and backward for nothing). With ``samples`` > 0
+    the stage first samples that many completions per prompt from the initial checkpoint, at rl.generation's
+    temperature and length, scores them with rl.rewards, and trains on the prompts whose rewards differ."""
+
+    samples: int = Field(
+        0,
+        ge=0,
+        description="Completions per prompt sampled from the initial checkpoint before training; 0: train on every "
+        "prompt. 8 finds most prompts with mixed rewards at a cost of 8 x rl.num_prompts completions.",
+    )
+
+    @field_validator("samples")
+    @classmethod
+    def _two(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("rl.prompt_filter.samples=1 cannot tell mixed rewards from one completion: use 0 or >= 2")
+        return v
+
+
 class RLStageConfig(Strict):
     """RL from an SFT checkpoint (or the base model). Both initialisations get this same section."""
 
@@ -535,6 +556,7 @@ class RLStageConfig(Strict):
     )
     num_prompts: int = Field(256, ge=1, description="RL prompts, generated with prompt_seed from data.tasks.")
     prompt_seed: int = Field(777, description="Seed of the RL prompts (differs from data.seed and evaluation's).")
+    prompt_filter: PromptFilter = Field(default_factory=PromptFilter)
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     training: GRPOArgs = Field(default_factory=GRPOArgs)
     ppo: PPOArgs = Field(default_factory=PPOArgs)

@@ -21,6 +21,7 @@ from stages import lm_eval_bench, probes
 from stages.answers import unreadable_golds
 from stages.config import BenchmarkSpec, Config, ConfigError, DataConfig
 from stages.data import DataError, _item_id, _question_of, build_items, load_table, resolve_field, scalar_answer
+from stages.rl_prompts import rl_prompts
 
 _WORDS = re.compile(r"[a-z]+")
 
@@ -73,10 +74,6 @@ def training_items(cfg: Config) -> list[dict[str, Any]]:
     """Items the model saw: the SFT items and the RL prompts, whatever their source (``rl.prompt_data`` or the
     training task)."""
     items = build_items(cfg.data)
-    # lazy: stages.rl imports TRL's GRPOTrainer, which loads vLLM where it is installed; the evaluation needs neither,
-    # only the RL prompt list
-    from stages.rl import rl_prompts
-
     try:
         items = items + rl_prompts(cfg)
     except (DataError, ConfigError):  # prompts RL itself could not build: RL stops on them before training

@@ -143,7 +143,17 @@ class HFGenerator:
     def __init__(self, model, tokenizer, batch_size: int):
         self.model, self.tok, self.batch = model, tokenizer, batch_size
 
-    def generate(self, prompts: list[str], *, n: int, temperature: float, max_new_tokens: int, seed: int):
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        n: int,
+        temperature: float,
+        max_new_tokens: int,
+        seed: int,
+        top_p: float = 1.0,
+        top_k: int = 0,
+    ):
         tok = self.tok
         tok.padding_side = "left"
         out: list[list[str]] = []
@@ -153,7 +163,7 @@ class HFGenerator:
             enc = tok(prompts[i : i + step], return_tensors="pt", padding=True, add_special_tokens=False)
             # greedy exactly when temperature == 0, as under vLLM; sampling from the full softmax (top_k=0 explicit:
             # transformers would fill in top_k=50 and Avg@k / pass@k would differ from vLLM's)
-            sample = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0}
+            sample = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
             with torch.no_grad():
                 gen = self.model.generate(
                     **enc.to(self.model.device),
@@ -189,12 +199,22 @@ class VLLMGenerator:
             trust_remote_code=cfg.model.trust_remote_code,
         )
 
-    def generate(self, prompts: list[str], *, n: int, temperature: float, max_new_tokens: int, seed: int):
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        n: int,
+        temperature: float,
+        max_new_tokens: int,
+        seed: int,
+        top_p: float = 1.0,
+        top_k: int = 0,
+    ):
         from vllm import SamplingParams  # lazy: optional extra, only with eval.backend=vllm
 
         # Per-request seeds crash vLLM's CPU engine; the engine itself is seeded. Greedy exactly when temperature
         # == 0 (samples: 1 is one sampled completion on both backends), full softmax otherwise.
-        params = SamplingParams(n=n, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens)
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_new_tokens)
         return [[c.text for c in r.outputs] for r in self.llm.generate(prompts, params, use_tqdm=False)]
 
     def close(self):

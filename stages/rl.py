@@ -30,9 +30,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 
 from stages import backends, io, models, tracking
-from stages.answers import unreadable_golds
-from stages.config import Config, ConfigError, dump_config, use_cpu
-from stages.data import build_items, prompt_messages, prompt_text
+from stages.config import Config, ConfigError, dump_config, safe_yaml, use_cpu
+from stages.data import prompt_messages, prompt_text
 from stages.io import (
     atomic_write_json,
     atomic_write_text,
@@ -44,6 +43,7 @@ from stages.io import (
 )
 from stages.ppo import PolicyWithValue, PPOSettings, TransformersRollouts, VLLMRollouts, train_ppo, value_head_state
 from stages.rewards import get_reward
+from stages.rl_prompts import filtered_prompts, rl_prompts
 from stages.stage_cli import stage_main
 from stages.vllm_cpu import apply_cpu_colocate_patches
 
@@ -119,28 +119,6 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
     )
 
 
-def rl_prompts(cfg: Config) -> list[dict[str, Any]]:
-    """RL prompt items (with gold answers): ``rl.prompt_data`` if set, else the SFT task distribution with its own
-    seed; any SFT training question is dropped."""
-    source = cfg.rl.prompt_data or cfg.data
-    sft_questions = {x["question"] for x in build_items(cfg.data)} if source.source == "reasoning_gym" else set()
-    label = "rl.prompt_data" if cfg.rl.prompt_data else "data"
-    items = build_items(source, size=cfg.rl.num_prompts + len(sft_questions), seed=cfg.rl.prompt_seed, label=label)
-    if any(x["answer"] is None for x in items):
-        raise ConfigError(f"RL prompts need gold answers: map {label}.fields.answer to a column or path")
-    items = [x for x in items if x["question"] not in sft_questions][: cfg.rl.num_prompts]
-    if "math_correct" in cfg.rl.rewards:
-        errors = unreadable_golds(items, lambda x: f"prompt {x['question'][:60]!r}")
-        if errors:
-            raise ConfigError(
-                f"{len(errors)} RL prompt(s) in {label} have a gold answer the math_correct reward cannot read: "
-                f"{errors[0]}. Fix or drop them, or use rewards without gold answers"
-            )
-    if len(items) < cfg.rl.num_prompts:
-        raise ConfigError(f"only {len(items)} RL prompts are disjoint from the SFT data; lower rl.num_prompts")
-    return items
-
-
 class JsonlMetrics(TrainerCallback):
     """One JSON line per logged step to ``path``, flushed at once (a crash loses at most the line being written)."""
 
@@ -203,7 +181,13 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     arm_dir = cfg.run_dir / arm
     if not (is_done(arm_dir) and not force):
         tracking.check_installed(cfg)  # before any model is loaded
-    return run_arm_once(arm_dir, force, lambda: _run(cfg, force, callbacks, arm, arm_dir), "pass --force to rerun")
+    return run_arm_once(
+        arm_dir,
+        force,
+        lambda: _run(cfg, force, callbacks, arm, arm_dir),
+        "pass --force to rerun",
+        recipe=("rl", safe_yaml(dump_config(cfg))),
+    )
 
 
 def _truncate_metrics(path: Path, trainer_dir: Path) -> None:
@@ -255,8 +239,6 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     check_chat_format(tokenizer, init_path)
     reward_funcs = [get_reward(name) for name in cfg.rl.rewards]
     items = rl_prompts(cfg)
-    rows = [{"prompt": prompt_messages(x, cfg.data.system_prompt), "answer": x["answer"]} for x in items]
-    train_ds = datasets.Dataset.from_list(rows)
     as_given, requested = cfg, cfg.rl.generation.backend
     with state.main_process_first():  # after every input check: the probe is the first costly step
         choice = backends.resolve(cfg, "rl", init_path)
@@ -272,17 +254,33 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # every core (README "Measured numbers")
         apply_cpu_colocate_patches(cfg.model.dtype)  # the engine samples in the trainer's precision
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch only rank 0 writes the arm
+    with state.main_process_first():  # rank 0 samples (in a child process), the others read its file
+        items, prompt_filter = filtered_prompts(cfg, items, init_path, choice.backend, arm_dir, main_process)
+    rows = [{"prompt": prompt_messages(x, cfg.data.system_prompt), "answer": x["answer"]} for x in items]
+    train_ds = datasets.Dataset.from_list(rows)
     if cfg.rl.algorithm == "ppo":
         return _run_ppo(
-            cfg, as_given, arm, arm_dir, init_path, tokenizer, items, reward_funcs, force, choice, threads_at_start
+            cfg,
+            as_given,
+            arm,
+            arm_dir,
+            init_path,
+            tokenizer,
+            items,
+            reward_funcs,
+            force,
+            choice,
+            threads_at_start,
+            prompt_filter,
         )
     args = build_grpo_config(cfg, arm_dir / "trainer")
     model = models.load_model(init_path, cfg.model)
 
     if main_process:
         arm_dir.mkdir(parents=True, exist_ok=True)
-        if force:
+        if force:  # from scratch: neither the finished arm nor its trainer checkpoints are reused
             (arm_dir / "DONE").unlink(missing_ok=True)
+            shutil.rmtree(arm_dir / "trainer", ignore_errors=True)
         atomic_write_text(arm_dir / "config.yaml", dump_config(as_given))  # as given (auto stays auto)
     trainer_dir = arm_dir / "trainer"
     resume = trainer_dir.is_dir() and get_last_checkpoint(str(trainer_dir)) is not None
@@ -314,6 +312,8 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
 
     steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     extra = {"steps": trainer.state.global_step, "train_loss": float(result.training_loss)}
+    if prompt_filter:
+        extra["prompt_filter"] = prompt_filter
     extra.update(_backend_facts(cfg, requested, choice, init_path, steps, threads_at_start))
     backend = cfg.rl.generation.backend
     return _finish(cfg, arm, arm_dir, init_path, steps, train_s, len(items), backend, extra, trainer)
@@ -392,7 +392,9 @@ def _finish(
         "method": f"{cfg.rl.algorithm} (RL)",
         "initialisation": init_path,
         "rewards": ", ".join(cfg.rl.rewards),
-        "training": f"{summary['steps']} steps, lr {cfg.rl.training.learning_rate}, {prompts} prompts, "
+        "training": f"{summary['steps']} steps, lr {cfg.rl.training.learning_rate}, {prompts} prompts"
+        + (f" (of {extra['prompt_filter']['prompts']}: those with mixed rewards)" if "prompt_filter" in extra else "")
+        + ", "
         f"{cfg.rl.generation.num_generations} completions per prompt, generation {backend}, seed {cfg.seed}",
         "reward first -> last step": f"{summary['reward_first']} -> {summary['reward_last']}",
     }
@@ -465,6 +467,7 @@ def _run_ppo(
     force: bool,
     choice,
     threads_at_start: dict,
+    prompt_filter: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """PPO (stages.ppo) with the same prompts, rewards, engines and outputs as GRPO; one process or several under
     ``accelerate launch`` (only rank 0 writes)."""
@@ -566,6 +569,8 @@ def _run_ppo(
     save_file(value_head_state(model), str(arm_dir / "value_head.safetensors"))
     facts = _backend_facts(cfg, as_given.rl.generation.backend, choice, init_path, steps, threads_at_start)
     extra = {"num_processes": accelerator.num_processes, **facts}
+    if prompt_filter:
+        extra["prompt_filter"] = prompt_filter
     return _finish(cfg, arm, arm_dir, init_path, steps, time.perf_counter() - t0, len(items), rollouts.name, extra)
 
 

@@ -36,7 +36,7 @@ from trl import SFTConfig, SFTTrainer
 
 from stages import data as data_mod
 from stages import io, models, tracking
-from stages.config import Config, ConfigError, dump_config, use_cpu
+from stages.config import Config, ConfigError, dump_config, safe_yaml, use_cpu
 from stages.io import (
     atomic_write_json,
     atomic_write_text,
@@ -369,7 +369,13 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     """
     if not (is_done(cfg.arm_dir) and not force):
         tracking.check_installed(cfg)  # before any model is loaded
-    return run_arm_once(cfg.arm_dir, force, lambda: _train(cfg, force, callbacks), "pass --force to retrain")
+    return run_arm_once(
+        cfg.arm_dir,
+        force,
+        lambda: _train(cfg, force, callbacks),
+        "pass --force to retrain",
+        recipe=("sft", safe_yaml(dump_config(cfg))),
+    )
 
 
 def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:

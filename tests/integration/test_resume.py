@@ -44,6 +44,22 @@ def test_sigkill_after_a_checkpoint_then_rerun_continues(tmp_path, cache_dir):
     assert (arm / "trainer" / "checkpoint-4").is_dir()
     assert not (arm / "DONE").exists() and not (arm / "checkpoint").exists()  # not taken for complete
 
+    # resumed with another recipe: refused, naming the key, before anything is trained or rewritten
+    recorded = (arm / "config.yaml").read_text()
+    cmd = [
+        sys.executable,
+        "-m",
+        "stages.sft",
+        *ARGS,
+        f"runs_root={tmp_path / 'crash'}",
+        "sft.training.learning_rate=0.05",
+    ]
+    changed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2, changed.stderr[-2000:]
+    assert "was started with another SFT recipe" in changed.stderr
+    assert "sft.training.learning_rate: 0.005 -> 0.05" in changed.stderr and "--force" in changed.stderr
+    assert (arm / "config.yaml").read_text() == recorded and (arm / "trainer" / "checkpoint-4").is_dir()
+
     resumed = _sft(tmp_path / "crash", env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stderr
@@ -127,6 +143,14 @@ def test_rl_sigkill_after_a_checkpoint_then_rerun_continues(tmp_path, cache_dir)
     w_res = load_file(arm / "checkpoint" / "model.safetensors")
     for k in w_clean:
         assert torch.allclose(w_clean[k], w_res[k], atol=1e-5), k
+
+    # --force trains again from step 1: the trainer checkpoints of the run before are not resumed
+    cmd = [sys.executable, "-m", "stages.rl", "--force", *RL_ARGS, f"runs_root={tmp_path / 'crash'}", f"rl.init={init}"]
+    forced = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    rows_forced = [json.loads(x) for x in (arm / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_forced] == list(range(1, 7))
+    assert [r["reward"] for r in rows_forced] == pytest.approx([r["reward"] for r in rows_clean], abs=1e-6)
 
 
 def test_no_disk_for_a_checkpoint_stops_before_writing_and_keeps_the_last(tiny_cfg, monkeypatch):

@@ -1,0 +1,132 @@
+"""What produced an output, and whether two outputs may be combined: one rule for every reader.
+
+Each training stage writes the config it ran with to its arm's ``config.yaml``. The *recipe* of a stage is the part
+of that config that changes what the stage computes: for SFT the model, the data, the seed and the ``sft`` section;
+for RL the model, the data, the seed and the ``rl`` section. Names, folders, engines' placement, evaluation, report,
+tracking and logging cadence are not part of it.
+
+- :func:`check_same_recipe` is called before an arm is resumed or reused: a finished or half-trained arm whose recipe
+  differs from the config given now is refused (``--force`` restarts it), so one arm never mixes two recipes.
+- :func:`confounds` is what the report calls for every pair of arms it compares: the recipe keys on which they
+  differ beyond their method (``sft.method`` and the method's own settings, or RL's ``init``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from stages.config import ConfigError, safe_yaml
+
+# top-level keys that never change what a stage computes
+NOT_RECIPE = {
+    "run_name",
+    "runs_root",
+    "cache_dir",
+    "seeds",
+    "sweep",
+    "device",
+    "torch_threads",
+    "disk_reserve_gb",
+    "eval",
+    "report",
+    "tracking",
+    "hub",
+}
+# the other training stage's section: SFT does not read rl.*, RL reads its init checkpoint, not sft.*
+OTHER_STAGE = {"sft": "rl", "rl": "sft"}
+# inside a stage section: names, cadence of logs and saves, which seeds get RL
+NOT_RECIPE_IN_STAGE = {
+    "arm",
+    "seeds",
+    "training.logging_steps",
+    "training.save_steps",
+    "training.save_total_limit",
+    "generation.backend",  # auto / vllm / hf sample the same distribution (README "vLLM on CPU")
+}
+# what legitimately differs between the arms a comparison sets side by side
+METHOD_KEYS = {
+    "sft": ("sft.method", "sft.rpsft.", "sft.l2_lambda", "sft.iw.", "sft.lora."),
+    "rl": ("rl.init",),
+}
+
+
+def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys; lists and scalars are leaves."""
+    if isinstance(d, dict) and d:
+        return {k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{prefix}{k}.").items()}
+    return {prefix.rstrip("."): d}
+
+
+def recipe(config: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The dotted keys of ``config`` (a dumped Config) that decide what ``stage`` ("sft" or "rl") computes."""
+    out = {}
+    for key, value in flat(config).items():
+        top, _, rest = key.partition(".")
+        if top in NOT_RECIPE or top == OTHER_STAGE[stage]:
+            continue
+        if top == stage and any(rest == k or rest.startswith(k + ".") for k in NOT_RECIPE_IN_STAGE):
+            continue
+        out[key] = value
+    return out
+
+
+def differences(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """Keys on which two recipes differ (missing counts as None), minus those starting with ``ignore``."""
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and not any(k == p or k.startswith(p) for p in ignore)
+    }
+
+
+def read_config(arm_dir: Path) -> dict[str, Any] | None:
+    """The config an arm recorded, or None when it has none (an arm from before configs were recorded)."""
+    path = Path(arm_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    data = safe_yaml(path.read_text())
+    return data if isinstance(data, dict) else None
+
+
+def shown(diff: dict[str, tuple[Any, Any]], limit: int = 4) -> str:
+    """``key: old -> new`` for the first ``limit`` differences."""
+    parts = [f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in list(diff.items())[:limit]]
+    more = len(diff) - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def check_same_recipe(arm_dir: Path, config: dict[str, Any], stage: str, redo_hint: str) -> None:
+    """Refuse to resume or reuse an arm whose recorded recipe differs from ``config``'s.
+
+    Called before a finished arm is returned as it is and before a half-trained one resumes (an arm with no record
+    or no trainer state passes).
+
+    Raises:
+        ConfigError: naming every differing key with its recorded and its new value.
+    """
+    arm_dir = Path(arm_dir)
+    started = (arm_dir / "DONE").is_file() or any((arm_dir / "trainer").glob("checkpoint-*"))
+    recorded = read_config(arm_dir) if started else None
+    if recorded is None:
+        return
+    diff = differences(recipe(recorded, stage), recipe(config, stage))
+    if diff:
+        state = "is finished" if (arm_dir / "DONE").is_file() else "was started"
+        raise ConfigError(
+            f"{arm_dir} {state} with another {stage.upper()} recipe than the one given now ({shown(diff)}); "
+            f"resuming or reusing it would mix two recipes under one name. Give the recorded values back, name "
+            f"another arm, or {redo_hint} to restart it from scratch"
+        )
+
+
+def confounds(a: dict[str, Any] | None, b: dict[str, Any] | None, stage: str) -> dict[str, tuple[Any, Any]]:
+    """Recipe keys on which two compared arms differ beyond their method; empty when either has no record."""
+    if a is None or b is None:
+        return {}
+    return differences(recipe(a, stage), recipe(b, stage), METHOD_KEYS[stage])

@@ -1,0 +1,64 @@
+"""The recipe rule every reader of a stage's output uses: what counts as the recipe, what is the method."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from stages.config import ConfigError, dump_config, load_config
+from stages.provenance import check_same_recipe, confounds, differences, recipe
+from tests.conftest import CONFIGS
+
+
+def _cfg(*overrides):
+    return yaml.safe_load(dump_config(load_config(CONFIGS / "tiny.yaml", list(overrides))))
+
+
+def test_names_folders_cadence_and_the_other_stage_are_not_the_recipe():
+    base = recipe(_cfg(), "sft")
+    same = _cfg(
+        "run_name=other",
+        "runs_root=/elsewhere",
+        "sft.training.logging_steps=7",
+        "sft.training.save_steps=3",
+        "rl.training.learning_rate=0.5",
+        "eval.batch_size=3",
+        "report.matched_tolerance=0.1",
+        "torch_threads=2",
+    )
+    assert differences(base, recipe(same, "sft")) == {}
+    changed = recipe(_cfg("sft.training.learning_rate=0.05", "data.size=20", "seed=3"), "sft")
+    assert set(differences(base, changed)) == {"sft.training.learning_rate", "data.size", "seed"}
+    # RL's recipe reads rl.*, not sft.*; which seeds get RL and the engine choice are not part of it
+    rl = recipe(_cfg(), "rl")
+    assert differences(rl, recipe(_cfg("sft.training.learning_rate=0.05", "rl.seeds=[0]"), "rl")) == {}
+    assert "rl.training.learning_rate" in differences(rl, recipe(_cfg("rl.training.learning_rate=0.01"), "rl"))
+
+
+def test_the_method_is_not_a_confound_but_the_rest_of_the_recipe_is():
+    sft, rp = _cfg(), _cfg("sft.method=rpsft", "sft.rpsft.lambda=3")
+    assert confounds(sft, rp, "sft") == {}
+    lr = _cfg("sft.method=rpsft", "sft.training.learning_rate=0.05")
+    assert set(confounds(sft, lr, "sft")) == {"sft.training.learning_rate"}
+    assert confounds(_cfg("rl.init=a"), _cfg("rl.init=b"), "rl") == {}
+    assert set(confounds(_cfg("rl.init=a"), _cfg("rl.init=b", "rl.training.max_steps=99"), "rl")) == {
+        "rl.training.max_steps"
+    }
+    assert confounds(None, sft, "sft") == {}  # an arm without a record: nothing to compare
+
+
+def test_a_started_or_finished_arm_refuses_another_recipe(tmp_path):
+    arm = tmp_path / "sft"
+    arm.mkdir()
+    (arm / "config.yaml").write_text(dump_config(load_config(CONFIGS / "tiny.yaml", [])))
+    new = _cfg("sft.training.learning_rate=0.05")
+    check_same_recipe(arm, new, "sft", "pass --force")  # never started: nothing to mix
+    (arm / "trainer" / "checkpoint-2").mkdir(parents=True)
+    with pytest.raises(
+        ConfigError, match=r"was started with another SFT recipe .*sft.training.learning_rate: .* -> 0.05"
+    ):
+        check_same_recipe(arm, new, "sft", "pass --force")
+    check_same_recipe(arm, _cfg("sft.training.logging_steps=9"), "sft", "pass --force")  # cadence only
+    (arm / "DONE").write_text("")
+    with pytest.raises(ConfigError, match="is finished with another SFT recipe.*pass --force"):
+        check_same_recipe(arm, new, "sft", "pass --force")
