@@ -875,6 +875,12 @@ class ReportConfig(Strict):
         description="The matched view: every arm is compared out of domain with the plain-SFT arm closest to it in "
         "in-domain accuracy, when they are within this distance (0.02 = 2 points); meaningful with a sweep.",
     )
+    confounds: Literal["flag", "refuse"] = Field(
+        "flag",
+        description="Compared arms whose recorded recipes differ beyond their method (e.g. another learning rate): "
+        "flag names the keys in the comparison and leaves its claim undecided ('confounded'); refuse stops the "
+        "report with the keys.",
+    )
     primary: PrimaryMetric = Field(
         default_factory=lambda: PrimaryMetric(),
         description="The one comparison the run is about; with the headline metrics it forms the Holm-corrected "

