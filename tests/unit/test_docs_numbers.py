@@ -21,6 +21,13 @@ def test_the_rl_setting_section_quotes_benchmarks_results_rl_setting_json():
         assert f"{100 * greedy['diff']:+.1f}" in section, (run["setting"], "greedy")
         assert f"{run['curve']['mixed_groups_mean']:.2f}" in section, (run["setting"], "mixed groups")
         assert f"{run['curve']['step_s_median']:.0f} s per step" in section, (run["setting"], "step time")
+        if run.get("prompt_filter"):  # the filter's cost and its kept prompts, and the out-of-domain change
+            pf = run["prompt_filter"]
+            assert f"{pf['seconds']:.0f} s of filter sampling" in section, (run["setting"], "filter time")
+            assert f"{pf['kept']}" in section and f"of {pf['prompts']} prompts" in section, (run["setting"], "kept")
+            o = run["ood_mean_change"]
+            ood = f"{100 * o['diff']:+.1f} [{100 * o['ci_low']:+.1f}, {100 * o['ci_high']:+.1f}]"
+            assert ood in section, (run["setting"], run["init"], "ood", ood)
     # the choice is the file's: none, when no setting raised Avg@k from every initialisation
     chosen = r["chosen"]
     assert (chosen is None) == ("No setting was chosen" in section)
