@@ -26,7 +26,6 @@ import torch
 from accelerate import PartialState
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 
 from stages import backends, io, models, tracking
@@ -283,7 +282,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
             shutil.rmtree(arm_dir / "trainer", ignore_errors=True)
         atomic_write_text(arm_dir / "config.yaml", dump_config(as_given))  # as given (auto stays auto)
     trainer_dir = arm_dir / "trainer"
-    resume = trainer_dir.is_dir() and get_last_checkpoint(str(trainer_dir)) is not None
+    resume = io.last_complete_checkpoint(trainer_dir)[0] is not None  # the one train_resumable resumes from
     metrics_path = arm_dir / "metrics.jsonl"
     if resume and main_process:
         _truncate_metrics(metrics_path, trainer_dir)

@@ -263,6 +263,10 @@ class RPSFTRegularizer:
     ``add_penalty_grad`` adds lambda * dR/dW to ``W.grad`` once per optimizer step (after the cross-entropy gradients
     of all micro-batches are accumulated, before clipping): the same update as adding lambda * R to every
     micro-batch loss of the release, without GA repeated penalty evaluations.
+
+    Each matrix's block deviation D = U_k^T W V_k - S_ref is kept with the weight's version counter (torch bumps it
+    on every in-place change: the optimizer step, a checkpoint load). The block computed after step t for the log
+    is therefore the one step t+1's gradient uses, and one block product per matrix and step remains, the floor.
     """
 
     def __init__(self, params: list[tuple[str, torch.nn.Parameter]], anchors: Anchors, lam: float):
@@ -273,6 +277,7 @@ class RPSFTRegularizer:
         self.anchors = anchors
         self.lam = float(lam)
         self._moved = False
+        self._blocks: dict[str, tuple[int, torch.Tensor]] = {}  # name -> (weight version, D)
         for name, p in params:
             a = anchors.anchors[name]
             if tuple(p.shape) != a.shape:
@@ -313,15 +318,47 @@ class RPSFTRegularizer:
             total = r if total is None else total + r
         return self.lam * total
 
+    @property
+    def keeps_blocks(self) -> bool:
+        """Whether blocks are kept between steps: k x k ones are; the full-rank W - W0 of L2 (a second copy of the
+        weights) is not, and costs one subtraction when needed."""
+        return any(not self.anchors.anchors[n].full for n, _ in self.params)
+
+    def _block(self, name: str, a: Anchor, p: torch.Tensor) -> torch.Tensor:
+        """D for ``p`` as it is now: the kept one while the weight is unchanged, else computed (and kept, unless
+        full rank)."""
+        if a.full:
+            return self._residual(a, p)
+        version = p._version
+        kept = self._blocks.get(name)
+        if kept is not None and kept[0] == version:
+            return kept[1]
+        D = self._residual(a, p)
+        self._blocks[name] = (version, D)
+        return D
+
     @torch.no_grad()
     def penalty(self) -> float:
         """sum R(W) (without lambda)."""
+        return self.stats()["penalty"]
+
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        """sum R(W) (without lambda) and the block drift's mean and max, in one pass over the matrices."""
         total = 0.0
+        drifts = []
         for name, p in self.params:
             a = self.anchors.anchors[name]
             self._to(p.device)
-            total += float(self._residual(a, p).pow(2).sum())
-        return total
+            D = self._block(name, a, p)
+            total += float(D.pow(2).sum())
+            ref = a.W0 if a.full else a.S_ref
+            drifts.append(float(torch.linalg.matrix_norm(D) / torch.linalg.matrix_norm(ref).clamp(min=1e-12)))
+        return {
+            "penalty": total,
+            "block_drift_mean": sum(drifts) / max(1, len(drifts)),
+            "block_drift_max": max(drifts, default=0.0),
+        }
 
     @torch.no_grad()
     def add_penalty_grad(self) -> dict[str, float]:
@@ -332,7 +369,7 @@ class RPSFTRegularizer:
         for name, p in self.params:
             a = self.anchors.anchors[name]
             self._to(p.device)
-            D = self._residual(a, p)
+            D = self._block(name, a, p)
             total += float(D.pow(2).sum())
             ref = a.W0 if a.full else a.S_ref
             drifts.append(float(torch.linalg.matrix_norm(D) / torch.linalg.matrix_norm(ref).clamp(min=1e-12)))
@@ -359,7 +396,7 @@ class RPSFTRegularizer:
         for name, p in self.params:
             a = self.anchors.anchors[name]
             self._to(p.device)
-            D = self._residual(a, p)
+            D = self._block(name, a, p)
             ref = a.W0 if a.full else a.S_ref
             out[name] = float(torch.linalg.matrix_norm(D) / torch.linalg.matrix_norm(ref).clamp(min=1e-12))
         return out

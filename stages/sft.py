@@ -31,7 +31,6 @@ import torch
 from accelerate.utils import DistributedType
 from peft import LoraConfig
 from transformers import TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from stages import data as data_mod
@@ -227,25 +226,26 @@ class Sft2rlTrainer(SFTTrainer):
 
 
 class _PenaltyAfterStep(TrainerCallback):
-    """At a logged step, the penalty of the weights the optimizer step just produced: ``rpsft/penalty`` (R, without
-    lambda), ``rpsft/weighted_penalty`` (lambda * R, the term in the loss) and the block drift. Computed only when
-    the step is logged (one pass over the matrices)."""
+    """After every optimizer step, the penalty of the weights it produced: ``rpsft/penalty`` (R, without lambda),
+    ``rpsft/weighted_penalty`` (lambda * R, the term in the loss) and the block drift, logged at logged steps. One
+    pass over the matrices, whose blocks the next step's gradient reuses (:class:`stages.rpsft.RPSFTRegularizer`),
+    so the log costs no block product of its own."""
 
     def __init__(self, trainer):
         self.trainer = trainer
 
     def on_step_end(self, args, state, control, **kwargs):
-        if not control.should_log:
-            return
         reg = self.trainer.regularizer
-        penalty = reg.penalty()
-        drift = list(reg.block_drift().values())
+        if reg.keeps_blocks or control.should_log:
+            stats = reg.stats()
+        else:
+            return
         self.trainer.reg_stats.update(
             {
-                "rpsft/penalty": penalty,
-                "rpsft/weighted_penalty": reg.lam * penalty,
-                "rpsft/block_drift_mean": sum(drift) / max(1, len(drift)),
-                "rpsft/block_drift_max": max(drift, default=0.0),
+                "rpsft/penalty": stats["penalty"],
+                "rpsft/weighted_penalty": reg.lam * stats["penalty"],
+                "rpsft/block_drift_mean": stats["block_drift_mean"],
+                "rpsft/block_drift_max": stats["block_drift_max"],
             }
         )
 
@@ -395,7 +395,7 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
         atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
         atomic_write_text(cfg.run_dir / "data" / "sft_train.jsonl", "".join(json.dumps(x) + "\n" for x in items))
     trainer_dir = arm_dir / "trainer"
-    resume = trainer_dir.is_dir() and get_last_checkpoint(str(trainer_dir)) is not None
+    resume = io.last_complete_checkpoint(trainer_dir)[0] is not None  # the one train_resumable resumes from
     if resume:
         log.info("resuming %s from the last trainer checkpoint in %s", cfg.sft.arm_name, trainer_dir)
     t0 = time.perf_counter()

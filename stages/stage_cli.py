@@ -58,7 +58,19 @@ def leave_process_group() -> None:
     dist = sys.modules.get("torch.distributed")  # only a stage that imported torch can have a process group
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+        # A vLLM engine colocated in this process (TRL's colocate mode) made its own groups on top of the default
+        # one: vLLM takes them down first, in its order, then the default group, so its exit-time cleanup finds
+        # nothing left to destroy (taken down in the other order, that cleanup raised "Invalid process group
+        # specified" after every successful RL stage).
+        vllm_groups = sys.modules.get("vllm.distributed.parallel_state")
+        if vllm_groups is not None and getattr(vllm_groups, "_WORLD", None) is not None:
+            try:
+                vllm_groups.destroy_model_parallel()
+                vllm_groups.destroy_distributed_environment()
+            except (RuntimeError, ValueError) as e:  # the outputs are complete: say what failed in the teardown
+                logging.getLogger(__name__).warning("vLLM's process groups did not close cleanly: %s", e)
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def stage_main(

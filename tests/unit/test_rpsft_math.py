@@ -131,6 +131,28 @@ def test_penalty_gradient_matches_autograd_and_closed_form():
     assert model.bias.grad is None  # 1-D parameters are not regularised
 
 
+def test_a_kept_block_is_reused_until_the_weight_changes_and_never_after():
+    torch.manual_seed(1)
+    model, reg, anchors = make_reg({"a": torch.randn(24, 16)}, k_fraction=0.25, lam=1.0)
+    opt = torch.optim.AdamW([model.a], lr=0.05)
+    calls = []
+    real = reg._residual
+    reg._residual = lambda a, p: calls.append(1) or real(a, p)
+    for _ in range(3):
+        model.a.grad = torch.randn_like(model.a)
+        before = reg.add_penalty_grad()["penalty"]
+        fresh = float(real(anchors.anchors["a"], model.a.detach()).pow(2).sum())
+        assert before == pytest.approx(fresh, rel=1e-6)  # the block the gradient used is the current weight's
+        opt.step()
+        after = reg.stats()["penalty"]  # the log's pass after the step ...
+        assert after == pytest.approx(float(real(anchors.anchors["a"], model.a.detach()).pow(2).sum()), rel=1e-6)
+        assert reg.penalty() == after  # ... read again without a new product
+    assert len(calls) == 3 + 1  # one block product per step, and one for the first step's gradient
+    with torch.no_grad():
+        model.a.copy_(torch.randn_like(model.a))  # e.g. a checkpoint loaded into the weights
+    assert reg.penalty() == pytest.approx(float(real(anchors.anchors["a"], model.a.detach()).pow(2).sum()), rel=1e-6)
+
+
 def test_full_rank_fallback_is_l2_to_init():
     W0 = torch.randn(6, 4)
     model, reg, anchors = make_reg({"w": W0}, k=4)  # k >= min(m, n)
