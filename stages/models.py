@@ -102,9 +102,10 @@ def _save_folder(out: Path, model, tokenizer, source: dict) -> None:
 
 
 def _cache_intact(folder: Path) -> bool:
-    """Whether a cached model folder is complete and undamaged, checked cheaply at every use: the files recorded at
-    creation (whose sha256 was taken then) are there with their sizes, and their safetensors headers read and fit.
-    A damaged folder is removed with a warning, so that the caller builds it again; False when there is none."""
+    """Whether a cached model folder is complete and undamaged, checked at every use: the files recorded at creation
+    are there with their sizes, their safetensors headers read and fit, and their sha256 is the one taken at creation
+    (0.75 s for SmolLM2's 540 MB here; a flipped bit is caught too). A damaged folder is removed with a warning, so
+    that the caller builds it again; False when there is none."""
     if not is_done(folder):
         return False
     problem = None
@@ -121,6 +122,9 @@ def _cache_intact(folder: Path) -> bool:
                 problem = f"{name} has {f.stat().st_size} bytes, {size} when it was written"
             else:
                 _check_safetensors(f)
+                want = meta.get("safetensors_sha256", {}).get(name)
+                if want and file_sha256(f) != want:
+                    problem = f"{name} has another sha256 than when it was written"
             if problem:
                 break
     except (OSError, ValueError, ModelError) as e:

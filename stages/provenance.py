@@ -13,10 +13,12 @@ tracking and logging cadence are not part of it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from stages.config import ConfigError, safe_yaml
+from stages.io import atomic_write_json, file_sha256
 
 # top-level keys that never change what a stage computes
 NOT_RECIPE = {
@@ -130,3 +132,39 @@ def confounds(a: dict[str, Any] | None, b: dict[str, Any] | None, stage: str) ->
     if a is None or b is None:
         return {}
     return differences(recipe(a, stage), recipe(b, stage), METHOD_KEYS[stage])
+
+
+INIT_FILE = "init.json"
+
+
+def weights_digest(folder: str | Path) -> dict[str, str]:
+    """sha256 of each safetensors file of a model folder (an SFT checkpoint: about 1 s per 500 MB here)."""
+    return {f.name: file_sha256(f) for f in sorted(Path(folder).glob("*.safetensors"))}
+
+
+def check_same_init(arm_dir: Path, init_path: str, force: bool) -> dict[str, Any]:
+    """The exact weights an RL arm starts from: recorded in ``<arm>/init.json`` when it starts; a half-trained arm
+    resumes only from the same weights (an SFT arm retrained since would be mixed into it). Returns the record.
+
+    Raises:
+        ConfigError: the arm has trainer checkpoints from other initial weights, and ``force`` is off.
+    """
+    arm_dir = Path(arm_dir)
+    record = {"init": str(init_path), "sha256": weights_digest(init_path)}
+    started = any((arm_dir / "trainer").glob("checkpoint-*"))
+    path = arm_dir / INIT_FILE
+    if started and not force and path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            before = None
+        if isinstance(before, dict) and before.get("sha256") and before["sha256"] != record["sha256"]:
+            raise ConfigError(
+                f"{arm_dir} was started from other weights than {init_path} has now (sha256 of its safetensors "
+                "differ: was the SFT arm retrained since?); resuming would mix two initialisations. Pass --force to "
+                "restart the RL arm from the current checkpoint"
+            )
+    if not (started and path.is_file()) or force:
+        arm_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+    return record

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
-from stages import backends, io, models, tracking
+from stages import backends, io, models, provenance, tracking
 from stages.config import Config, ConfigError, dump_config, safe_yaml, use_cpu
 from stages.data import prompt_messages, prompt_text
 from stages.io import (
@@ -253,6 +253,8 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # every core (README "Measured numbers")
         apply_cpu_colocate_patches(cfg.model.dtype)  # the engine samples in the trainer's precision
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch only rank 0 writes the arm
+    if main_process:  # the exact initial weights, recorded; a resume from other ones is refused
+        provenance.check_same_init(arm_dir, init_path, force)
     with state.main_process_first():  # rank 0 samples (in a child process), the others read its file
         items, prompt_filter = filtered_prompts(cfg, items, init_path, choice.backend, arm_dir, main_process)
     rows = [{"prompt": prompt_messages(x, cfg.data.system_prompt), "answer": x["answer"]} for x in items]
@@ -387,6 +389,8 @@ def _finish(
         "rewards": cfg.rl.rewards,
         "prompts": prompts,
     }
+    if (arm_dir / provenance.INIT_FILE).is_file():  # the exact weights it started from (sha256 per file)
+        summary["init_sha256"] = json.loads((arm_dir / provenance.INIT_FILE).read_text()).get("sha256")
     facts = {
         "method": f"{cfg.rl.algorithm} (RL)",
         "initialisation": init_path,

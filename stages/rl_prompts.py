@@ -172,7 +172,12 @@ def _read(path: Path) -> dict[str, Any] | None:
 def _sample_in_child(cfg: Config, init_path: str, backend: str, timeout: int = 6 * 3600) -> list[list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         conf, out = Path(tmp) / "config.yaml", Path(tmp) / "completions.json"
-        conf.write_text(dump_config(cfg))
+        # the child only samples; the parent scores (a reward registered in the parent's process alone, by a test or
+        # a plugin imported there, would not load in the child's config)
+        sampling = cfg.model_copy(
+            update={"rl": cfg.rl.model_copy(update={"rewards": ["format"], "reward_weights": None})}
+        )
+        conf.write_text(dump_config(sampling))
         cmd = [sys.executable, "-m", "stages.rl_prompts", "--config", str(conf), "--init", init_path]
         cmd += ["--backend", backend, "--out", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)  # noqa: S603 - our own module

@@ -264,9 +264,11 @@ class RPSFTRegularizer:
     of all micro-batches are accumulated, before clipping): the same update as adding lambda * R to every
     micro-batch loss of the release, without GA repeated penalty evaluations.
 
-    Each matrix's block deviation D = U_k^T W V_k - S_ref is kept with the weight's version counter (torch bumps it
-    on every in-place change: the optimizer step, a checkpoint load). The block computed after step t for the log
-    is therefore the one step t+1's gradient uses, and one block product per matrix and step remains, the floor.
+    Each matrix's block deviation D = U_k^T W V_k - S_ref is kept until the weights change: the trainer calls
+    :meth:`weights_changed` after every optimizer step (fused AdamW updates weights without bumping torch's version
+    counter), and the version counter catches the rest (a checkpoint loaded into the weights). The block computed
+    after step t for the log is therefore the one step t+1's gradient uses: one block product per matrix and step,
+    the floor.
     """
 
     def __init__(self, params: list[tuple[str, torch.nn.Parameter]], anchors: Anchors, lam: float):
@@ -277,7 +279,8 @@ class RPSFTRegularizer:
         self.anchors = anchors
         self.lam = float(lam)
         self._moved = False
-        self._blocks: dict[str, tuple[int, torch.Tensor]] = {}  # name -> (weight version, D)
+        self._blocks: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}  # name -> ((update, version), D)
+        self._updates = 0
         for name, p in params:
             a = anchors.anchors[name]
             if tuple(p.shape) != a.shape:
@@ -324,12 +327,16 @@ class RPSFTRegularizer:
         weights) is not, and costs one subtraction when needed."""
         return any(not self.anchors.anchors[n].full for n, _ in self.params)
 
+    def weights_changed(self) -> None:
+        """The weights were updated (an optimizer step): every kept block is stale."""
+        self._updates += 1
+
     def _block(self, name: str, a: Anchor, p: torch.Tensor) -> torch.Tensor:
         """D for ``p`` as it is now: the kept one while the weight is unchanged, else computed (and kept, unless
         full rank)."""
         if a.full:
             return self._residual(a, p)
-        version = p._version
+        version = (self._updates, p._version)
         kept = self._blocks.get(name)
         if kept is not None and kept[0] == version:
             return kept[1]

@@ -234,6 +234,12 @@ class _PenaltyAfterStep(TrainerCallback):
     def __init__(self, trainer):
         self.trainer = trainer
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer.regularizer.weights_changed()  # a resumed run has just loaded its checkpoint's weights
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.regularizer.weights_changed()
+
     def on_step_end(self, args, state, control, **kwargs):
         reg = self.trainer.regularizer
         if reg.keeps_blocks or control.should_log:

@@ -27,8 +27,8 @@ SENTINEL_FILES = {
     # the finished sft arm was trained at another learning rate than the tiny config's
     "tiny/sft/config.yaml": _recorded("sft.training.learning_rate=0.5"),
     # an RL arm killed after its step-2 checkpoint, started at another learning rate
-    "tiny/rl-base/config.yaml": _recorded("rl.training.learning_rate=0.5"),
-    "tiny/rl-base/trainer/checkpoint-2/trainer_state.json": '{"global_step": 2}\n',
+    "tiny/rl-held/config.yaml": _recorded("rl.training.learning_rate=0.5", "rl.arm=rl-held"),
+    "tiny/rl-held/trainer/checkpoint-2/trainer_state.json": '{"global_step": 2}\n',
     "tiny/report.md": "# an earlier report\n",
     "tiny/eval/base/metrics.json": "{}\n",
 }
@@ -237,8 +237,9 @@ ROWS = [
      "data.size=20"), "data.size: 64 -> 20"),
     ("sft-finished-arm-other-seed", _stage("sft", "--config", TINY, "sft.training.learning_rate=0.5", "seed=7"),
      "seed: 0 -> 7"),
-    ("rl-half-trained-other-recipe", _stage("rl", "--config", TINY), "was started with another RL recipe"),
-    ("rl-half-trained-other-rewards", _stage("rl", "--config", TINY, "rl.training.learning_rate=0.5",
+    ("rl-half-trained-other-recipe", _stage("rl", "--config", TINY, "rl.arm=rl-held"),
+     "was started with another RL recipe"),
+    ("rl-half-trained-other-rewards", _stage("rl", "--config", TINY, "rl.arm=rl-held", "rl.training.learning_rate=0.5",
      "rl.rewards=[format]"),
      "rl.rewards"),
     ("rl-prompt-filter-one-sample", _stage("rl", "--config", TINY, "rl.prompt_filter.samples=1"),

@@ -11,7 +11,7 @@ import pytest
 from stages import models
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete", "grow"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "grow", "flip"])
 def test_a_damaged_cached_model_is_rebuilt_with_a_warning(tiny_cfg, tmp_path, caplog, damage):
     cfg = tiny_cfg(f"cache_dir={tmp_path / 'cache'}")
     folder = models.resolve_model(cfg)
@@ -23,8 +23,10 @@ def test_a_damaged_cached_model_is_rebuilt_with_a_warning(tiny_cfg, tmp_path, ca
         weights.write_bytes(good[: len(good) // 3])
     elif damage == "delete":
         weights.unlink()
-    else:
+    elif damage == "grow":
         weights.write_bytes(good + b"\0" * 16)
+    else:  # one bit in the tensor data: same size, header intact, only the checksum sees it
+        weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     with caplog.at_level("WARNING", logger=models.log.name):
         again = models.resolve_model(cfg)
     assert again == folder and weights.read_bytes() == good  # rebuilt, the same deterministic weights

@@ -39,6 +39,7 @@ def test_grpo_trains_only_on_prompts_with_mixed_rewards_and_reuses_the_sampling(
     assert even and mixed, "the tiny data has answers of both parities and the model's samples vary"
     assert not {x["question"] for x in mixed} & {x["question"] for x in even}
     pf = summary["prompt_filter"]
+    assert set(summary["init_sha256"]) == {"model.safetensors"}  # the exact weights RL started from
     assert pf["kept"] == len(mixed) == summary["prompts"] < len(items)
     assert pf["all_same"].get("0.0", 0) >= len(even)  # dropped, by the one reward their completions all got
     metrics = json.loads((arm / "metrics.json").read_text())

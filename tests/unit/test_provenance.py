@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -62,3 +64,22 @@ def test_a_started_or_finished_arm_refuses_another_recipe(tmp_path):
     (arm / "DONE").write_text("")
     with pytest.raises(ConfigError, match="is finished with another SFT recipe.*pass --force"):
         check_same_recipe(arm, new, "sft", "pass --force")
+
+
+def test_an_rl_arm_resumes_only_from_the_weights_it_started_from(tmp_path):
+    from stages.provenance import INIT_FILE, check_same_init
+
+    init, arm = tmp_path / "sft" / "checkpoint", tmp_path / "rl-sft"
+    init.mkdir(parents=True)
+    (init / "model.safetensors").write_bytes(b"weights of the first SFT run")
+    first = check_same_init(arm, str(init), force=False)
+    assert set(first["sha256"]) == {"model.safetensors"} and (arm / INIT_FILE).is_file()
+    (arm / "trainer" / "checkpoint-2").mkdir(parents=True)  # killed after a checkpoint
+    assert check_same_init(arm, str(init), force=False)["sha256"] == first["sha256"]  # same weights: resumes
+    (init / "model.safetensors").write_bytes(b"weights of a retrained SFT arm")
+    with pytest.raises(ConfigError, match="started from other weights.*--force"):
+        check_same_init(arm, str(init), force=False)
+    assert json.loads((arm / INIT_FILE).read_text())["sha256"] == first["sha256"]  # the record is kept
+    again = check_same_init(arm, str(init), force=True)  # --force restarts from the current checkpoint
+    assert again["sha256"] != first["sha256"]
+    assert json.loads((arm / INIT_FILE).read_text())["sha256"] == again["sha256"]

@@ -131,10 +131,11 @@ def test_penalty_gradient_matches_autograd_and_closed_form():
     assert model.bias.grad is None  # 1-D parameters are not regularised
 
 
-def test_a_kept_block_is_reused_until_the_weight_changes_and_never_after():
+@pytest.mark.parametrize("fused", [False, True])  # fused AdamW does not bump the weights' version counter
+def test_a_kept_block_is_reused_until_the_weight_changes_and_never_after(fused):
     torch.manual_seed(1)
     model, reg, anchors = make_reg({"a": torch.randn(24, 16)}, k_fraction=0.25, lam=1.0)
-    opt = torch.optim.AdamW([model.a], lr=0.05)
+    opt = torch.optim.AdamW([model.a], lr=0.05, fused=fused)
     calls = []
     real = reg._residual
     reg._residual = lambda a, p: calls.append(1) or real(a, p)
@@ -144,6 +145,7 @@ def test_a_kept_block_is_reused_until_the_weight_changes_and_never_after():
         fresh = float(real(anchors.anchors["a"], model.a.detach()).pow(2).sum())
         assert before == pytest.approx(fresh, rel=1e-6)  # the block the gradient used is the current weight's
         opt.step()
+        reg.weights_changed()  # what the trainer's optimizer-step callback calls
         after = reg.stats()["penalty"]  # the log's pass after the step ...
         assert after == pytest.approx(float(real(anchors.anchors["a"], model.a.detach()).pow(2).sum()), rel=1e-6)
         assert reg.penalty() == after  # ... read again without a new product
