@@ -176,3 +176,10 @@ def test_the_overhead_and_task_tables_quote_their_files():
         want = f"| {label} | {cell(t['strict_accuracy'], t['strict_ci95'])} | "
         want += f"{cell(t['lenient_accuracy'], t['lenient_ci95'])} | {100 * t['well_formed']:.0f}% |"
         assert want in readme, want
+
+
+def test_the_readme_counts_the_bad_input_table_as_it_is():
+    from tests.integration.test_bad_input import ROWS
+
+    readme = (REPO / "README.md").read_text()
+    assert f"**Bad input** ({len(ROWS)} cases in `tests/integration/test_bad_input.py`" in readme
