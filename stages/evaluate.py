@@ -35,7 +35,7 @@ from stages.answers import choice_letter, extract_final_answer, lenient_final_an
 from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
 from stages.data import prompt_messages, prompt_text
 from stages.eval_items import NEEDS_TRAINING_ITEMS, OWN_SCORERS, build_benchmark, training_items
-from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, report_progress
+from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, report_progress, weights_stamp
 from stages.lm_eval_bench import score as lm_eval_score
 from stages.metrics import (
     avg_at_k,
@@ -123,9 +123,7 @@ def _fingerprint(cfg: Config, path: str) -> str:
     h.update(json.dumps(cfg.eval.model_dump(mode="json", exclude={"models"}), sort_keys=True).encode())
     h.update(json.dumps([cfg.data.model_dump(mode="json"), cfg.rl.num_prompts, cfg.rl.prompt_seed]).encode())
     h.update(str(EVAL_FORMAT_VERSION).encode())
-    for f in sorted(Path(path).glob("*.safetensors")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(weights_stamp(path).encode())
     return h.hexdigest()[:16]
 
 

@@ -149,6 +149,14 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def weights_stamp(folder: str | os.PathLike) -> str:
+    """Name, size and mtime of each safetensors file of a model folder: a cheap key that changes when the weights
+    are rewritten (a content hash is ``stages.provenance.weights_digest``)."""
+    return "".join(  # concatenated as the evaluation fingerprint always hashed them
+        f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(Path(folder).glob("*.safetensors"))
+    )
+
+
 class LockedError(RuntimeError):
     """Another live process is writing the same output folder."""
 

@@ -55,7 +55,7 @@ METHOD_KEYS = {
 
 def flat(d: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts as dotted keys; lists and scalars are leaves."""
-    if isinstance(d, dict) and d:
+    if isinstance(d, dict):
         return {k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{prefix}{k}.").items()}
     return {prefix.rstrip("."): d}
 

@@ -108,16 +108,11 @@ def _same_setup_but_seed(run: Path, other: Path) -> None:
     """A seed run must be the same experiment with another seed: the resolved configs of the arms both runs have
     may differ only in seed, names and folders (and the report/eval sections). Raises ConfigError naming the keys."""
 
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if isinstance(d, dict):
-            return {k2: v2 for k, v in d.items() for k2, v2 in flat(v, f"{prefix}{k}.").items()}
-        return {prefix.rstrip("."): d}
-
     for mine in sorted(run.glob("*/config.yaml")):
         theirs = other / mine.parent.name / "config.yaml"
         if not theirs.is_file():
             continue
-        a, b = flat(safe_yaml(mine.read_text())), flat(safe_yaml(theirs.read_text()))
+        a, b = provenance.flat(safe_yaml(mine.read_text())), provenance.flat(safe_yaml(theirs.read_text()))
         diff = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in _SEED_KEYS and a.get(k) != b.get(k))
         if diff:
             raise ConfigError(

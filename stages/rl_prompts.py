@@ -23,7 +23,7 @@ from typing import Any
 from stages.answers import unreadable_golds
 from stages.config import Config, ConfigError, dump_config
 from stages.data import build_items
-from stages.io import atomic_write_json
+from stages.io import atomic_write_json, weights_stamp
 
 log = logging.getLogger("sft2rl.rl")
 
@@ -75,9 +75,7 @@ def _filter_key(cfg: Config, init_path: str, backend: str) -> str:
             sort_keys=True,
         ).encode()
     )
-    for f in sorted(Path(init_path).glob("*.safetensors")):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(weights_stamp(init_path).encode())
     return h.hexdigest()[:16]
 
 

@@ -281,6 +281,9 @@ class RPSFTRegularizer:
         self._moved = False
         self._blocks: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}  # name -> ((update, version), D)
         self._updates = 0
+        # Blocks are kept between steps when k x k; the full-rank W - W0 of L2 (a second copy of the weights) is not,
+        # and costs one subtraction when needed.
+        self.keeps_blocks = any(not anchors.anchors[n].full for n, _ in params)
         for name, p in params:
             a = anchors.anchors[name]
             if tuple(p.shape) != a.shape:
@@ -320,12 +323,6 @@ class RPSFTRegularizer:
             r = self._residual(a, p).pow(2).sum()
             total = r if total is None else total + r
         return self.lam * total
-
-    @property
-    def keeps_blocks(self) -> bool:
-        """Whether blocks are kept between steps: k x k ones are; the full-rank W - W0 of L2 (a second copy of the
-        weights) is not, and costs one subtraction when needed."""
-        return any(not self.anchors.anchors[n].full for n, _ in self.params)
 
     def weights_changed(self) -> None:
         """The weights were updated (an optimizer step): every kept block is stale."""
