@@ -31,6 +31,7 @@ from prefect.artifacts import (
 )
 from pydantic import BaseModel, Field, field_validator
 
+from stages import engines
 from stages.config import SFT_METHODS, Config, ConfigError, RlAlgorithm, SftMethod, load_config, safe_yaml
 from stages.io import PROGRESS_ENV, PROGRESS_MARK, FolderLock, LockedError
 from stages.secrets import scrub
@@ -136,7 +137,8 @@ def resolve(params: StageParams, runs_rl: bool | None = None) -> Config:
         if runs_rl is None:
             runs_rl = isinstance(params, PipelineParams)
         algorithm = cfg.rl.algorithm if runs_rl else None
-        refuse_unsupported_launcher(acc if Path(acc).is_file() else str(REPO / acc), methods, algorithm)
+        acc_path = acc if Path(acc).is_file() else str(REPO / acc)
+        engines.check(engines.engine_from_file(acc_path), acc, methods, algorithm, cfg.sft.rpsft.mode)
     return cfg
 
 
@@ -179,39 +181,6 @@ def deployment_guard(config_path: Path, cfg: Config) -> None:
                 f"{label}={raw} is outside the folders a deployment run may use ({', '.join(map(str, roots))}); the "
                 "worker's operator can add folders with SFT2RL_ALLOWED_ROOTS"
             )
-
-
-PENALTY_METHODS = ("rpsft", "l2")
-
-
-def refuse_unsupported_launcher(accelerate_config: str, methods: list[str], rl_algorithm: str | None = None) -> None:
-    """RPSFT and L2 add their penalty gradient after backward, on whole matrices. DeepSpeed (any ZeRO stage) takes the
-    optimizer step inside backward, so the penalty would land one step late or be dropped, and in bf16 it keeps bf16
-    module weights, so the penalty is not 0 at step 0; FSDP shards the matrices. Refused before any stage starts.
-
-    Raises:
-        ConfigError: a penalty method under DeepSpeed or FSDP (the message names the config and the way out).
-    """
-    with open(accelerate_config, encoding="utf-8") as f:
-        kind = str((yaml.safe_load(f) or {}).get("distributed_type", "")).upper()
-    if rl_algorithm == "ppo" and kind in ("DEEPSPEED", "FSDP"):
-        raise ConfigError(
-            f"rl.algorithm=ppo cannot run under {accelerate_config} (distributed_type {kind}): PPO is data-parallel "
-            "under DDP only (its rollouts call generate on whole weights in each process). Use "
-            "configs/accelerate/ddp.yaml, or rl.algorithm=grpo"
-        )
-    penalty = [m for m in methods if m in PENALTY_METHODS]
-    if penalty and kind in ("DEEPSPEED", "FSDP"):
-        raise ConfigError(
-            f"arms {penalty} cannot run under {accelerate_config} (distributed_type {kind}): "
-            + (
-                "DeepSpeed steps the optimizer inside backward, so the RPSFT/L2 penalty gradient would be applied a "
-                "step late or dropped"
-                if kind == "DEEPSPEED"
-                else "FSDP shards the weight matrices the penalty is defined on"
-            )
-            + ". Use configs/accelerate/ddp.yaml for them (the other arms may keep this launcher in a separate run)"
-        )
 
 
 def stage_command(stage: str, params: StageParams, extra: list[str] | None = None) -> list[str]:

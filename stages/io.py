@@ -116,8 +116,9 @@ def run_arm_once(
         raise ConfigError(str(e)) from None
 
 
-def save_checkpoint(model, tokenizer, folder: str | os.PathLike) -> Path:
+def save_checkpoint(model, tokenizer, folder: str | os.PathLike, state_dict: dict | None = None) -> Path:
     """Write a HF model (safetensors) and its tokenizer to a temporary folder beside ``folder``, then publish it.
+    ``state_dict``: the whole weights when the model holds shards (gathered by the engine).
 
     Raises:
         ResourceError: the disk has no room for the checkpoint (checked before writing anything).
@@ -126,7 +127,7 @@ def save_checkpoint(model, tokenizer, folder: str | os.PathLike) -> Path:
     require_disk(folder.parent, int(model_bytes(model) * 1.05), f"the checkpoint {folder.name}")
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     if os.environ.get(FAULT_DURING_SAVE_ENV):  # test-only: a crash in the middle of writing a checkpoint
         os.kill(os.getpid(), signal.SIGKILL)
     tokenizer.save_pretrained(tmp)

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
-from stages import backends, io, models, provenance, tracking
+from stages import backends, engines, io, models, provenance, tracking
 from stages.config import Config, ConfigError, dump_config, safe_yaml, use_cpu
 from stages.data import prompt_messages, prompt_text
 from stages.io import (
@@ -475,16 +475,10 @@ def _run_ppo(
     """PPO (stages.ppo) with the same prompts, rewards, engines and outputs as GRPO; one process or several under
     ``accelerate launch`` (only rank 0 writes)."""
     from accelerate import Accelerator  # lazy: PPO alone builds its own accelerator (GRPO's comes with TRL)
-    from accelerate.utils import DistributedType
 
     t, g = cfg.rl.training, cfg.rl.generation
     accelerator = Accelerator(cpu=use_cpu(cfg))
-    if accelerator.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        raise ConfigError(
-            f"rl.algorithm=ppo runs data-parallel under DDP only, not {accelerator.distributed_type.value}: its "
-            "rollouts call generate on whole weights, one prompt at a time, on each process. Launch it with "
-            "configs/accelerate/ddp.yaml (or use GRPO, which TRL runs under DeepSpeed and FSDP)"
-        )
+    engines.check(engines.engine_of(accelerator), "this launch", rl_algorithm="ppo")
     main_process = accelerator.is_main_process
     settings = _ppo_settings(cfg)
     _check_ppo_processes(settings, accelerator.num_processes)

@@ -11,7 +11,8 @@ The training loss is ``mean response-token CE + lambda * sum_W R(W)``.
 Differences from the authors' release (see README): anchors come from the eigenvectors of the small Gram matrix
 (not a full SVD) and are cached on disk keyed by a hash of the weights and k; everything is fp32, so the penalty is
 zero at step 0; S_ref is computed from the same U_k, V_k (no copy of W0 is kept unless k is full rank); the
-gradient is added once per optimizer step instead of once per micro-batch; sharded parameters are refused loudly.
+gradient is added once per optimizer step instead of once per micro-batch; row-sharded (FSDP2) parameters get the
+exact penalty from partial blocks and one all-reduce.
 """
 
 from __future__ import annotations
@@ -159,6 +160,28 @@ def weights_hash(named: list[tuple[str, torch.Tensor]]) -> str:
     return h.hexdigest()
 
 
+def anchor_inputs(named: list[tuple[str, torch.Tensor]], model_path: str) -> list[tuple[str, torch.Tensor]]:
+    """The matrices anchors are computed from: the loaded weights, or, where a process holds none yet (FSDP's
+    rank-0-only loading leaves them on the meta device), the same tensors read from the checkpoint files, in the
+    parameter's dtype (the same bytes, so the same anchor cache entry).
+
+    Raises:
+        RPSFTError: a weight is neither loaded nor in the checkpoint files.
+    """
+    if not any(p.is_meta for _, p in named):
+        return named
+    load = base_weight_loader(model_path)
+    out = []
+    for name, p in named:
+        if p.is_meta:
+            t = load(name)
+            if t is None or tuple(t.shape) != tuple(p.shape):
+                raise RPSFTError(f"{name} is not loaded in this process nor in the safetensors files of {model_path}")
+            p = t.to(p.dtype)
+        out.append((name, p))
+    return out
+
+
 def compute_anchors(
     named: list[tuple[str, torch.Tensor]],
     k: int | None,
@@ -173,8 +196,8 @@ def compute_anchors(
     """
     if not named:
         raise RPSFTError(
-            "RPSFT matched no 2-D trainable weight: check sft.rpsft.include / exclude. Under FSDP or ZeRO-3 the "
-            "parameters are sharded and look 1-D; use DDP or ZeRO-2 for RPSFT."
+            "RPSFT matched no 2-D trainable weight: check sft.rpsft.include / exclude (the names and shapes are "
+            "those of the model before any engine shards it)"
         )
     k_spec = f"k={k}" if k is not None else f"k_fraction={k_fraction}"
     digest = weights_hash(named)
@@ -257,6 +280,110 @@ def load_anchors(path: Path) -> Anchors:
     return out
 
 
+def shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
+    """The rows of a ``rows``-row matrix that ``rank`` of ``world`` holds under row sharding (``Shard(0)``: FSDP2's
+    ``torch.chunk`` split, ceil(rows / world) per rank, the last ranks short or empty)."""
+    chunk = -(-rows // world)
+    r0 = min(rank * chunk, rows)
+    return r0, min(r0 + chunk, rows)
+
+
+def partial_deviation(a: Anchor, W_rows: torch.Tensor, r0: int) -> torch.Tensor:
+    """This shard's part of the deviation, from rows ``r0 : r0 + len(W_rows)`` of W.
+
+    Block anchors: U_k[rows]^T W[rows] V_k (k x k); the sum of these over any split of W's rows is U_k^T W V_k, so
+    one sum over the ranks gives the block. Full-rank anchors: W[rows] - W0[rows], this shard's rows of W - W0."""
+    r1 = r0 + W_rows.shape[0]
+    Wf = W_rows.to((a.W0 if a.full else a.U).dtype)  # the anchors' precision: fp32
+    if a.full:
+        return Wf - a.W0[r0:r1]
+    return a.U[r0:r1].T @ (Wf @ a.V)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The part of a parameter (or gradient) this process holds: a DTensor's local shard, else the tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+_WRAPPERS = {"module", "_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"}
+
+
+def _plain_name(name: str) -> str:
+    """A parameter name without the parts engines add when they wrap a model (DDP's ``module.``, torch.compile's
+    ``_orig_mod.``, activation checkpointing's ``_checkpoint_wrapped_module.``)."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPERS)
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def agree(problem: str | None, names: list[str]) -> None:
+    """Every process stops together, or none does: each one's problem (or None) and the matrices it matched are
+    gathered; any problem, or ranks that matched different matrices, raises RPSFTError on every rank (naming the
+    rank), so no rank is left waiting in a collective that the others never reach."""
+    rank, world = _world()
+    if world == 1:
+        if problem:
+            raise RPSFTError(problem)
+        return
+    import torch.distributed as dist
+
+    digest = xxhash.xxh3_64("\n".join(names).encode()).hexdigest()
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, (problem, digest, len(names)))
+    for r, (p, _, _) in enumerate(gathered):
+        if p:
+            raise RPSFTError(f"rank {r}: {p}")
+    if len({d for _, d, _ in gathered}) > 1:
+        counts = ", ".join(f"rank {r}: {n}" for r, (_, _, n) in enumerate(gathered))
+        raise RPSFTError(
+            f"the ranks matched different weight matrices ({counts}): every process must load the same model with the "
+            "same sft.rpsft.include / exclude"
+        )
+
+
+@dataclass
+class _Rows:
+    """Where a regularised parameter lives: rows r0:r1 of the matrix in this process, and the process group that
+    holds the other rows (None when this process has the whole matrix)."""
+
+    r0: int
+    r1: int
+    group: object = None
+
+
+def _rows_of(name: str, p: torch.Tensor) -> _Rows:
+    """The rows of ``p`` this process holds. Whole tensors and replicated DTensors hold all rows; FSDP2 parameters
+    (``Shard(0)`` on a one-dimensional mesh) hold a contiguous block of rows. Anything else is refused."""
+    m = int(p.shape[0])
+    placements = getattr(p, "placements", None)
+    if placements is None:
+        return _Rows(0, m)
+    mesh = p.device_mesh
+    kinds = [("shard0" if pl.is_shard(0) else "replicate" if pl.is_replicate() else repr(pl)) for pl in placements]
+    if mesh.ndim != 1 or kinds[0] not in ("shard0", "replicate"):
+        raise RPSFTError(
+            f"parameter {name} is placed as {list(placements)} on a {mesh.ndim}-D device mesh: the RPSFT/L2 penalty "
+            "supports whole matrices (DDP) and row sharding on one mesh dimension (FSDP2's Shard(0)); launch with "
+            "configs/accelerate/fsdp.yaml or configs/accelerate/ddp.yaml"
+        )
+    if kinds[0] == "replicate":
+        return _Rows(0, m)
+    r0, r1 = shard_rows(m, mesh.size(), mesh.get_local_rank())
+    held = int(_local(p).shape[0])
+    if held != r1 - r0:
+        raise RPSFTError(
+            f"parameter {name}: this process holds {held} rows where row sharding of {m} rows over {mesh.size()} "
+            f"ranks gives {r1 - r0}: an engine with another split; RPSFT cannot place its anchors"
+        )
+    return _Rows(r0, r1, mesh.get_group())
+
+
 class RPSFTRegularizer:
     """lambda * sum_W R(W) over the anchored parameters, with a closed-form gradient.
 
@@ -264,37 +391,89 @@ class RPSFTRegularizer:
     of all micro-batches are accumulated, before clipping): the same update as adding lambda * R to every
     micro-batch loss of the release, without GA repeated penalty evaluations.
 
-    Each matrix's block deviation D = U_k^T W V_k - S_ref is kept until the weights change: the trainer calls
-    :meth:`weights_changed` after every optimizer step (fused AdamW updates weights without bumping torch's version
-    counter), and the version counter catches the rest (a checkpoint loaded into the weights). The block computed
-    after step t for the log is therefore the one step t+1's gradient uses: one block product per matrix and step,
-    the floor.
+    Each matrix is seen through the rows this process holds: all of them under DDP, a block of rows under FSDP2
+    (:meth:`bind` finds the parameters by name after the engine wrapped them). Every process computes its partial
+    block U_k[rows]^T W[rows] V_k; one fp32 all-reduce of all partial blocks (and of the full-rank matrices' squared
+    norms) gives every rank the exact D = U_k^T W V_k - S_ref, so every rank logs the exact penalty, and each adds
+    2 lambda U_k[rows] D V_k^T to its own rows' gradient.
+
+    The deviations are kept until the weights change: the trainer calls :meth:`weights_changed` after every optimizer
+    step (fused AdamW updates weights without bumping torch's version counter), and on whole matrices the version
+    counters catch the rest (a checkpoint loaded into the weights). The blocks computed after step t for the log are
+    therefore the ones step t+1's gradient uses: one block product per matrix and step, the floor.
     """
 
     def __init__(self, params: list[tuple[str, torch.nn.Parameter]], anchors: Anchors, lam: float):
+        problem = None
         missing = [n for n, _ in params if n not in anchors.anchors]
         if missing:
-            raise RPSFTError(f"no anchor for {missing[:3]}...: anchors were computed for another model")
+            problem = f"no anchor for {missing[:3]}...: anchors were computed for another model"
+        else:
+            for name, p in params:
+                a = anchors.anchors[name]
+                if tuple(p.shape) != a.shape:
+                    problem = (
+                        f"parameter {name} has shape {tuple(p.shape)} but its anchor {a.shape}: the anchors were "
+                        "computed for another model"
+                    )
+                    break
+        agree(problem, [n for n, _ in params])
         self.params = params
         self.anchors = anchors
         self.lam = float(lam)
         self._moved = False
-        self._blocks: dict[str, tuple[tuple[int, int], torch.Tensor]] = {}  # name -> ((update, version), D)
+        self._rows = {n: _Rows(0, int(p.shape[0])) for n, p in params}
+        self.group = None  # the process group of sharded parameters (one all-reduce per block computation)
+        self._kept: tuple[object, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self._updates = 0
         # Blocks are kept between steps when k x k; the full-rank W - W0 of L2 (a second copy of the weights) is not,
         # and costs one subtraction when needed.
         self.keeps_blocks = any(not anchors.anchors[n].full for n, _ in params)
-        for name, p in params:
-            a = anchors.anchors[name]
-            if tuple(p.shape) != a.shape:
-                raise RPSFTError(
-                    f"parameter {name} has shape {tuple(p.shape)} but its anchor {a.shape}: the weights are sharded "
-                    "(FSDP / ZeRO-3) or belong to another model. RPSFT supports DDP and ZeRO-1/2; not sharded params."
-                )
+        self._ref_norm = {
+            n: float(torch.linalg.matrix_norm(a.W0 if a.full else a.S_ref).clamp(min=1e-12))
+            for n, a in ((n, anchors.anchors[n]) for n, _ in params)
+        }
 
     @property
     def count(self) -> int:
         return len(self.params)
+
+    @property
+    def sharded(self) -> bool:
+        return self.group is not None
+
+    def bind(self, model: torch.nn.Module) -> None:
+        """Use the parameters of ``model`` as the engine wrapped it (found by name: FSDP2 replaces each parameter by a
+        sharded one). Every rank must find every matrix with its anchor's shape and a supported placement, or every
+        rank stops (:func:`agree`)."""
+        named = list(model.named_parameters())
+        found = {_plain_name(n): p for n, p in named}
+        found.update(named)  # a name as it was wins over a name with wrapper parts taken out
+        problem = None
+        params, rows, groups = [], {}, set()
+        for name, _ in self.params:
+            p = found.get(name)
+            if p is None:
+                problem = f"parameter {name} is not in the model the engine wrapped: anchors of another model"
+                break
+            if tuple(p.shape) != self.anchors.anchors[name].shape:
+                problem = f"parameter {name} has shape {tuple(p.shape)}, its anchor {self.anchors.anchors[name].shape}"
+                break
+            try:
+                rows[name] = _rows_of(name, p)
+            except RPSFTError as e:
+                problem = str(e)
+                break
+            if rows[name].group is not None:
+                groups.add(rows[name].group)
+            params.append((name, p))
+        if problem is None and len(groups) > 1:
+            problem = "the regularised matrices are sharded over different process groups; RPSFT needs one"
+        agree(problem, [n for n, _ in self.params])
+        self.params, self._rows = params, rows
+        self.group = next(iter(groups), None)
+        self._moved = False
+        self.weights_changed()
 
     def _to(self, device: torch.device) -> None:
         if self._moved:
@@ -315,7 +494,10 @@ class RPSFTRegularizer:
         return a.U.T @ (Wf @ a.V) - a.S_ref
 
     def penalty_autograd(self) -> torch.Tensor:
-        """lambda * sum R(W) as a differentiable tensor: the naive form of the release (one call per micro-batch)."""
+        """lambda * sum R(W) as a differentiable tensor: the naive form of the release (one call per micro-batch).
+        Whole matrices only (the trainer refuses this mode under FSDP)."""
+        if self.sharded:
+            raise RPSFTError("sft.rpsft.mode=per_micro_batch needs whole matrices; under FSDP use mode=per_step")
         total = None
         for name, p in self.params:
             a = self.anchors.anchors[name]
@@ -328,18 +510,52 @@ class RPSFTRegularizer:
         """The weights were updated (an optimizer step): every kept block is stale."""
         self._updates += 1
 
-    def _block(self, name: str, a: Anchor, p: torch.Tensor) -> torch.Tensor:
-        """D for ``p`` as it is now: the kept one while the weight is unchanged, else computed (and kept, unless
-        full rank)."""
-        if a.full:
-            return self._residual(a, p)
-        version = (self._updates, p._version)
-        kept = self._blocks.get(name)
-        if kept is not None and kept[0] == version:
-            return kept[1]
-        D = self._residual(a, p)
-        self._blocks[name] = (version, D)
-        return D
+    def _version(self) -> object:
+        if self.sharded:  # the same on every rank (a rank holding no rows of a matrix sees no version bump)
+            return self._updates
+        return (self._updates, tuple(p._version for _, p in self.params))
+
+    def _deviations(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(D of every block anchor (k x k, complete), ||W - W0||_F^2 of every full-rank anchor), for the weights as
+        they are now: kept while they are unchanged, else computed with one all-reduce over the shards."""
+        version = self._version()
+        if self._kept is not None and self._kept[0] == version:
+            return self._kept[1], self._kept[2]
+        parts: dict[str, torch.Tensor] = {}
+        for name, p in self.params:
+            a = self.anchors.anchors[name]
+            W = _local(p)
+            self._to(W.device)
+            part = partial_deviation(a, W.detach(), self._rows[name].r0)
+            parts[name] = part.pow(2).sum().reshape(1) if a.full else part
+        if self.group is not None:
+            import torch.distributed as dist
+
+            flat = torch.cat([t.reshape(-1) for t in parts.values()])
+            dist.all_reduce(flat, group=self.group)
+            at = 0
+            for name, t in parts.items():
+                parts[name] = flat[at : at + t.numel()].view_as(t)
+                at += t.numel()
+        blocks, squares = {}, {}
+        for name, _ in self.params:
+            a = self.anchors.anchors[name]
+            if a.full:
+                squares[name] = parts[name][0]
+            else:
+                blocks[name] = parts[name] - a.S_ref
+                squares[name] = blocks[name].pow(2).sum()
+        self._kept = (version, blocks, squares) if self.keeps_blocks else None
+        return blocks, squares
+
+    def _summary(self, squares: dict[str, torch.Tensor]) -> dict[str, float]:
+        values = {n: float(s) for n, s in squares.items()}
+        drifts = [math.sqrt(max(v, 0.0)) / self._ref_norm[n] for n, v in values.items()]
+        return {
+            "penalty": sum(values.values()),
+            "block_drift_mean": sum(drifts) / max(1, len(drifts)),
+            "block_drift_max": max(drifts, default=0.0),
+        }
 
     @torch.no_grad()
     def penalty(self) -> float:
@@ -348,62 +564,40 @@ class RPSFTRegularizer:
 
     @torch.no_grad()
     def stats(self) -> dict[str, float]:
-        """sum R(W) (without lambda) and the block drift's mean and max, in one pass over the matrices."""
-        total = 0.0
-        drifts = []
-        for name, p in self.params:
-            a = self.anchors.anchors[name]
-            self._to(p.device)
-            D = self._block(name, a, p)
-            total += float(D.pow(2).sum())
-            ref = a.W0 if a.full else a.S_ref
-            drifts.append(float(torch.linalg.matrix_norm(D) / torch.linalg.matrix_norm(ref).clamp(min=1e-12)))
-        return {
-            "penalty": total,
-            "block_drift_mean": sum(drifts) / max(1, len(drifts)),
-            "block_drift_max": max(drifts, default=0.0),
-        }
+        """sum R(W) (without lambda) and the block drift's mean and max, in one pass over the matrices (a collective
+        under FSDP: every rank calls it at the same point)."""
+        return self._summary(self._deviations()[1])
 
     @torch.no_grad()
     def add_penalty_grad(self) -> dict[str, float]:
-        """Add lambda * dR/dW to every ``W.grad``; return the penalty and block drift statistics."""
-        total = 0.0
-        drifts = []
+        """Add lambda * dR/dW to the gradient of the rows this process holds; return the penalty and block drift
+        statistics."""
+        blocks, squares = self._deviations()
         two_lam = 2.0 * self.lam
-        for name, p in self.params:
-            a = self.anchors.anchors[name]
-            self._to(p.device)
-            D = self._block(name, a, p)
-            total += float(D.pow(2).sum())
-            ref = a.W0 if a.full else a.S_ref
-            drifts.append(float(torch.linalg.matrix_norm(D) / torch.linalg.matrix_norm(ref).clamp(min=1e-12)))
-            if self.lam == 0.0:
-                continue
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            if a.full:
-                p.grad.add_(D.to(p.dtype), alpha=two_lam)
-            elif p.grad.dtype == torch.float32:
-                p.grad.addmm_(a.U @ D, a.V.T, alpha=two_lam)  # in place: no (m, n) temporary
-            else:  # low-precision grads: fp32 math, one rounding
-                p.grad.add_(((a.U @ D) @ a.V.T).mul_(two_lam).to(p.grad.dtype))
-        return {
-            "penalty": total,
-            "block_drift_mean": sum(drifts) / max(1, len(drifts)),
-            "block_drift_max": max(drifts, default=0.0),
-        }
+        if self.lam != 0.0:
+            for name, p in self.params:
+                a = self.anchors.anchors[name]
+                rows = self._rows[name]
+                if rows.r1 == rows.r0:  # this rank holds no row of the matrix
+                    continue
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                g = _local(p.grad)
+                if a.full:
+                    g.add_(partial_deviation(a, _local(p).detach(), rows.r0).to(g.dtype), alpha=two_lam)
+                    continue
+                U = a.U[rows.r0 : rows.r1]
+                if g.dtype == torch.float32:
+                    g.addmm_(U @ blocks[name], a.V.T, alpha=two_lam)  # in place: no (m, n) temporary
+                else:  # low-precision grads: fp32 math, one rounding
+                    g.add_(((U @ blocks[name]) @ a.V.T).mul_(two_lam).to(g.dtype))
+        return self._summary(squares)
 
     @torch.no_grad()
     def block_drift(self) -> dict[str, float]:
         """Per matrix ||U_k^T W V_k - S_ref||_F / ||S_ref||_F (relative deviation of the preserved block)."""
-        out = {}
-        for name, p in self.params:
-            a = self.anchors.anchors[name]
-            self._to(p.device)
-            D = self._block(name, a, p)
-            ref = a.W0 if a.full else a.S_ref
-            out[name] = float(torch.linalg.matrix_norm(D) / torch.linalg.matrix_norm(ref).clamp(min=1e-12))
-        return out
+        squares = self._deviations()[1]
+        return {n: math.sqrt(max(float(s), 0.0)) / self._ref_norm[n] for n, s in squares.items()}
 
 
 def principal_angles_deg(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:

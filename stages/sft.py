@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import DistributedType
 from peft import LoraConfig
 from transformers import TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from stages import data as data_mod
-from stages import io, models, tracking
+from stages import engines, io, models, tracking
 from stages.config import Config, ConfigError, dump_config, safe_yaml, use_cpu
 from stages.io import (
     atomic_write_json,
@@ -46,6 +45,7 @@ from stages.io import (
 )
 from stages.rpsft import (
     RPSFTRegularizer,
+    anchor_inputs,
     base_weight_loader,
     compute_anchors,
     select_matrices,
@@ -122,8 +122,11 @@ def merge_lora(peft_model):
 class Sft2rlTrainer(SFTTrainer):
     """SFTTrainer with two narrow hooks: the RPSFT/L2 penalty gradient and the IW-SFT loss."""
 
-    def __init__(self, *args, regularizer=None, regularizer_mode="per_step", iw=None, ref_model=None, **kwargs):
+    def __init__(
+        self, *args, regularizer=None, regularizer_mode="per_step", iw=None, ref_model=None, method=None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
+        self.method = method
         self.regularizer = regularizer
         self.regularizer_mode = regularizer_mode
         self.iw = iw
@@ -134,16 +137,9 @@ class Sft2rlTrainer(SFTTrainer):
             self.add_callback(_PenaltyAfterStep(self))
 
     def _refuse_sharding(self) -> None:
-        acc = self.accelerator
-        if acc.distributed_type == DistributedType.FSDP:
-            raise ConfigError("RPSFT/L2 under FSDP is not supported (sharded weights); use DDP or ZeRO-2")
-        if acc.distributed_type == DistributedType.DEEPSPEED:
-            # DeepSpeed steps the optimizer inside backward: add_penalty_grad would run after the step it belongs
-            # to (one step late, or dropped), and bf16 module weights make the penalty non-zero at step 0.
-            raise ConfigError(
-                "RPSFT/L2 under DeepSpeed is not supported (the optimizer steps inside backward, so the penalty "
-                "gradient would land a step late); use DDP (configs/accelerate/ddp.yaml)"
-            )
+        """The launcher policy (stages.engines), checked again where the engine is known for certain."""
+        engine = engines.engine_of(self.accelerator)
+        engines.check(engine, "this launch", [self.method or "rpsft"], rpsft_mode=self.regularizer_mode)
 
     def _loss_scaled_for_ga(self, num_items_in_batch) -> bool:
         # Mirrors transformers.Trainer.training_step: a loss normalised by num_items_in_batch is not divided by GA.
@@ -235,7 +231,9 @@ class _PenaltyAfterStep(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer.regularizer.weights_changed()  # a resumed run has just loaded its checkpoint's weights
+        # The parameters as the engine wrapped them (FSDP2 replaces each by its row shard), with the weights a resumed
+        # run has just loaded: every kept block is stale.
+        self.trainer.regularizer.bind(self.trainer.model)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.regularizer.weights_changed()
@@ -314,7 +312,7 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
         # Anchors for every arm: the RPSFT/L2 penalty, and the rotation diagnostics of the other methods.
         named = select_matrices(model.named_parameters(), rp.include, rp.exclude)
         t0 = time.perf_counter()
-        anchors = compute_anchors(named, rp.k, rp.k_fraction, rp.anchor_method, anchor_cache)
+        anchors = compute_anchors(anchor_inputs(named, model_path), rp.k, rp.k_fraction, rp.anchor_method, anchor_cache)
         anchor_s = time.perf_counter() - t0
     models.check_vocab(model, tokenizer, model_path)
     warn_control_tokens(items, tokenizer)
@@ -325,9 +323,11 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
     if method == "rpsft":
         regularizer = RPSFTRegularizer(named, anchors, rp.lam)
     elif method == "l2":
-        full = compute_anchors(named, None, 1.0, "gram", cache_dir=None)
+        full = compute_anchors(anchor_inputs(named, model_path), None, 1.0, "gram", cache_dir=None)
         regularizer = RPSFTRegularizer(named, full, cfg.sft.l2_lambda)
-    penalty_at_start = regularizer.penalty() if regularizer else None
+    # Under FSDP's rank-0 loading the other ranks hold no weights yet: their penalty is first read at train begin.
+    loaded = not any(p.is_meta for _, p in named)
+    penalty_at_start = regularizer.penalty() if regularizer and loaded else None
     if regularizer is not None:
         log.info(
             "%s: regularising %d matrices (%d full-rank fallback = L2-to-init), lambda=%g, mode=%s",
@@ -355,6 +355,7 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
             callbacks=[*(callbacks or []), *io.training_guards(model, cfg.arm_dir / "trainer")],
             regularizer=regularizer,
             regularizer_mode=rp.mode,
+            method=method,
             iw=cfg.sft.iw if method == "iw" else None,
             ref_model=ref_model,
         )
@@ -409,16 +410,19 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
     train_s = time.perf_counter() - t0
 
     penalty_at_end = regularizer.penalty() if regularizer else None
+    whole = None
+    if engines.engine_of(trainer.accelerator) == "fsdp2" and method != "lora":
+        # The row shards gathered into whole weights: a collective every rank takes part in; rank 0 saves them.
+        whole = trainer.accelerator.get_state_dict(trainer.model)
     if not main_process:
         return {"method": method, "steps": trainer.state.global_step, "penalty_at_end": penalty_at_end}
     final_model = trainer.model
     if method == "lora":
         trainer.model.save_pretrained(arm_dir / "adapter")  # before merging: merging folds the adapters away
         final_model = merge_lora(trainer.model)
-    diag = subspace_diagnostics(
-        anchors, _final_weights(final_model), rp.anchor_method, base=base_weight_loader(model_path)
-    )
-    save_checkpoint(final_model, tokenizer, arm_dir / "checkpoint")
+    final = {n: t for n, t in whole.items() if t.ndim == 2} if whole is not None else _final_weights(final_model)
+    diag = subspace_diagnostics(anchors, final, rp.anchor_method, base=base_weight_loader(model_path))
+    save_checkpoint(final_model, tokenizer, arm_dir / "checkpoint", state_dict=whole)
 
     history = [h for h in trainer.state.log_history if "loss" in h]
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -92,27 +93,48 @@ def test_accelerate_configs_load(name):
 
 
 @pytest.mark.parametrize(
-    ("launcher", "arms", "refused"),
+    ("launcher", "arms", "overrides", "refused"),
     [
-        ("zero2.yaml", ["sft", "rpsft"], True),
-        ("zero2.yaml", ["l2"], True),
-        ("fsdp.yaml", ["rpsft"], True),
-        ("zero2.yaml", ["sft", "lora", "dft"], False),
-        ("ddp.yaml", ["sft", "rpsft", "l2"], False),
+        ("zero2.yaml", ["sft", "rpsft"], [], "DeepSpeed ZeRO-2"),
+        ("zero2.yaml", ["l2"], [], "DeepSpeed ZeRO-2"),
+        ("fsdp1", ["rpsft"], [], "FSDP1"),
+        ("fsdp.yaml", ["rpsft"], ["sft.rpsft.mode=per_micro_batch"], "per_micro_batch"),
+        ("fsdp.yaml", ["sft", "rpsft", "l2"], [], None),
+        ("zero2.yaml", ["sft", "lora", "dft"], [], None),
+        ("ddp.yaml", ["sft", "rpsft", "l2"], [], None),
     ],
 )
-def test_penalty_arms_are_refused_under_deepspeed_and_fsdp_before_any_stage(launcher, arms, refused):
-    """DeepSpeed steps the optimizer inside backward (the penalty gradient would land late); FSDP shards matrices."""
+def test_penalty_arms_run_where_the_engine_supports_them_and_are_refused_before_any_stage_elsewhere(
+    tmp_path, launcher, arms, overrides, refused
+):
+    """DeepSpeed steps the optimizer inside backward (the penalty gradient would land late) and FSDP1 flattens the
+    matrices: refused, naming the engines that can run them (FSDP2, DDP). FSDP2 runs them on row shards."""
     from pipeline.flows import PipelineParams, resolve
     from stages.config import ConfigError
 
+    acc = f"configs/accelerate/{launcher}"
+    if launcher == "fsdp1":
+        raw = yaml.safe_load((REPO / "configs/accelerate/fsdp.yaml").read_text())
+        raw["fsdp_config"]["fsdp_version"] = 1
+        acc = str(tmp_path / "fsdp1.yaml")
+        Path(acc).write_text(yaml.safe_dump(raw))
     params = PipelineParams(
         config="configs/tiny.yaml",
         arms=arms,
-        launcher={"num_processes": 2, "accelerate_config": f"configs/accelerate/{launcher}"},
+        overrides=overrides,
+        launcher={"num_processes": 2, "accelerate_config": acc},
     )
     if refused:
-        with pytest.raises(ConfigError, match=r"cannot run under .*(DEEPSPEED|FSDP).*ddp.yaml"):
+        with pytest.raises(ConfigError, match=rf"cannot run under .*{refused}|{refused}.*cannot run under") as e:
             resolve(params)
+        if refused != "per_micro_batch":
+            assert "configs/accelerate/fsdp.yaml (FSDP2) or configs/accelerate/ddp.yaml" in str(e.value)
     else:
         assert resolve(params).run_name == "tiny"
+
+
+def test_every_shipped_accelerate_config_names_its_engine():
+    from stages.engines import engine_from_file
+
+    engines = {p.name: engine_from_file(p) for p in (REPO / "configs" / "accelerate").glob("*.yaml")}
+    assert engines == {"cpu-ddp.yaml": "ddp", "ddp.yaml": "ddp", "fsdp.yaml": "fsdp2", "zero2.yaml": "zero2"}

@@ -132,13 +132,16 @@ def test_penalty_gradient_matches_autograd_and_closed_form():
 
 
 @pytest.mark.parametrize("fused", [False, True])  # fused AdamW does not bump the weights' version counter
-def test_a_kept_block_is_reused_until_the_weight_changes_and_never_after(fused):
+def test_a_kept_block_is_reused_until_the_weight_changes_and_never_after(fused, monkeypatch):
+    import stages.rpsft as rpsft_mod
+
     torch.manual_seed(1)
     model, reg, anchors = make_reg({"a": torch.randn(24, 16)}, k_fraction=0.25, lam=1.0)
     opt = torch.optim.AdamW([model.a], lr=0.05, fused=fused)
     calls = []
     real = reg._residual
-    reg._residual = lambda a, p: calls.append(1) or real(a, p)
+    partial = rpsft_mod.partial_deviation
+    monkeypatch.setattr(rpsft_mod, "partial_deviation", lambda a, W, r0: calls.append(1) or partial(a, W, r0))
     for _ in range(3):
         model.a.grad = torch.randn_like(model.a)
         before = reg.add_penalty_grad()["penalty"]
@@ -248,3 +251,50 @@ def test_a_near_degenerate_k_boundary_is_reported_apart():
     assert d["stable_k"] == 3 and d["boundary_gap"] == pytest.approx(5.0 / 4.9999, rel=1e-4)
     assert d["principal_angle_boundary_max_deg"] > 5 * d["principal_angle_left_max_deg"]
     assert summarize_diagnostics({"w": d})["degenerate_boundary_matrices"] == 1
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_row_shards_sum_to_the_whole_block_and_gradient(world):
+    """What FSDP2 ranks compute, in float64 without processes: any split of W's rows into shards (some empty) gives
+    partial blocks that sum to U_k^T W V_k, and each shard's gradient rows are the whole gradient's rows."""
+    from stages.rpsft import Anchor, partial_deviation, shard_rows
+
+    torch.manual_seed(world)
+    for m, n, k in [(7, 5, 2), (5, 9, 3), (1, 4, 1), (3, 3, 3)]:
+        W0, W = torch.randn(m, n, dtype=torch.float64), torch.randn(m, n, dtype=torch.float64)
+        U, _, Vh = torch.linalg.svd(W0, full_matrices=False)
+        full = k >= min(m, n)
+        U, V = U[:, :k], Vh[:k].T
+        a = Anchor("w", (m, n), k, full, U=U, V=V, S_ref=U.T @ W0 @ V, W0=W0 if full else None)
+        spans = [shard_rows(m, world, r) for r in range(world)]
+        assert [r0 for r0, _ in spans] == sorted(r0 for r0, _ in spans) and spans[-1][1] == m
+        assert sum(r1 - r0 for r0, r1 in spans) == m  # a partition of the rows, empty shards allowed
+        parts = [partial_deviation(a, W[r0:r1], r0) for r0, r1 in spans]
+        if full:
+            D = torch.cat(parts)
+            assert torch.equal(D, W - W0)
+            continue
+        whole = a.U.T @ W @ a.V
+        assert torch.allclose(sum(parts), whole, rtol=0, atol=1e-12)
+        D = whole - a.S_ref
+        grad = 2 * a.U @ D @ a.V.T
+        pieces = torch.cat([2 * a.U[r0:r1] @ D @ a.V.T for r0, r1 in spans])
+        assert torch.allclose(pieces, grad, rtol=0, atol=1e-12)
+
+
+def test_anchor_inputs_read_weights_a_process_does_not_hold_from_the_files(tmp_path):
+    """FSDP's rank-0 loading leaves the other ranks' weights on the meta device: their anchors come from the
+    checkpoint files, the same bytes, so the same anchors (and cache entry) as rank 0's."""
+    from safetensors.torch import save_file
+
+    from stages.rpsft import anchor_inputs, weights_hash
+
+    W = torch.randn(6, 4)
+    save_file({"model.layer.weight": W}, str(tmp_path / "model.safetensors"))
+    loaded = [("model.layer.weight", torch.nn.Parameter(W.clone()))]
+    meta = [("model.layer.weight", torch.nn.Parameter(torch.empty(6, 4, device="meta")))]
+    assert anchor_inputs(loaded, str(tmp_path)) is loaded
+    got = anchor_inputs(meta, str(tmp_path))
+    assert torch.equal(got[0][1], W) and weights_hash(got) == weights_hash(loaded)
+    with pytest.raises(RPSFTError, match="not loaded in this process"):
+        anchor_inputs([("other.weight", meta[0][1])], str(tmp_path))
