@@ -31,6 +31,7 @@ from prefect.artifacts import (
 )
 from pydantic import BaseModel, Field, field_validator
 
+from pipeline.stage_log import PROGRESS, ProgressThrottle, StageLog, log_level  # noqa: F401 - re-exported
 from stages import engines
 from stages.config import SFT_METHODS, Config, ConfigError, RlAlgorithm, SftMethod, load_config, safe_yaml
 from stages.io import PROGRESS_ENV, PROGRESS_MARK, FolderLock, LockedError
@@ -215,46 +216,15 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-_PROGRESS = re.compile(r"(\d+)/(\d+) \[[^\]]*\]")  # a tqdm bar: "19/40 [01:53<02:00,  5.75s/it]"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def log_level(line: str) -> int:
-    """The level a stage's output line deserves: errors and tracebacks at ERROR, warnings at WARNING, else INFO."""
-    import logging
-
-    if line.startswith(("error:", "Traceback", "RuntimeError", "ValueError")) or " ERROR " in line:
-        return logging.ERROR
-    if " WARNING " in line or "Warning:" in line or line.startswith("warning:"):
-        return logging.WARNING
-    return logging.INFO
-
-
-class ProgressThrottle:
-    """Progress-bar redraws become a line per 10% of the bar (and its last state): "progress 19/40 (47%) ..."."""
-
-    def __init__(self):
-        self.last: dict[int, int] = {}
-
-    def keep(self, line: str) -> str | None:
-        m = _PROGRESS.search(line)
-        if not m:
-            return line
-        done, total = int(m.group(1)), int(m.group(2))
-        step = max(1, total // 10)
-        prev = self.last.get(total, -step)
-        if done < total and done - prev < step:
-            return None
-        self.last[total] = done
-        return f"progress {done}/{total} ({100 * done // max(1, total)}%) {line[m.end() :].strip()}".rstrip()
 
 
 def split_glued(line: str) -> list[str]:
     """A stage's message printed while a progress bar was drawn shares its line (``' 74%|...| 59/80 [..]error: not
-    enough disk ...'``): split it off, so the error is seen as the stage's error, at its level."""
-    for mark in ("error: ", "Traceback (most recent call last)"):
+    enough disk ...'``, or the stage's own progress mark): split it off, so it is read as the stage's line."""
+    for mark in ("error: ", "Traceback (most recent call last)", PROGRESS_MARK):
         pos = line.find(mark)
-        if pos > 0 and _PROGRESS.search(line[:pos]):
+        if pos > 0 and PROGRESS.search(line[:pos]):
             return [line[:pos], line[pos:]]
     return [line]
 
@@ -293,13 +263,14 @@ class StageProgress:
 
 
 def run_child(cmd: list[str], label: str) -> None:
-    """Run a stage process; stream its output lines to the run log (progress bars thinned to every 10%, warnings and
-    errors at their levels); raise StageFailed naming the cause (the stage's own error line) on failure."""
+    """Run a stage process; stream its output lines to the run log as :class:`pipeline.stage_log.StageLog` decides
+    (each line once, at its level; progress, trainer metrics and known-harmless warnings thinned or at DEBUG); raise
+    StageFailed naming the cause (the stage's own error line) on failure."""
     logger = get_run_logger()
     logger.info("%s: %s", label, scrub(shlex.join(cmd)))
     tail: collections.deque[str] = collections.deque(maxlen=25)
     errors: list[str] = []
-    throttle = ProgressThrottle()
+    relay = StageLog(label)
     progress = StageProgress(label)
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=_child_env(), cwd=os.getcwd()
@@ -316,9 +287,9 @@ def run_child(cmd: list[str], label: str) -> None:
                 tail.append(line)
                 if line.startswith("error:"):
                     errors.append(line)
-                kept = throttle.keep(line)
-                if kept is not None:
-                    logger.log(log_level(line), "%s", kept)
+                shown = relay.relay(line)
+                if shown is not None:
+                    logger.log(shown[0], "%s", shown[1])
         rc = proc.wait()
     if rc == 0:
         progress.finish()

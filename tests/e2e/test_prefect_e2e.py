@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -115,6 +116,17 @@ def _deployment_run(env, name: str, params: dict, timeout: int = 900) -> subproc
     )
 
 
+def _all_logs(api: str, run_id: str) -> list[dict]:
+    """Every log line of a flow run (and its task runs), page by page."""
+    out: list[dict] = []
+    while True:
+        query = {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200, "offset": len(out)}
+        page = _post(api, "/logs/filter", query)
+        out += page
+        if len(page) < 200:
+            return out
+
+
 def test_serve_lists_every_flow_for_the_config(prefect_server):
     deps = _post(prefect_server["api"], "/deployments/filter", {})
     flows = {f["id"]: f["name"] for f in _post(prefect_server["api"], "/flows/filter", {})}
@@ -165,8 +177,16 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
     assert any("optimizer steps" in (a.get("description") or "") for a in progress)
     assert any("models evaluated" in (a.get("description") or "") for a in progress)
     # The stage's own log lines reached the server (child process output streamed into the run log).
-    logs = _post(api, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
+    logs = _all_logs(api, run["id"])
     assert any("__main__" in log["message"] for log in logs)
+    # The log as a user reads it: no traceback in a run that completed, no third-party warning at WARNING, each line
+    # stamped once (by Prefect), and trainer metrics and progress a minority of what is shown.
+    shown = [log for log in logs if log["level"] >= 20]
+    assert not [x["message"] for x in shown if "Traceback" in x["message"]]
+    assert not [x["message"] for x in shown if x["level"] == 30 and "site-packages" in x["message"]]
+    assert not [x["message"] for x in shown if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", x["message"])]
+    noise = [x for x in shown if x["message"].startswith(("train ", "progress ", "{'"))]
+    assert len(noise) <= 0.3 * len(shown), "\n".join(x["message"][:100] for x in shown)
     # The fake HF_TOKEN of the serving process appears in no output file, log line or artifact.
     for f in run_dir.rglob("*"):
         if f.is_file() and f.suffix in (".json", ".jsonl", ".md", ".html", ".yaml", ".txt", ""):

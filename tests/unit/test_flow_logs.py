@@ -79,3 +79,59 @@ def test_an_error_glued_to_a_progress_bar_is_still_the_stage_error():
     assert bar.endswith("3.30s/it]") and err == "error: not enough disk for the trainer checkpoint"
     assert split_glued("error: data.path x does not exist") == ["error: data.path x does not exist"]
     assert split_glued("a line about error: handling") == ["a line about error: handling"]  # no bar before it
+
+
+# Lines as the default run's stages print them (SFT with RPSFT, GRPO with vLLM on the CPU), paths shortened.
+SP = "/venv/lib/python3.11/site-packages"
+STAGE_OUTPUT = [
+    f"{SP}/trl/generation/__init__.py:22: UserWarning: TRL currently supports vLLM versions from 0.22.0 to 0.31.0. "
+    "You have version 0.32.0 installed. We recommend installing a supported version to avoid compatibility issues.",
+    "  if is_vllm_available():",
+    f"{SP}/vllm/triton_utils/dispatcher.py:138: FutureWarning: `torch.distributed.reduce_op` is deprecated, please "
+    "use `torch.distributed.ReduceOp` instead",
+    '  if hasattr(value, "__dict__"):',
+    "[W1205 09:45:38.939747581 utils.cpp:68] Warning: NUMA binding: Using MEMBIND policy for memory allocation on "
+    "the NUMA nodes (0). Memory allocations will be strictly bound to these NUMA nodes. (function init_cpu_memory_env)",
+    "2026-12-05 09:45:36,052 WARNING stages.vllm_cpu: vLLM on CPU: an eager engine in the trainer's precision",
+    "2026-12-05 09:45:30,000 INFO stages.rpsft: RPSFT anchors: cache hit anchors-v3.safetensors",
+    f"{SP}/somelib/x.py:3: UserWarning: something this project has not judged",
+    *(
+        f"{{'loss': '1.{i:03d}', 'grad_norm': '10.82', 'learning_rate': '5e-05', 'rpsft/penalty': '0.006589', "
+        f"'rpsft/block_drift_max': '0.0002854', 'entropy': '1.036', 'num_tokens': '726', 'epoch': '0.0{i}'}}"
+        for i in range(1, 41)
+    ),
+    *(f"Map:  {p}%|#####     | {p}/100 [{p // 10:02d}:00<00:01,  1.2s/it]" for p in range(0, 101, 5)),
+    *(f"Tokenizing train dataset: {p}%|###| {p}/64 [00:00<00:00, 900it/s]" for p in (0, 64)),
+    " 0%|          | 0/1 [00:00<?, ?it/s]",
+    "100%|##########| 1/1 [00:00<00:00, 3.1it/s]",
+    "{'train_runtime': '446.1', 'train_samples_per_second': '0.717', 'train_steps_per_second': '0.179', "
+    "'train_loss': '0.272', 'epoch': '0.5'}",
+]
+
+
+def test_a_stage_log_reads_at_its_levels_with_metrics_and_progress_thinned():
+    from pipeline.stage_log import StageLog
+
+    relay = StageLog("sft[rpsft]")
+    shown = [s for s in (relay.relay(line) for line in STAGE_OUTPUT) if s is not None]
+    at = {lvl: [t for l_, t in shown if l_ == lvl] for lvl in (logging.DEBUG, logging.INFO, logging.WARNING)}
+    # The known-harmless third-party warnings and their echoed source lines at DEBUG; an unknown one stays a WARNING,
+    # as does the project's own, without its second timestamp.
+    assert at[logging.WARNING] == [
+        "stages.vllm_cpu: vLLM on CPU: an eager engine in the trainer's precision",
+        f"{SP}/somelib/x.py:3: UserWarning: something this project has not judged",
+    ]
+    assert sum("TRL currently supports" in t or "reduce_op" in t or "NUMA" in t for t in at[logging.DEBUG]) == 3
+    assert "  if is_vllm_available():" in at[logging.DEBUG]
+    assert "stages.rpsft: RPSFT anchors: cache hit anchors-v3.safetensors" in at[logging.INFO]
+    # 40 metric dicts: a compact line for the first and every 10th, plus the summary.
+    train = [t for t in at[logging.INFO] if t.startswith(("train ", "training done"))]
+    assert len(train) == 6 and train[0].startswith("train epoch 0.01 loss 1.001 grad_norm 10.82 learning_rate 5e-05")
+    assert train[-1] == "training done: runtime 446.1 loss 0.272 steps_per_second 0.179"
+    # A slow bar: a labelled line per tenth; quick bars and one-item bars only at DEBUG.
+    bars = [t for t in at[logging.INFO] if t.startswith("progress")]
+    assert len(bars) == 10 and bars[0].startswith("progress Map 10/100 (10%)")  # from the first 10 s on
+    assert bars[-1].startswith("progress Map 100/100 (100%)")
+    assert not any("1/1" in t or "Tokenizing" in t for t in at[logging.INFO])
+    # Of 74 lines of output, a fifth reaches the log at INFO or above.
+    assert len(at[logging.INFO] + at[logging.WARNING]) <= 0.3 * len(STAGE_OUTPUT)
