@@ -237,11 +237,13 @@ class StageProgress:
         self.label = label
         self.artifact_id = None
         self.shown = -1.0
+        self.total: tuple[str, str] | None = None  # (count, what) of the last progress line
 
     def update(self, line: str) -> None:
         m = re.match(rf"{PROGRESS_MARK} (\d+)/(\d+) ?(.*)", line)
         if not m or int(m.group(2)) <= 0:
             return
+        self.total = (m.group(2), m.group(3))
         pct = min(100.0, round(100.0 * int(m.group(1)) / int(m.group(2)), 0))
         if pct == self.shown:
             return
@@ -256,10 +258,12 @@ class StageProgress:
             get_run_logger().debug("progress artifact not updated: %s", e)
 
     def finish(self) -> None:
-        """A stage that completed is done: its artifact shows 100% whatever its last progress line said."""
-        if self.artifact_id is not None and self.shown < 100:
+        """A stage that completed is done: its artifact shows 100% (of its own count, ``80/80 optimizer steps``)
+        whatever its last progress line said."""
+        if self.artifact_id is not None and self.shown < 100 and self.total is not None:
             self.shown = -1.0
-            self.update(f"{PROGRESS_MARK} 1/1 done")
+            total, what = self.total
+            self.update(f"{PROGRESS_MARK} {total}/{total} {what} (done)".rstrip())
 
 
 def run_child(cmd: list[str], label: str) -> None:
@@ -297,6 +301,14 @@ def run_child(cmd: list[str], label: str) -> None:
         kind = exit_kind(rc)
         cause = errors[-1].removeprefix("error: ") if errors else (tail[-1] if tail else "no output")
         raise StageFailed(f"stage {label} failed (exit {rc}, {kind}): {cause}\nLast output:\n" + "\n".join(tail), rc=rc)
+
+
+def tagged(stage: str, label: str, seed: int | None = None):
+    """Tags a user filters task runs by: ``stage:sft``, ``arm:rpsft``, ``seed:0``."""
+    from prefect import tags
+
+    arm = label[label.find("[") + 1 : label.find("]")].split("@")[0] if "[" in label else None
+    return tags(f"stage:{stage}", *([f"arm:{arm}"] if arm else []), *([f"seed:{seed}"] if seed is not None else []))
 
 
 @task(name="stage", task_run_name="{label}", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient)
@@ -421,7 +433,8 @@ def _resolved(runs_rl: bool = False, **kw: Any) -> tuple[StageParams, Config]:
 
 
 def _run_namer(flow_name: str):
-    """Flow runs named ``<run name>/<flow>[/<arm>]`` (``smollm2-cpu/sft-to-rl``), so runs tell themselves apart."""
+    """Flow runs named ``<run name>/<flow>[/<arm>] [arms] [seeds] <start time>`` (``smollm2-cpu/sft-to-rl sft+rpsft
+    12-05 18:40``), so runs of one config tell themselves apart in the runs list."""
 
     def name() -> str:
         from prefect.runtime import flow_run
@@ -439,7 +452,15 @@ def _run_namer(flow_name: str):
             except (OSError, yaml.YAMLError, ConfigError, AttributeError, UnicodeDecodeError):
                 run_name = Path(str(params.get("config", "run"))).stem
         extra = params.get("method") or params.get("init_arm")
-        return f"{run_name}/{flow_name}" + (f"/{extra}" if extra else "")
+        name = f"{run_name}/{flow_name}" + (f"/{extra}" if extra else "")
+        if params.get("arms"):
+            name += " " + "+".join(str(a) for a in params["arms"])
+        seeds = [o.split("=", 1)[1] for o in params.get("overrides") or [] if str(o).startswith("seeds=")]
+        if params.get("seeds") or seeds:
+            name += " seeds " + (",".join(str(x) for x in params["seeds"]) if params.get("seeds") else seeds[0])
+        from datetime import datetime
+
+        return f"{name} {datetime.now().strftime('%m-%d %H:%M')}"
 
     return name
 
@@ -520,6 +541,8 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
     run_rl = params.rl if params.rl is not None else not use_sweep  # a sweep is about SFT; RL only when asked
     if use_sweep:
         logger.info("sweep: %d arms %s", len(arms), arm_names)
+    if not run_rl:
+        logger.info("no RL stage: " + ("a sweep compares SFT arms (rl=true adds RL)" if use_sweep else "rl=false"))
     seeds = cfg.seed_list
     if len(seeds) > 1:
         logger.info("%d training seeds %s: one run per seed in %s", len(seeds), seeds, cfg.run_dir / "seeds")
@@ -529,20 +552,33 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
         scfg = cfg.for_seed(seed)
         tag = f"@seed{seed}" if so else ""
         if params.parallel_arms:
-            futures = [stage_task.submit("sft", params, f"sft[{a}{tag}]", [*so, *extra]) for a, extra in arms]
+            futures = []
+            for a, extra in arms:
+                with tagged("sft", f"sft[{a}]", seed):
+                    futures.append(stage_task.submit("sft", params, f"sft[{a}{tag}]", [*so, *extra]))
             for f in futures:
                 f.result()
         else:
             for arm, extra in arms:
-                stage_task("sft", params, f"sft[{arm}{tag}]", [*so, *extra])
+                with tagged("sft", f"sft[{arm}]", seed):
+                    stage_task("sft", params, f"sft[{arm}{tag}]", [*so, *extra])
         for arm in arm_names:
             _metrics_artifact(scfg, arm, f"SFT arm {arm}{tag}")
         if run_rl and cfg.rl_for_seed(seed):
             for arm in arm_names:
-                stage_task("rl", params, f"rl[{arm}{tag}]", [*so, *_rl_extra(scfg, arm)])
+                with tagged("rl", f"rl[{arm}]", seed):
+                    stage_task("rl", params, f"rl[{arm}{tag}]", [*so, *_rl_extra(scfg, arm)])
                 _metrics_artifact(scfg, f"rl-{arm}", f"RL from {arm}{tag}")
+        elif run_rl:
+            logger.info(
+                "seed %s: no RL stage: rl.seeds=%s lists the training seeds RL runs from (RL rows of the report are "
+                "compared with SFT rows of those seeds only)",
+                seed,
+                cfg.rl.seeds,
+            )
         if params.evaluate:
-            stage_task("evaluate", params, f"evaluate{tag}", so)
+            with tagged("evaluate", "evaluate", seed):
+                stage_task("evaluate", params, f"evaluate{tag}", so)
     out: dict[str, Any] = {"run_dir": str(cfg.run_dir.resolve())}
     if params.evaluate:
         stage_task("report", params, "report")

@@ -154,6 +154,10 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
     names = {t["name"]: t["state"]["type"] for t in tasks}
     for label in ("prepare", "sft[sft]", "sft[rpsft]", "rl[sft]", "rl[rpsft]", "evaluate", "report"):
         assert names.get(label) == "COMPLETED", (label, names)
+    # ... tagged for filtering, in a flow run named after its config and start time
+    tags = {t["name"]: set(t["tags"]) for t in tasks}
+    assert {"stage:sft", "arm:rpsft"} <= tags["sft[rpsft]"] and {"stage:rl", "arm:sft"} <= tags["rl[sft]"], tags
+    assert re.fullmatch(r"tiny/sft-to-rl \d\d-\d\d \d\d:\d\d", run["name"]), run["name"]
     # Artifacts registered on the server for this run: the report, the score and comparison tables, links.
     arts = _post(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
     by_key = {a["key"]: a for a in arts}

@@ -135,3 +135,26 @@ def test_a_stage_log_reads_at_its_levels_with_metrics_and_progress_thinned():
     assert not any("1/1" in t or "Tokenizing" in t for t in at[logging.INFO])
     # Of 74 lines of output, a fifth reaches the log at INFO or above.
     assert len(at[logging.INFO] + at[logging.WARNING]) <= 0.3 * len(STAGE_OUTPUT)
+
+
+def test_a_finished_stage_shows_its_own_count_not_one_of_one(monkeypatch):
+    import pipeline.flows as flows
+
+    calls = []
+    monkeypatch.setattr(flows, "create_progress_artifact", lambda **k: calls.append(k) or "art-1")
+    monkeypatch.setattr(flows, "update_progress_artifact", lambda a, **k: calls.append(k))
+    p = flows.StageProgress("sft[rpsft]")
+    p.update("sft2rl-progress 79/80 optimizer steps")
+    p.finish()
+    assert calls[-1] == {"progress": 100.0, "description": "sft[rpsft]: 80/80 optimizer steps (done)"}
+
+
+def test_stage_task_runs_carry_stage_arm_and_seed_tags():
+    from prefect.context import TagsContext
+
+    from pipeline.flows import tagged
+
+    with tagged("rl", "rl[rpsft]", 1):
+        assert {"stage:rl", "arm:rpsft", "seed:1"} <= TagsContext.get().current_tags
+    with tagged("evaluate", "evaluate", None):
+        assert TagsContext.get().current_tags == {"stage:evaluate"}
