@@ -317,16 +317,35 @@ def stage_task(stage: str, params: StageParams, label: str, extra: list[str] | N
     return label
 
 
+def shown_path(value: str, cfg: Config) -> str:
+    """A path as an artifact shows it: relative to the runs folder (``tiny/sft/checkpoint``) or the cache
+    (``cache/models/...``), not the absolute path of one machine. Other strings are returned as they are."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    p = Path(value)
+    for root, prefix in ((cfg.run_dir.resolve().parent, ""), (Path(cfg.cache_dir).resolve(), "cache/")):
+        if p.is_relative_to(root):
+            return prefix + str(p.relative_to(root))
+    return value
+
+
 def _metrics_artifact(cfg: Config, folder: str, title: str) -> None:
+    from pipeline import files
+
     f = cfg.run_dir / folder / "metrics.json"
     if not f.is_file():
         return
     m = json.loads(f.read_text())
     keep = {k: v for k, v in m.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
-    rows = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in keep.items())
+    rows = "\n".join(
+        f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {shown_path(v, cfg)} |" for k, v in keep.items()
+    )
+    base = files.url_for(cfg.run_dir.resolve())
+    where = shown_path(str((cfg.run_dir / folder).resolve()), cfg)
+    link = f"[{where}]({base}{folder}/)" if base else f"`{where}`"
     create_markdown_artifact(
         key=_key(f"{cfg.run_name}-{folder}"),
-        markdown=f"## {title}\n\n| metric | value |\n|---|---|\n{rows}\n\nFolder: `{(cfg.run_dir / folder).resolve()}`",
+        markdown=f"## {title}\n\n| metric | value |\n|---|---|\n{rows}\n\nFolder: {link}",
         description=title,
     )
 
@@ -388,7 +407,7 @@ def report_artifacts(cfg: Config) -> None:
     create_link_artifact(
         key=_key(f"{cfg.run_name}-run-folder"),
         link=base or run_dir.as_uri(),
-        link_text=str(run_dir),
+        link_text=shown_path(str(run_dir), cfg),
         description="Run folder: checkpoints, metrics, plots",
     )
     for plot in sorted((run_dir / "plots").glob("*.png")):

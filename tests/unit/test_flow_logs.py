@@ -158,3 +158,14 @@ def test_stage_task_runs_carry_stage_arm_and_seed_tags():
         assert {"stage:rl", "arm:rpsft", "seed:1"} <= TagsContext.get().current_tags
     with tagged("evaluate", "evaluate", None):
         assert TagsContext.get().current_tags == {"stage:evaluate"}
+
+
+def test_artifacts_show_paths_relative_to_the_runs_folder_or_the_cache(tmp_path):
+    from pipeline.flows import shown_path
+    from stages.config import load_config
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"runs_root={tmp_path / 'runs'}", f"cache_dir={tmp_path / 'c'}"])
+    assert shown_path(str((tmp_path / "runs" / "tiny" / "sft" / "checkpoint").resolve()), cfg) == "tiny/sft/checkpoint"
+    assert shown_path(str((tmp_path / "c" / "models" / "m").resolve()), cfg) == "cache/models/m"
+    assert shown_path("/elsewhere/x", cfg) == "/elsewhere/x" and shown_path("rpsft", cfg) == "rpsft"
