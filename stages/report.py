@@ -1288,6 +1288,32 @@ def _claim_lines(data: dict[str, Any]) -> list[str]:
     return out
 
 
+SHORT_CLAIMS = {
+    "tradeoff": "(a) trade-off (RPSFT vs SFT, in and out of domain)",
+    "representation": "(b) closer to the pretrained model (KL to the base)",
+    "rl_init": "(c) RL ends better from RPSFT than from SFT",
+}
+GLOSSARY = (
+    "Words used below: **sft** plain supervised fine-tuning; **rpsft** Rotation-Preserving SFT (it penalises changes "
+    "of each pretrained weight matrix inside its top-k singular block); **rl-X** RL (GRPO or PPO) started from arm X; "
+    "**id** / **ood** in-domain (the trained task) / out-of-domain (skills fine-tuning may erode); **KL to the base** "
+    "how far a model's next-token distributions moved from the pretrained model (nats per token, lower is closer); "
+    "**CKA** similarity of hidden states to the base (1 is identical); **not distinguishable** the interval includes "
+    "no difference, which is not a proof of equality."
+)
+
+
+def _headline(data: dict[str, Any]) -> list[str]:
+    """The three claims, one line each: the verdict and the number that decides it."""
+    out = []
+    for c in data["claims"]:
+        ev = c["evidence"][0] if c["evidence"] else None
+        number = f"{ev['a']} - {ev['b']} {ev['metric']}: {_fmt_diff(ev)}" if ev else "no evidence in this run"
+        level = "" if c["level"] == "method" else " (these checkpoints)"
+        out.append(f"{SHORT_CLAIMS.get(c['claim'], c['claim'])}: **{c['verdict']}**{level}, {number}")
+    return out
+
+
 def _power_text(c: dict[str, Any]) -> str:
     """What the claim's test could detect, and what the observed effect would need."""
     pw, ev = c.get("power"), c.get("evidence") or []
@@ -1370,6 +1396,10 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
                 metric_names.append(k)
     conf = int(cfg.eval.confidence * 100)
     blocks: list[tuple] = [("h1", f"sft2rl report: {cfg.run_name}")]
+    if data.get("claims"):
+        blocks.append(("h2", "At a glance"))
+        blocks.append(("ul", _headline(data)))
+    blocks.append(("p", GLOSSARY))
     blocks.append(
         (
             "p",

@@ -210,6 +210,12 @@ def test_report_files_hold_every_model_and_plot(finished_run):
     for model in ("base", "sft", "rpsft", "rl-sft", "rl-rpsft"):
         assert f"| {model} |" in md and f"<td>{model}</td>" in html
     assert "## What this run shows" in md and data["summary"]
+    # A reader's first screen: the three claims, one line each with the number that decides it, then the words.
+    glance = md.split("## At a glance", 1)[1].split("\n\n", 2)[1].splitlines()
+    assert len(glance) == 3 and all(" **" in line and "** " in line for line in glance), glance
+    assert glance[2].startswith("- (c) RL ends better from RPSFT than from SFT: **" + rl_claim["verdict"] + "**")
+    assert md.index("## At a glance") < md.index("Words used below") < md.index("## What this run shows")
+    assert "<strong>" + rl_claim["verdict"] + "</strong>" in html and "**" not in html
     assert set(data["rl"]) == {"rl-sft", "rl-rpsft"}
 
 
