@@ -31,7 +31,7 @@ from prefect.artifacts import (
 )
 from pydantic import BaseModel, Field, field_validator
 
-from pipeline.stage_log import PROGRESS, ProgressThrottle, StageLog, log_level  # noqa: F401 - re-exported
+from pipeline.stage_log import PROGRESS, StageLog
 from stages import engines
 from stages.config import SFT_METHODS, Config, ConfigError, RlAlgorithm, SftMethod, load_config, safe_yaml
 from stages.io import PROGRESS_ENV, PROGRESS_MARK, FolderLock, LockedError
@@ -303,11 +303,10 @@ def run_child(cmd: list[str], label: str) -> None:
         raise StageFailed(f"stage {label} failed (exit {rc}, {kind}): {cause}\nLast output:\n" + "\n".join(tail), rc=rc)
 
 
-def tagged(stage: str, label: str, seed: int | None = None):
+def tagged(stage: str, arm: str | None = None, seed: int | None = None):
     """Tags a user filters task runs by: ``stage:sft``, ``arm:rpsft``, ``seed:0``."""
     from prefect import tags
 
-    arm = label[label.find("[") + 1 : label.find("]")].split("@")[0] if "[" in label else None
     return tags(f"stage:{stage}", *([f"arm:{arm}"] if arm else []), *([f"seed:{seed}"] if seed is not None else []))
 
 
@@ -573,19 +572,19 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
         if params.parallel_arms:
             futures = []
             for a, extra in arms:
-                with tagged("sft", f"sft[{a}]", seed):
+                with tagged("sft", a, seed):
                     futures.append(stage_task.submit("sft", params, f"sft[{a}{tag}]", [*so, *extra]))
             for f in futures:
                 f.result()
         else:
             for arm, extra in arms:
-                with tagged("sft", f"sft[{arm}]", seed):
+                with tagged("sft", arm, seed):
                     stage_task("sft", params, f"sft[{arm}{tag}]", [*so, *extra])
         for arm in arm_names:
             _metrics_artifact(scfg, arm, f"SFT arm {arm}{tag}")
         if run_rl and cfg.rl_for_seed(seed):
             for arm in arm_names:
-                with tagged("rl", f"rl[{arm}]", seed):
+                with tagged("rl", arm, seed):
                     stage_task("rl", params, f"rl[{arm}{tag}]", [*so, *_rl_extra(scfg, arm)])
                 _metrics_artifact(scfg, f"rl-{arm}", f"RL from {arm}{tag}")
         elif run_rl:
@@ -596,7 +595,7 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
                 cfg.rl.seeds,
             )
         if params.evaluate:
-            with tagged("evaluate", "evaluate", seed):
+            with tagged("evaluate", seed=seed):
                 stage_task("evaluate", params, f"evaluate{tag}", so)
     out: dict[str, Any] = {"run_dir": str(cfg.run_dir.resolve())}
     if params.evaluate:

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from pipeline.flows import ProgressThrottle, StageFailed, log_level, run_child
+from pipeline.flows import StageFailed, run_child
+from pipeline.stage_log import ProgressThrottle, log_level
 
 
 def test_progress_bar_redraws_become_one_line_per_tenth():
@@ -154,9 +155,9 @@ def test_stage_task_runs_carry_stage_arm_and_seed_tags():
 
     from pipeline.flows import tagged
 
-    with tagged("rl", "rl[rpsft]", 1):
+    with tagged("rl", "rpsft", 1):
         assert {"stage:rl", "arm:rpsft", "seed:1"} <= TagsContext.get().current_tags
-    with tagged("evaluate", "evaluate", None):
+    with tagged("evaluate"):
         assert TagsContext.get().current_tags == {"stage:evaluate"}
 
 
