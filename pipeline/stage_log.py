@@ -32,6 +32,18 @@ HARMLESS: list[tuple[re.Pattern, str]] = [
         re.compile(r"mtime may not be reliable on this filesystem"),
         "transformers orders checkpoints by step number instead, the order resume uses",
     ),
+    (
+        re.compile(r"doesn't allow to use `torch\.set_num_threads` after the thread binding"),
+        "evaluation's in-process vLLM engine bound the threads already; the later phases use those threads",
+    ),
+    (
+        re.compile(r"global random seed is set to .*VLLM_ENABLE_V1_MULTIPROCESSING"),
+        "evaluation's in-process engine seeds the process; the sampled phases after it set their own seeds",
+    ),
+    (
+        re.compile(r"Kernel \S+ is already registered\. Overwriting"),
+        "the second in-process vLLM engine of an evaluation registers vLLM's own kernels again",
+    ),
 ]
 SLOW_BAR_S = 10.0  # a progress bar gets lines at INFO once it has run this long; quicker ones stay at DEBUG
 METRICS_EVERY = 10  # trainer metric dicts: one compact line at INFO per this many

@@ -446,18 +446,42 @@ def cka_bootstrap(
 ) -> tuple[float, float, float, np.ndarray]:
     """CKA, a bootstrap interval that resamples whole sequences (``groups[i]`` = sequence of token i), and the
     bootstrap statistics. The same ``seed`` and ``groups`` draw the same sequences, so the
-    statistics of several layers can be averaged resample by resample into the interval of the mean CKA."""
+    statistics of several layers can be averaged resample by resample into the interval of the mean CKA.
+
+    A resample repeats each token as often as its sequence was drawn, so its CKA is that of the full Grams with a
+    weight per token (:func:`_weighted_cka`): all resamples at once from a few products of the N x N Grams, instead
+    of two N x N copies per resample (the same numbers; the copies cost about 2 s per layer at N = 1,024)."""
     value = cka_from_grams(kx, ky)
-    ids = np.unique(groups)
-    members = [np.flatnonzero(groups == g) for g in ids]
+    ids, seq_of = np.unique(groups, return_inverse=True)
     rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[j] for j in rng.integers(0, len(ids), size=len(ids))])
-        stats.append(cka_from_grams(kx[np.ix_(idx, idx)], ky[np.ix_(idx, idx)]))
-    stats_arr = np.asarray(stats)
+    draws = [np.bincount(rng.integers(0, len(ids), size=len(ids)), minlength=len(ids)) for _ in range(n_boot)]
+    weights = np.stack(draws, axis=1)[seq_of].astype(np.float64)  # (tokens, resamples)
+    stats_arr = _weighted_cka(kx, ky, weights)
     lo, hi = _interval(stats_arr, confidence)
     return value, lo, hi, stats_arr
+
+
+def _weighted_cka(kx: np.ndarray, ky: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Linear CKA of the points of Grams ``kx``, ``ky`` repeated ``w[:, b]`` times, for every column b of ``w``.
+
+    With W = diag(w) and n = sum(w), the centred cross term of the repeated points is
+    tr(K H L H) = w^T (K o L) w - (2/n) sum_i w_i (K w)_i (L w)_i + (w^T K w)(w^T L w) / n^2. The Grams are centred
+    on the whole sample first (a shift of the points, which no centred Gram sees), so the three terms do not cancel
+    in large numbers."""
+    kx, ky = _center_gram(kx), _center_gram(ky)
+    n = w.sum(axis=0)
+    kw, lw = kx @ w, ky @ w
+
+    def hsic(a: np.ndarray, b: np.ndarray, aw: np.ndarray, bw: np.ndarray) -> np.ndarray:
+        cross = np.einsum("ib,ib->b", w, (a * b) @ w)
+        mixed = np.einsum("ib,ib,ib->b", w, aw, bw)
+        means = np.einsum("ib,ib->b", w, aw) * np.einsum("ib,ib->b", w, bw)
+        return cross - 2 * mixed / n + means / n**2
+
+    xy, xx, yy = hsic(kx, ky, kw, lw), hsic(kx, kx, kw, kw), hsic(ky, ky, lw, lw)
+    den = np.sqrt(np.clip(xx, 0, None) * np.clip(yy, 0, None))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, xy / np.where(den > 0, den, 1.0), np.nan)
 
 
 def token_kl(base_logits, model_logits):

@@ -145,3 +145,18 @@ def test_rl_setting_benchmark_reads_each_rl_run_against_its_initial_checkpoint(t
     moved = row["gain"]["chain_sum/avg@4"]["ci_low"] > 0
     assert r["chosen"] == ("t0.7-lr5e-5-12steps" if moved else None)
     assert r["extra_overrides"] == ["rl.training.max_steps=2", "rl.generation.max_completion_length=8"]
+
+
+@pytest.mark.slow
+def test_eval_cost_benchmark_times_both_engine_layouts_and_both_cka_forms(tmp_path, cache_dir):
+    out = tmp_path / "eval_cost.json"
+    args = ["benchmarks/eval_cost.py", "--config", "configs/tiny.yaml", "--out", str(out), "--rounds", "1"]
+    _run([*args, "--prompts", "4", "--tokens", "96", "--layers", "2"], cache_dir)
+    r = json.loads(out.read_text())
+    for layout in ("separate", "in_process"):
+        e = r["engine"][layout]
+        assert e["start_s"] > 0 and e["close_s"] >= 0 and e["tokens_per_s"] > 0, layout
+        assert e["rounds"][0]["prompts"] == 4
+    assert r["cka"]["copies_s"] > 0 and r["cka"]["weighted_s"] > 0 and r["cka"]["layers"] == 2
+    assert r["cka"]["max_abs_diff"] < 1e-9  # the two forms compute the same statistics
+    assert r["machine"]["cores"] >= 1

@@ -31,3 +31,54 @@ def test_vllm_and_transformers_greedy_outputs_agree_in_float32(tiny_cfg):
     assert [len(x) for x in sampled_vllm] == [len(x) for x in sampled_hf] == [3] * 8
     one = hf.generate(prompts, n=1, temperature=1.0, max_new_tokens=12, seed=1)  # samples: 1 is sampled, not greedy
     assert one != greedy_hf
+
+
+def test_in_process_engines_one_after_another_answer_as_vllms_own_layout_does(tmp_path, cache_dir):
+    """The evaluation stage's CPU engines run inside its process, one per model: two in a row start, give the same
+    greedy answers as an engine in vLLM's own process layout (which the test above ties to transformers), leave no
+    engine process behind and leave the environment as they found it; the same count sees the other layout's engine
+    process (so it can fail)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import CONFIGS, REPO
+
+    cmd = [sys.executable, str(REPO / "tests" / "integration" / "eval_engine_driver.py"), str(CONFIGS / "tiny.yaml")]
+    cmd += [f"runs_root={tmp_path / 'runs'}", f"cache_dir={cache_dir}", "eval.backend=vllm"]
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_ENABLE_V1_MULTIPROCESSING"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT ")).removeprefix("RESULT "))
+    first, second, separate = r["runs"]
+    assert first["in_process"] and second["in_process"] and not separate["in_process"]
+    assert first["children"] == second["children"] == 0 and separate["children"] >= 1
+    assert len(first["greedy"]) == len(r["prompts"]) == 6
+    assert first["greedy"] == second["greedy"] == separate["greedy"]
+    assert r["flag_before"] is None and all(x["flag_after"] is None for x in r["runs"])
+
+
+def test_the_evaluation_stage_runs_on_vllm_inside_its_process(tmp_path, cache_dir):
+    """`sft2rl stage evaluate` with eval.backend=vllm on the tiny model (whose 1,024 positions are fewer than the
+    engine's default length): greedy and sampled scores written for two models, one engine each."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import CONFIGS, REPO
+
+    benches = [{"name": "chain_sum", "source": "train_task", "domain": "in", "size": 8, "max_new_tokens": 8}]
+    benches[0]["samples"] = 2
+    cmd = [sys.executable, "-m", "stages.evaluate", "--config", str(CONFIGS / "tiny.yaml")]
+    cmd += [f"runs_root={tmp_path / 'runs'}", f"cache_dir={cache_dir}", "eval.backend=vllm"]
+    cmd += [f"eval.benchmarks={json.dumps(benches)}", "eval.forgetting.enabled=false", "eval.models=[base]"]
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir)}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (metrics,) = (tmp_path / "runs").rglob("eval/base/metrics.json")
+    m = json.loads(metrics.read_text())
+    assert m["metrics"]["chain_sum/accuracy"]["n"] == 8 and m["metrics"]["chain_sum/avg@2"]["n"] == 8
+    assert m["timing"]["generation_s"] > 0
+    assert len((metrics.parent / "outputs.jsonl").read_text().splitlines()) == 8

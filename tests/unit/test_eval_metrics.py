@@ -138,6 +138,33 @@ def test_cka_bootstrap_interval_contains_value():
     assert v == pytest.approx(1.0) and lo == pytest.approx(1.0)
 
 
+def _cka_bootstrap_by_copies(kx, ky, groups, n_boot, seed):
+    """The bootstrap written out: each resample's Grams copied from the full ones, then plain CKA."""
+    ids = np.unique(groups)
+    members = [np.flatnonzero(groups == g) for g in ids]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[j] for j in rng.integers(0, len(ids), size=len(ids))])
+        out.append(M.cka_from_grams(kx[np.ix_(idx, idx)], ky[np.ix_(idx, idx)]))
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("offset", [0.0, 300.0])  # 300: hidden states with a few huge constant channels
+def test_cka_bootstrap_statistics_equal_the_resampled_copies(offset):
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(15), rng.integers(1, 12, size=15))  # sequences of unequal lengths
+    x = rng.normal(size=(len(groups), 24))
+    y = x @ rng.normal(size=(24, 24)) * 0.3 + rng.normal(size=(len(groups), 24))
+    x[:, :2] += offset
+    y[:, 0] -= offset
+    kx, ky = x @ x.T, y @ y.T
+    _, _, _, stats = M.cka_bootstrap(kx, ky, groups, n_boot=40, seed=7)
+    want = _cka_bootstrap_by_copies(kx, ky, groups, 40, 7)
+    np.testing.assert_allclose(stats, want, rtol=1e-9, atol=1e-12)
+    assert len(set(np.round(stats, 6))) > 10  # the resamples differ: the comparison is not of constants
+
+
 def test_token_kl():
     logits = torch.randn(5, 7, 11)
     assert torch.allclose(M.token_kl(logits, logits), torch.zeros(5, 7), atol=1e-6)
