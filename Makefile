@@ -14,7 +14,7 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU build (a plain 'torch' would pull a multi-GB CUDA build).
 	$(PY) -m pip install -q torch==2.13.0
-	# Everything else exactly as locked, without resolution (see README "Installing" for why --no-deps).
+	# Everything else exactly as locked, without resolution (see docs/install.md for why --no-deps).
 	$(PY) -m pip install -q --no-deps --ignore-requires-python -r requirements/cpu.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)

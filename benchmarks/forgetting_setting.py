@@ -1,6 +1,6 @@
 """Which CPU setting makes plain SFT forget? Candidate SFT settings side by side against the base model: in-domain
 strict and lenient accuracy, every out-of-domain probe, KL to the base; each difference to the base paired by item
-with its interval. Writes JSON; the default config is chosen from it (README "What the default run shows").
+with its interval. Writes JSON; the default config is chosen from it (docs/measured.md, "What the default run shows").
 
     python benchmarks/forgetting_setting.py --config configs/smollm2-cpu.yaml \\
         --lrs 2e-5,1e-4,2e-4,4e-4 --no-tag-lrs 2e-4 --out benchmarks/results/forgetting_setting.json
@@ -28,7 +28,7 @@ PROBES = [
     {"name": "chat_facts", "source": "chat_facts", "domain": "out", "size": 60, "max_new_tokens": 32},
     {"name": "instructions", "source": "instructions", "domain": "out", "size": 60, "max_new_tokens": 64},
 ]
-TODAY_KL = 0.019  # nats/token: plain SFT at lr 2e-5, 40 steps (README, the previous default run)
+TODAY_KL = 0.019  # nats/token: plain SFT at lr 2e-5, 40 steps (the previous default run)
 
 
 def _stage(module: str, config: str, overrides: list[str]) -> float:

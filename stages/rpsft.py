@@ -8,7 +8,7 @@ For every regularised 2-D weight W (m x n) with pretrained value W0 = U S V^T an
 and for k >= min(m, n) the block is the whole matrix: R(W) = ||W - W0||_F^2 (L2-to-init), named in the logs.
 The training loss is ``mean response-token CE + lambda * sum_W R(W)``.
 
-Differences from the authors' release (see README): anchors come from the eigenvectors of the small Gram matrix
+Differences from the authors' release (see docs/rpsft.md): anchors come from the eigenvectors of the small Gram matrix
 (not a full SVD) and are cached on disk keyed by a hash of the weights and k; everything is fp32, so the penalty is
 zero at step 0; S_ref is computed from the same U_k, V_k (no copy of W0 is kept unless k is full rank); the
 gradient is added once per optimizer step instead of once per micro-batch; row-sharded (FSDP2) parameters get the
@@ -228,7 +228,7 @@ def compute_anchors(
         return Anchor(name, shape, kk, False, U=U, V=V, S_ref=S_ref, s_top=float(s[0]))
 
     # One matrix per thread, one BLAS/LAPACK thread each: the eigensolver scales poorly with threads, so matrices
-    # in parallel are faster (README "Measured numbers").
+    # in parallel are faster (docs/measured.md).
     threads = torch.get_num_threads()
     workers = max(1, min(threads, 8))
     if workers > 1:

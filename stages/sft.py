@@ -180,7 +180,7 @@ class Sft2rlTrainer(SFTTrainer):
             log_ratio = (logp.detach() - ref_logp).sum(1)  # (B,) sequence log-likelihood ratio
             if self.iw.estimator == "token_mean":
                 log_ratio = log_ratio / n_seq  # per-token geometric mean (the release's form)
-            # Detached importance weight (a constant per sequence), capped; see README "Methods".
+            # Detached importance weight (a constant per sequence), capped; see docs/stages.md, "Methods".
             w = (log_ratio * self.iw.tau).clamp(max=math.log(self.iw.max_weight)).exp()
             if self.iw.normalize:
                 w = w / w.mean().clamp(min=1e-12)

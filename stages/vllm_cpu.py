@@ -7,13 +7,13 @@
    ``layer.weight`` (vLLM's own dispatch, told not to remove it), so the push lands, and after every push rebuilds
    each layer's packed copy from it (vLLM's dispatch again). The packed kernels are kept: calling
    ``torch.nn.functional.linear`` on the live weights instead (this module's first version) made generation inside
-   the engine 2.5-3x slower on AVX-512 and slower than transformers on AVX2-only CPUs (issue 19; README, "Measured
-   numbers"). The cost is a second copy of the linear weights in memory, and the repack at each push.
+   the engine 2.5-3x slower on AVX-512 and slower than transformers on AVX2-only CPUs (docs/measured.md and
+   docs/rl.md). The cost is a second copy of the linear weights in memory, and the repack at each push.
 2. TRL creates its colocate engine without ``enforce_eager`` and without a ``dtype``. On CPU the compile costs a
-   long start (figures in the README, "Measured numbers"), and vLLM takes the precision from the checkpoint's
+   long start (figures in docs/rl.md), and vLLM takes the precision from the checkpoint's
    config.json: bfloat16 for most hub models, while the trainer holds float32 weights (``model.dtype``). The engine
    then samples from a rounded policy, and on a CPU without AVX-512-BF16 its bfloat16 matrix products fall back to
-   slow generic kernels (issue 19: generation inside the GRPO step slower than transformers on an AVX2-only EPYC).
+   slow generic kernels (generation inside the GRPO step slower than transformers on an AVX2-only EPYC).
    ``engine_like_trainer`` passes ``enforce_eager=True`` and the trainer's ``dtype``.
 
 Both are applied only when the RL stage runs the vLLM backend on a machine without CUDA; GPU runs use vLLM as is.

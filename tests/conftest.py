@@ -9,6 +9,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+DOCS = REPO / "docs"
+
+
+def doc_section(page: str, heading: str) -> str:
+    """The text of ``docs/<page>`` (or ``README.md``) from the heading that starts with ``heading`` to the next
+    heading of the same or a higher level (or the end of the page)."""
+    text = (REPO / page if page == "README.md" else DOCS / page).read_text()
+    start = text.index(heading)
+    level = len(heading) - len(heading.lstrip("#"))
+    for pos in range(start + len(heading), len(text)):
+        if text[pos - 1] == "\n" and text.startswith("#", pos):
+            hashes = len(text[pos:]) - len(text[pos:].lstrip("#"))
+            if hashes <= level and text[pos + hashes : pos + hashes + 1] == " ":
+                return text[start:pos]
+    return text[start:]
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Run on an AVX-512 x86 CPU as if it had AVX2 only (a measurement aid for machines like issue 19's Zen 3 EPYC).
+"""Run on an AVX-512 x86 CPU as if it had AVX2 only (a measurement aid for AVX2-only machines such as a Zen 3 EPYC).
 
     PYTHONPATH=benchmarks/avx2_only python benchmarks/generation.py --out /tmp/generation_avx2.json
 

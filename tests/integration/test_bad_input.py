@@ -167,7 +167,7 @@ ROWS = [
     ("deploy-launcher-without-config", ("flow", {"launcher": {"num_processes": 2}}), "accelerate_config"),
     ("deploy-missing-config", ("flow", {"config": "configs/nope.yaml"}), "does not exist"),
     # Round two: output names, seeds, non-finite and unbounded numbers, hostile YAML, data and model files,
-    # deployment parameters (issue 13).
+    # deployment parameters.
     ("arm-named-report-file", _stage("sft", "--config", TINY, "sft.arm=report.md"), "already uses"),
     ("arm-named-eval", _stage("sft", "--config", TINY, "sft.arm=eval"), "already uses"),
     ("arm-named-data", _stage("sft", "--config", TINY, "sft.arm=data"), "already uses"),

@@ -212,7 +212,7 @@ def test_the_tiny_model_evaluates_a_verl_math_file_and_a_choice_file(tiny_cfg, v
 
 
 def test_the_readme_verl_example_runs_as_written(tiny_cfg, tmp_path):
-    """The README's MATH-500 example, taken from the README itself, loads a verl-format parquet file."""
+    """The docs' MATH-500 example, taken from docs/evaluation.md itself, loads a verl-format parquet file."""
     import re
 
     import datasets
@@ -220,7 +220,7 @@ def test_the_readme_verl_example_runs_as_written(tiny_cfg, tmp_path):
 
     from tests.conftest import REPO
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "evaluation.md").read_text()
     block = re.search(r"<!-- verl-math-example -->\n```yaml\n(.*?)```", readme, re.S).group(1)
     (spec,) = yaml.safe_load(block)["eval"]["benchmarks"]
     path = tmp_path / spec["path"]

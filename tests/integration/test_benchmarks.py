@@ -1,4 +1,4 @@
-"""The benchmark scripts the README quotes run end to end (on the tiny model here) and write the promised keys."""
+"""The benchmark scripts the docs quote run end to end (on the tiny model here) and write the promised keys."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ def test_an_explicit_choice_wins_and_measures_nothing(tmp_path, requested):
 
 
 def test_a_slow_probe_picks_transformers_and_a_fast_one_vllm(tmp_path, vllm_present):
-    slow, _ = _probe(hf=60, vllm=30)  # the AVX2 machine of issue 19: vLLM below transformers
+    slow, _ = _probe(hf=60, vllm=30)  # an AVX2-only machine: vLLM below transformers
     c = _choose(tmp_path, slow, model="a")
     assert c.backend == "hf" and "vLLM 30 tokens/s" in c.reason and "transformers 60 tokens/s" in c.reason
     fast, _ = _probe(hf=60, vllm=240)
@@ -100,7 +100,7 @@ def test_machine_names_the_cpu_and_its_vector_flags():
 
 
 def test_figures_of_an_older_engine_setup_are_measured_again(tmp_path, vllm_present, monkeypatch):
-    """A machine that chose transformers from the slow colocated engine of issue 19 (bfloat16, unpacked) measures
+    """A machine that chose transformers from the slow colocated engine of an older setup (bfloat16, unpacked) measures
     again once the engine's setup changed, instead of keeping transformers for good."""
     cache = tmp_path / "b.json"
     monkeypatch.setattr(backends, "ENGINE_SETUP", 1)

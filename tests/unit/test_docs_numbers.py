@@ -1,17 +1,15 @@
-"""Numbers the README quotes come from committed result files, and stay equal to them."""
+"""Numbers the docs quote come from committed result files, and stay equal to them."""
 
 from __future__ import annotations
 
 import json
 
-from tests.conftest import REPO
+from tests.conftest import DOCS, REPO, doc_section
 
 
 def test_the_rl_setting_section_quotes_benchmarks_results_rl_setting_json():
     r = json.loads((REPO / "benchmarks" / "results" / "rl_setting.json").read_text())
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Does RL move the default's checkpoints?") :]
-    section = section[: section.index("\n### ", 10)]
+    section = doc_section("measured.md", "## Does RL move the default's checkpoints?")
     assert r["runs"], "the committed grid holds no run"
     for run in r["runs"]:
         g = run["gain"]["chain_sum/avg@4"]
@@ -89,9 +87,7 @@ def forgetting_table_rows() -> list[str]:
 
 
 def test_the_forgetting_setting_table_is_its_files_with_strict_in_domain_intervals():
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Which CPU setting makes plain SFT forget") :]
-    section = section[: section.index("\n## ")]
+    section = doc_section("measured.md", "## Which CPU setting makes plain SFT forget")
     for row in forgetting_table_rows():
         assert row in section, row
 
@@ -131,9 +127,7 @@ def default_run_rows(report: dict) -> list[str]:
 
 def test_the_default_run_section_quotes_its_committed_report():
     report = json.loads(DEFAULT_REPORT.read_text())
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### What the default run shows") :]
-    section = section[: section.index("\n### ", 10)]
+    section = doc_section("measured.md", "## What the default run shows")
     for row in default_run_rows(report):
         assert row in section, row
     letters = {"tradeoff": "a", "representation": "b", "rl_init": "c"}
@@ -145,7 +139,7 @@ def test_the_default_run_section_quotes_its_committed_report():
 
 
 def test_the_overhead_and_task_tables_quote_their_files():
-    readme = (REPO / "README.md").read_text()
+    readme = (DOCS / "measured.md").read_text()
     o = json.loads((REPO / "benchmarks" / "results" / "rpsft_overhead.json").read_text())
     rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in readme.splitlines() if ln.startswith("| ")}
     assert f"| {o['ratio_ga1']:.2f} (" in rows["optimizer step RPSFT / SFT, GA 1"]
@@ -181,5 +175,5 @@ def test_the_overhead_and_task_tables_quote_their_files():
 def test_the_readme_counts_the_bad_input_table_as_it_is():
     from tests.integration.test_bad_input import ROWS
 
-    readme = (REPO / "README.md").read_text()
+    readme = (DOCS / "security.md").read_text()
     assert f"**Bad input** ({len(ROWS)} cases in `tests/integration/test_bad_input.py`" in readme
