@@ -17,6 +17,9 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 	# Everything else exactly as locked, without resolution (see docs/install.md for why --no-deps).
 	$(PY) -m pip install -q --no-deps --ignore-requires-python -r requirements/cpu.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	# The Compose Specification's JSON schema, which the tests validate docker/compose.yaml against without a Docker
+	# binary: it ships inside this wheel, downloaded and read as a zip (never installed or imported).
+	$(PY) -m pip download -q --no-deps -d $(VENV)/compose-spec docker-compose==1.29.2
 	touch $(STAMP)
 
 setup: $(STAMP)
