@@ -338,18 +338,31 @@ def training_guards(model, checkpoint_dir: Path, *, optimizer_copies: int = 2) -
     return [Guards()]
 
 
-def last_complete_checkpoint(trainer_dir: Path):
-    """The newest ``checkpoint-N`` whose ``trainer_state.json`` reads, and that state; (None, None) if none.
+def checkpoints(trainer_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of a trainer folder, oldest first (by step number, not by name or mtime)."""
+    found = [p for p in Path(trainer_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
-    A checkpoint a kill interrupted (no or a truncated trainer_state.json) is skipped with a warning, so the rerun
-    resumes from the one before it instead of failing on every rerun.
+
+def last_complete_checkpoint(trainer_dir: Path, state_file: str = "trainer_state.json"):
+    """The newest ``checkpoint-N`` whose state file reads, and that state; (None, None) if none. The one rule of
+    "the last checkpoint" for every trainer: resume, the metrics kept on resume, and what a stage reports.
+
+    ``state_file``: ``trainer_state.json`` (transformers' Trainer: SFT and GRPO; returns its ``TrainerState``) or
+    ``state.json`` (the PPO loop's own checkpoints; returns the dict). A checkpoint a kill interrupted (no state file,
+    or a truncated one) is skipped with a warning, so the rerun resumes from the one before it instead of failing on
+    every rerun.
     """
-    from transformers.trainer_callback import TrainerState  # lazy: pipeline/ imports this module, must not load torch
-
-    ckpts = [p for p in Path(trainer_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    for ckpt in sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+    for ckpt in reversed(checkpoints(trainer_dir)):
         try:
-            return ckpt, TrainerState.load_from_json(str(ckpt / "trainer_state.json"))
+            if state_file == "trainer_state.json":
+                from transformers.trainer_callback import TrainerState  # lazy: pipeline/ must not load torch
+
+                return ckpt, TrainerState.load_from_json(str(ckpt / state_file))
+            state = json.loads((ckpt / state_file).read_text())
+            if not isinstance(state, dict):
+                raise ValueError(f"{state_file} is not an object")
+            return ckpt, state
         except (OSError, ValueError) as e:
             logging.getLogger(__name__).warning("skipping incomplete trainer checkpoint %s (%s)", ckpt, e)
     return None, None

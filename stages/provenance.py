@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.config import ConfigError, safe_yaml
-from stages.io import atomic_write_json, file_sha256
+from stages.io import atomic_write_json, checkpoints, file_sha256
 
 # top-level keys that never change what a stage computes
 NOT_RECIPE = {
@@ -113,7 +113,7 @@ def check_same_recipe(arm_dir: Path, config: dict[str, Any], stage: str, redo_hi
         ConfigError: naming every differing key with its recorded and its new value.
     """
     arm_dir = Path(arm_dir)
-    started = (arm_dir / "DONE").is_file() or any((arm_dir / "trainer").glob("checkpoint-*"))
+    started = (arm_dir / "DONE").is_file() or bool(checkpoints(arm_dir / "trainer"))
     recorded = read_config(arm_dir) if started else None
     if recorded is None:
         return
@@ -151,7 +151,7 @@ def check_same_init(arm_dir: Path, init_path: str, force: bool) -> dict[str, Any
     """
     arm_dir = Path(arm_dir)
     record = {"init": str(init_path), "sha256": weights_digest(init_path)}
-    started = any((arm_dir / "trainer").glob("checkpoint-*"))
+    started = bool(checkpoints(arm_dir / "trainer"))
     path = arm_dir / INIT_FILE
     if started and not force and path.is_file():
         try:

@@ -628,7 +628,7 @@ def ppo_save(model, opt, trainer_dir: Path, step: int, keep: int) -> Path:
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))  # sampling and mini-batch order
     atomic_write_json(tmp / "state.json", {"step": step})
     final = io.publish_dir(tmp, trainer_dir / f"checkpoint-{step}")
-    done = sorted((d for d in trainer_dir.glob("checkpoint-*") if is_done(d)), key=lambda d: int(d.name.split("-")[1]))
+    done = [d for d in io.checkpoints(trainer_dir) if is_done(d)]
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     fault = os.environ.get(io.FAULT_ENV)  # test-only: die right after this checkpoint, as a kill would
@@ -640,14 +640,13 @@ def ppo_save(model, opt, trainer_dir: Path, step: int, keep: int) -> Path:
 def ppo_resume(model, trainer_dir: Path) -> dict[str, Any] | None:
     """Restore the last complete PPO checkpoint into ``model`` and torch's RNG; return its step and optimizer state
     (None when there is none). The optimizer state loads with ``weights_only=True`` (no arbitrary pickles)."""
-    done = [d for d in trainer_dir.glob("checkpoint-*") if is_done(d) and (d / "state.json").is_file()]
-    if not done:
+    last, state = io.last_complete_checkpoint(trainer_dir, "state.json")
+    if last is None:
         return None
-    last = max(done, key=lambda d: int(d.name.split("-")[1]))
     model.load_state_dict(load_file(str(last / "model.safetensors")))
     torch.set_rng_state(load_file(str(last / "rng.safetensors"))["torch"])
     return {
-        "step": json.loads((last / "state.json").read_text())["step"],
+        "step": state["step"],
         # on the CPU: each process moves it to its own device when the optimizer is prepared
         "optimizer": torch.load(last / "optimizer.pt", weights_only=True, map_location="cpu"),
         "folder": last,
