@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from stages.layout import RunLayout
 from stages.stage_cli import DEFAULT_CONFIG
 from stages.stage_cli import STAGE_MODULES as STAGES
 
@@ -101,8 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.no_server:
         print(f"flow run:   {server.ui_url()}/runs/flow-run/{run_id}")
     if state.is_completed():
-        if (run_dir / "report.md").is_file():
-            print(f"report:     {run_dir / 'report.md'}  (also report.html, report.json, plots/)")
+        if (md := RunLayout(run_dir).report_md).is_file():
+            print(f"report:     {md}  (also report.html, report.json, plots/)")
         return 0
     print(f"error: the flow ended {state.name}: {state.message}", file=sys.stderr)
     return 1

@@ -35,6 +35,7 @@ from pipeline.stage_log import PROGRESS, StageLog
 from stages import engines
 from stages.config import SFT_METHODS, Config, ConfigError, RlAlgorithm, SftMethod, load_config, safe_yaml
 from stages.io import PROGRESS_ENV, PROGRESS_MARK, FolderLock, LockedError
+from stages.layout import RunLayout
 from stages.secrets import scrub
 from stages.stage_cli import DEFAULT_CONFIG, STAGE_MODULES, TRAINING_STAGES, exit_kind
 
@@ -331,7 +332,7 @@ def shown_path(value: str, cfg: Config) -> str:
 def _metrics_artifact(cfg: Config, folder: str, title: str) -> None:
     from pipeline import files
 
-    f = cfg.run_dir / folder / "metrics.json"
+    f = cfg.layout.arm(folder).metrics
     if not f.is_file():
         return
     m = json.loads(f.read_text())
@@ -366,7 +367,7 @@ def report_artifacts(cfg: Config) -> None:
     from pipeline import files
 
     run_dir = cfg.run_dir.resolve()
-    md = run_dir / "report.md"
+    md = RunLayout(run_dir).report_md
     if not md.is_file():
         return
     base = files.url_for(run_dir)  # http://127.0.0.1:4201/<run>/ when the runs folder is served, else None
@@ -374,7 +375,7 @@ def report_artifacts(cfg: Config) -> None:
     if base:  # the report's figures load in the UI from the file server
         text = text.replace("](plots/", f"]({base}plots/")
     create_markdown_artifact(key=_key(f"{cfg.run_name}-report"), markdown=text, description="sft2rl report")
-    data = json.loads((run_dir / "report.json").read_text())
+    data = json.loads(RunLayout(run_dir).report_json.read_text())
     rows: list[dict[str, Any]] = []
     for m in data["models"]:
         row: dict[str, Any] = {"model": m["name"], "init": m["init"] or "none"}
@@ -399,7 +400,7 @@ def report_artifacts(cfg: Config) -> None:
         create_table_artifact(key=_key(f"{cfg.run_name}-comparisons"), table=comps, description="Paired comparisons")
     create_link_artifact(
         key=_key(f"{cfg.run_name}-report-html"),
-        link=f"{base}report.html" if base else (run_dir / "report.html").as_uri(),
+        link=f"{base}{RunLayout(run_dir).report_html.name}" if base else RunLayout(run_dir).report_html.as_uri(),
         link_text="report.html (self-contained)",
         description="The HTML report",
     )
@@ -409,7 +410,7 @@ def report_artifacts(cfg: Config) -> None:
         link_text=shown_path(str(run_dir), cfg),
         description="Run folder: checkpoints, metrics, plots",
     )
-    for plot in sorted((run_dir / "plots").glob("*.png")):
+    for plot in sorted(RunLayout(run_dir).plots.glob("*.png")):
         key = _key(f"{cfg.run_name}-plot-{plot.stem}")
         if base:
             create_image_artifact(image_url=f"{base}plots/{plot.name}", key=key, description=f"Plot {plot.stem}")
@@ -418,7 +419,7 @@ def report_artifacts(cfg: Config) -> None:
 
 
 def _rl_extra(cfg: Config, arm: str) -> list[str]:
-    return [f"rl.init={(cfg.run_dir / arm / 'checkpoint').resolve()}"]
+    return [f"rl.init={cfg.layout.arm(arm).checkpoint.resolve()}"]
 
 
 def _rl_overrides(steps: int | None, learning_rate: float | None, seeds: list[int] | None = None) -> list[str]:
@@ -486,13 +487,13 @@ def _run_namer(flow_name: str):
 @flow(name="sft-to-rl", validate_parameters=True, flow_run_name=_run_namer("sft-to-rl"))
 def sft_to_rl(
     config: str = DEFAULT_CONFIG,
-    overrides: list[str] | None = None,
-    arms: list[SftMethod] | None = None,
+    overrides: tuple[str, ...] = (),
+    arms: tuple[SftMethod, ...] = ("sft", "rpsft"),
     rl: bool | None = None,
     evaluate: bool = True,
     force: bool = False,
     parallel_arms: bool = False,
-    launcher: Launcher | None = None,
+    launcher: Launcher = Launcher(),
     seeds: list[int] | None = None,
     sweep: bool | None = None,
     rl_steps: int | None = None,
@@ -563,7 +564,7 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
         logger.info("no RL stage: " + ("a sweep compares SFT arms (rl=true adds RL)" if use_sweep else "rl=false"))
     seeds = cfg.seed_list
     if len(seeds) > 1:
-        logger.info("%d training seeds %s: one run per seed in %s", len(seeds), seeds, cfg.run_dir / "seeds")
+        logger.info("%d training seeds %s: one run per seed in %s", len(seeds), seeds, cfg.layout.seeds_dir)
     for seed in seeds:
         # every arm, its RL run and the evaluation once per training seed; one report pools them
         so = cfg.seed_overrides(seed)
@@ -601,12 +602,12 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
     if params.evaluate:
         stage_task("report", params, "report")
         report_artifacts(cfg)
-        out["report"] = str((cfg.run_dir / "report.md").resolve())
+        out["report"] = str(cfg.layout.report_md.resolve())
     return out
 
 
 @flow(name="prepare", validate_parameters=True, flow_run_name=_run_namer("prepare"))
-def prepare_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, force: bool = False) -> str:
+def prepare_flow(config: str = DEFAULT_CONFIG, overrides: tuple[str, ...] = (), force: bool = False) -> str:
     """Prepare the initial model (convert and cache it once).
 
     Args:
@@ -616,16 +617,16 @@ def prepare_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
     """
     params, cfg = _resolved(config=config, overrides=overrides, force=force)
     stage_task("prepare", params, "prepare")
-    return str((cfg.run_dir / "prepare").resolve())
+    return str(cfg.layout.prepare_dir.resolve())
 
 
 @flow(name="sft", validate_parameters=True, flow_run_name=_run_namer("sft"))
 def sft_flow(
     config: str = DEFAULT_CONFIG,
     method: SftMethod = "rpsft",
-    overrides: list[str] | None = None,
+    overrides: tuple[str, ...] = (),
     force: bool = False,
-    launcher: Launcher | None = None,
+    launcher: Launcher = Launcher(),
 ) -> str:
     """Train one SFT arm (sft, rpsft, l2, dft, iw or lora).
 
@@ -641,7 +642,7 @@ def sft_flow(
     params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher)
     stage_task("sft", params, f"sft[{method}]", [f"sft.method={method}"])
     _metrics_artifact(cfg, method, f"SFT arm {method}")
-    return str((cfg.run_dir / method).resolve())
+    return str(cfg.layout.arm(method).dir.resolve())
 
 
 @flow(name="rl", validate_parameters=True, flow_run_name=_run_namer("rl"))
@@ -649,9 +650,9 @@ def rl_flow(
     config: str = DEFAULT_CONFIG,
     init_arm: str = "rpsft",
     algorithm: RlAlgorithm | None = None,
-    overrides: list[str] | None = None,
+    overrides: tuple[str, ...] = (),
     force: bool = False,
-    launcher: Launcher | None = None,
+    launcher: Launcher = Launcher(),
     steps: int | None = None,
     learning_rate: float | None = None,
 ) -> str:
@@ -672,18 +673,18 @@ def rl_flow(
         overrides = [*(overrides or []), f"rl.algorithm={algorithm}"]
     overrides = [*(overrides or []), *_rl_overrides(steps, learning_rate)]
     params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher, runs_rl=True)
-    if not (cfg.run_dir / init_arm / "DONE").is_file():
+    if not cfg.layout.arm(init_arm).done.is_file():
         raise ConfigError(
             f"init_arm {init_arm!r} has no finished SFT checkpoint in {cfg.run_dir}: run the sft flow with "
             f"method={init_arm} first"
         )
     stage_task("rl", params, f"rl[{init_arm}]", _rl_extra(cfg, init_arm))
     _metrics_artifact(cfg, f"rl-{init_arm}", f"RL from {init_arm}")
-    return str((cfg.run_dir / f"rl-{init_arm}").resolve())
+    return str(cfg.layout.arm(f"rl-{init_arm}").dir.resolve())
 
 
 @flow(name="evaluate", validate_parameters=True, flow_run_name=_run_namer("evaluate"))
-def evaluate_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, force: bool = False) -> str:
+def evaluate_flow(config: str = DEFAULT_CONFIG, overrides: tuple[str, ...] = (), force: bool = False) -> str:
     """Evaluate base, SFT arms and RL runs of one run folder.
 
     Args:
@@ -693,11 +694,11 @@ def evaluate_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = No
     """
     params, cfg = _resolved(config=config, overrides=overrides, force=force)
     stage_task("evaluate", params, "evaluate")
-    return str((cfg.run_dir / "eval").resolve())
+    return str(cfg.layout.eval_dir.resolve())
 
 
 @flow(name="report", validate_parameters=True, flow_run_name=_run_namer("report"))
-def report_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None) -> str:
+def report_flow(config: str = DEFAULT_CONFIG, overrides: tuple[str, ...] = ()) -> str:
     """Write the comparison report and register it as artifacts.
 
     Args:
@@ -707,7 +708,7 @@ def report_flow(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None
     params, cfg = _resolved(config=config, overrides=overrides)
     stage_task("report", params, "report")
     report_artifacts(cfg)
-    return str((cfg.run_dir / "report.md").resolve())
+    return str(cfg.layout.report_md.resolve())
 
 
 FLOWS = {

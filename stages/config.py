@@ -18,12 +18,14 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stages.layout import RESERVED, ArmLayout, RunLayout
+
 SftMethod = Literal["sft", "rpsft", "l2", "dft", "iw", "lora"]
 SFT_METHODS: tuple[str, ...] = get_args(SftMethod)
 RlAlgorithm = Literal["grpo", "ppo"]
 _RUN_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")  # \Z: a trailing newline is not a name
 # Folder and file names a run folder already uses: an arm named like one of them would overwrite it.
-RESERVED_NAMES = {"eval", "data", "plots", "prepare", "seeds", "trainer", "checkpoint", "adapter", "base"}
+RESERVED_NAMES = RESERVED
 _FILE_SUFFIXES = (".md", ".html", ".json", ".jsonl", ".png", ".yaml", ".lock", ".tmp")
 
 
@@ -1024,19 +1026,29 @@ class Config(Strict):
         """Overrides that turn this config into the one-seed run of ``seed`` (nothing when the run has one seed)."""
         if len(self.seed_list) < 2:
             return []
-        return [f"seed={seed}", "seeds=[]", f"runs_root={self.run_dir / 'seeds'}", f"run_name=seed-{seed}"]
+        run = self.layout.seed_run(seed).dir
+        return [f"seed={seed}", "seeds=[]", f"runs_root={run.parent}", f"run_name={run.name}"]
 
     def for_seed(self, seed: int) -> Config:
         """The one-seed run of ``seed``: ``<run_dir>/seeds/seed-<s>/`` when the run has several seeds, else self."""
         if len(self.seed_list) < 2:
             return self
-        return self.model_copy(
-            update={"seed": seed, "seeds": [], "runs_root": str(self.run_dir / "seeds"), "run_name": f"seed-{seed}"}
-        )
+        run = self.layout.seed_run(seed).dir
+        return self.model_copy(update={"seed": seed, "seeds": [], "runs_root": str(run.parent), "run_name": run.name})
+
+    @property
+    def layout(self) -> RunLayout:
+        """Every path of this run's folder (stages/layout.py)."""
+        return RunLayout(self.run_dir)
+
+    @property
+    def arm_layout(self) -> ArmLayout:
+        """The SFT arm's folder (``sft.arm``, else the method's name)."""
+        return self.layout.arm(self.sft.arm_name)
 
     @property
     def arm_dir(self) -> Path:
-        return self.run_dir / self.sft.arm_name
+        return self.arm_layout.dir
 
 
 def use_cpu(cfg: Config) -> bool:

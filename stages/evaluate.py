@@ -15,12 +15,10 @@ A model whose outputs are complete for the same checkpoint and eval settings is 
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -36,7 +34,9 @@ from stages.answers import choice_letter, extract_final_answer, lenient_final_an
 from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
 from stages.data import prompt_messages, prompt_text
 from stages.eval_items import NEEDS_TRAINING_ITEMS, OWN_SCORERS, build_benchmark, training_items
+from stages.generation import HFGenerator, VLLMGenerator, eval_dtype
 from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, report_progress, weights_stamp
+from stages.layout import CHECKPOINT, ArmLayout, RunLayout
 from stages.lm_eval_bench import score as lm_eval_score
 from stages.metrics import (
     avg_at_k,
@@ -68,15 +68,16 @@ def model_table(cfg: Config) -> list[dict[str, Any]]:
     finished: dict[str, dict[str, Any]] = {}
     if run_dir.is_dir():
         for d in sorted(run_dir.iterdir()):
-            if not (d.is_dir() and is_done(d) and (d / "checkpoint" / "config.json").is_file()):
+            arm = ArmLayout(d)
+            if not (d.is_dir() and is_done(d) and (arm.checkpoint / "config.json").is_file()):
                 continue
-            metrics = json.loads((d / "metrics.json").read_text()) if (d / "metrics.json").is_file() else {}
+            metrics = json.loads(arm.metrics.read_text()) if arm.metrics.is_file() else {}
             if "algorithm" in metrics:
                 init = Path(str(metrics.get("init") or "base"))
-                init_name = init.parent.name if init.name == "checkpoint" else "base"
-                finished[d.name] = {"name": d.name, "path": str(d / "checkpoint"), "kind": "rl", "init": init_name}
+                init_name = init.parent.name if init.name == CHECKPOINT else "base"
+                finished[d.name] = {"name": d.name, "path": str(arm.checkpoint), "kind": "rl", "init": init_name}
             else:
-                finished[d.name] = {"name": d.name, "path": str(d / "checkpoint"), "kind": "sft", "init": "base"}
+                finished[d.name] = {"name": d.name, "path": str(arm.checkpoint), "kind": "sft", "init": "base"}
     names = cfg.eval.models or [
         "base",
         *[n for n, m in finished.items() if m["kind"] == "sft"],
@@ -106,13 +107,13 @@ def model_table(cfg: Config) -> list[dict[str, Any]]:
 def external_label(path: Path) -> str:
     """The evaluation name of a model folder from outside the run: ``ext-<folder>-<hash of the path>``, so it never
     takes the name (and the eval folder) of the run's own arms, and two folders of the same name stay apart."""
-    stem = path.parent.name if path.name == "checkpoint" else path.name
+    stem = path.parent.name if path.name == CHECKPOINT else path.name
     stem = re.sub(r"[^A-Za-z0-9._-]", "-", stem)[:40].strip(".-") or "model"
     return f"ext-{stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
 def _base_path(cfg: Config) -> str:
-    prepared = cfg.run_dir / "prepare" / "result.json"
+    prepared = cfg.layout.prepare_result
     if prepared.is_file():
         return json.loads(prepared.read_text())["model_path"]
     return resolve_model(cfg)
@@ -126,135 +127,6 @@ def _fingerprint(cfg: Config, path: str) -> str:
     h.update(str(EVAL_FORMAT_VERSION).encode())
     h.update(weights_stamp(path).encode())
     return h.hexdigest()[:16]
-
-
-def eval_dtype(cfg: Config, torch_dtype: bool = False):
-    """The one precision of every evaluation axis: ``eval.cpu_dtype`` on the CPU (float32 by default), the
-    checkpoint's own (``auto``) on a GPU, for vLLM and transformers alike."""
-    name = cfg.eval.cpu_dtype if use_cpu(cfg) else "auto"
-    if not torch_dtype or name == "auto":
-        return name
-    return getattr(torch, name)
-
-
-# ------------------------------------------------------------------------------------------------- generation
-class HFGenerator:
-    def __init__(self, model, tokenizer, batch_size: int):
-        self.model, self.tok, self.batch = model, tokenizer, batch_size
-
-    def generate(
-        self,
-        prompts: list[str],
-        *,
-        n: int,
-        temperature: float,
-        max_new_tokens: int,
-        seed: int,
-        top_p: float = 1.0,
-        top_k: int = 0,
-    ):
-        tok = self.tok
-        tok.padding_side = "left"
-        out: list[list[str]] = []
-        torch.manual_seed(seed)
-        step = max(1, self.batch // n)
-        for i in range(0, len(prompts), step):
-            enc = tok(prompts[i : i + step], return_tensors="pt", padding=True, add_special_tokens=False)
-            # greedy exactly when temperature == 0, as under vLLM; sampling from the full softmax (top_k=0 explicit:
-            # transformers would fill in top_k=50 and Avg@k / pass@k would differ from vLLM's)
-            sample = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
-            with torch.no_grad():
-                gen = self.model.generate(
-                    **enc.to(self.model.device),
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=tok.pad_token_id,
-                    num_return_sequences=n,
-                    **(sample if temperature > 0 else {"do_sample": False}),
-                )
-            texts = tok.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            out += [texts[j * n : (j + 1) * n] for j in range(len(texts) // n)]
-        return out
-
-    def close(self):
-        pass
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str | None):
-    """``os.environ[name] = value`` inside the block (nothing when value is None), the old value after it."""
-    if value is None:
-        yield
-        return
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
-def _positions(path: str) -> int | None:
-    """The model's ``max_position_embeddings`` from its config.json (None when it names none)."""
-    try:
-        value = json.loads((Path(path) / "config.json").read_text()).get("max_position_embeddings")
-    except (OSError, ValueError):
-        return None
-    return int(value) if isinstance(value, int | float) and value > 0 else None
-
-
-class VLLMGenerator:
-    """vLLM offline engine (CPU or GPU); one per model, closed before the next.
-
-    ``in_process`` (the evaluation stage's engines on a CPU): the engine runs inside this process instead of an
-    engine-core process and a worker process. Measured on 2 cores (benchmarks/results/eval_cost.json): the same
-    tokens per second and about 22 s less start and close per model. A GPU keeps vLLM's own process layout
-    (scheduling overlaps the GPU's work there), and so does the RL stage's prompt filter, whose engine must be gone,
-    with its process group, before the trainer starts its own."""
-
-    def __init__(self, path: str, cfg: Config, max_len: int, *, in_process: bool = False):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        from vllm import LLM  # lazy: vLLM is an optional extra (eval.backend=vllm), heavy; imported after its env
-
-        cpu = use_cpu(cfg)
-        in_process = in_process and cpu
-        max_len = min(max_len, _positions(path) or max_len)  # vLLM refuses a length past the model's positions
-        with _env("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if in_process else None):  # read while the engine starts
-            self.llm = LLM(
-                model=path,
-                dtype=eval_dtype(cfg),
-                enforce_eager=cpu,
-                seed=cfg.seed,
-                max_model_len=max_len,
-                gpu_memory_utilization=cfg.rl.generation.vllm_gpu_memory_utilization if not cpu else 0.9,
-                trust_remote_code=cfg.model.trust_remote_code,
-                **({"distributed_executor_backend": "uni"} if in_process else {}),
-            )
-
-    def generate(
-        self,
-        prompts: list[str],
-        *,
-        n: int,
-        temperature: float,
-        max_new_tokens: int,
-        seed: int,
-        top_p: float = 1.0,
-        top_k: int = 0,
-    ):
-        from vllm import SamplingParams  # lazy: optional extra, only with eval.backend=vllm
-
-        # Per-request seeds crash vLLM's CPU engine; the engine itself is seeded. Greedy exactly when temperature
-        # == 0 (samples: 1 is one sampled completion on both backends), full softmax otherwise.
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_new_tokens)
-        return [[c.text for c in r.outputs] for r in self.llm.generate(prompts, params, use_tqdm=False)]
-
-    def close(self):
-        del self.llm
-        gc.collect()
 
 
 def item_prompt(tok, cfg: Config, spec: BenchmarkSpec, item: dict[str, Any]) -> str:
@@ -349,7 +221,7 @@ def general_text(cfg: Config, base_model, tok, sampled: bool = False) -> list[di
     """The base model's answers to the built-in general prompts, greedy or sampled at temperature 1 with a fixed seed
     (cached in ``<run_dir>/eval``). Greedy answers are the base's mode; sampled ones weigh its whole distribution."""
     spec = cfg.eval.forgetting
-    path = cfg.run_dir / "eval" / ("general_text_sampled.json" if sampled else "general_text.json")
+    path = cfg.layout.general_text(sampled)
     key = {"n": spec.num_prompts, "max_new_tokens": spec.max_new_tokens, "base": _fingerprint(cfg, _base_path(cfg))}
     key["sampled"] = sampled
     if sampled:
@@ -492,7 +364,7 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Score one model on every benchmark; write its folder; return its metrics. Phases: generation benchmarks,
     lm-eval tasks, log-likelihood multiple choice, forgetting (KL and CKA against the base), summaries."""
-    out_dir = cfg.run_dir / "eval" / entry["name"]
+    files = cfg.layout.eval_model(entry["name"])
     t0 = time.perf_counter()
     tok = load_tokenizer(entry["path"], cfg.model)
     scores: Scores = {}
@@ -525,10 +397,10 @@ def evaluate_model(
         "timing": timing,
         "fingerprint": _fingerprint(cfg, entry["path"]),
     }
-    atomic_write_text(out_dir / "outputs.jsonl", "".join(outputs))
-    atomic_write_json(out_dir / "scores.json", scores)
-    atomic_write_json(out_dir / "metrics.json", result)
-    mark_done(out_dir)
+    atomic_write_text(files.outputs, "".join(outputs))
+    atomic_write_json(files.scores, scores)
+    atomic_write_json(files.metrics, result)
+    mark_done(files.dir)
     return result
 
 
@@ -675,28 +547,25 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     trained = training_items(cfg) if needs_training else None
     for spec in cfg.eval.benchmarks:
         items, note = build_benchmark(cfg, spec, trained)
-        atomic_write_text(
-            cfg.run_dir / "eval" / "items" / f"{spec.name}.jsonl", "".join(json.dumps(x) + "\n" for x in items)
-        )
+        atomic_write_text(cfg.layout.items(spec.name), "".join(json.dumps(x) + "\n" for x in items))
         benches.append((spec, items, note))
         log.info("benchmark %s: %d items (%s)", spec.name, len(items), note)
-    atomic_write_json(
-        cfg.run_dir / "eval" / "benchmarks.json", {s.name: {**s.model_dump(mode="json"), **n} for s, _, n in benches}
-    )
+    atomic_write_json(cfg.layout.benchmarks, {s.name: {**s.model_dump(mode="json"), **n} for s, _, n in benches})
     base_path = _base_path(cfg)
     cfg = _engine(cfg, base_path, benches)
     base_model = base_tok = None
     results = {}
     for i, entry in enumerate(table):
         report_progress(i, len(table), f"models evaluated (next: {entry['name']})")
-        out_dir = cfg.run_dir / "eval" / entry["name"]
+        files = cfg.layout.eval_model(entry["name"])
+        out_dir = files.dir
         if not force and is_done(out_dir):
-            prev = json.loads((out_dir / "metrics.json").read_text())
+            prev = json.loads(files.metrics.read_text())
             if prev.get("fingerprint") == _fingerprint(cfg, entry["path"]):
                 log.info("eval %s: complete, skipped (use --force to redo)", entry["name"])
                 results[entry["name"]] = prev
                 continue
-        (out_dir / "DONE").unlink(missing_ok=True)
+        files.done.unlink(missing_ok=True)
         if entry["kind"] == "base" and not force and (reused := _base_from_other_seed(cfg, entry)) is not None:
             results["base"] = reused
             continue
@@ -731,33 +600,32 @@ def _base_from_other_seed(cfg: Config, entry: dict[str, Any]) -> dict[str, Any] 
     """The base model's evaluation from another seed run of the same experiment (``<run>/seeds/seed-<s>/``), copied
     when it is complete, has this run's fingerprint and was scored on the same items: the base does not depend on
     the training seed, so a multi-seed run evaluates it once. None when there is no such evaluation."""
-    if cfg.run_dir.parent.name != "seeds":
+    mine = cfg.layout
+    if not mine.is_seed_run:
         return None
     fp = _fingerprint(cfg, entry["path"])
-    mine = cfg.run_dir / "eval"
-    for other in sorted(cfg.run_dir.parent.glob("seed-*/eval")):
-        src = other / "base"
-        if other == mine or not is_done(src) or not (src / "metrics.json").is_file():
+    for other in mine.parent_run.seed_runs():
+        src = other.eval_model("base")
+        if other.dir == mine.dir or not is_done(src.dir) or not src.metrics.is_file():
             continue
-        prev = json.loads((src / "metrics.json").read_text())
-        if prev.get("fingerprint") != fp or not _same_items(other / "items", mine / "items", cfg):
+        prev = json.loads(src.metrics.read_text())
+        if prev.get("fingerprint") != fp or not _same_items(other, mine, cfg):
             continue
-        for name in ("scores.json", "outputs.jsonl", "metrics.json"):
-            if (src / name).is_file():
-                atomic_write_text(mine / "base" / name, (src / name).read_text())
-        for name in ("general_text.json", "general_text_sampled.json"):  # the base's texts, keyed by fingerprint
-            if (other / name).is_file() and not (mine / name).is_file():
-                atomic_write_text(mine / name, (other / name).read_text())
-        mark_done(mine / "base")
-        log.info("eval base: the same evaluation as %s (same settings and items), copied", src)
+        for f in src.files:
+            if f.is_file():
+                atomic_write_text(mine.eval_model("base").dir / f.name, f.read_text())
+        for sampled in (False, True):  # the base's texts, keyed by fingerprint
+            if other.general_text(sampled).is_file() and not mine.general_text(sampled).is_file():
+                atomic_write_text(mine.general_text(sampled), other.general_text(sampled).read_text())
+        mark_done(mine.eval_model("base").dir)
+        log.info("eval base: the same evaluation as %s (same settings and items), copied", src.dir)
         return prev
     return None
 
 
-def _same_items(a: Path, b: Path, cfg: Config) -> bool:
+def _same_items(a: RunLayout, b: RunLayout, cfg: Config) -> bool:
     return all(
-        (a / f"{s.name}.jsonl").is_file()
-        and (a / f"{s.name}.jsonl").read_bytes() == (b / f"{s.name}.jsonl").read_bytes()
+        a.items(s.name).is_file() and a.items(s.name).read_bytes() == b.items(s.name).read_bytes()
         for s in cfg.eval.benchmarks
     )
 

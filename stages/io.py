@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stages.config import ConfigError
+from stages.layout import DONE
 
-DONE_MARKER = "DONE"
+DONE_MARKER = DONE
 
 
 def _current_umask() -> int:
@@ -82,38 +82,6 @@ def publish_dir(tmp_dir: Path, final_dir: Path) -> Path:
         os.replace(tmp_dir, final_dir)
     mark_done(final_dir)
     return final_dir
-
-
-def run_arm_once(
-    arm_dir: Path,
-    force: bool,
-    work: Callable[[], dict[str, Any]],
-    redo_hint: str,
-    recipe: tuple[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """The wrapper of every training stage: a complete arm (``DONE``) returns its ``metrics.json`` unless ``force``;
-    otherwise ``work()`` runs under the arm's folder lock (rank 0 only: under torchrun the other ranks do not write).
-    ``recipe`` (stage, config as a dict): unless ``force``, a finished or half-trained arm must have been made by the
-    same recipe (:func:`stages.provenance.check_same_recipe`).
-
-    Raises:
-        ConfigError: another process holds this arm's lock, or the arm was made by another recipe.
-    """
-    arm_dir = Path(arm_dir)
-    if recipe is not None and not force:
-        from stages.provenance import check_same_recipe  # lazy: provenance reads configs, io is imported by config
-
-        check_same_recipe(arm_dir, recipe[1], recipe[0], redo_hint)
-    if is_done(arm_dir) and not force:
-        logging.getLogger(__name__).info("%s is complete; skipping (%s)", arm_dir, redo_hint)
-        return json.loads((arm_dir / "metrics.json").read_text())
-    if int(os.environ.get("RANK", "0")) != 0:
-        return work()
-    try:
-        with FolderLock(arm_dir):
-            return work()
-    except LockedError as e:
-        raise ConfigError(str(e)) from None
 
 
 def save_checkpoint(model, tokenizer, folder: str | os.PathLike, state_dict: dict | None = None) -> Path:

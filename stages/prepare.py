@@ -42,7 +42,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "eos_token": tokenizer.eos_token,
         "seconds": time.perf_counter() - t0,
     }
-    atomic_write_json(cfg.run_dir / "prepare" / "result.json", result)
+    atomic_write_json(cfg.layout.prepare_result, result)
     log.info("model ready: %s (%s, %s layers)", path, result["model_type"], result["num_hidden_layers"])
     return result
 

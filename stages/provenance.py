@@ -14,11 +14,17 @@ tracking and logging cadence are not part of it.
 from __future__ import annotations
 
 import json
+import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from stages.config import ConfigError, safe_yaml
-from stages.io import atomic_write_json, checkpoints, file_sha256
+from stages.io import FolderLock, LockedError, atomic_write_json, checkpoints, file_sha256, is_done
+from stages.layout import INIT, ArmLayout
+
+log = logging.getLogger(__name__)
 
 # top-level keys that never change what a stage computes
 NOT_RECIPE = {
@@ -84,7 +90,7 @@ def differences(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = 
 
 def read_config(arm_dir: Path) -> dict[str, Any] | None:
     """The config an arm recorded, or None when it has none (an arm from before configs were recorded)."""
-    path = Path(arm_dir) / "config.yaml"
+    path = ArmLayout(Path(arm_dir)).config
     if not path.is_file():
         return None
     data = safe_yaml(path.read_text())
@@ -113,13 +119,14 @@ def check_same_recipe(arm_dir: Path, config: dict[str, Any], stage: str, redo_hi
         ConfigError: naming every differing key with its recorded and its new value.
     """
     arm_dir = Path(arm_dir)
-    started = (arm_dir / "DONE").is_file() or bool(checkpoints(arm_dir / "trainer"))
+    out = ArmLayout(arm_dir)
+    started = out.done.is_file() or bool(checkpoints(out.trainer))
     recorded = read_config(arm_dir) if started else None
     if recorded is None:
         return
     diff = differences(recipe(recorded, stage), recipe(config, stage))
     if diff:
-        state = "is finished" if (arm_dir / "DONE").is_file() else "was started"
+        state = "is finished" if out.done.is_file() else "was started"
         raise ConfigError(
             f"{arm_dir} {state} with another {stage.upper()} recipe than the one given now ({shown(diff)}); "
             f"resuming or reusing it would mix two recipes under one name. Give the recorded values back, name "
@@ -134,7 +141,7 @@ def confounds(a: dict[str, Any] | None, b: dict[str, Any] | None, stage: str) ->
     return differences(recipe(a, stage), recipe(b, stage), METHOD_KEYS[stage])
 
 
-INIT_FILE = "init.json"
+INIT_FILE = INIT
 
 
 def weights_digest(folder: str | Path) -> dict[str, str]:
@@ -151,8 +158,9 @@ def check_same_init(arm_dir: Path, init_path: str, force: bool) -> dict[str, Any
     """
     arm_dir = Path(arm_dir)
     record = {"init": str(init_path), "sha256": weights_digest(init_path)}
-    started = bool(checkpoints(arm_dir / "trainer"))
-    path = arm_dir / INIT_FILE
+    out = ArmLayout(arm_dir)
+    started = bool(checkpoints(out.trainer))
+    path = out.init
     if started and not force and path.is_file():
         try:
             before = json.loads(path.read_text())
@@ -168,3 +176,33 @@ def check_same_init(arm_dir: Path, init_path: str, force: bool) -> dict[str, Any
         arm_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record)
     return record
+
+
+def run_arm_once(
+    arm_dir: Path,
+    force: bool,
+    work: Callable[[], dict[str, Any]],
+    redo_hint: str,
+    recipe: tuple[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The wrapper of every training stage: a complete arm (``DONE``) returns its ``metrics.json`` unless ``force``;
+    otherwise ``work()`` runs under the arm's folder lock (rank 0 only: under torchrun the other ranks do not write).
+    ``recipe`` (stage, config as a dict): unless ``force``, a finished or half-trained arm must have been made by the
+    same recipe (:func:`check_same_recipe`).
+
+    Raises:
+        ConfigError: another process holds this arm's lock, or the arm was made by another recipe.
+    """
+    arm_dir = Path(arm_dir)
+    if recipe is not None and not force:
+        check_same_recipe(arm_dir, recipe[1], recipe[0], redo_hint)
+    if is_done(arm_dir) and not force:
+        log.info("%s is complete; skipping (%s)", arm_dir, redo_hint)
+        return json.loads(ArmLayout(arm_dir).metrics.read_text())
+    if int(os.environ.get("RANK", "0")) != 0:
+        return work()
+    try:
+        with FolderLock(arm_dir):
+            return work()
+    except LockedError as e:
+        raise ConfigError(str(e)) from None

@@ -30,6 +30,7 @@ from scipy.stats import t as _t
 from stages import provenance, tracking
 from stages.config import SFT_METHODS, Config, ConfigError, safe_yaml
 from stages.io import atomic_write, atomic_write_json, atomic_write_text, is_done
+from stages.layout import CONFIG, EvalLayout, RunLayout
 from stages.metrics import (
     Estimate,
     NonFiniteScores,
@@ -52,13 +53,14 @@ _HEADLINE = ("id/mean_accuracy", "ood/mean_accuracy", "forgetting/kl_to_base")
 
 def _load_run(run_dir: Path) -> dict[str, dict[str, Any]]:
     out = {}
-    eval_dir = run_dir / "eval"
+    eval_dir = RunLayout(run_dir).eval_dir
     if not eval_dir.is_dir():
         return out
     for d in sorted(eval_dir.iterdir()):
-        if d.is_dir() and is_done(d) and (d / "metrics.json").is_file():
-            m = json.loads((d / "metrics.json").read_text())
-            m["scores"] = json.loads((d / "scores.json").read_text()) if (d / "scores.json").is_file() else {}
+        ev = EvalLayout(d)
+        if d.is_dir() and is_done(d) and ev.metrics.is_file():
+            m = json.loads(ev.metrics.read_text())
+            m["scores"] = json.loads(ev.scores.read_text()) if ev.scores.is_file() else {}
             out[d.name] = m
     return out
 
@@ -89,7 +91,7 @@ def seed_run_dirs(cfg: Config) -> list[Path]:
     seen = {r.resolve() for r in runs}
     for raw in cfg.report.seed_runs:
         r = Path(raw)
-        if not (r / "eval").is_dir():
+        if not RunLayout(r).eval_dir.is_dir():
             raise ConfigError(f"report.seed_runs: {r} has no eval/ folder; evaluate that run first")
         if r.resolve() in seen:
             raise ConfigError(
@@ -108,8 +110,8 @@ def _same_setup_but_seed(run: Path, other: Path) -> None:
     """A seed run must be the same experiment with another seed: the resolved configs of the arms both runs have
     may differ only in seed, names and folders (and the report/eval sections). Raises ConfigError naming the keys."""
 
-    for mine in sorted(run.glob("*/config.yaml")):
-        theirs = other / mine.parent.name / "config.yaml"
+    for mine in sorted(run.glob(f"*/{CONFIG}")):
+        theirs = RunLayout(other).arm(mine.parent.name).config
         if not theirs.is_file():
             continue
         a, b = provenance.flat(safe_yaml(mine.read_text())), provenance.flat(safe_yaml(theirs.read_text()))
@@ -200,7 +202,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     runs = seed_run_dirs(cfg)
     per_seed = [_load_run(r) for r in runs]
     if not per_seed[0]:
-        raise ConfigError(f"no evaluated models in {runs[0] / 'eval'}: run the evaluate stage first")
+        raise ConfigError(f"no evaluated models in {RunLayout(runs[0]).eval_dir}: run the evaluate stage first")
     missing = [str(r) for r, p in zip(runs, per_seed, strict=True) if not p]
     if missing:
         raise ConfigError(f"seed runs without evaluated models: {missing}; evaluate them first")
@@ -285,7 +287,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     _confound_notes(comparisons, confounded, pair)
     seed_control = _seed_control(cfg, per_seed, labels, boot, comparisons)
     _seed_spread_notes(comparisons, seed_control)
-    bench_file = runs[0] / "eval" / "benchmarks.json"
+    bench_file = RunLayout(runs[0]).benchmarks
     benchmarks = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
     data = {
         "run": str(cfg.run_dir),
@@ -392,7 +394,7 @@ def _matched(cfg: Config, run_dir: Path, per_seed, models, boot) -> list[dict[st
     cannot mean "learns less". Needs several plain-SFT strengths (a sweep) to find matches."""
     methods = {}
     for m in models:
-        f = run_dir / m["name"] / "metrics.json"
+        f = RunLayout(run_dir).arm(m["name"]).metrics
         if m["kind"] == "sft" and f.is_file():
             methods[m["name"]] = json.loads(f.read_text()).get("method")
     acc = {m["name"]: m["metrics"].get("id/mean_accuracy", {}).get("value") for m in models}
@@ -636,8 +638,8 @@ def _domain_of(per_seed, model: str, metric: str) -> str | None:
 def _arm_config(run_dir: Path, model: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
     """The config an evaluated arm was trained with: its arm folder's ``config.yaml`` in the run, else the one beside
     the checkpoint the evaluation read."""
-    if (run_dir / name / "config.yaml").is_file() or not (model and model.get("path")):
-        return provenance.read_config(run_dir / name)
+    if RunLayout(run_dir).arm(name).config.is_file() or not (model and model.get("path")):
+        return provenance.read_config(RunLayout(run_dir).arm(name).dir)
     return provenance.read_config(Path(model["path"]).parent)
 
 
@@ -1032,7 +1034,7 @@ def reward_lines(curves: dict[str, list[dict[str, Any]]], confidence: float = 0.
 def _rl_curves(run_dir: Path, label: str = "") -> dict[str, list[dict[str, Any]]]:
     """RL arms' per-step rows, keyed by arm (``rl-sft (seed 1)`` in a multi-seed run)."""
     curves = {}
-    for d in sorted(run_dir.glob("*/metrics.jsonl")):
+    for d in (a.steps for a in RunLayout(run_dir).arms() if a.steps.is_file()):
         rows = [json.loads(line) for line in d.read_text().splitlines() if line.strip()]
         if rows:
             curves[f"{d.parent.name} ({label})" if label else d.parent.name] = rows
@@ -1042,7 +1044,7 @@ def _rl_curves(run_dir: Path, label: str = "") -> dict[str, list[dict[str, Any]]
 def _rotation(run_dir: Path) -> dict[str, dict[int, float]]:
     """Per SFT arm: mean principal angle (degrees, left and right) of the top-k subspaces per layer."""
     out = {}
-    for f in sorted(run_dir.glob("*/metrics.json")):
+    for f in (a.metrics for a in RunLayout(run_dir).arms() if a.metrics.is_file()):
         m = json.loads(f.read_text())
         angles = m.get("principal_angles")
         if not angles:
@@ -1686,7 +1688,7 @@ def _track_headline(cfg: Config, comparisons: list[dict[str, Any]]) -> None:
 def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     """Aggregate, plot and write the report files; return report.json's content."""
     data = aggregate(cfg)
-    plots = make_plots(cfg, data, cfg.run_dir / "plots")
+    plots = make_plots(cfg, data, cfg.layout.plots)
     blocks = _blocks(cfg, data, plots)
     report = {
         "models": [
@@ -1707,10 +1709,11 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         "rl_reading": data["rl_reading"],
         "rl_start": data["rl_start"],
     }
-    atomic_write_json(cfg.run_dir / "report.json", report)
-    atomic_write_text(cfg.run_dir / "report.md", render_md(blocks, cfg.run_dir))
-    atomic_write_text(cfg.run_dir / "report.html", render_html(blocks, f"sft2rl report: {cfg.run_name}"))
-    log.info("report written: %s (.md, .html, .json), plots in %s", cfg.run_dir / "report.md", cfg.run_dir / "plots")
+    files = cfg.layout
+    atomic_write_json(files.report_json, report)
+    atomic_write_text(files.report_md, render_md(blocks, cfg.run_dir))
+    atomic_write_text(files.report_html, render_html(blocks, f"sft2rl report: {cfg.run_name}"))
+    log.info("report written: %s (.md, .html, .json), plots in %s", files.report_md, files.plots)
     _track_headline(cfg, data["comparisons"])
     for s in report["summary"]:
         log.info("%s", s)

@@ -37,9 +37,9 @@ from stages.io import (
     is_done,
     last_complete_checkpoint,
     mark_done,
-    run_arm_once,
     save_checkpoint,
 )
+from stages.layout import CHECKPOINT, ArmLayout
 from stages.ppo import PolicyWithValue, PPOSettings, TransformersRollouts, VLLMRollouts, train_ppo, value_head_state
 from stages.rewards import get_reward
 from stages.rl_prompts import filtered_prompts, rl_prompts
@@ -64,7 +64,7 @@ def rl_arm_name(cfg: Config) -> str:
         return "rl-base"
     init = Path(cfg.rl.init)
     # <run_dir>/<sft arm>/checkpoint -> rl-<sft arm>
-    return f"rl-{init.parent.name if init.name == 'checkpoint' else init.name}"
+    return f"rl-{init.parent.name if init.name == CHECKPOINT else init.name}"
 
 
 def check_chat_format(tokenizer, where: str) -> None:
@@ -177,10 +177,10 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
             process writing the same RL arm.
     """
     arm = rl_arm_name(cfg)
-    arm_dir = cfg.run_dir / arm
+    arm_dir = cfg.layout.arm(arm).dir
     if not (is_done(arm_dir) and not force):
         tracking.check_installed(cfg)  # before any model is loaded
-    return run_arm_once(
+    return provenance.run_arm_once(
         arm_dir,
         force,
         lambda: _run(cfg, force, callbacks, arm, arm_dir),
@@ -221,11 +221,12 @@ def _init_path(cfg: Config) -> str:
 
 
 def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Path) -> dict[str, Any]:
+    out = ArmLayout(arm_dir)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     threads_at_start = backends.threads()
     set_seed(cfg.seed)
-    build_grpo_config(cfg, arm_dir / "trainer")  # its batch-shape errors come before any probe or model load
+    build_grpo_config(cfg, out.trainer)  # its batch-shape errors come before any probe or model load
     # Under accelerate launch, rank 0 prepares what is cached (the base model when rl.init is unset, the `auto`
     # engine measurement) and the other ranks then read it: no two processes write one cache folder, and every
     # process takes the same engine. This creates the process group (TRL's trainer reuses it), with transformers'
@@ -274,18 +275,18 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
             threads_at_start,
             prompt_filter,
         )
-    args = build_grpo_config(cfg, arm_dir / "trainer")
+    args = build_grpo_config(cfg, out.trainer)
     model = models.load_model(init_path, cfg.model)
 
     if main_process:
         arm_dir.mkdir(parents=True, exist_ok=True)
         if force:  # from scratch: neither the finished arm nor its trainer checkpoints are reused
-            (arm_dir / "DONE").unlink(missing_ok=True)
-            shutil.rmtree(arm_dir / "trainer", ignore_errors=True)
-        atomic_write_text(arm_dir / "config.yaml", dump_config(as_given))  # as given (auto stays auto)
-    trainer_dir = arm_dir / "trainer"
+            out.done.unlink(missing_ok=True)
+            shutil.rmtree(out.trainer, ignore_errors=True)
+        atomic_write_text(out.config, dump_config(as_given))  # as given (auto stays auto)
+    trainer_dir = out.trainer
     resume = io.last_complete_checkpoint(trainer_dir)[0] is not None  # the one train_resumable resumes from
-    metrics_path = arm_dir / "metrics.jsonl"
+    metrics_path = out.steps
     if resume and main_process:
         _truncate_metrics(metrics_path, trainer_dir)
     elif main_process:
@@ -309,7 +310,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     if not trainer.is_world_process_zero():
         return {"algorithm": "grpo", "arm": arm, "steps": trainer.state.global_step}
 
-    save_checkpoint(trainer.model, tokenizer, arm_dir / "checkpoint")
+    save_checkpoint(trainer.model, tokenizer, out.checkpoint)
 
     steps = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     extra = {"steps": trainer.state.global_step, "train_loss": float(result.training_loss)}
@@ -373,6 +374,7 @@ def _finish(
 ) -> dict[str, Any]:
     """The one summary of an RL run (GRPO or PPO): the model card, ``metrics.json`` from its per-step rows, then
     ``DONE``."""
+    out = ArmLayout(arm_dir)
     summary = {
         "algorithm": cfg.rl.algorithm,
         "arm": arm,
@@ -389,8 +391,8 @@ def _finish(
         "rewards": cfg.rl.rewards,
         "prompts": prompts,
     }
-    if (arm_dir / provenance.INIT_FILE).is_file():  # the exact weights it started from (sha256 per file)
-        summary["init_sha256"] = json.loads((arm_dir / provenance.INIT_FILE).read_text()).get("sha256")
+    if out.init.is_file():  # the exact weights it started from (sha256 per file)
+        summary["init_sha256"] = json.loads(out.init.read_text()).get("sha256")
     facts = {
         "method": f"{cfg.rl.algorithm} (RL)",
         "initialisation": init_path,
@@ -401,10 +403,10 @@ def _finish(
         f"{cfg.rl.generation.num_generations} completions per prompt, generation {backend}, seed {cfg.seed}",
         "reward first -> last step": f"{summary['reward_first']} -> {summary['reward_last']}",
     }
-    tracking.write_model_card(trainer, arm_dir / "checkpoint", cfg, arm, facts)
-    if (pushed := tracking.push_to_hub(cfg, arm, arm_dir / "checkpoint")) is not None:
+    tracking.write_model_card(trainer, out.checkpoint, cfg, arm, facts)
+    if (pushed := tracking.push_to_hub(cfg, arm, out.checkpoint)) is not None:
         summary["hub"] = pushed
-    atomic_write_json(arm_dir / "metrics.json", summary)
+    atomic_write_json(out.metrics, summary)
     mark_done(arm_dir)
     log.info(
         "%s done: %d steps, reward %s -> %s", arm, summary["steps"], summary["reward_first"], summary["reward_last"]
@@ -476,6 +478,7 @@ def _run_ppo(
     ``accelerate launch`` (only rank 0 writes)."""
     from accelerate import Accelerator  # lazy: PPO alone builds its own accelerator (GRPO's comes with TRL)
 
+    out = ArmLayout(arm_dir)
     t, g = cfg.rl.training, cfg.rl.generation
     accelerator = Accelerator(cpu=use_cpu(cfg))
     engines.check(engines.engine_of(accelerator), "this launch", rl_algorithm="ppo")
@@ -496,12 +499,12 @@ def _run_ppo(
         for x in items
     ]
     reward_fn = _weighted_reward(reward_funcs, cfg.rl.reward_weights)
-    metrics_path = arm_dir / "metrics.jsonl"
-    trainer_dir = arm_dir / "trainer"
+    metrics_path = out.steps
+    trainer_dir = out.trainer
     if main_process:
         arm_dir.mkdir(parents=True, exist_ok=True)
-        (arm_dir / "DONE").unlink(missing_ok=True)
-        atomic_write_text(arm_dir / "config.yaml", dump_config(as_given))  # as given (auto stays auto)
+        out.done.unlink(missing_ok=True)
+        atomic_write_text(out.config, dump_config(as_given))  # as given (auto stays auto)
         if force:  # --force trains again from the start, like the SFT stage
             shutil.rmtree(trainer_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -562,8 +565,8 @@ def _run_ppo(
             writer.close()
     if not main_process:
         return {"algorithm": "ppo", "arm": arm, "steps": t.max_steps}
-    save_checkpoint(model.policy, tokenizer, arm_dir / "checkpoint")
-    save_file(value_head_state(model), str(arm_dir / "value_head.safetensors"))
+    save_checkpoint(model.policy, tokenizer, out.checkpoint)
+    save_file(value_head_state(model), str(out.value_head))
     facts = _backend_facts(cfg, as_given.rl.generation.backend, choice, init_path, steps, threads_at_start)
     extra = {"num_processes": accelerator.num_processes, **facts}
     if prompt_filter:

@@ -24,10 +24,11 @@ from stages.answers import unreadable_golds
 from stages.config import Config, ConfigError, dump_config
 from stages.data import build_items
 from stages.io import atomic_write_json, weights_stamp
+from stages.layout import PROMPT_FILTER, ArmLayout
 
 log = logging.getLogger("sft2rl.rl")
 
-FILTER_FILE = "prompt_filter.json"
+FILTER_FILE = PROMPT_FILTER
 
 
 def rl_prompts(cfg: Config) -> list[dict[str, Any]]:
@@ -88,7 +89,7 @@ def filtered_prompts(
     n = cfg.rl.prompt_filter.samples
     if n == 0:
         return items, None
-    path = arm_dir / FILTER_FILE
+    path = ArmLayout(Path(arm_dir)).prompt_filter
     key = _filter_key(cfg, init_path, backend)
     record = _read(path)
     if record is None or record.get("key") != key:
@@ -189,7 +190,7 @@ def sample_completions(cfg: Config, init_path: str, backend: str) -> list[list[s
     temperature, top-p, top-k and length."""
     from stages import models  # lazy: torch and the engines load only in the child
     from stages.data import prompt_messages, prompt_text
-    from stages.evaluate import HFGenerator, VLLMGenerator
+    from stages.generation import HFGenerator, VLLMGenerator
 
     items = rl_prompts(cfg)
     tok = models.load_tokenizer(init_path, cfg.model)

@@ -33,14 +33,13 @@ from transformers import TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from stages import data as data_mod
-from stages import engines, io, models, tracking
+from stages import engines, io, models, provenance, tracking
 from stages.config import Config, ConfigError, dump_config, safe_yaml, use_cpu
 from stages.io import (
     atomic_write_json,
     atomic_write_text,
     is_done,
     mark_done,
-    run_arm_once,
     save_checkpoint,
 )
 from stages.rpsft import (
@@ -297,7 +296,7 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     set_seed(cfg.seed)
-    args = build_sft_config(cfg, cfg.arm_dir / "trainer")
+    args = build_sft_config(cfg, cfg.arm_layout.trainer)
 
     items = data_mod.build_items(cfg.data)
     train_ds = data_mod.to_trl_dataset(items, cfg.data.system_prompt)
@@ -352,7 +351,7 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
             train_dataset=train_ds,
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=[*(callbacks or []), *io.training_guards(model, cfg.arm_dir / "trainer")],
+            callbacks=[*(callbacks or []), *io.training_guards(model, cfg.arm_layout.trainer)],
             regularizer=regularizer,
             regularizer_mode=rp.mode,
             method=method,
@@ -376,7 +375,7 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     """
     if not (is_done(cfg.arm_dir) and not force):
         tracking.check_installed(cfg)  # before any model is loaded
-    return run_arm_once(
+    return provenance.run_arm_once(
         cfg.arm_dir,
         force,
         lambda: _train(cfg, force, callbacks),
@@ -386,7 +385,7 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
 
 
 def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
-    arm_dir = cfg.arm_dir
+    arm_dir, out = cfg.arm_dir, cfg.arm_layout
     method = cfg.sft.method
     rp = cfg.sft.rpsft
     arm = build_arm(cfg, callbacks)
@@ -397,11 +396,11 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
     if main_process:
         arm_dir.mkdir(parents=True, exist_ok=True)
         if force:  # recompute from scratch: neither the finished arm nor its trainer checkpoints are reused
-            (arm_dir / "DONE").unlink(missing_ok=True)
-            shutil.rmtree(arm_dir / "trainer", ignore_errors=True)
-        atomic_write_text(arm_dir / "config.yaml", dump_config(cfg))
-        atomic_write_text(cfg.run_dir / "data" / "sft_train.jsonl", "".join(json.dumps(x) + "\n" for x in items))
-    trainer_dir = arm_dir / "trainer"
+            out.done.unlink(missing_ok=True)
+            shutil.rmtree(out.trainer, ignore_errors=True)
+        atomic_write_text(out.config, dump_config(cfg))
+        atomic_write_text(cfg.layout.sft_data, "".join(json.dumps(x) + "\n" for x in items))
+    trainer_dir = out.trainer
     resume = io.last_complete_checkpoint(trainer_dir)[0] is not None  # the one train_resumable resumes from
     if resume:
         log.info("resuming %s from the last trainer checkpoint in %s", cfg.sft.arm_name, trainer_dir)
@@ -418,11 +417,11 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
         return {"method": method, "steps": trainer.state.global_step, "penalty_at_end": penalty_at_end}
     final_model = trainer.model
     if method == "lora":
-        trainer.model.save_pretrained(arm_dir / "adapter")  # before merging: merging folds the adapters away
+        trainer.model.save_pretrained(out.adapter)  # before merging: merging folds the adapters away
         final_model = merge_lora(trainer.model)
     final = {n: t for n, t in whole.items() if t.ndim == 2} if whole is not None else _final_weights(final_model)
     diag = subspace_diagnostics(anchors, final, rp.anchor_method, base=base_weight_loader(model_path))
-    save_checkpoint(final_model, tokenizer, arm_dir / "checkpoint", state_dict=whole)
+    save_checkpoint(final_model, tokenizer, out.checkpoint, state_dict=whole)
 
     history = [h for h in trainer.state.log_history if "loss" in h]
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -448,10 +447,10 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
         "principal_angles": diag,
         "log_history": history,
     }
-    tracking.write_model_card(trainer, arm_dir / "checkpoint", cfg, cfg.sft.arm_name, _card_facts(cfg, metrics))
-    if (pushed := tracking.push_to_hub(cfg, cfg.sft.arm_name, arm_dir / "checkpoint")) is not None:
+    tracking.write_model_card(trainer, out.checkpoint, cfg, cfg.sft.arm_name, _card_facts(cfg, metrics))
+    if (pushed := tracking.push_to_hub(cfg, cfg.sft.arm_name, out.checkpoint)) is not None:
         metrics["hub"] = pushed
-    atomic_write_json(arm_dir / "metrics.json", metrics)
+    atomic_write_json(out.metrics, metrics)
     mark_done(arm_dir)
     log.info(
         "%s done: %d steps, train_loss %.4f, penalty %s -> %s; checkpoint %s",
@@ -460,7 +459,7 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
         metrics["train_loss"],
         penalty_at_start,
         penalty_at_end,
-        arm_dir / "checkpoint",
+        out.checkpoint,
     )
     return metrics
 

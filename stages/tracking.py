@@ -21,7 +21,7 @@ from stages.io import atomic_write_text
 
 def main_run_dir(cfg: Config) -> Path:
     """The run folder the user named: a seed run ``<run>/seeds/seed-<s>`` belongs to ``<run>``."""
-    return cfg.run_dir.parent.parent if cfg.run_dir.parent.name == "seeds" else cfg.run_dir
+    return cfg.layout.parent_run.dir
 
 
 def tracked_name(cfg: Config, arm: str) -> str:

@@ -15,7 +15,7 @@ FLAG = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 def main() -> None:
     from stages.config import load_config
-    from stages.evaluate import VLLMGenerator
+    from stages.generation import VLLMGenerator
     from stages.models import load_tokenizer, resolve_model
 
     cfg = load_config(sys.argv[1], sys.argv[2:])

@@ -58,3 +58,22 @@ def test_the_rl_settings_users_change_most_are_form_fields():
     assert (cfg.rl.training.max_steps, cfg.rl.training.learning_rate, cfg.rl.seeds) == (30, 3e-5, [0, 1])
     assert load_config(CONFIGS / "smollm2-cpu.yaml", _rl_overrides(None, None, [])).rl.seeds == []
     assert _rl_overrides(None, None) == []
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=lambda f: f.name)
+def test_parameters_with_a_fixed_default_open_on_it_not_on_a_none_toggle(flow):
+    """overrides, arms and launcher have defaults that do not depend on the config: the form shows them (a list, the
+    two default arms, one process), not a "None" union to switch away from. Parameters whose default is the
+    config's own value (seeds, rl_steps, ...) stay optional: empty means "as the config says"."""
+    schema = _schema(flow)
+    props = schema["properties"]
+    for name in ("overrides", "arms", "launcher"):
+        if name not in props:
+            continue
+        prop = props[name]
+        assert "anyOf" not in prop and prop.get("default") is not None, (flow.name, name, prop)
+    assert props["overrides"]["default"] == [] and props["overrides"]["type"] == "array"
+    if "arms" in props:
+        assert props["arms"]["default"] == ["sft", "rpsft"]
+    if "launcher" in props:
+        assert props["launcher"]["default"] == {"num_processes": 1, "accelerate_config": None}
