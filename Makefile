@@ -40,6 +40,9 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/rpsft_overhead.py --out benchmarks/results/rpsft_overhead.json
+	# what a user pays: the SFT stage's real training loop, rpsft beside sft, ratios added to the same file
+	$(PY) benchmarks/arm_overhead.py --out benchmarks/results/arm_overhead.json \
+		--into benchmarks/results/rpsft_overhead.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

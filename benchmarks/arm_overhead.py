@@ -7,7 +7,12 @@ to back (sft, rpsft, then again in the other order with ``--rounds 2``), one at 
 own ``train_runtime_s`` (the training loop, saves included; not the model load or the anchors, which are cached).
 ``--ref REV`` also measures the code of another revision (a git worktree) in the same run, for a before / after.
 
-    python benchmarks/arm_overhead.py --out benchmarks/results/arm_overhead.json
+    python benchmarks/arm_overhead.py --out benchmarks/results/arm_overhead.json \
+        --into benchmarks/results/rpsft_overhead.json
+
+``--into`` (what ``make bench`` passes) also writes the real-arm ratios beside the bare-step ones of
+``benchmarks/rpsft_overhead.py``'s file: ``arm_ratio_ga1``, ``arm_ratio_ga4`` (this code's), measured on the same
+machine right after it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -59,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="sft/rpsft pairs per setting (order alternates)")
     parser.add_argument("--ref", default=None, help="also measure this git revision's code (before / after)")
     parser.add_argument("--out", default="benchmarks/results/arm_overhead.json")
+    parser.add_argument("--into", default=None, help="a bare-step JSON file to add the real-arm ratios to")
     args = parser.parse_args(argv)
     os.environ.setdefault("SFT2RL_CACHE_DIR", str(REPO / ".cache" / "sft2rl"))
 
@@ -104,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.ref:
             subprocess.run(["git", "worktree", "remove", "--force", str(tmp / "ref")], cwd=REPO, check=False)  # noqa: S603,S607
+        shutil.rmtree(tmp, ignore_errors=True)  # each arm left a trainer checkpoint (1.5 GB on the default)
+    if args.into:
+        into = Path(args.into)
+        bare = json.loads(into.read_text()) if into.is_file() else {}
+        for row in result["settings"]:
+            if row["code"] == "current":
+                bare[f"arm_ratio_ga{row['gradient_accumulation_steps']}"] = row["ratio"]
+        bare["arm_ratio_source"] = f"{args.out}: {result['what']}"
+        into.write_text(json.dumps(bare, indent=2) + "\n")
     return 0
 
 

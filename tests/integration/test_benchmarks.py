@@ -50,6 +50,16 @@ def test_rpsft_overhead_benchmark_writes_its_keys(tmp_path, cache_dir):
     ):
         assert isinstance(r[key], float) and r[key] > 0, key
     assert r["max_weight_diff_rpsft_vs_naive"] < 1e-4
+    # make bench's second half: the real arm's ratios added beside the bare step's, in the same file
+    arm = tmp_path / "arm.json"
+    args = ["benchmarks/arm_overhead.py", "--config", "configs/tiny.yaml", "--out", str(arm), "--into", str(out)]
+    _run([*args, "--steps-ga1", "2", "--steps-ga4", "1"], cache_dir)
+    both = json.loads(out.read_text())
+    assert both["ratio_ga1"] == r["ratio_ga1"]  # the bare-step figures are kept
+    assert both["arm_ratio_ga1"] > 0 and both["arm_ratio_ga4"] > 0 and both["arm_ratio_source"].startswith(str(arm))
+    settings = json.loads(arm.read_text())["settings"]
+    assert [s["gradient_accumulation_steps"] for s in settings] == [1, 4]
+    assert all(s["runs"]["sft"][0]["steps"] == s["steps"] for s in settings)
 
 
 @pytest.mark.slow
