@@ -29,6 +29,14 @@ def _t(s: str | None) -> datetime | None:
     return datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None
 
 
+def _machine() -> dict:
+    """The machine the times belong to (CPU model, vector flags, cores): run this on the machine that ran the flow."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from stages.backends import machine  # the same record every benchmark of this project writes
+
+    return machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_mutually_exclusive_group(required=True)
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "state": run["state"]["type"],
         "total_s": round((end - start).total_seconds(), 1) if start and end else None,
         "stages_s": stages,
-        "machine": {"cpus": os.cpu_count()},
+        "machine": _machine(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
