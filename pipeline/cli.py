@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     server.configure(port=args.port, api=not args.no_server)
     overrides = list(args.overrides)
     # Validate everything before a server starts or a stage runs.
-    from pipeline.flows import Launcher, PipelineParams, _params, resolve
+    from pipeline.params import Launcher, PipelineParams, _params, resolve
 
     try:
         launcher = Launcher(num_processes=args.num_processes, accelerate_config=args.accelerate_config)

@@ -307,7 +307,7 @@ def test_bad_input_is_refused_with_a_named_message_and_nothing_touched(
             code = e.code
         message = capfd.readouterr().err
     else:
-        from pipeline.flows import PipelineParams, _params, resolve
+        from pipeline.params import PipelineParams, _params, resolve
         from stages.config import ConfigError
 
         if kind == "deployment":  # what Prefect sets in a flow run started from a deployment

@@ -40,7 +40,8 @@ def _run(cmd: list[str], env: dict) -> None:
 def _two_processes(stage: str, overrides: list[str], env: dict) -> None:
     """Run a stage on two CPU processes through the launcher path the flows use for GPU configs (accelerate launch
     with a config file)."""
-    from pipeline.flows import Launcher, StageParams, stage_command
+    from pipeline.params import Launcher, StageParams
+    from pipeline.runner import stage_command
 
     params = StageParams(
         config="configs/tiny.yaml",

@@ -145,7 +145,7 @@ def test_penalty_arms_run_where_the_engine_supports_them_and_are_refused_before_
 ):
     """DeepSpeed steps the optimizer inside backward (the penalty gradient would land late) and FSDP1 flattens the
     matrices: refused, naming the engines that can run them (FSDP2, DDP). FSDP2 runs them on row shards."""
-    from pipeline.flows import PipelineParams, resolve
+    from pipeline.params import PipelineParams, resolve
     from stages.config import ConfigError
 
     acc = f"configs/accelerate/{launcher}"

@@ -13,8 +13,8 @@ from stages.config import ConfigError
 from stages.data import DataError
 from stages.eval_items import build_benchmark, gsm8k_problems, gsm_symbolic_to_gsm8k
 from stages.evaluate import run as eval_run
-from stages.report import PLOTS
 from stages.report import run as report_run
+from stages.report_plots import PLOTS
 from stages.rl import run as rl_run
 from stages.sft import run as sft_run
 
@@ -191,7 +191,7 @@ def test_report_files_hold_every_model_and_plot(finished_run):
     )
     # claim (c) is gated on RL having moved a model: 3 GRPO steps on the tiny model move nothing measurable, and
     # then the claim is "not tested", never a reading of the SFT checkpoints' own gap
-    from stages.report import moved
+    from stages.report_stats import moved
 
     gains = [c for c in data["comparisons"] if (c["a"], c["b"]) in {("rl-sft", "sft"), ("rl-rpsft", "rpsft")}]
     gains = [c for c in gains if c["metric"] == "id/mean_avg@2"]

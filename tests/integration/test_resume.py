@@ -280,7 +280,7 @@ def test_a_crashed_stage_is_retried_once_by_the_flow_and_resumes(tmp_path, cache
 
 
 def test_refusals_are_never_retried_crashes_are():
-    from pipeline.flows import StageFailed
+    from pipeline.runner import StageFailed
 
     assert StageFailed("x", rc=-9).transient and StageFailed("x", rc=1).transient
     for rc in (2, 3, 4, 130, None):

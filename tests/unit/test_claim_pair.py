@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from stages.config import load_config
-from stages.report import claim_pair, claims
+from stages.report_stats import claim_pair, claims
 from tests.conftest import CONFIGS
 
 

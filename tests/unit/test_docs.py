@@ -62,7 +62,7 @@ def test_no_issue_numbers_or_build_history_in_docs_or_code():
 
 
 def test_the_readme_quotes_the_default_runs_minutes_and_claims_from_their_files():
-    from stages.report import _headline
+    from stages.report_text import _headline
 
     text = README.read_text()
     times = json.loads((REPO / "benchmarks" / "results" / "pipeline_smollm2_cpu.json").read_text())

@@ -189,7 +189,7 @@ def test_probes_are_deterministic_valid_and_balanced():
 
 
 def test_an_rl_run_moved_only_beyond_its_interval():
-    from stages.report import moved
+    from stages.report_stats import moved
 
     def c(lo, hi, **extra):
         return {"a": "rl-sft", "b": "sft", "metric": "id/mean_avg@4", "diff": (lo + hi) / 2, "ci_low": lo} | {
@@ -203,7 +203,7 @@ def test_an_rl_run_moved_only_beyond_its_interval():
 
 
 def test_the_report_reads_whether_each_reward_curve_rose():
-    from stages.report import reward_lines, reward_trend
+    from stages.report_stats import reward_lines, reward_trend
 
     flat = [{"reward": 0.5 + 0.01 * (i % 2)} for i in range(36)]
     rising = [{"reward": 0.1 * i} for i in range(36)]
@@ -218,7 +218,7 @@ def test_the_report_reads_whether_each_reward_curve_rose():
 
 
 def test_error_bars_are_never_negative():
-    from stages.report import _err
+    from stages.report_plots import _err
 
     points = [{"value": 0.0, "ci_low": 1e-18, "ci_high": 0.0}, {"value": 0.3, "ci_low": 0.2, "ci_high": 0.5}]
     low, high = _err(points)

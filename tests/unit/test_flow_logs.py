@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipeline.flows import StageFailed, run_child
+from pipeline.runner import StageFailed, run_child
 from pipeline.stage_log import ProgressThrottle, log_level
 
 
@@ -39,7 +39,7 @@ def test_a_failed_stage_names_its_cause_first(monkeypatch):
 
         info = log
 
-    monkeypatch.setattr("pipeline.flows.get_run_logger", lambda: Quiet())
+    monkeypatch.setattr("pipeline.runner.get_run_logger", lambda: Quiet())
     code = "import sys; print('working'); print('error: sft.rpsft.lambda must be >= 0', file=sys.stderr); sys.exit(2)"
     with pytest.raises(StageFailed) as err:
         run_child([sys.executable, "-c", code], "sft[rpsft]")
@@ -48,7 +48,7 @@ def test_a_failed_stage_names_its_cause_first(monkeypatch):
 
 
 def test_stage_progress_lines_drive_one_progress_artifact(monkeypatch):
-    import pipeline.flows as flows
+    import pipeline.runner as flows
 
     calls = []
     monkeypatch.setattr(flows, "create_progress_artifact", lambda **k: calls.append(("create", k)) or "art-1")
@@ -73,7 +73,7 @@ def test_a_stage_prints_progress_lines_the_flow_reads(capsys, monkeypatch):
 
 
 def test_an_error_glued_to_a_progress_bar_is_still_the_stage_error():
-    from pipeline.flows import split_glued
+    from pipeline.runner import split_glued
 
     glued = " 74%|███████▍  | 59/80 [03:39<01:09,  3.30s/it]error: not enough disk for the trainer checkpoint"
     bar, err = split_glued(glued)
@@ -139,7 +139,7 @@ def test_a_stage_log_reads_at_its_levels_with_metrics_and_progress_thinned():
 
 
 def test_a_finished_stage_shows_its_own_count_not_one_of_one(monkeypatch):
-    import pipeline.flows as flows
+    import pipeline.runner as flows
 
     calls = []
     monkeypatch.setattr(flows, "create_progress_artifact", lambda **k: calls.append(k) or "art-1")
@@ -153,7 +153,7 @@ def test_a_finished_stage_shows_its_own_count_not_one_of_one(monkeypatch):
 def test_stage_task_runs_carry_stage_arm_and_seed_tags():
     from prefect.context import TagsContext
 
-    from pipeline.flows import tagged
+    from pipeline.runner import tagged
 
     with tagged("rl", "rpsft", 1):
         assert {"stage:rl", "arm:rpsft", "seed:1"} <= TagsContext.get().current_tags
@@ -162,7 +162,7 @@ def test_stage_task_runs_carry_stage_arm_and_seed_tags():
 
 
 def test_artifacts_show_paths_relative_to_the_runs_folder_or_the_cache(tmp_path):
-    from pipeline.flows import shown_path
+    from pipeline.artifacts import shown_path
     from stages.config import load_config
     from tests.conftest import REPO
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from stages.config import ConfigError, dump_config, load_config
-from stages.report import _rl_section, aggregate
+from stages.report_stats import aggregate
+from stages.report_text import _rl_section
 from tests.conftest import CONFIGS
 
 N = 400  # items

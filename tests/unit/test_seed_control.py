@@ -10,7 +10,9 @@ import json
 import numpy as np
 
 from stages.config import load_config
-from stages.report import PLOTS, _blocks, aggregate, render_md
+from stages.report_plots import PLOTS
+from stages.report_stats import aggregate
+from stages.report_text import _blocks, render_md
 from tests.conftest import CONFIGS
 
 N = 200
@@ -78,7 +80,7 @@ def test_seed_effects_that_cancel_on_the_mean_are_flagged(tmp_path):
 
 
 def test_report_html_renders_emphasis_and_code_not_literal_markers():
-    from stages.report import render_html
+    from stages.report_text import render_html
 
     page = render_html([("ul", ["(a) claim: **supported** about `rpsft` <b>"])], "t")
     assert "<strong>supported</strong>" in page and "<code>rpsft</code>" in page
@@ -86,7 +88,7 @@ def test_report_html_renders_emphasis_and_code_not_literal_markers():
 
 
 def test_only_checkpoint_level_effects_are_read_against_one_pair_of_seeds():
-    from stages.report import _seed_spread_notes
+    from stages.report_stats import _seed_spread_notes
 
     rows = [{"model": "sft", "metric": "m/accuracy", "diff": 0.05}]
     base = {"a": "rpsft", "b": "sft", "metric": "m/accuracy", "diff": 0.03, "verdict": "rpsft is higher"}

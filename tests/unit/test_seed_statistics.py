@@ -12,7 +12,7 @@ import pytest
 
 from stages import metrics as M
 from stages.config import load_config
-from stages.report import _comparison, _holm_verdicts, claims, reward_trend
+from stages.report_stats import _comparison, _holm_verdicts, claims, reward_trend
 from tests.conftest import CONFIGS
 
 
@@ -119,7 +119,7 @@ def test_the_trade_off_claim_needs_in_domain_no_worse_shown_not_merely_not_refut
 def test_a_flat_autocorrelated_reward_curve_is_rarely_read_as_a_trend():
     """Lag-1 correlation 0.8, no trend: "rose or fell" in 56% of 30-step curves when steps were resampled as
     independent; at the shortest length the report reads a trend on, the false-positive rate is at most 5%."""
-    from stages.report import MIN_TREND_STEPS
+    from stages.report_stats import MIN_TREND_STEPS
 
     rng = np.random.default_rng(0)
     false, reps, n = 0, 2000, MIN_TREND_STEPS
@@ -145,7 +145,7 @@ def test_seeds_with_different_item_counts_keep_the_items_variance():
 
 
 def test_wilson_is_used_for_one_benchmark_only_and_never_excludes_the_value():
-    from stages.report import _metric_interval
+    from stages.report_stats import _metric_interval
 
     def run(a, b):
         metrics = {k: {"domain": "out"} for k in ("a/accuracy", "b/accuracy")}
@@ -163,7 +163,7 @@ def test_wilson_is_used_for_one_benchmark_only_and_never_excludes_the_value():
 
 
 def test_items_are_aligned_by_id_across_seeds():
-    from stages.report import _aligned
+    from stages.report_stats import _aligned
 
     def run(ids, scores):
         return {"m": {"metrics": {}, "scores": {"x/accuracy": {"ids": ids, "scores": scores}}}}
