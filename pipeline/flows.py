@@ -20,8 +20,8 @@ from pipeline.artifacts import _metrics_artifact, report_artifacts
 from pipeline.params import REPO, Launcher, PipelineParams, _params, _resolved, resolve
 from pipeline.runner import stage_task, tagged
 from stages.config import SFT_METHODS, Config, ConfigError, RlAlgorithm, SftMethod, safe_yaml
-from stages.io import FolderLock, LockedError
 from stages.stage_cli import DEFAULT_CONFIG
+from stages.store import FolderLock, LockedError
 
 
 def _rl_extra(cfg: Config, arm: str) -> list[str]:

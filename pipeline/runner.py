@@ -20,9 +20,9 @@ from prefect.artifacts import (
 
 from pipeline.params import REPO, StageParams
 from pipeline.stage_log import PROGRESS, StageLog
-from stages.io import PROGRESS_ENV, PROGRESS_MARK
 from stages.secrets import scrub
 from stages.stage_cli import STAGE_MODULES, TRAINING_STAGES, exit_kind
+from stages.store import PROGRESS_ENV, PROGRESS_MARK
 
 
 class StageFailed(RuntimeError):

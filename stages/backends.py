@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from stages.io import atomic_write_json
+from stages.store import atomic_write_json
 
 log = logging.getLogger(__name__)
 

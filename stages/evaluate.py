@@ -35,7 +35,6 @@ from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
 from stages.data import prompt_messages, prompt_text
 from stages.eval_items import NEEDS_TRAINING_ITEMS, OWN_SCORERS, build_benchmark, training_items
 from stages.generation import HFGenerator, VLLMGenerator, eval_dtype
-from stages.io import atomic_write_json, atomic_write_text, is_done, mark_done, report_progress, weights_stamp
 from stages.layout import CHECKPOINT, ArmLayout, RunLayout
 from stages.lm_eval_bench import score as lm_eval_score
 from stages.metrics import (
@@ -50,6 +49,7 @@ from stages.metrics import (
 from stages.models import is_hub_id, load_model, load_tokenizer, resolve_checkpoint, resolve_model
 from stages.probes import GENERAL_PROMPTS, chat_fact_correct, follows_instruction
 from stages.stage_cli import stage_main
+from stages.store import atomic_write_json, atomic_write_text, is_done, mark_done, report_progress, weights_stamp
 
 log = logging.getLogger(__name__)
 

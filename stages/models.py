@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from stages.bpe import train_bpe_tokenizer
 from stages.config import Config, ConfigError, ModelConfig
 from stages.data import tokenizer_corpus
-from stages.io import atomic_write_json, file_sha256, is_done, mark_done
+from stages.store import atomic_write_json, file_sha256, is_done, mark_done
 
 log = logging.getLogger(__name__)
 

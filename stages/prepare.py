@@ -16,8 +16,8 @@ from transformers import AutoConfig
 
 from stages import models
 from stages.config import Config
-from stages.io import atomic_write_json
 from stages.stage_cli import stage_main
+from stages.store import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stages.checkpointing import checkpoints
 from stages.config import ConfigError, safe_yaml
-from stages.io import FolderLock, LockedError, atomic_write_json, checkpoints, file_sha256, is_done
 from stages.layout import INIT, ArmLayout
+from stages.store import FolderLock, LockedError, atomic_write_json, file_sha256, is_done
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from typing import Any
 
 from stages import tracking
 from stages.config import Config
-from stages.io import atomic_write_json, atomic_write_text
 from stages.report_plots import make_plots
 from stages.report_stats import aggregate
 from stages.report_text import _blocks, _sentences, render_html, render_md
 from stages.stage_cli import stage_main
+from stages.store import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

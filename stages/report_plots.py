@@ -12,8 +12,8 @@ from typing import Any
 import matplotlib
 
 from stages.config import Config
-from stages.io import atomic_write
 from stages.report_stats import _rotation
+from stages.store import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from scipy.stats import t as _t
 
 from stages import provenance
 from stages.config import SFT_METHODS, Config, ConfigError, safe_yaml
-from stages.io import is_done
 from stages.layout import CONFIG, EvalLayout, RunLayout
 from stages.metrics import (
     Estimate,
@@ -28,6 +27,7 @@ from stages.metrics import (
     seeds_needed,
     wilson_ci,
 )
+from stages.store import is_done
 
 log = logging.getLogger(__name__)
 

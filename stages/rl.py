@@ -28,22 +28,16 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, set_seed
 from trl import GRPOConfig, GRPOTrainer
 
-from stages import backends, engines, io, models, provenance, tracking
+from stages import backends, checkpointing, engines, models, provenance, store, tracking
+from stages.checkpointing import last_complete_checkpoint, save_checkpoint
 from stages.config import Config, ConfigError, dump_config, safe_yaml, use_cpu
 from stages.data import prompt_messages, prompt_text
-from stages.io import (
-    atomic_write_json,
-    atomic_write_text,
-    is_done,
-    last_complete_checkpoint,
-    mark_done,
-    save_checkpoint,
-)
 from stages.layout import CHECKPOINT, ArmLayout
 from stages.ppo import PolicyWithValue, PPOSettings, TransformersRollouts, VLLMRollouts, train_ppo, value_head_state
 from stages.rewards import get_reward
 from stages.rl_prompts import filtered_prompts, rl_prompts
 from stages.stage_cli import stage_main
+from stages.store import atomic_write_json, atomic_write_text, is_done, mark_done
 from stages.vllm_cpu import apply_cpu_colocate_patches
 
 log = logging.getLogger(__name__)
@@ -285,7 +279,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
             shutil.rmtree(out.trainer, ignore_errors=True)
         atomic_write_text(out.config, dump_config(as_given))  # as given (auto stays auto)
     trainer_dir = out.trainer
-    resume = io.last_complete_checkpoint(trainer_dir)[0] is not None  # the one train_resumable resumes from
+    resume = checkpointing.last_complete_checkpoint(trainer_dir)[0] is not None  # the one train_resumable resumes from
     metrics_path = out.steps
     if resume and main_process:
         _truncate_metrics(metrics_path, trainer_dir)
@@ -295,17 +289,17 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
         copies = 4 + (1 if cfg.rl.training.beta > 0 else 0)
         if cfg.rl.generation.backend == "vllm":
             copies += 2  # the colocated engine's weights in the trainer's precision and its packed copies
-        io.warn_memory(sum(p.numel() for p in model.parameters()), copies=copies, what="GRPO", logger=log)
+        store.warn_memory(sum(p.numel() for p in model.parameters()), copies=copies, what="GRPO", logger=log)
     trainer = TimedGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=train_ds,
         processing_class=tokenizer,
-        callbacks=[JsonlMetrics(metrics_path), *(callbacks or []), *io.training_guards(model, trainer_dir)],
+        callbacks=[JsonlMetrics(metrics_path), *(callbacks or []), *checkpointing.training_guards(model, trainer_dir)],
     )
     t0 = time.perf_counter()
-    result = io.train_resumable(trainer, trainer_dir, cfg.rl.training.max_steps)
+    result = checkpointing.train_resumable(trainer, trainer_dir, cfg.rl.training.max_steps)
     train_s = time.perf_counter() - t0
     if not trainer.is_world_process_zero():
         return {"algorithm": "grpo", "arm": arm, "steps": trainer.state.global_step}
@@ -527,7 +521,7 @@ def _run_ppo(
 
     def on_step(row: dict[str, float]) -> None:
         steps.append(row)
-        io.report_progress(int(row["step"]), t.max_steps, "PPO steps")
+        store.report_progress(int(row["step"]), t.max_steps, "PPO steps")
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if writer is not None:
@@ -538,10 +532,10 @@ def _run_ppo(
         log.info("ppo step %d: reward %.3f, kl %.4f", row["step"], row["reward"], row["kl"])
 
     t0 = time.perf_counter()
-    size = io.model_bytes(model) * 3  # weights + AdamW's two moments
+    size = store.model_bytes(model) * 3  # weights + AdamW's two moments
 
     def on_save(step: int, opt) -> None:
-        io.require_disk(trainer_dir, size, f"the PPO checkpoint of step {step}")
+        store.require_disk(trainer_dir, size, f"the PPO checkpoint of step {step}")
         ppo_save(model, opt, trainer_dir, step, t.save_total_limit)
 
     try:
@@ -630,11 +624,11 @@ def ppo_save(model, opt, trainer_dir: Path, step: int, keep: int) -> Path:
     torch.save(opt.state_dict(), tmp / "optimizer.pt")  # tensors and numbers only: loads with weights_only=True
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))  # sampling and mini-batch order
     atomic_write_json(tmp / "state.json", {"step": step})
-    final = io.publish_dir(tmp, trainer_dir / f"checkpoint-{step}")
-    done = [d for d in io.checkpoints(trainer_dir) if is_done(d)]
+    final = store.publish_dir(tmp, trainer_dir / f"checkpoint-{step}")
+    done = [d for d in checkpointing.checkpoints(trainer_dir) if is_done(d)]
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    fault = os.environ.get(io.FAULT_ENV)  # test-only: die right after this checkpoint, as a kill would
+    fault = os.environ.get(checkpointing.FAULT_ENV)  # test-only: die right after this checkpoint, as a kill would
     if fault and int(fault) == step:
         os.kill(os.getpid(), 9)
     return final
@@ -643,7 +637,7 @@ def ppo_save(model, opt, trainer_dir: Path, step: int, keep: int) -> Path:
 def ppo_resume(model, trainer_dir: Path) -> dict[str, Any] | None:
     """Restore the last complete PPO checkpoint into ``model`` and torch's RNG; return its step and optimizer state
     (None when there is none). The optimizer state loads with ``weights_only=True`` (no arbitrary pickles)."""
-    last, state = io.last_complete_checkpoint(trainer_dir, "state.json")
+    last, state = checkpointing.last_complete_checkpoint(trainer_dir, "state.json")
     if last is None:
         return None
     model.load_state_dict(load_file(str(last / "model.safetensors")))

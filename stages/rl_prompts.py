@@ -23,8 +23,8 @@ from typing import Any
 from stages.answers import unreadable_golds
 from stages.config import Config, ConfigError, dump_config
 from stages.data import build_items
-from stages.io import atomic_write_json, weights_stamp
 from stages.layout import PROMPT_FILTER, ArmLayout
+from stages.store import atomic_write_json, weights_stamp
 
 log = logging.getLogger("sft2rl.rl")
 

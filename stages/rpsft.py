@@ -33,7 +33,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from stages.config import ConfigError
-from stages.io import atomic_write
+from stages.store import atomic_write
 
 log = logging.getLogger(__name__)
 

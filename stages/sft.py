@@ -32,16 +32,10 @@ from peft import LoraConfig
 from transformers import TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
+from stages import checkpointing, engines, models, provenance, store, tracking
 from stages import data as data_mod
-from stages import engines, io, models, provenance, tracking
+from stages.checkpointing import save_checkpoint
 from stages.config import Config, ConfigError, dump_config, safe_yaml, use_cpu
-from stages.io import (
-    atomic_write_json,
-    atomic_write_text,
-    is_done,
-    mark_done,
-    save_checkpoint,
-)
 from stages.rpsft import (
     RPSFTRegularizer,
     anchor_inputs,
@@ -52,6 +46,7 @@ from stages.rpsft import (
     summarize_diagnostics,
 )
 from stages.stage_cli import stage_main
+from stages.store import atomic_write_json, atomic_write_text, is_done, mark_done
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +312,7 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
     warn_control_tokens(items, tokenizer)
     if use_cpu(cfg):
         copies = 4 + (0.4 if method in ("rpsft", "l2") else 0) + (1 if method == "iw" else 0)
-        io.warn_memory(sum(p.numel() for p in model.parameters()), copies=copies, what=f"SFT ({method})", logger=log)
+        store.warn_memory(sum(p.numel() for p in model.parameters()), copies=copies, what=f"SFT ({method})", logger=log)
     regularizer = None
     if method == "rpsft":
         regularizer = RPSFTRegularizer(named, anchors, rp.lam)
@@ -351,7 +346,7 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
             train_dataset=train_ds,
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=[*(callbacks or []), *io.training_guards(model, cfg.arm_layout.trainer)],
+            callbacks=[*(callbacks or []), *checkpointing.training_guards(model, cfg.arm_layout.trainer)],
             regularizer=regularizer,
             regularizer_mode=rp.mode,
             method=method,
@@ -401,11 +396,11 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
         atomic_write_text(out.config, dump_config(cfg))
         atomic_write_text(cfg.layout.sft_data, "".join(json.dumps(x) + "\n" for x in items))
     trainer_dir = out.trainer
-    resume = io.last_complete_checkpoint(trainer_dir)[0] is not None  # the one train_resumable resumes from
+    resume = checkpointing.last_complete_checkpoint(trainer_dir)[0] is not None  # the one train_resumable resumes from
     if resume:
         log.info("resuming %s from the last trainer checkpoint in %s", cfg.sft.arm_name, trainer_dir)
     t0 = time.perf_counter()
-    result = io.train_resumable(trainer, trainer_dir, cfg.sft.training.max_steps)
+    result = checkpointing.train_resumable(trainer, trainer_dir, cfg.sft.training.max_steps)
     train_s = time.perf_counter() - t0
 
     penalty_at_end = regularizer.penalty() if regularizer else None

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from stages.config import Config, ConfigError, load_config
-from stages.io import ResourceError, set_disk_reserve
 from stages.secrets import SecretFilter, scrub
+from stages.store import ResourceError, set_disk_reserve
 
 # The stages, by the name users type, and the module each runs as (``python -m <module>``).
 STAGE_MODULES = {s: f"stages.{s}" for s in ("prepare", "sft", "rl", "evaluate", "report")}

@@ -16,7 +16,7 @@ from typing import Any
 from huggingface_hub import HfApi
 
 from stages.config import Config, ConfigError
-from stages.io import atomic_write_text
+from stages.store import atomic_write_text
 
 
 def main_run_dir(cfg: Config) -> Path:

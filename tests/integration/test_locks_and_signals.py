@@ -8,12 +8,12 @@ import subprocess
 import sys
 import time
 
-from stages.io import FolderLock, LockedError
+from stages.store import FolderLock, LockedError
 from tests.conftest import REPO
 
 _CONTENDER = """
 import sys, time
-from stages.io import FolderLock, LockedError
+from stages.store import FolderLock, LockedError
 start = float(sys.argv[2])
 while time.time() < start:
     pass
@@ -51,7 +51,7 @@ def test_twenty_simultaneous_starts_never_give_two_holders(tmp_path):
 def test_a_lock_is_released_when_its_holder_is_killed(tmp_path):
     folder = tmp_path / "arm"
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"from stages.io import FolderLock\nimport time\nwith FolderLock({str(folder)!r}):\n"
+        [sys.executable, "-c", f"from stages.store import FolderLock\nimport time\nwith FolderLock({str(folder)!r}):\n"
          "    print('HELD', flush=True)\n    time.sleep(60)\n"],
         cwd=REPO,
         stdout=subprocess.PIPE,

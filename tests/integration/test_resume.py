@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from stages.io import FAULT_ENV
+from stages.checkpointing import FAULT_ENV
 from tests.conftest import REPO
 
 ARGS = [
@@ -154,48 +154,48 @@ def test_rl_sigkill_after_a_checkpoint_then_rerun_continues(tmp_path, cache_dir)
 
 
 def test_no_disk_for_a_checkpoint_stops_before_writing_and_keeps_the_last(tiny_cfg, monkeypatch):
-    from stages import io
+    from stages import store
     from stages.sft import run as sft_run
 
     cfg = tiny_cfg("sft.training.max_steps=4", "sft.training.save_steps=2")
-    real = io.free_bytes
+    real = store.free_bytes
     calls = {"n": 0}
 
     def fake_free(path):
         calls["n"] += 1
         return real(path) if calls["n"] == 1 else 1024  # room for the first checkpoint only
 
-    monkeypatch.setattr(io, "free_bytes", fake_free)
-    with pytest.raises(io.ResourceError, match=r"not enough disk for the trainer checkpoint of step 4 .*GiB free"):
+    monkeypatch.setattr(store, "free_bytes", fake_free)
+    with pytest.raises(store.ResourceError, match=r"not enough disk for the trainer checkpoint of step 4 .*GiB free"):
         sft_run(cfg)
     trainer = cfg.arm_dir / "trainer"
     assert (trainer / "checkpoint-2").is_dir() and not (trainer / "checkpoint-4").exists()
     assert not (cfg.arm_dir / "DONE").exists()
-    monkeypatch.setattr(io, "free_bytes", real)
+    monkeypatch.setattr(store, "free_bytes", real)
     assert sft_run(cfg)["steps"] == 4  # with room again, the run resumes from checkpoint-2 and finishes
 
 
 def test_memory_estimate_warns_on_a_small_machine(monkeypatch, caplog):
     import logging
 
-    from stages import io
+    from stages import store
 
-    monkeypatch.setattr(io, "available_memory_bytes", lambda: 2 << 30)
+    monkeypatch.setattr(store, "available_memory_bytes", lambda: 2 << 30)
     log = logging.getLogger("test.mem")
     with caplog.at_level(logging.WARNING, logger="test.mem"):
-        gib = io.warn_memory(1_000_000_000, copies=4, what="SFT (sft)", logger=log)
+        gib = store.warn_memory(1_000_000_000, copies=4, what="SFT (sft)", logger=log)
     assert gib == pytest.approx(16e9 / 2**30 + 1)  # 1e9 parameters x 4 bytes x 4 copies + 1 GiB
     assert "needs an estimated" in caplog.text and "2.0 GiB are available" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(io, "available_memory_bytes", lambda: 64 << 30)
+    monkeypatch.setattr(store, "available_memory_bytes", lambda: 64 << 30)
     with caplog.at_level(logging.WARNING, logger="test.mem"):
-        io.warn_memory(10_000_000, copies=4, what="SFT (sft)", logger=log)
+        store.warn_memory(10_000_000, copies=4, what="SFT (sft)", logger=log)
     assert not caplog.text
 
 
 @pytest.mark.slow
 def test_killed_while_writing_the_final_checkpoint_then_rerun_completes(tmp_path, cache_dir):
-    from stages.io import FAULT_DURING_SAVE_ENV
+    from stages.checkpointing import FAULT_DURING_SAVE_ENV
 
     env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir), "OMP_NUM_THREADS": "1"}
     env.pop(FAULT_ENV, None)

@@ -225,10 +225,10 @@ def test_cli_prepare_and_stage_run_on_the_tiny_config(tmp_path, cache_dir):
 def test_a_second_writer_of_the_same_arm_is_refused(tiny_cfg):
     import subprocess as sp
 
-    from stages.io import FolderLock
+    from stages.store import FolderLock
 
     cfg = tiny_cfg("sft.training.max_steps=1")
-    code = f"from stages.io import FolderLock\nimport time\nwith FolderLock({str(cfg.arm_dir)!r}):\n"
+    code = f"from stages.store import FolderLock\nimport time\nwith FolderLock({str(cfg.arm_dir)!r}):\n"
     code += "    print('HELD', flush=True)\n    time.sleep(60)\n"
     holder = sp.Popen([sys.executable, "-c", code], cwd=REPO, stdout=sp.PIPE, text=True)
     try:

@@ -62,7 +62,7 @@ def test_stage_progress_lines_drive_one_progress_artifact(monkeypatch):
 
 
 def test_a_stage_prints_progress_lines_the_flow_reads(capsys, monkeypatch):
-    from stages.io import PROGRESS_ENV, PROGRESS_MARK, report_progress
+    from stages.store import PROGRESS_ENV, PROGRESS_MARK, report_progress
 
     monkeypatch.delenv(PROGRESS_ENV, raising=False)
     report_progress(3, 8, "models evaluated")

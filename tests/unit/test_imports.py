@@ -7,7 +7,7 @@ import ast
 
 from tests.conftest import REPO
 
-LIGHT = {"stages.config", "stages.engines", "stages.io", "stages.layout", "stages.secrets", "stages.stage_cli"}
+LIGHT = {"stages.config", "stages.engines", "stages.store", "stages.layout", "stages.secrets", "stages.stage_cli"}
 
 
 def _graph(lazy: bool = True) -> dict[str, set[str]]:

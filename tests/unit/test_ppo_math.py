@@ -164,10 +164,10 @@ def test_a_ppo_checkpoint_of_a_model_with_tied_embeddings_saves_and_resumes(tmp_
 
 
 def test_ppo_resumes_from_the_newest_checkpoint_that_is_whole_by_the_one_rule(tmp_path, caplog):
-    """PPO's checkpoints follow the rule SFT and GRPO resume by (stages.io.last_complete_checkpoint): the newest
-    checkpoint-N whose state reads; a torn newer one (its state.json cut by a kill) is skipped with a warning, and
-    checkpoint-10 sorts after checkpoint-9 (by step, not by name)."""
-    from stages import io
+    """PPO's checkpoints follow the rule SFT and GRPO resume by (stages.checkpointing.last_complete_checkpoint): the
+    newest checkpoint-N whose state reads; a torn newer one (its state.json cut by a kill) is skipped with a warning,
+    and checkpoint-10 sorts after checkpoint-9 (by step, not by name)."""
+    from stages import checkpointing
     from stages.ppo import PolicyWithValue
     from stages.rl import ppo_resume, ppo_save
 
@@ -175,7 +175,7 @@ def test_ppo_resumes_from_the_newest_checkpoint_that_is_whole_by_the_one_rule(tm
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ppo_save(model, opt, tmp_path, step=9, keep=5)
     ppo_save(model, opt, tmp_path, step=10, keep=5)
-    assert [p.name for p in io.checkpoints(tmp_path)] == ["checkpoint-9", "checkpoint-10"]
+    assert [p.name for p in checkpointing.checkpoints(tmp_path)] == ["checkpoint-9", "checkpoint-10"]
     assert ppo_resume(PolicyWithValue(_tiny_lm()), tmp_path)["step"] == 10
     (tmp_path / "checkpoint-10" / "state.json").write_text('{"st')  # torn by a kill
     with caplog.at_level("WARNING"):
