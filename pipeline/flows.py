@@ -17,7 +17,7 @@ import yaml
 from prefect import flow, get_run_logger
 
 from pipeline.artifacts import _metrics_artifact, report_artifacts
-from pipeline.params import REPO, Launcher, PipelineParams, _params, _resolved, resolve
+from pipeline.params import DEFAULT_ARMS, REPO, Launcher, PipelineParams, _params, _resolved, resolve
 from pipeline.runner import stage_task, tagged
 from stages.config import SFT_METHODS, Config, ConfigError, RlAlgorithm, SftMethod, safe_yaml
 from stages.stage_cli import DEFAULT_CONFIG
@@ -41,8 +41,9 @@ def _rl_overrides(steps: int | None, learning_rate: float | None, seeds: list[in
 
 
 def _run_namer(flow_name: str):
-    """Flow runs named ``<run name>/<flow>[/<arm>] [arms] [seeds] <start time>`` (``smollm2-cpu/sft-to-rl sft+rpsft
-    12-05 18:40``), so runs of one config tell themselves apart in the runs list."""
+    """Flow runs named ``<run name>/<flow>[/<arm>] [arms] [seeds] <start time>`` (``smollm2-cpu/sft-to-rl sft+l2
+    12-05 18:40``; the arms when they are not the default sft and rpsft), so runs of one config tell themselves apart
+    in the runs list."""
 
     def name() -> str:
         from prefect.runtime import flow_run
@@ -61,7 +62,7 @@ def _run_namer(flow_name: str):
                 run_name = Path(str(params.get("config", "run"))).stem
         extra = params.get("method") or params.get("init_arm")
         name = f"{run_name}/{flow_name}" + (f"/{extra}" if extra else "")
-        if params.get("arms"):
+        if params.get("arms") and tuple(params["arms"]) != DEFAULT_ARMS:  # the default pair goes without saying
             name += " " + "+".join(str(a) for a in params["arms"])
         seeds = [o.split("=", 1)[1] for o in params.get("overrides") or [] if str(o).startswith("seeds=")]
         if params.get("seeds") or seeds:
@@ -77,7 +78,7 @@ def _run_namer(flow_name: str):
 def sft_to_rl(
     config: str = DEFAULT_CONFIG,
     overrides: tuple[str, ...] = (),
-    arms: tuple[SftMethod, ...] = ("sft", "rpsft"),
+    arms: tuple[SftMethod, ...] = DEFAULT_ARMS,
     rl: bool | None = None,
     evaluate: bool = True,
     force: bool = False,

@@ -16,6 +16,9 @@ from stages.stage_cli import DEFAULT_CONFIG
 REPO = Path(__file__).resolve().parents[1]
 
 
+DEFAULT_ARMS = ("sft", "rpsft")  # the comparison the product exists for
+
+
 class Launcher(BaseModel):
     """How training stages start: one process, or ``accelerate launch`` with a config from configs/accelerate/."""
 
@@ -45,7 +48,7 @@ class StageParams(BaseModel):
 class PipelineParams(StageParams):
     """Parameters of the ``sft-to-rl`` flow."""
 
-    arms: list[str] = Field(default_factory=lambda: ["sft", "rpsft"], description=f"SFT methods, of {SFT_METHODS}.")
+    arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS), description=f"SFT methods, of {SFT_METHODS}.")
     rl: bool | None = Field(None, description="Run RL from every arm (default: yes, except for a sweep).")
     evaluate: bool = Field(True, description="Evaluate base, arms and RL runs, and write the report.")
     sweep: bool | None = Field(

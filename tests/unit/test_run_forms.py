@@ -77,3 +77,20 @@ def test_parameters_with_a_fixed_default_open_on_it_not_on_a_none_toggle(flow):
         assert props["arms"]["default"] == ["sft", "rpsft"]
     if "launcher" in props:
         assert props["launcher"]["default"] == {"num_processes": 1, "accelerate_config": None}
+
+
+def test_flow_runs_name_their_arms_when_they_are_not_the_default_pair(monkeypatch):
+    import re
+
+    import prefect.runtime.flow_run as runtime
+
+    from pipeline.flows import _run_namer
+
+    name = _run_namer("sft-to-rl")
+    monkeypatch.setattr(runtime, "parameters", {"config": "configs/tiny.yaml", "arms": ["sft", "rpsft"]}, raising=False)
+    assert re.fullmatch(r"tiny/sft-to-rl \d\d-\d\d \d\d:\d\d", name())
+    monkeypatch.setattr(runtime, "parameters", {"config": "configs/tiny.yaml", "arms": ["sft", "l2"]}, raising=False)
+    assert re.fullmatch(r"tiny/sft-to-rl sft\+l2 \d\d-\d\d \d\d:\d\d", name())
+    overrides = ["run_name=mine", "seeds=[0,1,2]"]
+    monkeypatch.setattr(runtime, "parameters", {"config": "configs/tiny.yaml", "overrides": overrides}, raising=False)
+    assert re.fullmatch(r"mine/sft-to-rl seeds \[0,1,2\] \d\d-\d\d \d\d:\d\d", name())
