@@ -509,6 +509,11 @@ class GRPOArgs(TrainerArgs):
     scale_rewards: Literal["group", "batch", "none"] = "group"
     num_iterations: int = Field(1, ge=1)
     mask_truncated_completions: bool = False
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass (memory for time: one more forward per step). "
+        "Off here, as for SFT; TRL's own default is on.",
+    )
 
 
 class PPOArgs(Strict):

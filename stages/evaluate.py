@@ -279,12 +279,28 @@ def _forward_states(model, seqs: list[dict[str, list[int]]], batch_size: int = 8
             yield logits, [h[j, p : p + r].float().cpu() for h in out.hidden_states[1:]] if hidden else []
 
 
-def sampled_kl(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
-    """KL(base || model) per token on the base's sampled answers (mean over sequences) with its interval."""
+class BaseStates:
+    """The base model's forward outputs (response logits, hidden states) on the forgetting texts, computed once per
+    evaluation stage and reused for every model: the base and the texts are the same for all of them, so each model
+    pays its own forward only. Per set of texts: the response tokens' logits (40 answers x 48 tokens x SmolLM2's
+    49,152-word vocabulary: 0.38 GB in float32) and, for the greedy set, the hidden states."""
+
+    def __init__(self, model):
+        self.model = model
+        self._memo: dict[str, list] = {}
+
+    def of(self, seqs: list[dict[str, list[int]]], key: str, hidden: bool) -> list:
+        if key not in self._memo:
+            self._memo[key] = list(_forward_states(self.model, seqs, hidden=hidden))
+        return self._memo[key]
+
+
+def sampled_kl(cfg: Config, model, base_model, seqs, base_states: list | None = None) -> dict[str, Any]:
+    """KL(base || model) per token on the base's sampled answers (mean over sequences) with its interval.
+    ``base_states``: the base's forward outputs on ``seqs`` when already computed (:class:`BaseStates`)."""
     per_seq = []
-    pairs = zip(
-        _forward_states(base_model, seqs, hidden=False), _forward_states(model, seqs, hidden=False), strict=True
-    )
+    base_out = base_states if base_states is not None else _forward_states(base_model, seqs, hidden=False)
+    pairs = zip(base_out, _forward_states(model, seqs, hidden=False), strict=True)
     for (lb, _), (lm, _) in pairs:
         per_seq.append(float(token_kl(lb, lm).mean()))
     ev = cfg.eval
@@ -294,8 +310,9 @@ def sampled_kl(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
     return {"metric": metric, "per_sequence": per_seq}
 
 
-def forgetting_metrics(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
-    """KL(base || model) per token (mean over sequences) and CKA per layer, each with a bootstrap interval."""
+def forgetting_metrics(cfg: Config, model, base_model, seqs, base_states: list | None = None) -> dict[str, Any]:
+    """KL(base || model) per token (mean over sequences) and CKA per layer, each with a bootstrap interval.
+    ``base_states``: the base's forward outputs on ``seqs`` when already computed (:class:`BaseStates`)."""
     spec, ev = cfg.eval.forgetting, cfg.eval
     kl_seq: list[float] = []
     hb_layers: list[list[torch.Tensor]] | None = None
@@ -303,7 +320,11 @@ def forgetting_metrics(cfg: Config, model, base_model, seqs) -> dict[str, Any]:
     groups: list[int] = []
     budget = spec.max_tokens_cka
     for i, ((lb, hb), (lm, hm)) in enumerate(
-        zip(_forward_states(base_model, seqs), _forward_states(model, seqs), strict=True)
+        zip(
+            base_states if base_states is not None else _forward_states(base_model, seqs),
+            _forward_states(model, seqs),
+            strict=True,
+        )
     ):
         kl_seq.append(float(token_kl(lb, lm).mean()))
         take = min(budget, lb.shape[0])
@@ -359,11 +380,11 @@ def evaluate_model(
     cfg: Config,
     entry: dict[str, Any],
     benches: list[tuple[BenchmarkSpec, list[dict[str, Any]], dict[str, Any]]],
-    base_model,
-    base_tok,
+    base: tuple[Any, Any, BaseStates] | None,
 ) -> dict[str, Any]:
     """Score one model on every benchmark; write its folder; return its metrics. Phases: generation benchmarks,
-    lm-eval tasks, log-likelihood multiple choice, forgetting (KL and CKA against the base), summaries."""
+    lm-eval tasks, log-likelihood multiple choice, forgetting (KL and CKA against the base), summaries. ``base``: the
+    base model, its tokenizer and its cached forward outputs (None when the forgetting phase is off)."""
     files = cfg.layout.eval_model(entry["name"])
     t0 = time.perf_counter()
     tok = load_tokenizer(entry["path"], cfg.model)
@@ -383,7 +404,7 @@ def evaluate_model(
         scores[f"{spec.name}/accuracy"] = {"ids": [x["id"] for x in items], "scores": correct}
         metrics[f"{spec.name}/accuracy"] = _summary(correct, cfg, domain=spec.domain, chance=chance, kind="choice")
     timing["choice_s"] = time.perf_counter() - t
-    cka_layers = _forgetting_phase(cfg, model, base_model, base_tok, scores, metrics, timing)
+    cka_layers = _forgetting_phase(cfg, model, base, scores, metrics, timing)
     metrics.update(_domain_summaries(cfg, scores, metrics))
     del model
     gc.collect()
@@ -417,12 +438,15 @@ def _generation_phase(cfg: Config, entry, tok, gen_benches, scores: Scores, metr
     else:
         model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
         generator = HFGenerator(model, tok, cfg.eval.batch_size)
+    timing["engine_start_s"] = time.perf_counter() - t
     try:
         for spec, items in gen_benches:
             prompts = [item_prompt(tok, cfg, spec, x) for x in items]
+            t_bench = time.perf_counter()
             greedy = generator.generate(
                 prompts, n=1, temperature=0.0, max_new_tokens=spec.max_new_tokens, seed=spec.seed
             )
+            timing[f"{spec.name}/greedy_s"] = time.perf_counter() - t_bench
             ids = [x["id"] for x in items]
             correct = [score_text(spec, x, g[0]) for x, g in zip(items, greedy, strict=True)]
             outputs += [
@@ -440,9 +464,11 @@ def _generation_phase(cfg: Config, entry, tok, gen_benches, scores: Scores, metr
                 metrics[f"{spec.name}/accuracy_lenient"] = _summary(loose, cfg, **extra_lenient, kind="greedy_lenient")
             if spec.samples:
                 k = spec.samples
+                t_bench = time.perf_counter()
                 sampled = generator.generate(
                     prompts, n=k, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens, seed=spec.seed
                 )
+                timing[f"{spec.name}/sampled_s"] = time.perf_counter() - t_bench
                 per = [[score_text(spec, x, s) > 0 for s in ss] for x, ss in zip(items, sampled, strict=True)]
                 for name, vals in (
                     (f"avg@{k}", [avg_at_k(p) for p in per]),
@@ -474,18 +500,19 @@ def _lm_eval_phase(cfg: Config, entry, lm_benches, scores: Scores, metrics, timi
         timing["lm_eval_s"] = timing.get("lm_eval_s", 0.0) + time.perf_counter() - t
 
 
-def _forgetting_phase(cfg: Config, model, base_model, base_tok, scores: Scores, metrics, timing) -> list[dict]:
+def _forgetting_phase(cfg: Config, model, base, scores: Scores, metrics, timing) -> list[dict]:
     """KL(base || model) on the base's greedy (and sampled) general text, and CKA per layer; returns the layers."""
     if not cfg.eval.forgetting.enabled:
         return []
+    base_model, base_tok, base_states = base
     t = time.perf_counter()
     seqs = general_text(cfg, base_model, base_tok)
-    f = forgetting_metrics(cfg, model, base_model, seqs)
+    f = forgetting_metrics(cfg, model, base_model, seqs, base_states.of(seqs, "greedy", hidden=True))
     metrics.update(f["metrics"])
     scores["forgetting/kl_to_base"] = {"ids": [str(i) for i in range(len(seqs))], "scores": f["kl_per_sequence"]}
     if cfg.eval.forgetting.sampled:
         sampled = general_text(cfg, base_model, base_tok, sampled=True)
-        kl = sampled_kl(cfg, model, base_model, sampled)
+        kl = sampled_kl(cfg, model, base_model, sampled, base_states.of(sampled, "sampled", hidden=False))
         metrics["forgetting/kl_to_base_sampled"] = kl["metric"]
         scores["forgetting/kl_to_base_sampled"] = {
             "ids": [str(i) for i in range(len(sampled))],
@@ -553,7 +580,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     atomic_write_json(cfg.layout.benchmarks, {s.name: {**s.model_dump(mode="json"), **n} for s, _, n in benches})
     base_path = _base_path(cfg)
     cfg = _engine(cfg, base_path, benches)
-    base_model = base_tok = None
+    base = None  # (model, tokenizer, its cached forward outputs), loaded for the first model the forgetting phase reads
     results = {}
     for i, entry in enumerate(table):
         report_progress(i, len(table), f"models evaluated (next: {entry['name']})")
@@ -569,11 +596,11 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         if entry["kind"] == "base" and not force and (reused := _base_from_other_seed(cfg, entry)) is not None:
             results["base"] = reused
             continue
-        if base_model is None and cfg.eval.forgetting.enabled:
-            base_tok = load_tokenizer(base_path, cfg.model)
+        if base is None and cfg.eval.forgetting.enabled:
             base_model = load_model(base_path, cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
+            base = (base_model, load_tokenizer(base_path, cfg.model), BaseStates(base_model))
         log.info("eval %s (%s)", entry["name"], entry["path"])
-        results[entry["name"]] = evaluate_model(cfg, entry, benches, base_model, base_tok)
+        results[entry["name"]] = evaluate_model(cfg, entry, benches, base)
         tracking.log_eval_metrics(cfg, entry["name"], results[entry["name"]]["metrics"])
         r = results[entry["name"]]
         log.info(

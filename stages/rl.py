@@ -108,8 +108,21 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
         vllm_enable_sleep_mode=g.vllm_enable_sleep_mode,
         reward_weights=cfg.rl.reward_weights,
         **cfg.rl.training.model_dump(),
-        **cfg.rl.trl,
+        **(_needless_work_off(cfg) | cfg.rl.trl),
     )
+
+
+def _needless_work_off(cfg: Config) -> dict[str, Any]:
+    """TRL's defaults that cost a forward per step and buy nothing in this setting; ``rl.trl`` overrides them.
+
+    vLLM colocated on a CPU samples in the trainer's own precision from the weights pushed before each generation
+    (stages/vllm_cpu.py), so its log-probs are the trainer's (measured: 1e-5 apart, importance ratios 0.999-1.000,
+    benchmarks/results/generation*.json; tests/integration/test_rl_vllm.py keeps them equal). TRL's importance-sampling
+    correction then recomputes what vLLM returned: one more forward of every completion per step."""
+    g = cfg.rl.generation
+    if g.backend == "vllm" and g.vllm_mode == "colocate" and use_cpu(cfg):
+        return {"vllm_importance_sampling_correction": False}
+    return {}
 
 
 class JsonlMetrics(TrainerCallback):

@@ -170,3 +170,33 @@ def test_eval_cost_benchmark_times_both_engine_layouts_and_both_cka_forms(tmp_pa
     assert r["cka"]["copies_s"] > 0 and r["cka"]["weighted_s"] > 0 and r["cka"]["layers"] == 2
     assert r["cka"]["max_abs_diff"] < 1e-9  # the two forms compute the same statistics
     assert r["machine"]["cores"] >= 1
+
+
+@pytest.mark.slow
+def test_grpo_step_benchmark_times_each_variant_and_only_beta0_drops_the_kl(tmp_path, cache_dir):
+    runs = tmp_path / "runs"
+    sft = [sys.executable, "-m", "stages.sft", "--config", "configs/tiny.yaml", f"runs_root={runs}", "run_name=init"]
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir)}
+    subprocess.run([*sft, "method=sft"], cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    out = tmp_path / "grpo_step.json"
+    init = runs / "init" / "sft" / "checkpoint"
+    _run(
+        [
+            "benchmarks/grpo_step.py",
+            "--config",
+            "configs/tiny.yaml",
+            "--init",
+            str(init),
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cache_dir,
+    )
+    r = json.loads(out.read_text())
+    assert list(r["variants"]) == ["trl_default", "checkpointing", "default", "beta0"]
+    for name, row in r["variants"].items():
+        assert row["steps"] == 2 and row["training_s_median"] > 0 and row["generation_s_median"] > 0, name
+        assert row["kl_logged"] is (name != "beta0"), name  # tiny.yaml's beta > 0: a reference model but in beta0
+    assert r["default_over_trl_default"] > 0 and r["beta0_over_default"] > 0

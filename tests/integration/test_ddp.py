@@ -213,6 +213,8 @@ def test_two_processes_each_push_the_weights_into_their_own_vllm_engine(tmp_path
     overrides = [f"rl.algorithm={algorithm}", "rl.generation.backend=vllm", "rl.generation.max_completion_length=24"]
     overrides += ["rl.training.max_steps=3", "rl.training.per_device_train_batch_size=4", "rl.arm=rl-vllm"]
     overrides += ["rl.training.learning_rate=2e-2", "torch_threads=1", f"runs_root={tmp_path}"]
+    if algorithm == "grpo":  # TRL then logs vLLM's and the trainer's log-prob difference (off by default on CPU)
+        overrides += ['rl.trl={"vllm_importance_sampling_correction": true}']
     _two_processes("rl", overrides, env)
     arm = tmp_path / "tiny" / "rl-vllm"
     rows = [json.loads(x) for x in (arm / "metrics.jsonl").read_text().splitlines()]

@@ -23,6 +23,8 @@ def _rl(tmp_path, cache_dir, init, arm: str, *extra: str) -> list[dict]:
     cmd += [f"runs_root={tmp_path / 'runs'}", f"cache_dir={cache_dir}", f"rl.init={init}", f"rl.arm={arm}"]
     cmd += ["rl.generation.backend=vllm", "rl.rewards=[digit_share]", "rl.training.learning_rate=2e-2"]
     cmd += [f"rl.training.max_steps={STEPS}", "rl.training.beta=0.0"]
+    if "rl.algorithm=ppo" not in extra:  # TRL then logs vLLM's and the trainer's log-prob difference (off by default)
+        cmd += ['rl.trl={"vllm_importance_sampling_correction": true}']
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     path = tmp_path / "runs" / "tiny" / arm / "metrics.jsonl"

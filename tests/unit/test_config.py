@@ -186,3 +186,23 @@ def test_credentials_inside_urls_never_reach_the_run_folder():
     )
     text = dump_config(cfg)
     assert "s3cret" not in text and "alice" not in text and "http://***@127.0.0.1:8000" in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "correction"),
+    [
+        # colocated on the CPU: the engine's log-probs are the trainer's, the extra forward is off
+        (["device=cpu", "rl.generation.backend=vllm"], False),
+        # the user's word wins
+        (["device=cpu", "rl.generation.backend=vllm", 'rl.trl={"vllm_importance_sampling_correction": true}'], True),
+        # transformers generates: TRL's default, unused
+        (["device=cpu", "rl.generation.backend=hf"], True),
+    ],
+)
+def test_grpo_drops_the_importance_sampling_forward_only_where_the_log_probs_are_the_trainers(
+    tmp_path, overrides, correction
+):
+    from stages.rl import build_grpo_config
+
+    args = build_grpo_config(load_config(None, overrides), tmp_path / "rl")
+    assert args.vllm_importance_sampling_correction is correction

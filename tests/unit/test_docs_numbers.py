@@ -177,3 +177,12 @@ def test_the_readme_counts_the_bad_input_table_as_it_is():
 
     readme = (DOCS / "security.md").read_text()
     assert f"**Bad input** ({len(ROWS)} cases in `tests/integration/test_bad_input.py`" in readme
+
+
+def test_the_grpo_step_table_quotes_its_file():
+    r = json.loads((REPO / "benchmarks" / "results" / "grpo_step.json").read_text())
+    section = doc_section("rl.md", "### What a GRPO step's update costs")
+    for name, row in r["variants"].items():
+        assert f"{row['training_s_median']:.1f} s" in section, name
+    assert f"({r['default_over_trl_default']:.2f}x)" in section
+    assert f"({r['beta0_over_default']:.2f}x of the default)" in section
