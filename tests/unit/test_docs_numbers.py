@@ -144,6 +144,11 @@ def test_the_overhead_and_task_tables_quote_their_files():
     rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in readme.splitlines() if ln.startswith("| ")}
     assert f"| {o['ratio_ga1']:.2f} (" in rows["optimizer step RPSFT / SFT, GA 1"]
     assert f"| {o['ratio_ga4']:.2f} (" in rows["optimizer step RPSFT / SFT, GA 4"]
+    arm = [r for r in rows if r.startswith("a real arm's training time RPSFT / SFT, GA ")]
+    assert len(arm) == 2  # the real arm's ratios, what users pay, from the file make bench writes them into
+    for ga in (1, 4):
+        (row,) = [rows[r] for r in arm if r.split(" GA ")[1].startswith(str(ga))]
+        assert f"| {o[f'arm_ratio_ga{ga}']:.2f} (" in row, (ga, row)
     assert (
         f"| {o['naive_ratio_ga1']:.2f} / {o['naive_ratio_ga4']:.2f} ("
         in rows["naive per-micro-batch form / SFT, GA 1 and GA 4"]
