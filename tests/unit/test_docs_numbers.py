@@ -191,3 +191,20 @@ def test_the_grpo_step_table_quotes_its_file():
         assert f"{row['training_s_median']:.1f} s" in section, name
     assert f"({r['default_over_trl_default']:.2f}x)" in section
     assert f"({r['beta0_over_default']:.2f}x of the default)" in section
+
+
+def test_the_evaluation_cost_line_quotes_its_file():
+    run = json.loads((REPO / "benchmarks" / "results" / "eval_phases.json").read_text())["runs"][0]
+    text = " ".join((DOCS / "evaluation.md").read_text().split())
+    quoted = {
+        "engine start": "engine_start_s",
+        "chain_sum greedy": "chain_sum/greedy_s",
+        "Avg@4 sampling": "chain_sum/sampled_s",
+        "chat_facts": "chat_facts/greedy_s",
+        "instructions": "instructions/greedy_s",
+        "probes": "choice_s",
+        "forgetting": "forgetting_s",
+    }
+    for label, key in quoted.items():
+        assert f"{label} {run[key]:.1f} s" in text, (label, run[key])
+    assert f"{run['total_s']:.1f} s in all" in text
