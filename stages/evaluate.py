@@ -280,13 +280,13 @@ def _forward_states(model, seqs: list[dict[str, list[int]]], batch_size: int = 8
 
 
 class BaseStates:
-    """The base model's forward outputs (response logits, hidden states) on the forgetting texts, computed once per
-    evaluation stage and reused for every model: the base and the texts are the same for all of them, so each model
-    pays its own forward only. Per set of texts: the response tokens' logits (40 answers x 48 tokens x SmolLM2's
-    49,152-word vocabulary: 0.38 GB in float32) and, for the greedy set, the hidden states."""
+    """The base model (and its tokenizer) with its forward outputs (response logits, hidden states) on the forgetting
+    texts, computed once per evaluation stage and reused for every model: the base and the texts are the same for all
+    of them, so each model pays its own forward only. Per set of texts: the response tokens' logits (40 answers x 48
+    tokens x SmolLM2's 49,152-word vocabulary: 0.38 GB in float32) and, for the greedy set, the hidden states."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, tok=None):
+        self.model, self.tok = model, tok
         self._memo: dict[str, list] = {}
 
     def of(self, seqs: list[dict[str, list[int]]], key: str, hidden: bool) -> list:
@@ -380,11 +380,11 @@ def evaluate_model(
     cfg: Config,
     entry: dict[str, Any],
     benches: list[tuple[BenchmarkSpec, list[dict[str, Any]], dict[str, Any]]],
-    base: tuple[Any, Any, BaseStates] | None,
+    base: BaseStates | None,
 ) -> dict[str, Any]:
     """Score one model on every benchmark; write its folder; return its metrics. Phases: generation benchmarks,
     lm-eval tasks, log-likelihood multiple choice, forgetting (KL and CKA against the base), summaries. ``base``: the
-    base model, its tokenizer and its cached forward outputs (None when the forgetting phase is off)."""
+    base model with its tokenizer and cached forward outputs (None when the forgetting phase is off)."""
     files = cfg.layout.eval_model(entry["name"])
     t0 = time.perf_counter()
     tok = load_tokenizer(entry["path"], cfg.model)
@@ -500,19 +500,18 @@ def _lm_eval_phase(cfg: Config, entry, lm_benches, scores: Scores, metrics, timi
         timing["lm_eval_s"] = timing.get("lm_eval_s", 0.0) + time.perf_counter() - t
 
 
-def _forgetting_phase(cfg: Config, model, base, scores: Scores, metrics, timing) -> list[dict]:
+def _forgetting_phase(cfg: Config, model, base: BaseStates, scores: Scores, metrics, timing) -> list[dict]:
     """KL(base || model) on the base's greedy (and sampled) general text, and CKA per layer; returns the layers."""
     if not cfg.eval.forgetting.enabled:
         return []
-    base_model, base_tok, base_states = base
     t = time.perf_counter()
-    seqs = general_text(cfg, base_model, base_tok)
-    f = forgetting_metrics(cfg, model, base_model, seqs, base_states.of(seqs, "greedy", hidden=True))
+    seqs = general_text(cfg, base.model, base.tok)
+    f = forgetting_metrics(cfg, model, base.model, seqs, base.of(seqs, "greedy", hidden=True))
     metrics.update(f["metrics"])
     scores["forgetting/kl_to_base"] = {"ids": [str(i) for i in range(len(seqs))], "scores": f["kl_per_sequence"]}
     if cfg.eval.forgetting.sampled:
-        sampled = general_text(cfg, base_model, base_tok, sampled=True)
-        kl = sampled_kl(cfg, model, base_model, sampled, base_states.of(sampled, "sampled", hidden=False))
+        sampled = general_text(cfg, base.model, base.tok, sampled=True)
+        kl = sampled_kl(cfg, model, base.model, sampled, base.of(sampled, "sampled", hidden=False))
         metrics["forgetting/kl_to_base_sampled"] = kl["metric"]
         scores["forgetting/kl_to_base_sampled"] = {
             "ids": [str(i) for i in range(len(sampled))],
@@ -580,7 +579,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     atomic_write_json(cfg.layout.benchmarks, {s.name: {**s.model_dump(mode="json"), **n} for s, _, n in benches})
     base_path = _base_path(cfg)
     cfg = _engine(cfg, base_path, benches)
-    base = None  # (model, tokenizer, its cached forward outputs), loaded for the first model the forgetting phase reads
+    base = None  # the base with its cached forward outputs, loaded for the first model the forgetting phase reads
     results = {}
     for i, entry in enumerate(table):
         report_progress(i, len(table), f"models evaluated (next: {entry['name']})")
@@ -598,7 +597,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
             continue
         if base is None and cfg.eval.forgetting.enabled:
             base_model = load_model(base_path, cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
-            base = (base_model, load_tokenizer(base_path, cfg.model), BaseStates(base_model))
+            base = BaseStates(base_model, load_tokenizer(base_path, cfg.model))
         log.info("eval %s (%s)", entry["name"], entry["path"])
         results[entry["name"]] = evaluate_model(cfg, entry, benches, base)
         tracking.log_eval_metrics(cfg, entry["name"], results[entry["name"]]["metrics"])

@@ -18,6 +18,15 @@ def _run(args: list[str], cache_dir) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def _tiny_sft_init(tmp_path, cache_dir):
+    """A tiny plain-SFT arm to start RL from: ``<runs>/init/sft/checkpoint``; returns ``<runs>``."""
+    runs = tmp_path / "runs"
+    sft = [sys.executable, "-m", "stages.sft", "--config", "configs/tiny.yaml", f"runs_root={runs}", "run_name=init"]
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir)}
+    subprocess.run([*sft, "method=sft"], cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    return runs
+
+
 @pytest.mark.slow
 def test_rpsft_overhead_benchmark_writes_its_keys(tmp_path, cache_dir):
     out = tmp_path / "o.json"
@@ -131,10 +140,7 @@ def test_forgetting_setting_benchmark_reads_each_candidate_against_the_base(tmp_
 
 @pytest.mark.slow
 def test_rl_setting_benchmark_reads_each_rl_run_against_its_initial_checkpoint(tmp_path, cache_dir):
-    runs = tmp_path / "runs"
-    sft = [sys.executable, "-m", "stages.sft", "--config", "configs/tiny.yaml", f"runs_root={runs}", "run_name=init"]
-    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir)}
-    subprocess.run([*sft, "method=sft"], cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    runs = _tiny_sft_init(tmp_path, cache_dir)
     out = tmp_path / "rl.json"
     args = ["benchmarks/rl_setting.py", "--config", "configs/tiny.yaml", "--init-run", str(runs / "init")]
     args += ["--runs", "t0.7-lr5e-5-12steps:sft", "--runs-root", str(runs), "--eval-size", "8"]
@@ -174,10 +180,7 @@ def test_eval_cost_benchmark_times_both_engine_layouts_and_both_cka_forms(tmp_pa
 
 @pytest.mark.slow
 def test_grpo_step_benchmark_times_each_variant_and_only_beta0_drops_the_kl(tmp_path, cache_dir):
-    runs = tmp_path / "runs"
-    sft = [sys.executable, "-m", "stages.sft", "--config", "configs/tiny.yaml", f"runs_root={runs}", "run_name=init"]
-    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir)}
-    subprocess.run([*sft, "method=sft"], cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    runs = _tiny_sft_init(tmp_path, cache_dir)
     out = tmp_path / "grpo_step.json"
     init = runs / "init" / "sft" / "checkpoint"
     _run(
