@@ -312,6 +312,12 @@ class RPSFTConfig(Strict):
     anchor_method: Literal["gram", "svd"] = Field(
         "gram", description="gram: top-k from the eigenvectors of the small Gram matrix (fast); svd: exact full SVD."
     )
+    precision: Literal["fp32", "split_bf16"] = Field(
+        "fp32",
+        description="How the preserved block's large product W V_k is computed: fp32; or split_bf16, three bf16 "
+        "products of W's and V_k's high and low bf16 parts with fp32 accumulation (the block to about 1e-5 of its "
+        "size: for GPUs, where bf16 products run on the tensor cores; no faster on a CPU). Needs mode=per_step.",
+    )
     mode: Literal["per_step", "per_micro_batch"] = Field(
         "per_step",
         description="per_step: penalty gradient added once per optimizer step (fast, same gradient); "
@@ -348,6 +354,11 @@ class RPSFTConfig(Strict):
     def _one_k(self) -> RPSFTConfig:
         if (self.k is None) == (self.k_fraction is None):
             raise ValueError("set exactly one of sft.rpsft.k (absolute rank) and sft.rpsft.k_fraction (e.g. 0.25)")
+        if self.precision == "split_bf16" and self.mode == "per_micro_batch":
+            raise ValueError(
+                "sft.rpsft.precision=split_bf16 computes the blocks once per optimizer step: use mode=per_step (the "
+                "default) or precision=fp32"
+            )
         return self
 
 

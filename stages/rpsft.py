@@ -13,6 +13,12 @@ Differences from the authors' release (see docs/rpsft.md): anchors come from the
 zero at step 0; S_ref is computed from the same U_k, V_k (no copy of W0 is kept unless k is full rank); the
 gradient is added once per optimizer step instead of once per micro-batch; row-sharded (FSDP2) parameters get the
 exact penalty from partial blocks and one all-reduce.
+
+``precision: split_bf16`` computes the block's large product W V_k as three bf16 products with fp32 accumulation
+(W = W_hi + W_lo and V_k = V_hi + V_lo in bf16, the W_lo V_lo term dropped): about 16 bits of W kept, so the block
+is off by about 1e-5 of its size, far below the drift the penalty measures, and S_ref is computed the same way (the
+penalty of W0 stays zero). On a GPU those products run on the bf16 tensor cores instead of fp32 ones; on a CPU they
+are emulated in fp32 (the same numbers, no faster). The gradient's product U_k D V_k^T is one bf16 product.
 """
 
 from __future__ import annotations
@@ -62,12 +68,16 @@ class Anchor:
         return sum(t.numel() * t.element_size() for t in (self.U, self.V, self.S_ref, self.W0) if t is not None)
 
 
+PRECISIONS = ("fp32", "split_bf16")
+
+
 @dataclass
 class Anchors:
     anchors: dict[str, Anchor] = field(default_factory=dict)
     k_spec: str = ""
     method: str = "gram"
     weights_hash: str = ""
+    precision: str = "fp32"  # how the block products are computed (S_ref here, the blocks in RPSFTRegularizer)
 
     @property
     def full_rank(self) -> int:
@@ -75,6 +85,39 @@ class Anchors:
 
     def nbytes(self) -> int:
         return sum(a.nbytes() for a in self.anchors.values())
+
+
+def split_bf16(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t`` (fp32) as hi + lo, both bf16: hi the nearest bf16, lo the nearest bf16 to what hi leaves (about 16 bits
+    of the mantissa together)."""
+    t = t.float()
+    hi = t.to(torch.bfloat16)
+    return hi, (t - hi.float()).to(torch.bfloat16)
+
+
+_NATIVE_BF16_MM = {"ok": True}  # false once torch refused a bf16 product with fp32 output on this device
+
+
+def mm_bf16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b of bf16 matrices, accumulated and returned in fp32 (the tensor cores' bf16 product on a GPU; on a CPU the
+    same numbers from an fp32 product, since a product of two bf16 values is exact in fp32)."""
+    if a.is_cuda and _NATIVE_BF16_MM["ok"]:
+        try:
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (RuntimeError, TypeError) as e:  # a torch or device without it: the same numbers, at fp32's speed
+            _NATIVE_BF16_MM["ok"] = False
+            log.warning("bf16 products with fp32 output are not available here (%s); computing them in fp32", e)
+    return a.float() @ b.float()
+
+
+def times_v(W: torch.Tensor, V: torch.Tensor, precision: str, V_split=None) -> torch.Tensor:
+    """W @ V_k (m, k) in fp32, the block's large product: one fp32 product, or, with ``split_bf16``, three bf16
+    products of the hi/lo parts (``V_split``: V's parts, when the caller keeps them)."""
+    if precision == "fp32":
+        return W.to(V.dtype) @ V  # the anchors' precision: fp32
+    W_hi, W_lo = split_bf16(W)
+    V_hi, V_lo = V_split if V_split is not None else split_bf16(V)
+    return mm_bf16(W_hi, V_hi) + mm_bf16(W_hi, V_lo) + mm_bf16(W_lo, V_hi)
 
 
 def resolve_k(shape: tuple[int, int], k: int | None, k_fraction: float | None) -> int:
@@ -188,8 +231,10 @@ def compute_anchors(
     k_fraction: float | None,
     method: str = "gram",
     cache_dir: Path | None = None,
+    precision: str = "fp32",
 ) -> Anchors:
-    """Anchors of every matrix in ``named``, from the cache when the weights and k match.
+    """Anchors of every matrix in ``named``, from the cache when the weights and k match. ``precision``: how S_ref's
+    product is computed, as the regulariser will compute the blocks (:func:`times_v`).
 
     Raises:
         RPSFTError: ``named`` is empty (nothing would be regularised).
@@ -204,17 +249,20 @@ def compute_anchors(
     path = None
     if cache_dir is not None:
         tag = re.sub(r"[^A-Za-z0-9._=-]", "_", k_spec)
+        tag += "" if precision == "fp32" else f"-{precision}"
         path = Path(cache_dir) / f"anchors-v{ANCHOR_FORMAT_VERSION}-{digest}-{tag}-{method}.safetensors"
         if path.is_file():
             try:
                 loaded = load_anchors(path)
-                if set(loaded.anchors) == {n for n, _ in named}:
+                if set(loaded.anchors) == {n for n, _ in named} and loaded.precision == precision:
                     log.info("RPSFT anchors: cache hit %s", path.name)
                     return loaded
             except Exception as e:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
                 log.warning("RPSFT anchor cache %s unreadable (%s); recomputing", path, e)
     t0 = time.perf_counter()
-    out = Anchors(k_spec=k_spec, method=method, weights_hash=digest)
+    if precision not in PRECISIONS:
+        raise RPSFTError(f"unknown block precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    out = Anchors(k_spec=k_spec, method=method, weights_hash=digest, precision=precision)
 
     def one(item: tuple[str, torch.Tensor]) -> Anchor:
         name, W = item
@@ -225,6 +273,8 @@ def compute_anchors(
             return Anchor(name, shape, kk, True, W0=W0, s_top=float(torch.linalg.matrix_norm(W0, ord=2)))
         # S_ref (k, k) is diag(s) up to round-off, computed with the operations of _residual: R(W0) is exactly 0.
         U, s, V, S_ref = top_k_factors(W, kk, method, with_block=True)
+        if precision != "fp32":
+            S_ref = U.T @ times_v(W.detach(), V, precision)
         return Anchor(name, shape, kk, False, U=U, V=V, S_ref=S_ref, s_top=float(s[0]))
 
     # One matrix per thread, one BLAS/LAPACK thread each: the eigensolver scales poorly with threads, so matrices
@@ -257,7 +307,13 @@ def compute_anchors(
 def save_anchors(anchors: Anchors, path: Path) -> None:
     """Write anchors as safetensors (atomic rename)."""
     tensors: dict[str, torch.Tensor] = {}
-    meta = {"k_spec": anchors.k_spec, "method": anchors.method, "weights_hash": anchors.weights_hash, "matrices": {}}
+    meta = {
+        "k_spec": anchors.k_spec,
+        "method": anchors.method,
+        "weights_hash": anchors.weights_hash,
+        "precision": anchors.precision,
+        "matrices": {},
+    }
     for i, (name, a) in enumerate(anchors.anchors.items()):
         meta["matrices"][name] = {"i": i, "shape": list(a.shape), "k": a.k, "full": a.full, "s_top": a.s_top}
         for key in ("U", "V", "S_ref", "W0"):
@@ -272,7 +328,12 @@ def load_anchors(path: Path) -> Anchors:
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["sft2rl"])
         keys = set(f.keys())
-        out = Anchors(k_spec=meta["k_spec"], method=meta["method"], weights_hash=meta["weights_hash"])
+        out = Anchors(
+            k_spec=meta["k_spec"],
+            method=meta["method"],
+            weights_hash=meta["weights_hash"],
+            precision=meta.get("precision", "fp32"),
+        )
         for name, m in meta["matrices"].items():
             i = m["i"]
             parts = {key: f.get_tensor(f"{i}.{key}") for key in ("U", "V", "S_ref", "W0") if f"{i}.{key}" in keys}
@@ -288,16 +349,15 @@ def shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
     return r0, min(r0 + chunk, rows)
 
 
-def partial_deviation(a: Anchor, W_rows: torch.Tensor, r0: int) -> torch.Tensor:
+def partial_deviation(a: Anchor, W_rows: torch.Tensor, r0: int, precision: str = "fp32", V_split=None) -> torch.Tensor:
     """This shard's part of the deviation, from rows ``r0 : r0 + len(W_rows)`` of W.
 
     Block anchors: U_k[rows]^T W[rows] V_k (k x k); the sum of these over any split of W's rows is U_k^T W V_k, so
     one sum over the ranks gives the block. Full-rank anchors: W[rows] - W0[rows], this shard's rows of W - W0."""
     r1 = r0 + W_rows.shape[0]
-    Wf = W_rows.to((a.W0 if a.full else a.U).dtype)  # the anchors' precision: fp32
     if a.full:
-        return Wf - a.W0[r0:r1]
-    return a.U[r0:r1].T @ (Wf @ a.V)
+        return W_rows.to(a.W0.dtype) - a.W0[r0:r1]  # the anchors' precision: fp32
+    return a.U[r0:r1].T @ times_v(W_rows, a.V, precision, V_split)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -429,6 +489,8 @@ class RPSFTRegularizer:
         # Blocks are kept between steps when k x k; the full-rank W - W0 of L2 (a second copy of the weights) is not,
         # and costs one subtraction when needed.
         self.keeps_blocks = any(not anchors.anchors[n].full for n, _ in params)
+        self.precision = anchors.precision  # the products S_ref was computed with (``split_bf16``: V_k's parts kept)
+        self._v_split: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._ref_norm = {
             n: float(torch.linalg.matrix_norm(a.W0 if a.full else a.S_ref).clamp(min=1e-12))
             for n, a in ((n, anchors.anchors[n]) for n, _ in params)
@@ -483,11 +545,14 @@ class RPSFTRegularizer:
                 t = getattr(a, key)
                 if t is not None and t.device != device:
                     setattr(a, key, t.to(device))
+        if self.precision != "fp32":
+            self._v_split = {n: split_bf16(a.V) for n, a in self.anchors.anchors.items() if not a.full}
         self._moved = True
 
     @staticmethod
     def _residual(a: Anchor, W: torch.Tensor) -> torch.Tensor:
-        """The block deviation: U_k^T W V_k - S_ref (k, k), or W - W0 (m, n) for the full-rank fallback."""
+        """The block deviation: U_k^T W V_k - S_ref (k, k), or W - W0 (m, n) for the full-rank fallback (fp32
+        products: the per-micro-batch form is for comparison with the release)."""
         Wf = W.float()
         if a.full:
             return Wf - a.W0
@@ -498,6 +563,8 @@ class RPSFTRegularizer:
         Whole matrices only (the trainer refuses this mode under FSDP)."""
         if self.sharded:
             raise RPSFTError("sft.rpsft.mode=per_micro_batch needs whole matrices; under FSDP use mode=per_step")
+        if self.precision != "fp32":
+            raise RPSFTError("sft.rpsft.precision=split_bf16 needs sft.rpsft.mode=per_step")
         total = None
         for name, p in self.params:
             a = self.anchors.anchors[name]
@@ -526,7 +593,7 @@ class RPSFTRegularizer:
             a = self.anchors.anchors[name]
             W = _local(p)
             self._to(W.device)
-            part = partial_deviation(a, W.detach(), self._rows[name].r0)
+            part = partial_deviation(a, W.detach(), self._rows[name].r0, self.precision, self._v_split.get(name))
             parts[name] = part.pow(2).sum().reshape(1) if a.full else part
         if self.group is not None:
             import torch.distributed as dist
@@ -587,7 +654,10 @@ class RPSFTRegularizer:
                     g.add_(partial_deviation(a, _local(p).detach(), rows.r0).to(g.dtype), alpha=two_lam)
                     continue
                 U = a.U[rows.r0 : rows.r1]
-                if g.dtype == torch.float32:
+                if self.precision == "split_bf16":  # one bf16 product (fp32 accumulation); D itself is exact
+                    step = mm_bf16((U @ blocks[name]).to(torch.bfloat16), self._v_split[name][0].T)
+                    g.add_(step.mul_(two_lam).to(g.dtype))
+                elif g.dtype == torch.float32:
                     g.addmm_(U @ blocks[name], a.V.T, alpha=two_lam)  # in place: no (m, n) temporary
                 else:  # low-precision grads: fp32 math, one rounding
                     g.add_(((U @ blocks[name]) @ a.V.T).mul_(two_lam).to(g.dtype))

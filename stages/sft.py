@@ -306,7 +306,9 @@ def build_arm(cfg: Config, callbacks: list | None = None) -> ArmSetup:
         # Anchors for every arm: the RPSFT/L2 penalty, and the rotation diagnostics of the other methods.
         named = select_matrices(model.named_parameters(), rp.include, rp.exclude)
         t0 = time.perf_counter()
-        anchors = compute_anchors(anchor_inputs(named, model_path), rp.k, rp.k_fraction, rp.anchor_method, anchor_cache)
+        anchors = compute_anchors(
+            anchor_inputs(named, model_path), rp.k, rp.k_fraction, rp.anchor_method, anchor_cache, rp.precision
+        )
         anchor_s = time.perf_counter() - t0
     models.check_vocab(model, tokenizer, model_path)
     warn_control_tokens(items, tokenizer)

@@ -132,11 +132,12 @@ def plan(p: dict, rates: dict = H200) -> dict[str, float]:
         2 * max(m, n) * min(m, n) ** 2 / rates["fp32_flops"] + 9 * min(m, n) ** 3 / rates["svd_flops"] for m, n in mats
     )
     largest = max(mats, key=lambda mn: mn[0] * mn[1])
-    anchors = full_svd + 2 * gram + svd(*largest) / rates["fp64_svd_flops"]
+    anchors = full_svd + 3 * gram + svd(*largest) / rates["fp64_svd_flops"]  # k, 25%, 25% with split-bf16 S_ref
     micro = 6 * params * p["batch"] * p["seq"] / rates["bf16_flops"]
     penalty = 4 * params * p["k"] / rates["fp32_flops"]
+    penalty_split = 8 * params * p["k"] / rates["bf16_flops"]  # three bf16 block products and the gradient's one
     rounds = p["rounds"] + 1
-    steps = rounds * sum(3 * ga * micro + 2 * penalty for ga in (1, 8))
+    steps = rounds * sum(3 * ga * micro + 2 * penalty for ga in (1, 8)) + 6 * (penalty + penalty_split)
     body = SHAPES[p["body"]]
     grpo = p["grpo_steps"] * (
         p["completion"] * rates["decode_step_s"]
@@ -215,6 +216,11 @@ def part_anchors(p: dict, device, result: dict) -> dict:
             "anchors_mib": a.nbytes() / 2**20,
             "full_rank_fallbacks": a.full_rank,
         }
+    # the paper-scale k's block products in split bf16 (S_ref from the same products): timed in the steps part
+    t0 = time.perf_counter()
+    anchors["k25pct-split"] = compute_anchors(named, None, 0.25, "gram", cache_dir=None, precision="split_bf16")
+    sync(device)
+    out["k25pct-split"] = {"precompute_s": time.perf_counter() - t0}
     result["_built"] = (model, anchors)  # reused by the steps part (not written): kept even if what follows fails
     # The baseline: a full fp32 SVD of every matrix, smallest first, within a time budget; the rest extrapolated
     # by m n^2 from the largest one measured (the SVD's cost), and counted as such.
@@ -286,6 +292,7 @@ def part_steps(p: dict, device, result: dict) -> dict:
         sync(device)
         return time.perf_counter() - t
 
+    split = anchors.pop("k25pct-split", None)  # not an arm of its own: timed on the k25pct arm's weights below
     arms = [make(kind) for kind in ("sft", *anchors)]
     base = None  # three arms hold their own copies
     out: dict = {"micro_batch": f"{p['batch']} x {p['seq']} tokens", "autocast": "bf16", "master_weights": "fp32"}
@@ -305,8 +312,46 @@ def part_steps(p: dict, device, result: dict) -> dict:
                 if k != "sft"
             },
         }
+    if split is not None:
+        out["penalty_k25pct"] = penalty_precisions(arms, split, device)
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def penalty_precisions(arms: list[dict], split_anchors, device, repeats: int = 6) -> dict:
+    """The penalty and its gradient alone (one block computation per call), fp32 vs split-bf16 products, on the
+    trained weights of the k25pct arm: the seconds of each (median, first call dropped) and how far apart the
+    penalties are, relative to the penalty (the split's error against the drift it measures)."""
+
+    from stages import rpsft
+    from stages.rpsft import RPSFTRegularizer, select_matrices
+
+    arm = next(a for a in arms if a["kind"] == "k25pct")
+    regs = {
+        "fp32": arm["reg"],
+        "split_bf16": RPSFTRegularizer(
+            select_matrices(arm["model"].named_parameters(), [".*"], []), split_anchors, 1.0
+        ),
+    }
+    out: dict = {}
+    for label, reg in regs.items():
+        arm["opt"].zero_grad(set_to_none=False)  # gradients allocated once: the calls add into them
+        times = []
+        for _ in range(repeats):
+            reg.weights_changed()
+            sync(device)
+            t = time.perf_counter()
+            stats = reg.add_penalty_grad()
+            sync(device)
+            times.append(time.perf_counter() - t)
+        out[label] = {"s": statistics.median(times[1:]), "penalty": stats["penalty"]}
+    out["split_over_fp32_time"] = out["split_bf16"]["s"] / out["fp32"]["s"]
+    out["penalty_rel_diff"] = abs(out["split_bf16"]["penalty"] - out["fp32"]["penalty"]) / max(
+        out["fp32"]["penalty"], 1e-30
+    )
+    out["native_bf16_products"] = rpsft._NATIVE_BF16_MM["ok"] and device.type == "cuda"
+    arm["opt"].zero_grad(set_to_none=True)
     return out
 
 

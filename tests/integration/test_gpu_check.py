@@ -38,6 +38,10 @@ def test_the_device_script_runs_every_part_of_the_check_at_smoke_shapes(tmp_path
     assert anchors["full_svd_matrices_measured"] == anchors["matrices"]  # smoke: within the SVD budget, none guessed
     assert "imports ok" in proc.stdout  # device.sh tries the check's imports before the run
     assert grpo["steps"] == 2 and grpo["generation_tokens_per_s"] > 0 and len(grpo["step_time_s"]) == 2
+    # the penalty alone with split-bf16 block products beside fp32 (CPU: emulated, so only its precision counts here)
+    precision = steps["penalty_k25pct"]
+    assert precision["fp32"]["s"] > 0 and precision["split_bf16"]["s"] > 0 and precision["fp32"]["penalty"] > 0
+    assert precision["penalty_rel_diff"] < 1e-3 and precision["native_bf16_products"] is False
 
 
 def test_parts_past_the_deadline_are_skipped_and_the_json_is_still_written(tmp_path):
