@@ -8,7 +8,7 @@ STAMP := $(VENV)/.sft2rl-installed
 CONFIG ?= configs/smollm2-cpu.yaml
 ARMS ?= sft,rpsft
 
-.PHONY: setup test test-fast lint run bench clean
+.PHONY: setup test test-fast lint run claims bench clean
 
 $(STAMP): requirements/cpu.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-fast: $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/sft2rl run --config $(CONFIG) --arms $(ARMS) $(OVERRIDES)
+
+# claims (a) and (b) at the method level: the default's recipe with five seeds, no RL (configs/smollm2-cpu-claims.yaml)
+claims: $(STAMP)
+	$(VENV)/bin/sft2rl run --config configs/smollm2-cpu-claims.yaml --no-rl
 
 bench: $(STAMP)
 	$(PY) benchmarks/rpsft_overhead.py --out benchmarks/results/rpsft_overhead.json

@@ -65,6 +65,32 @@ def _cell(name: str, v: dict[str, Any]) -> str:
     return f"{100 * v['value']:.1f}% [{100 * v['ci_low']:.1f}, {100 * v['ci_high']:.1f}]"
 
 
+def score_tables(report: dict[str, Any]) -> list[list[dict[str, str]]]:
+    """The Scores tables of a report.json: one row per metric (the models' init and seeds first), one column per
+    model, the models grouped as the report groups them (``score_tables``: a few per table, so the UI's table view
+    does not clip a row of every metric); every row has every column ("n/a" where a model lacks the metric)."""
+    by_name = {m["name"]: m for m in report["models"]}
+    groups = report.get("score_tables") or [list(by_name)]
+    out = []
+    for names in groups:
+        group = [by_name[n] for n in names if n in by_name]
+        metrics = list(dict.fromkeys(k for m in group for k in m["metrics"]))
+        rows = [
+            {"metric": "init", **{m["name"]: m["init"] or "none" for m in group}},
+            {"metric": "seeds", **{m["name"]: _seeds(m) for m in group}},
+        ]
+        rows += [
+            {"metric": k, **{m["name"]: _cell(k, m["metrics"][k]) if k in m["metrics"] else "n/a" for m in group}}
+            for k in metrics
+        ]
+        out.append(rows)
+    return out
+
+
+def _seeds(model: dict[str, Any]) -> str:
+    return ", ".join(x.removeprefix("seed ") for x in model.get("seed_labels", [])) or "n/a"
+
+
 def report_artifacts(cfg: Config) -> None:
     """The report as a markdown artifact, the comparison as a table, links to the HTML report and the run folder."""
     from pipeline import files
@@ -79,23 +105,21 @@ def report_artifacts(cfg: Config) -> None:
         text = text.replace("](plots/", f"]({base}plots/")
     create_markdown_artifact(key=_key(f"{cfg.run_name}-report"), markdown=text, description="sft2rl report")
     data = json.loads(RunLayout(run_dir).report_json.read_text())
-    rows: list[dict[str, Any]] = []
-    for m in data["models"]:
-        row: dict[str, Any] = {"model": m["name"], "init": m["init"] or "none"}
-        row["seeds"] = ", ".join(x.removeprefix("seed ") for x in m.get("seed_labels", [])) or "n/a"
-        for name, v in m["metrics"].items():
-            row[name] = _cell(name, v)
-        rows.append(row)
-    names = list(dict.fromkeys(k for r in rows for k in r))
-    rows = [{k: r.get(k, "n/a") for k in names} for r in rows]  # every row has every column
-    create_table_artifact(key=_key(f"{cfg.run_name}-scores"), table=rows, description="Scores with intervals")
+    tables = score_tables(data)
+    for i, rows in enumerate(tables):
+        create_table_artifact(
+            key=_key(f"{cfg.run_name}-scores" + (f"-{i + 1}" if i else "")),
+            table=rows,
+            description="Scores with intervals" + (f" ({i + 1} of {len(tables)})" if len(tables) > 1 else ""),
+        )
     comps = [
         {
             "pair": f"{c['a']} - {c['b']}",
             "metric": c["metric"],
             "difference": f"{c['diff']:+.4g}",
             "interval": f"[{c['ci_low']:+.4g}, {c['ci_high']:+.4g}]",
-            "verdict": c["verdict"],
+            "verdict": c.get("verdict_short", c["verdict"]),  # the sentence is in report.md and report.json
+            "level, notes": c.get("notes", ""),
         }
         for c in data["comparisons"]
     ]

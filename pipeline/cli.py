@@ -140,15 +140,26 @@ def cmd_server(args: argparse.Namespace) -> int:
         files.stop_background()
 
 
+def variant_of(config: Path, configs: list[Path]) -> str | None:
+    """The config ``config`` varies, by name: ``smollm2-cpu-sweep.yaml`` and ``smollm2-cpu-claims.yaml`` vary
+    ``smollm2-cpu.yaml`` (same model, data and recipe; another grid of arms or more seeds) when that file is among
+    ``configs``. None for a config of its own."""
+    stems = {c.stem for c in configs}
+    return next((s for s in sorted(stems, key=len, reverse=True) if config.stem.startswith(f"{s}-")), None)
+
+
 def deployments(configs: list[Path]):
-    """One deployment of every flow per config, named after the config file: ``sft-to-rl/<config name>``."""
+    """Deployments of the configs, named after the config file (``sft-to-rl/<config name>``): every flow for a config
+    of its own; only the whole pipeline for a variant (:func:`variant_of`), whose single stages are its base config's,
+    so the list names each stage once per recipe."""
     from pipeline.flows import FLOWS
 
     out = []
     for c in configs:
         rel = str(c.resolve().relative_to(REPO)) if c.resolve().is_relative_to(REPO) else str(c.resolve())
         about, tags = deployment_meta(c)
-        for flow_ in FLOWS.values():
+        flows = [FLOWS["sft-to-rl"]] if variant_of(c, configs) else list(FLOWS.values())
+        for flow_ in flows:
             what = " ".join((flow_.description or flow_.name).strip().split("\n\n")[0].split())
             out.append(
                 flow_.to_deployment(

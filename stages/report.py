@@ -20,7 +20,7 @@ from stages import tracking
 from stages.config import Config
 from stages.report_plots import make_plots
 from stages.report_stats import aggregate
-from stages.report_text import _blocks, _sentences, render_html, render_md
+from stages.report_text import _blocks, _sentences, comparison_notes, model_groups, render_html, render_md
 from stages.stage_cli import stage_main
 from stages.store import atomic_write_json, atomic_write_text
 
@@ -49,6 +49,8 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     data = aggregate(cfg)
     plots = make_plots(cfg, data, cfg.layout.plots)
     blocks = _blocks(cfg, data, plots)
+    for c in data["comparisons"]:  # level and qualifiers in words, as the tables show them
+        c["notes"] = comparison_notes(c)
     report = {
         "models": [
             {k: m[k] for k in ("name", "init", "kind", "metrics", "cka_layers", "seed_labels")} for m in data["models"]
@@ -67,6 +69,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         "rl": data["rl"],
         "rl_reading": data["rl_reading"],
         "rl_start": data["rl_start"],
+        "score_tables": [[m["name"] for m in g] for g in model_groups(data["models"])],  # models per Scores table
     }
     files = cfg.layout
     atomic_write_json(files.report_json, report)

@@ -510,6 +510,7 @@ def _holm_verdicts(comparisons: list[dict[str, Any]], cfg: Config, alpha: float)
         if "not_evaluated" in c:
             c["significant"] = False
             c["verdict"] = f"not evaluated: {c['not_evaluated']}"
+            c["verdict_short"] = "not evaluated"
             continue
         in_family = "p_holm" in c
         excludes_0 = c["ci_low"] > 0 or c["ci_high"] < 0
@@ -519,16 +520,19 @@ def _holm_verdicts(comparisons: list[dict[str, Any]], cfg: Config, alpha: float)
         scale, dp = (100, 2) if _is_pct(c["metric"]) else (1, 4)
         span = f"[{scale * c['ci_low']:+.{dp}f}, {scale * c['ci_high']:+.{dp}f}]"
         if significant and c["diff"] > 0:
-            verdict = f"{c['a']} is higher" + (" (worse: more drift from the base)" if lower_better else "")
+            verdict = short = f"{c['a']} is higher" + (" (worse: more drift from the base)" if lower_better else "")
         elif significant:
-            verdict = f"{c['a']} is lower" + (" (better: closer to the base)" if lower_better else "")
+            verdict = short = f"{c['a']} is lower" + (" (better: closer to the base)" if lower_better else "")
         elif in_family and excludes_0:  # the printed interval is per comparison; the family's correction is not
+            short = "not significant after Holm's correction"
             verdict = (
                 f"not significant after Holm's correction for {len(fam)} comparisons (p_holm {c['p_holm']:.3f}); "
                 f"the uncorrected interval {span} excludes 0"
             )
         else:
+            short = "not distinguishable"
             verdict = f"not distinguishable at this size: {span}"
+        c["verdict_short"] = short  # the verdict alone, for tables that give interval, level and notes in columns
         if not in_family:
             verdict += " (descriptive, unadjusted)"
         if c["level"] == "checkpoint":

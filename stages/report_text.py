@@ -165,9 +165,33 @@ def _per_seed_table(data: dict[str, Any]) -> tuple | None:
     return ("table", ["model", "metric", *labels], rows)
 
 
+def comparison_notes(c: dict[str, Any]) -> str:
+    """A comparison's level and what qualifies its verdict, in a few words: "checkpoints, 2 seeds; descriptive;
+    within the seed spread (8.00 points)"."""
+    if "not_evaluated" in c:
+        return c["not_evaluated"]
+    seeds = c.get("seeds", 1)
+    notes = [f"{'methods' if c.get('level') == 'method' else 'checkpoints'}, {seeds} seed{'s' if seeds != 1 else ''}"]
+    if "p_holm" not in c:
+        notes.append("descriptive")
+    if c.get("within_seed_spread"):
+        notes.append(f"within the seed spread ({_scaled(c['metric'], c['seed_spread'])})")
+    return "; ".join(notes)
+
+
 def _fmt_diff(c: dict[str, Any]) -> str:
     scale, dp = (100, 2) if _is_pct(c["metric"]) else (1, 4)
     return f"{scale * c['diff']:+.{dp}f} [{scale * c['ci_low']:+.{dp}f}, {scale * c['ci_high']:+.{dp}f}]"
+
+
+MODELS_PER_TABLE = 6
+
+
+def model_groups(models: list[dict[str, Any]], size: int = MODELS_PER_TABLE) -> list[list[dict[str, Any]]]:
+    """Models in groups of at most ``size`` (as they come): the score tables have one column per model and one row
+    per metric, so a run of many models (a sweep) gets several tables of a readable width instead of one that a
+    page or the Prefect UI clips."""
+    return [models[i : i + size] for i in range(0, len(models), size)]
 
 
 def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[tuple]:
@@ -224,17 +248,13 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
             rows.append([r["arm"], r["method"], r["matched_sft"], f"{100 * r['id_gap']:+.2f}", ood])
         blocks.append(("table", ["arm", "method", "plain SFT arm", "in-domain gap (points)", "OOD difference"], rows))
     blocks.append(("h2", "Scores"))
-    header = ["model", "init", "seeds", *metric_names]
-    rows = [
-        [
-            m["name"],
-            m["init"] or "-",
-            ", ".join(x.removeprefix("seed ") for x in m.get("seed_labels", [])) or "-",
-            *[_fmt(m["metrics"].get(k), _is_pct(k)) for k in metric_names],
+    for group in model_groups(data["models"]):  # one column per model, at most MODELS_PER_TABLE: tables that fit
+        rows = [
+            ["init", *[m["init"] or "-" for m in group]],
+            ["seeds", *[", ".join(x.removeprefix("seed ") for x in m.get("seed_labels", [])) or "-" for m in group]],
+            *[[k, *[_fmt(m["metrics"].get(k), _is_pct(k)) for m in group]] for k in metric_names],
         ]
-        for m in data["models"]
-    ]
-    blocks.append(("table", header, rows))
+        blocks.append(("table", ["metric", *[m["name"] for m in group]], rows))
     unmatched = [
         f"{name}: {start['seeds']} seed{'s' if start['seeds'] > 1 else ''}"
         for name, start in data.get("rl_start", {}).items()
@@ -270,6 +290,14 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
         )
     blocks.append(("table", ["benchmark", "source", "domain", "items", "excluded", "chance", "base score"], brows))
     blocks.append(("h2", "Comparisons (paired by item and seed)"))
+    blocks.append(
+        (
+            "p",
+            "The claims' tests (a p value with Holm's in brackets) are corrected for their number; every other row "
+            "is descriptive (its unadjusted interval). Level: about the methods from 3 seeds on, else about these "
+            "checkpoints. report.json gives each verdict as a sentence.",
+        )
+    )
     crows = [
         [
             f"{c['a']} - {c['b']}",
@@ -277,11 +305,12 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
             _fmt_diff(c),
             str(c["n"]),
             f"{c['p_value']:.3f}" + (f" ({c['p_holm']:.3f})" if "p_holm" in c else ""),
-            c["verdict"],
+            c.get("verdict_short", c["verdict"]),
+            comparison_notes(c),
         ]
         for c in data["comparisons"]
     ]
-    blocks.append(("table", ["pair", "metric", "difference", "items", "p (Holm)", "verdict"], crows))
+    blocks.append(("table", ["pair", "metric", "difference", "items", "p (Holm)", "verdict", "level, notes"], crows))
     blocks += _rl_section(cfg, data)
     blocks.append(("h2", "Plots"))
     captions = {

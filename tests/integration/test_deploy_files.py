@@ -119,6 +119,27 @@ def test_prefect_yaml_declares_what_serve_serves():
     assert {f"sft-to-rl/{c.stem}" for c in shipped_configs()} <= declared
 
 
+def test_a_variant_config_is_served_as_its_whole_pipeline_only():
+    """Every stage flow once per recipe: smollm2-cpu-sweep and smollm2-cpu-claims vary smollm2-cpu's recipe, so they
+    get the sft-to-rl deployment and no second copy of its stages."""
+    from pipeline.cli import deployments, shipped_configs, variant_of
+    from pipeline.flows import FLOWS
+
+    configs = shipped_configs()
+    served = [f"{d.flow_name}/{d.name}" for d in deployments(configs)]
+    assert len(served) == len(set(served))
+    variants = {c.stem: variant_of(c, configs) for c in configs}
+    assert variants["smollm2-cpu-sweep"] == variants["smollm2-cpu-claims"] == "smollm2-cpu"
+    assert variants["smollm2-cpu"] is None and variants["tiny"] is None and variants["qwen2.5-7b-paper"] is None
+    for c in configs:
+        mine = sorted(n for n in served if n.split("/", 1)[1] == c.stem)
+        assert mine == (["sft-to-rl/" + c.stem] if variants[c.stem] else sorted(f"{f}/{c.stem}" for f in FLOWS))
+    sweep = next(c for c in configs if c.stem == "smollm2-cpu-sweep")
+    assert variant_of(sweep, [sweep]) is None  # served on its own, a variant gets every flow
+    assert len(deployments([sweep])) == len(FLOWS)
+    assert f"{len(served)} deployments, each stage once per recipe" in (REPO / "docs" / "prefect.md").read_text()
+
+
 @pytest.mark.parametrize("name", ["ddp.yaml", "zero2.yaml", "fsdp.yaml", "cpu-ddp.yaml"])
 def test_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file
