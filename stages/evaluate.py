@@ -29,7 +29,7 @@ import numpy as np
 import reasoning_gym
 import torch
 
-from stages import backends, tracking
+from stages import backends, provenance, tracking
 from stages.answers import choice_letter, extract_final_answer, lenient_final_answer, score_math
 from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
 from stages.data import prompt_messages, prompt_text
@@ -49,7 +49,15 @@ from stages.metrics import (
 from stages.models import is_hub_id, load_model, load_tokenizer, resolve_checkpoint, resolve_model
 from stages.probes import GENERAL_PROMPTS, chat_fact_correct, follows_instruction
 from stages.stage_cli import stage_main
-from stages.store import atomic_write_json, atomic_write_text, is_done, mark_done, report_progress, weights_stamp
+from stages.store import (
+    atomic_write_json,
+    atomic_write_text,
+    is_done,
+    mark_done,
+    read_json,
+    report_progress,
+    weights_stamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +79,7 @@ def model_table(cfg: Config) -> list[dict[str, Any]]:
             arm = ArmLayout(d)
             if not (d.is_dir() and is_done(d) and (arm.checkpoint / "config.json").is_file()):
                 continue
-            metrics = json.loads(arm.metrics.read_text()) if arm.metrics.is_file() else {}
+            metrics = read_json(arm.metrics) if arm.metrics.is_file() else {}
             if "algorithm" in metrics:
                 init = Path(str(metrics.get("init") or "base"))
                 init_name = init.parent.name if init.name == CHECKPOINT else "base"
@@ -567,6 +575,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
             ) from None
     tracking.check_installed(cfg)
     table = model_table(cfg)
+    check_rl_inits(cfg, table)
     benches = []
     # in-domain benchmarks of any source drop questions seen in training: build the training items once for all
     needs_training = any(b.source in NEEDS_TRAINING_ITEMS or b.domain == "in" for b in cfg.eval.benchmarks)
@@ -586,7 +595,7 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         files = cfg.layout.eval_model(entry["name"])
         out_dir = files.dir
         if not force and is_done(out_dir):
-            prev = json.loads(files.metrics.read_text())
+            prev = read_json(files.metrics)
             if prev.get("fingerprint") == _fingerprint(cfg, entry["path"]):
                 log.info("eval %s: complete, skipped (use --force to redo)", entry["name"])
                 results[entry["name"]] = prev
@@ -612,6 +621,24 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
     return results
 
 
+def check_rl_inits(cfg: Config, table: list[dict[str, Any]]) -> None:
+    """Every RL run in ``table`` must have started from the weights its SFT arm holds now
+    (:func:`stages.provenance.check`): after an SFT arm is retrained, its old RL run would be scored and compared as
+    "RL from" a checkpoint it never started from. Checked before any item is built or model loaded.
+
+    Raises:
+        ConfigError: naming the RL arm, its initial checkpoint and the command that redoes it.
+    """
+    for entry in table:
+        if entry["kind"] != "rl" or entry["init"] in (None, "base"):
+            continue
+        init = cfg.layout.arm(entry["init"]).checkpoint
+        if init.is_dir():
+            rl_arm = Path(entry["path"]).parent
+            redo = f"Rerun sft2rl stage rl with --force, rl.arm={rl_arm.name} and rl.init={init},"
+            provenance.check(rl_arm, "rl", redo, init=(str(init), provenance.weights_digest(init)))
+
+
 def _engine(cfg: Config, base_path: str, benches) -> Config:
     """``eval.backend: auto`` resolved to the engine that generates faster on this machine (stages/backends.py);
     nothing to choose when no benchmark generates."""
@@ -634,7 +661,7 @@ def _base_from_other_seed(cfg: Config, entry: dict[str, Any]) -> dict[str, Any] 
         src = other.eval_model("base")
         if other.dir == mine.dir or not is_done(src.dir) or not src.metrics.is_file():
             continue
-        prev = json.loads(src.metrics.read_text())
+        prev = read_json(src.metrics)
         if prev.get("fingerprint") != fp or not _same_items(other, mine, cfg):
             continue
         for f in src.files:

@@ -5,8 +5,11 @@ of that config that changes what the stage computes: for SFT the model, the data
 for RL the model, the data, the seed and the ``rl`` section. Names, folders, engines' placement, evaluation, report,
 tracking and logging cadence are not part of it.
 
-- :func:`check_same_recipe` is called before an arm is resumed or reused: a finished or half-trained arm whose recipe
-  differs from the config given now is refused (``--force`` restarts it), so one arm never mixes two recipes.
+- :func:`check` is the one check of an existing output against what a reader is about to combine it with: its recorded
+  recipe against the config given now (SFT and RL, before an arm is resumed or reused: ``--force`` restarts it, so
+  one arm never mixes two recipes), and an RL arm's recorded initial weights against the weights its initial
+  checkpoint holds now (RL before it resumes; the evaluation before it scores RL runs beside the SFT arms they
+  started from). It raises with every difference named.
 - :func:`confounds` is what the report calls for every pair of arms it compares: the recipe keys on which they
   differ beyond their method (``sft.method`` and the method's own settings, or RL's ``init``).
 """
@@ -110,29 +113,60 @@ def _short(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
-def check_same_recipe(arm_dir: Path, config: dict[str, Any], stage: str, redo_hint: str) -> None:
-    """Refuse to resume or reuse an arm whose recorded recipe differs from ``config``'s.
+def check(
+    arm_dir: Path,
+    stage: str,
+    redo_hint: str,
+    config: dict[str, Any] | None = None,
+    init: tuple[str, dict[str, str]] | None = None,
+) -> None:
+    """Refuse to combine the output in ``arm_dir`` with what is given now, when what produced it differs.
 
-    Called before a finished arm is returned as it is and before a half-trained one resumes (an arm with no record
-    or no trainer state passes).
+    ``config`` (a dumped Config): the arm's recorded recipe for ``stage`` must equal this config's, once the arm was
+    started (finished, or a trainer checkpoint written). ``init`` (path, :func:`weights_digest` of it now): an RL arm's
+    recorded initial weights must be these. An arm with no record passes (nothing to compare).
 
     Raises:
-        ConfigError: naming every differing key with its recorded and its new value.
+        ConfigError: naming every difference, and ``redo_hint`` (how to redo the arm from scratch).
     """
     arm_dir = Path(arm_dir)
     out = ArmLayout(arm_dir)
-    started = out.done.is_file() or bool(checkpoints(out.trainer))
-    recorded = read_config(arm_dir) if started else None
-    if recorded is None:
-        return
-    diff = differences(recipe(recorded, stage), recipe(config, stage))
-    if diff:
-        state = "is finished" if out.done.is_file() else "was started"
-        raise ConfigError(
-            f"{arm_dir} {state} with another {stage.upper()} recipe than the one given now ({shown(diff)}); "
-            f"resuming or reusing it would mix two recipes under one name. Give the recorded values back, name "
-            f"another arm, or {redo_hint} to restart it from scratch"
-        )
+    if config is not None:
+        started = out.done.is_file() or bool(checkpoints(out.trainer))
+        recorded = read_config(arm_dir) if started else None
+        diff = differences(recipe(recorded, stage), recipe(config, stage)) if recorded is not None else {}
+        if diff:
+            state = "is finished" if out.done.is_file() else "was started"
+            raise ConfigError(
+                f"{arm_dir} {state} with another {stage.upper()} recipe than the one given now ({shown(diff)}); "
+                f"resuming or reusing it would mix two recipes under one name. Give the recorded values back, name "
+                f"another arm, or {redo_hint} to restart it from scratch"
+            )
+    if init is not None:
+        before = _read_json(out.init)
+        path, digest = init
+        if isinstance(before, dict) and before.get("sha256") and before["sha256"] != digest:
+            raise ConfigError(
+                f"{arm_dir} was started from other weights than {path} has now (sha256 of its safetensors differ: was "
+                f"the SFT arm retrained since?); combining them would mix two initialisations. {redo_hint} to "
+                "restart the RL arm from the current checkpoint"
+            )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def check_same_recipe(arm_dir: Path, config: dict[str, Any], stage: str, redo_hint: str) -> None:
+    """Refuse to resume or reuse an arm whose recorded recipe differs from ``config``'s (:func:`check`).
+
+    Called before a finished arm is returned as it is and before a half-trained one resumes (an arm with no record
+    or no trainer state passes).
+    """
+    check(arm_dir, stage, redo_hint, config=config)
 
 
 def confounds(a: dict[str, Any] | None, b: dict[str, Any] | None, stage: str) -> dict[str, tuple[Any, Any]]:
@@ -162,17 +196,8 @@ def check_same_init(arm_dir: Path, init_path: str, force: bool) -> dict[str, Any
     out = ArmLayout(arm_dir)
     started = bool(checkpoints(out.trainer))
     path = out.init
-    if started and not force and path.is_file():
-        try:
-            before = json.loads(path.read_text())
-        except (OSError, ValueError):
-            before = None
-        if isinstance(before, dict) and before.get("sha256") and before["sha256"] != record["sha256"]:
-            raise ConfigError(
-                f"{arm_dir} was started from other weights than {init_path} has now (sha256 of its safetensors "
-                "differ: was the SFT arm retrained since?); resuming would mix two initialisations. Pass --force to "
-                "restart the RL arm from the current checkpoint"
-            )
+    if started and not force:
+        check(arm_dir, "rl", "Pass --force", init=(str(init_path), record["sha256"]))
     if not (started and path.is_file()) or force:
         arm_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record)

@@ -27,7 +27,7 @@ from stages.metrics import (
     seeds_needed,
     wilson_ci,
 )
-from stages.store import is_done
+from stages.store import is_done, read_json
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ def _load_run(run_dir: Path) -> dict[str, dict[str, Any]]:
     for d in sorted(eval_dir.iterdir()):
         ev = EvalLayout(d)
         if d.is_dir() and is_done(d) and ev.metrics.is_file():
-            m = json.loads(ev.metrics.read_text())
-            m["scores"] = json.loads(ev.scores.read_text()) if ev.scores.is_file() else {}
+            m = read_json(ev.metrics)
+            m["scores"] = read_json(ev.scores) if ev.scores.is_file() else {}
             out[d.name] = m
     return out
 
@@ -276,7 +276,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     seed_control = _seed_control(cfg, per_seed, labels, boot, comparisons)
     _seed_spread_notes(comparisons, seed_control)
     bench_file = RunLayout(runs[0]).benchmarks
-    benchmarks = json.loads(bench_file.read_text()) if bench_file.is_file() else {}
+    benchmarks = read_json(bench_file) if bench_file.is_file() else {}
     data = {
         "run": str(cfg.run_dir),
         "seeds": [*cfg.seed_list, *cfg.report.seed_runs],
@@ -384,7 +384,7 @@ def _matched(cfg: Config, run_dir: Path, per_seed, models, boot) -> list[dict[st
     for m in models:
         f = RunLayout(run_dir).arm(m["name"]).metrics
         if m["kind"] == "sft" and f.is_file():
-            methods[m["name"]] = json.loads(f.read_text()).get("method")
+            methods[m["name"]] = read_json(f).get("method")
     acc = {m["name"]: m["metrics"].get("id/mean_accuracy", {}).get("value") for m in models}
     plain = [n for n, meth in methods.items() if meth == "sft" and acc.get(n) is not None]
     out = []
@@ -1036,7 +1036,7 @@ def _rotation(run_dir: Path) -> dict[str, dict[int, float]]:
     """Per SFT arm: mean principal angle (degrees, left and right) of the top-k subspaces per layer."""
     out = {}
     for f in (a.metrics for a in RunLayout(run_dir).arms() if a.metrics.is_file()):
-        m = json.loads(f.read_text())
+        m = read_json(f)
         angles = m.get("principal_angles")
         if not angles:
             continue

@@ -37,7 +37,7 @@ from stages.ppo import PolicyWithValue, PPOSettings, TransformersRollouts, VLLMR
 from stages.rewards import get_reward
 from stages.rl_prompts import filtered_prompts, rl_prompts
 from stages.stage_cli import stage_main
-from stages.store import atomic_write_json, atomic_write_text, is_done, mark_done
+from stages.store import atomic_write_json, atomic_write_text, is_done, mark_done, read_json
 from stages.vllm_cpu import apply_cpu_colocate_patches
 
 log = logging.getLogger(__name__)
@@ -399,7 +399,7 @@ def _finish(
         "prompts": prompts,
     }
     if out.init.is_file():  # the exact weights it started from (sha256 per file)
-        summary["init_sha256"] = json.loads(out.init.read_text()).get("sha256")
+        summary["init_sha256"] = read_json(out.init).get("sha256")
     facts = {
         "method": f"{cfg.rl.algorithm} (RL)",
         "initialisation": init_path,

@@ -1,13 +1,15 @@
 """The command line every stage shares: ``python -m stages.<name> --config FILE [--force] [key=value ...]``.
 
 Exit codes: 0 done, 2 bad input (config, model, data: the message names it), 3 a numerical fault during training,
-4 not enough disk for a checkpoint (the last complete one is kept). Log lines have secret values (HF_TOKEN and the
-like, read from the environment) replaced by ``***``.
+4 not enough disk (for a checkpoint, checked before it is written: the last complete one is kept; or a write that
+found the disk full, any stage). Log lines have secret values (HF_TOKEN and the like, read from the environment)
+replaced by ``***``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -26,6 +28,7 @@ DEFAULT_CONFIG = "configs/smollm2-cpu.yaml"  # the embedded default (README "Two
 # The one table of exit codes: the stages return them, the flows name them in a failed stage's message.
 EXIT_CODES = {ConfigError: 2, FloatingPointError: 3, ResourceError: 4}
 EXIT_KINDS = {0: "done", 2: "bad input", 3: "numerical fault", 4: "not enough disk", 130: "interrupted"}
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # a write that found no room (or no quota) left: exit 4, like a checkpoint's
 
 
 def exit_kind(rc: int) -> str:
@@ -114,6 +117,16 @@ def stage_main(
             f"error: an input file is not readable text/JSON ({scrub(str(e))[:300]}); fix or remove it", file=sys.stderr
         )
         return 2
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        print(
+            f"error: the disk filled during the stage ({scrub(str(e))[:300]}). Finished outputs are kept and "
+            "half-written files removed; free space (or point runs_root / cache_dir at a larger disk) and run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return 4
     except Exception as e:
         if type(e).__name__ in UNREADABLE_INPUT:  # raised by libraries for a corrupt or truncated input file
             print(f"error: {UNREADABLE_INPUT[type(e).__name__]}: {scrub(str(e))[:300]}", file=sys.stderr)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from stages.config import ConfigError
 from stages.layout import DONE
 
 DONE_MARKER = DONE
@@ -55,6 +56,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file a stage wrote (metrics, records), parsed. One that is not valid JSON (truncated by a crash outside
+    the atomic writes, edited by hand) is a ConfigError naming it, not a parser's message without a file name."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{path} is not valid JSON ({str(e)[:120]}): it was damaged or edited. Restore it, or remove it and run "
+            "the stage that wrote it again (with --force)"
+        ) from None
 
 
 def _json_default(o: Any) -> Any:

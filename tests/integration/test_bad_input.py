@@ -31,6 +31,19 @@ SENTINEL_FILES = {
     "tiny/rl-held/trainer/checkpoint-2/trainer_state.json": '{"global_step": 2}\n',
     "tiny/report.md": "# an earlier report\n",
     "tiny/eval/base/metrics.json": "{}\n",
+    # run "torn": a finished arm whose metrics.json was cut short
+    "torn/sft/DONE": "complete\n",
+    "torn/sft/checkpoint/config.json": "{}\n",
+    "torn/sft/metrics.json": '{"steps": 4, "train_lo',
+    # run "stale": an RL run from its sft arm's weights of that time; the sft arm was retrained since
+    "stale/sft/DONE": "complete\n",
+    "stale/sft/checkpoint/config.json": "{}\n",
+    "stale/sft/checkpoint/model.safetensors": "the weights of the retrained sft arm",
+    "stale/sft/metrics.json": "{}\n",
+    "stale/rl-sft/DONE": "complete\n",
+    "stale/rl-sft/checkpoint/config.json": "{}\n",
+    "stale/rl-sft/metrics.json": '{"algorithm": "grpo", "init": "stale/sft/checkpoint"}\n',
+    "stale/rl-sft/init.json": '{"init": "stale/sft/checkpoint", "sha256": {"model.safetensors": "0123abcd"}}\n',
 }
 
 
@@ -251,6 +264,14 @@ ROWS = [
     ("rl-prompt-filter-unknown-key", _stage("rl", "--config", TINY, "rl.prompt_filter.keep=all"),
      "rl.prompt_filter.keep: unknown key"),
     ("report-confounds-unknown", _stage("report", "--config", TINY, "report.confounds=ignore"), "report.confounds"),
+    ("eval-torn-arm-metrics", _stage("evaluate", "--config", TINY, "run_name=torn"),
+     "torn/sft/metrics.json is not valid JSON"),
+    ("eval-rl-from-a-retrained-sft-arm", _stage("evaluate", "--config", TINY, "run_name=stale"),
+     "rl-sft was started from other weights than"),
+    ("rpsft-split-bf16-per-micro-batch", _stage("sft", "--config", TINY, RP, "sft.rpsft.precision=split_bf16",
+     "sft.rpsft.mode=per_micro_batch"), "computes the blocks once per optimizer step"),
+    ("rpsft-unknown-precision", _stage("sft", "--config", TINY, RP, "sft.rpsft.precision=fp16"),
+     "sft.rpsft.precision"),
 ]  # fmt: skip
 
 

@@ -237,6 +237,28 @@ def test_report_aggregates_seed_runs(finished_run, tmp_path):
     report_run(cfg)  # restore the single-seed report
 
 
+def test_an_rl_run_from_an_sft_arm_retrained_since_is_refused_before_any_evaluation(finished_run, tmp_path):
+    """Provenance at evaluation: rl-sft started from sft's weights of that time; once sft is retrained, scoring them
+    side by side would read RL against a checkpoint it never started from. Refused, naming the arm and the redo
+    command, and the run folder is left as it was."""
+    import hashlib
+
+    make, cfg, _, _ = finished_run
+    copy = tmp_path / "runs" / cfg.run_name
+    shutil.copytree(cfg.run_dir, copy)
+    weights = next((copy / "sft" / "checkpoint").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b" ")  # what a retrained sft arm looks like to the check: other bytes
+
+    def digest() -> dict[str, str]:
+        return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(copy.rglob("*")) if p.is_file()}
+
+    before = digest()
+    with pytest.raises(ConfigError, match=r"rl-sft was started from other weights than .*sft/checkpoint has now") as e:
+        eval_run(make(f"runs_root={tmp_path / 'runs'}"))
+    assert "--force, rl.arm=rl-sft" in str(e.value)
+    assert digest() == before  # nothing evaluated, nothing rewritten
+
+
 def test_gsm8k_holdout_by_source_problem(tiny_cfg):
     mapping = gsm_symbolic_to_gsm8k()
     # reasoning-gym 0.1.25 enables 85 of its 100 templates; each maps to a different real GSM8K problem.

@@ -94,3 +94,32 @@ def test_sigterm_to_sft2rl_stage_stops_the_training_child_and_frees_the_arm(tmp_
         raise AssertionError(f"stage child {child} outlived sft2rl stage")
     with FolderLock(tmp_path / "tiny" / "sft"):  # and the arm is free for the rerun
         pass
+
+
+def test_a_disk_that_fills_during_a_stage_ends_it_with_exit_4_and_nothing_half_written(tmp_path, monkeypatch, capfd):
+    """Every file a stage writes goes through one rename into place; when the disk is full there, the stage stops with
+    exit 4 and one message (not a traceback), leaves no temporary file behind, and the same command resumes once
+    there is room."""
+    import errno
+
+    from stages import prepare
+    from tests.conftest import CONFIGS
+
+    real, calls = os.replace, []
+
+    def full(src, dst):
+        calls.append(str(dst))
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    cache = tmp_path / "cache"
+    args = ["--config", str(CONFIGS / "tiny.yaml"), f"cache_dir={cache}", f"runs_root={tmp_path / 'runs'}"]
+    monkeypatch.setattr(os, "replace", full)
+    code = prepare.main(args)
+    err = capfd.readouterr().err
+    monkeypatch.setattr(os, "replace", real)
+    assert calls, "the stage wrote nothing: the disk was never full"
+    assert code == 4, err
+    assert "the disk filled during the stage" in err and "run the same command again" in err and "Traceback" not in err
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or ".tmp" in p.name]
+    assert not leftovers, leftovers
+    assert prepare.main(args) == 0  # room again: the same command finishes
