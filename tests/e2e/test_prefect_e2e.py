@@ -165,6 +165,15 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
         assert key in by_key, sorted(by_key)
     assert by_key["tiny-report"]["type"] == "markdown" and "What this run shows" in by_key["tiny-report"]["data"]
     assert by_key["tiny-scores"]["type"] == "table"
+    # Tables that fit the UI: scores one row per metric and one column per model; verdicts a few words each
+    scores, comps = (
+        json.loads(d) if isinstance(d, str) else d
+        for d in (by_key[k]["data"] for k in ("tiny-scores", "tiny-comparisons"))
+    )
+    assert set(scores[0]) == {"metric", "base", "sft", "rpsft", "rl-sft", "rl-rpsft"} and scores[0]["metric"] == "init"
+    assert comps and all(len(c["verdict"]) <= 60 and "level, notes" in c for c in comps), comps[:3]
+    header = next(line for line in by_key["tiny-report"]["data"].splitlines() if line.startswith("| metric |"))
+    assert sorted(header.strip("| ").split(" | ")) == ["base", "metric", "rl-rpsft", "rl-sft", "rpsft", "sft"], header
     # The report's figures load in the UI: http links to the read-only file server, which serves the PNG files.
     files_url = f"http://127.0.0.1:{env['SFT2RL_FILES_PORT']}/"
     assert f"]({files_url}" in by_key["tiny-report"]["data"] and "](plots/" not in by_key["tiny-report"]["data"]
