@@ -826,6 +826,9 @@ class EvalConfig(Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"eval.benchmarks names must be unique; repeated: {dup}")
+        twice = sorted({m for m in self.models if self.models.count(m) > 1})
+        if twice:
+            raise ValueError(f"eval.models lists {twice} more than once: each model is evaluated once per run")
         return self
 
 
@@ -989,6 +992,16 @@ class Config(Strict):
     report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
+
+    @field_validator("runs_root", "cache_dir")
+    @classmethod
+    def _a_folder(cls, v: str, info) -> str:
+        p = Path(v).expanduser()
+        if p.exists() and not p.is_dir():
+            raise ValueError(
+                f"{info.field_name} {v} is a file, not a folder: point it at a folder (created if missing)"
+            )
+        return v
 
     @field_validator("run_name")
     @classmethod

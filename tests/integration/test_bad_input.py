@@ -272,6 +272,11 @@ ROWS = [
      "sft.rpsft.mode=per_micro_batch"), "computes the blocks once per optimizer step"),
     ("rpsft-unknown-precision", _stage("sft", "--config", TINY, RP, "sft.rpsft.precision=fp16"),
      "sft.rpsft.precision"),
+    ("eval-models-twice", _stage("evaluate", "--config", TINY, "eval.models=[base, sft, base]"), "more than once"),
+    ("runs-root-is-a-file", ("cli", ["stage", "sft", "--config", TINY, "runs_root={ws}/ok.yaml"]),
+     "runs_root {ws}/ok.yaml is a file, not a folder"),
+    ("cache-dir-is-a-file", ("cli", ["stage", "prepare", "--config", TINY, "cache_dir={ws}/ok.yaml"]),
+     "is a file, not a folder"),
 ]  # fmt: skip
 
 
@@ -340,7 +345,7 @@ def test_bad_input_is_refused_with_a_named_message_and_nothing_touched(
             resolve(_params(PipelineParams, **params))
         code, message = 2, str(err.value)
     assert code == 2, message
-    assert fragment in message, message
+    assert _fill(fragment, workspace) in message, message
     assert message.count("\n") < 12  # one message, not a traceback
     assert "Traceback" not in message
     assert _digest(runs) == before  # existing outputs untouched, and nothing new written
