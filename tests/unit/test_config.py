@@ -206,3 +206,23 @@ def test_grpo_drops_the_importance_sampling_forward_only_where_the_log_probs_are
 
     args = build_grpo_config(load_config(None, overrides), tmp_path / "rl")
     assert args.vllm_importance_sampling_correction is correction
+
+
+def test_the_claims_config_is_the_default_recipe_at_more_seeds_and_make_claims_runs_it():
+    """configs/smollm2-cpu-claims.yaml trains exactly the default's SFT recipe, only at more seeds (method level), with
+    greedy in-domain scoring and no RL; `make claims` is the command that ran the committed result."""
+    import subprocess
+
+    import yaml
+
+    from stages.provenance import recipe
+    from tests.conftest import REPO
+
+    default, claims = (load_config(CONFIGS / f"{n}.yaml", []) for n in ("smollm2-cpu", "smollm2-cpu-claims"))
+    as_dict = [yaml.safe_load(dump_config(c)) for c in (default, claims)]
+    assert recipe(as_dict[0], "sft") == recipe(as_dict[1], "sft")
+    assert len(claims.seed_list) >= 3 and claims.seed_list[: len(default.seed_list)] == default.seed_list
+    assert claims.run_name != default.run_name
+    assert all(b.samples == 0 for b in claims.eval.benchmarks)  # Avg@k serves claim (c), which this run does not test
+    dry = subprocess.run(["make", "-n", "claims"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "sft2rl run --config configs/smollm2-cpu-claims.yaml --no-rl" in dry
