@@ -40,7 +40,7 @@ run: $(STAMP)
 
 # claims (a) and (b) at the method level: the default's recipe with five seeds, no RL (configs/smollm2-cpu-claims.yaml)
 claims: $(STAMP)
-	$(VENV)/bin/sft2rl run --config configs/smollm2-cpu-claims.yaml --no-rl
+	$(VENV)/bin/sft2rl run --config configs/smollm2-cpu-claims.yaml $(OVERRIDES)
 
 bench: $(STAMP)
 	$(PY) benchmarks/rpsft_overhead.py --out benchmarks/results/rpsft_overhead.json

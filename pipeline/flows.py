@@ -98,7 +98,8 @@ def sft_to_rl(
         config: Config file (relative to the project folder).
         overrides: Dotted key=value overrides, e.g. ``sft.training.learning_rate=1e-4``.
         arms: SFT methods to train (sft, rpsft, l2, dft, iw, lora); default sft and rpsft.
-        rl: Run RL from every arm (default: yes; for a sweep only when set to true).
+        rl: Run RL from every arm (default: the config's rl.in_flow, yes unless it says false; for a sweep only when
+            set to true).
         evaluate: Evaluate base, arms and RL runs, and write the report.
         force: Recompute stages whose outputs are already complete.
         parallel_arms: Train arms concurrently (only with the resources for it).
@@ -147,11 +148,18 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
         [(a.arm, a.as_overrides()) for a in cfg.sweep] if use_sweep else [(a, [f"sft.method={a}"]) for a in params.arms]
     )
     arm_names = [a for a, _ in arms]
-    run_rl = params.rl if params.rl is not None else not use_sweep  # a sweep is about SFT; RL only when asked
+    # a sweep is about SFT, and a config may say it is (rl.in_flow: false): RL then only when the run asks for it
+    run_rl = params.rl if params.rl is not None else (cfg.rl.in_flow and not use_sweep)
     if use_sweep:
         logger.info("sweep: %d arms %s", len(arms), arm_names)
     if not run_rl:
-        logger.info("no RL stage: " + ("a sweep compares SFT arms (rl=true adds RL)" if use_sweep else "rl=false"))
+        why = (
+            "rl=false"
+            if params.rl is False
+            else ("a sweep compares SFT arms" if use_sweep else "the config sets rl.in_flow: false")
+            + " (rl=true adds RL)"
+        )
+        logger.info("no RL stage: %s", why)
     seeds = cfg.seed_list
     if len(seeds) > 1:
         logger.info("%d training seeds %s: one run per seed in %s", len(seeds), seeds, cfg.layout.seeds_dir)

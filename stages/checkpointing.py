@@ -25,11 +25,15 @@ def save_checkpoint(model, tokenizer, folder: str | os.PathLike, state_dict: dic
     require_disk(folder.parent, int(model_bytes(model) * 1.05), f"the checkpoint {folder.name}")
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    if os.environ.get(FAULT_DURING_SAVE_ENV):  # test-only: a crash in the middle of writing a checkpoint
-        os.kill(os.getpid(), signal.SIGKILL)
-    tokenizer.save_pretrained(tmp)
-    return publish_dir(tmp, folder)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        if os.environ.get(FAULT_DURING_SAVE_ENV):  # test-only: a crash in the middle of writing a checkpoint
+            os.kill(os.getpid(), signal.SIGKILL)
+        tokenizer.save_pretrained(tmp)
+        return publish_dir(tmp, folder)
+    except BaseException:  # a failed write (a full disk) leaves no half-written folder; the last complete one stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 FAULT_ENV = "SFT2RL_FAULT_KILL_AFTER_SAVE"

@@ -565,6 +565,11 @@ class RLStageConfig(Strict):
     """RL from an SFT checkpoint (or the base model). Both initialisations get this same section."""
 
     algorithm: RlAlgorithm = "grpo"
+    in_flow: bool = Field(
+        True,
+        description="Whether the sft-to-rl flow runs RL when its rl parameter is not set (a config about SFT alone "
+        "sets false; the stage itself still runs when called).",
+    )
     init: str | None = Field(None, description="Checkpoint folder to start from; default: the prepared base model.")
     arm: str | None = Field(None, description="Output folder; default rl-<name of the init arm> (or rl-base).")
     rewards: list[str] = Field(default_factory=lambda: ["math_correct"], description="Registered reward names.")

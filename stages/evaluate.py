@@ -629,14 +629,24 @@ def check_rl_inits(cfg: Config, table: list[dict[str, Any]]) -> None:
     Raises:
         ConfigError: naming the RL arm, its initial checkpoint and the command that redoes it.
     """
+    layout = cfg.layout
     for entry in table:
         if entry["kind"] != "rl" or entry["init"] in (None, "base"):
             continue
-        init = cfg.layout.arm(entry["init"]).checkpoint
-        if init.is_dir():
-            rl_arm = Path(entry["path"]).parent
-            redo = f"Rerun sft2rl stage rl with --force, rl.arm={rl_arm.name} and rl.init={init},"
-            provenance.check(rl_arm, "rl", redo, init=(str(init), provenance.weights_digest(init)))
+        rl_arm = Path(entry["path"]).parent
+        recorded = provenance.recorded_init(rl_arm)
+        # the checkpoint it recorded; where that path is gone (a run folder moved or copied), this run's arm of the name
+        init = Path(recorded) if recorded and Path(recorded).is_dir() else layout.arm(entry["init"]).checkpoint
+        if not init.is_dir():
+            continue
+        main = layout.parent_run
+        seed = f" rl.seeds=[{cfg.seed}]" if layout.is_seed_run else ""
+        redo = (
+            f"Rerun it from the current checkpoint (sft2rl stage rl --config <this config> --force "
+            f"rl.init={main.arm(entry['init']).checkpoint}{seed}; or the flow with force=true), or leave it out with "
+            "eval.models, then evaluate again"
+        )
+        provenance.check(rl_arm, "rl", redo, init=(str(init), provenance.weights_digest(init)))
 
 
 def _engine(cfg: Config, base_path: str, benches) -> Config:

@@ -51,6 +51,7 @@ OTHER_STAGE = {"sft": "rl", "rl": "sft"}
 NOT_RECIPE_IN_STAGE = {
     "arm",
     "seeds",
+    "in_flow",
     "training.logging_steps",
     "training.save_steps",
     "training.save_total_limit",
@@ -123,11 +124,12 @@ def check(
     """Refuse to combine the output in ``arm_dir`` with what is given now, when what produced it differs.
 
     ``config`` (a dumped Config): the arm's recorded recipe for ``stage`` must equal this config's, once the arm was
-    started (finished, or a trainer checkpoint written). ``init`` (path, :func:`weights_digest` of it now): an RL arm's
-    recorded initial weights must be these. An arm with no record passes (nothing to compare).
+    started (finished, or a trainer checkpoint written); ``redo_hint`` then completes "... or <hint> to restart it".
+    ``init`` (path, :func:`weights_digest` of it now): an RL arm's recorded initial weights must be these;
+    ``redo_hint`` is then the sentence that says how to redo the arm. An arm with no record passes.
 
     Raises:
-        ConfigError: naming every difference, and ``redo_hint`` (how to redo the arm from scratch).
+        ConfigError: naming every difference, and how to redo the arm.
     """
     arm_dir = Path(arm_dir)
     out = ArmLayout(arm_dir)
@@ -148,9 +150,14 @@ def check(
         if isinstance(before, dict) and before.get("sha256") and before["sha256"] != digest:
             raise ConfigError(
                 f"{arm_dir} was started from other weights than {path} has now (sha256 of its safetensors differ: was "
-                f"the SFT arm retrained since?); combining them would mix two initialisations. {redo_hint} to "
-                "restart the RL arm from the current checkpoint"
+                f"the SFT arm retrained since?); combining them would mix two initialisations. {redo_hint}"
             )
+
+
+def recorded_init(arm_dir: Path) -> str | None:
+    """The initial checkpoint an RL arm recorded in ``init.json`` (None without a readable record)."""
+    record = _read_json(ArmLayout(Path(arm_dir)).init)
+    return str(record["init"]) if isinstance(record, dict) and record.get("init") else None
 
 
 def _read_json(path: Path) -> Any:
@@ -197,7 +204,12 @@ def check_same_init(arm_dir: Path, init_path: str, force: bool) -> dict[str, Any
     started = bool(checkpoints(out.trainer))
     path = out.init
     if started and not force:
-        check(arm_dir, "rl", "Pass --force", init=(str(init_path), record["sha256"]))
+        check(
+            arm_dir,
+            "rl",
+            "Pass --force to restart the RL arm from the current checkpoint",
+            init=(str(init_path), record["sha256"]),
+        )
     if not (started and path.is_file()) or force:
         arm_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record)

@@ -176,6 +176,8 @@ def comparison_notes(c: dict[str, Any]) -> str:
         notes.append("descriptive")
     if c.get("within_seed_spread"):
         notes.append(f"within the seed spread ({_scaled(c['metric'], c['seed_spread'])})")
+    if c.get("confounds"):
+        notes.append("confounded: the arms also differ in " + ", ".join(c["confounds"]))
     return "; ".join(notes)
 
 

@@ -14,11 +14,12 @@ zero at step 0; S_ref is computed from the same U_k, V_k (no copy of W0 is kept 
 gradient is added once per optimizer step instead of once per micro-batch; row-sharded (FSDP2) parameters get the
 exact penalty from partial blocks and one all-reduce.
 
-``precision: split_bf16`` computes the block's large product W V_k as three bf16 products with fp32 accumulation
-(W = W_hi + W_lo and V_k = V_hi + V_lo in bf16, the W_lo V_lo term dropped): about 16 bits of W kept, so the block
-is off by about 1e-5 of its size, far below the drift the penalty measures, and S_ref is computed the same way (the
-penalty of W0 stays zero). On a GPU those products run on the bf16 tensor cores instead of fp32 ones; on a CPU they
-are emulated in fp32 (the same numbers, no faster). The gradient's product U_k D V_k^T is one bf16 product.
+``precision: split_bf16`` computes the block's large product W V_k as three bf16 products with fp32 accumulation (W
+= W_hi + W_lo and V_k = V_hi + V_lo in bf16, the W_lo V_lo term dropped): about 16 bits of W kept, so the block is
+off by about 1e-5 of its size, far below the drift the penalty measures, and S_ref is computed the same way (the
+penalty of W0 is zero where the blocks run where S_ref was computed, round-off elsewhere). On a GPU those products
+run on the bf16 tensor cores instead of fp32 ones; on a CPU they are emulated in fp32 (the same numbers, no faster).
+The gradient's product U_k D V_k^T is one bf16 product.
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def mm_bf16(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         try:
             return torch.mm(a, b, out_dtype=torch.float32)
         except (RuntimeError, TypeError) as e:  # a torch or device without it: the same numbers, at fp32's speed
+            if isinstance(e, torch.OutOfMemoryError):
+                raise
             _NATIVE_BF16_MM["ok"] = False
             log.warning("bf16 products with fp32 output are not available here (%s); computing them in fp32", e)
     return a.float() @ b.float()
@@ -655,8 +658,10 @@ class RPSFTRegularizer:
                     continue
                 U = a.U[rows.r0 : rows.r1]
                 if self.precision == "split_bf16":  # one bf16 product (fp32 accumulation); D itself is exact
-                    step = mm_bf16((U @ blocks[name]).to(torch.bfloat16), self._v_split[name][0].T)
-                    g.add_(step.mul_(two_lam).to(g.dtype))
+                    UD, Vt = (U @ blocks[name]).to(torch.bfloat16), self._v_split[name][0].T
+                    rows = max(1, (1 << 26) // max(1, Vt.shape[1]))  # fp32 temporaries of at most 256 MiB
+                    for r in range(0, UD.shape[0], rows):
+                        g[r : r + rows].add_(mm_bf16(UD[r : r + rows], Vt).mul_(two_lam).to(g.dtype))
                 elif g.dtype == torch.float32:
                     g.addmm_(U @ blocks[name], a.V.T, alpha=two_lam)  # in place: no (m, n) temporary
                 else:  # low-precision grads: fp32 math, one rounding

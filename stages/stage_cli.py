@@ -29,6 +29,19 @@ DEFAULT_CONFIG = "configs/smollm2-cpu.yaml"  # the embedded default (README "Two
 EXIT_CODES = {ConfigError: 2, FloatingPointError: 3, ResourceError: 4}
 EXIT_KINDS = {0: "done", 2: "bad input", 3: "numerical fault", 4: "not enough disk", 130: "interrupted"}
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # a write that found no room (or no quota) left: exit 4, like a checkpoint's
+# how libraries that wrap the OS error say it (safetensors' Rust writer, torch's zip writer keep the OS message)
+DISK_FULL_WORDS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def disk_full(e: BaseException) -> bool:
+    """``e`` (or an exception it was raised from) is a write that found the disk full."""
+    for _ in range(8):  # the chain of causes, a few deep
+        if e is None:
+            return False
+        if (isinstance(e, OSError) and e.errno in DISK_FULL) or any(w in str(e) for w in DISK_FULL_WORDS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def exit_kind(rc: int) -> str:
@@ -117,17 +130,15 @@ def stage_main(
             f"error: an input file is not readable text/JSON ({scrub(str(e))[:300]}); fix or remove it", file=sys.stderr
         )
         return 2
-    except OSError as e:
-        if e.errno not in DISK_FULL:
-            raise
-        print(
-            f"error: the disk filled during the stage ({scrub(str(e))[:300]}). Finished outputs are kept and "
-            "half-written files removed; free space (or point runs_root / cache_dir at a larger disk) and run the same "
-            "command again to resume",
-            file=sys.stderr,
-        )
-        return 4
     except Exception as e:
+        if disk_full(e):
+            print(
+                f"error: the disk filled during the stage ({scrub(str(e))[:300]}). Finished outputs are kept and "
+                "half-written files removed; free space (or point runs_root / cache_dir at a larger disk) and run the "
+                "same command again to resume",
+                file=sys.stderr,
+            )
+            return 4
         if type(e).__name__ in UNREADABLE_INPUT:  # raised by libraries for a corrupt or truncated input file
             print(f"error: {UNREADABLE_INPUT[type(e).__name__]}: {scrub(str(e))[:300]}", file=sys.stderr)
             return 2

@@ -171,7 +171,9 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
         for d in (by_key[k]["data"] for k in ("tiny-scores", "tiny-comparisons"))
     )
     assert set(scores[0]) == {"metric", "base", "sft", "rpsft", "rl-sft", "rl-rpsft"} and scores[0]["metric"] == "init"
-    assert comps and all(len(c["verdict"]) <= 60 and "level, notes" in c for c in comps), comps[:3]
+    assert comps and all("about these checkpoints" not in c["verdict"] and "level, notes" in c for c in comps), comps[
+        :3
+    ]
     header = next(line for line in by_key["tiny-report"]["data"].splitlines() if line.startswith("| metric |"))
     assert sorted(header.strip("| ").split(" | ")) == ["base", "metric", "rl-rpsft", "rl-sft", "rpsft", "sft"], header
     # The report's figures load in the UI: http links to the read-only file server, which serves the PNG files.

@@ -137,7 +137,8 @@ def test_a_variant_config_is_served_as_its_whole_pipeline_only():
     sweep = next(c for c in configs if c.stem == "smollm2-cpu-sweep")
     assert variant_of(sweep, [sweep]) is None  # served on its own, a variant gets every flow
     assert len(deployments([sweep])) == len(FLOWS)
-    assert f"{len(served)} deployments, each stage once per recipe" in (REPO / "docs" / "prefect.md").read_text()
+    docs = " ".join((REPO / "docs" / "prefect.md").read_text().split())
+    assert f"{len(served)} deployments, each stage once per recipe" in docs
 
 
 @pytest.mark.parametrize("name", ["ddp.yaml", "zero2.yaml", "fsdp.yaml", "cpu-ddp.yaml"])

@@ -255,7 +255,7 @@ def test_an_rl_run_from_an_sft_arm_retrained_since_is_refused_before_any_evaluat
     before = digest()
     with pytest.raises(ConfigError, match=r"rl-sft was started from other weights than .*sft/checkpoint has now") as e:
         eval_run(make(f"runs_root={tmp_path / 'runs'}"))
-    assert "--force, rl.arm=rl-sft" in str(e.value)
+    assert f"--force rl.init={copy / 'sft' / 'checkpoint'}" in str(e.value)
     assert digest() == before  # nothing evaluated, nothing rewritten
 
 

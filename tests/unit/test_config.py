@@ -225,4 +225,5 @@ def test_the_claims_config_is_the_default_recipe_at_more_seeds_and_make_claims_r
     assert claims.run_name != default.run_name
     assert all(b.samples == 0 for b in claims.eval.benchmarks)  # Avg@k serves claim (c), which this run does not test
     dry = subprocess.run(["make", "-n", "claims"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert "sft2rl run --config configs/smollm2-cpu-claims.yaml --no-rl" in dry
+    assert "sft2rl run --config configs/smollm2-cpu-claims.yaml" in dry
+    assert default.rl.in_flow and not claims.rl.in_flow  # no RL stage unless the run asks for it
