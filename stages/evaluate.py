@@ -50,6 +50,8 @@ from stages.models import is_hub_id, load_model, load_tokenizer, resolve_checkpo
 from stages.probes import GENERAL_PROMPTS, chat_fact_correct, follows_instruction
 from stages.stage_cli import stage_main
 from stages.store import (
+    FolderLock,
+    LockedError,
     atomic_write_json,
     atomic_write_text,
     is_done,
@@ -565,7 +567,16 @@ def _domain_summaries(cfg: Config, scores: Scores, metrics: dict[str, Any]) -> d
 
 
 def run(cfg: Config, force: bool = False) -> dict[str, Any]:
-    """Evaluate every model in :func:`model_table`; return ``{name: metrics}``."""
+    """Evaluate every model in :func:`model_table`; return ``{name: metrics}``. One evaluation of a run folder at a
+    time (a second, from another shell or a concurrent flow run, is refused naming the first)."""
+    try:
+        with FolderLock(cfg.layout.eval_dir):
+            return _run(cfg, force)
+    except LockedError as e:
+        raise ConfigError(f"another evaluation of this run is in progress: {e}") from None
+
+
+def _run(cfg: Config, force: bool) -> dict[str, Any]:
     if cfg.eval.backend == "vllm":
         try:  # lazy: vLLM is an optional extra; only checked for when eval.backend=vllm
             import vllm  # noqa: F401
@@ -575,7 +586,8 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
             ) from None
     tracking.check_installed(cfg)
     table = model_table(cfg)
-    check_rl_inits(cfg, table)
+    # an RL run scored beside an SFT arm retrained since it started is refused before any item is built
+    provenance.check_rl_inits(cfg.layout, [e["name"] for e in table if e["kind"] == "rl"], cfg.seed)
     benches = []
     # in-domain benchmarks of any source drop questions seen in training: build the training items once for all
     needs_training = any(b.source in NEEDS_TRAINING_ITEMS or b.domain == "in" for b in cfg.eval.benchmarks)
@@ -619,34 +631,6 @@ def run(cfg: Config, force: bool = False) -> dict[str, Any]:
         )
     report_progress(len(table), len(table), "models evaluated")
     return results
-
-
-def check_rl_inits(cfg: Config, table: list[dict[str, Any]]) -> None:
-    """Every RL run in ``table`` must have started from the weights its SFT arm holds now
-    (:func:`stages.provenance.check`): after an SFT arm is retrained, its old RL run would be scored and compared as
-    "RL from" a checkpoint it never started from. Checked before any item is built or model loaded.
-
-    Raises:
-        ConfigError: naming the RL arm, its initial checkpoint and the command that redoes it.
-    """
-    layout = cfg.layout
-    for entry in table:
-        if entry["kind"] != "rl" or entry["init"] in (None, "base"):
-            continue
-        rl_arm = Path(entry["path"]).parent
-        recorded = provenance.recorded_init(rl_arm)
-        # the checkpoint it recorded; where that path is gone (a run folder moved or copied), this run's arm of the name
-        init = Path(recorded) if recorded and Path(recorded).is_dir() else layout.arm(entry["init"]).checkpoint
-        if not init.is_dir():
-            continue
-        main = layout.parent_run
-        seed = f" rl.seeds=[{cfg.seed}]" if layout.is_seed_run else ""
-        redo = (
-            f"Rerun it from the current checkpoint (sft2rl stage rl --config <this config> --force "
-            f"rl.init={main.arm(entry['init']).checkpoint}{seed}; or the flow with force=true), or leave it out with "
-            "eval.models, then evaluate again"
-        )
-        provenance.check(rl_arm, "rl", redo, init=(str(init), provenance.weights_digest(init)))
 
 
 def _engine(cfg: Config, base_path: str, benches) -> Config:

@@ -23,10 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from stages.checkpointing import checkpoints
 from stages.config import ConfigError, safe_yaml
-from stages.layout import INIT, ArmLayout
-from stages.store import FolderLock, LockedError, atomic_write_json, file_sha256, is_done
+from stages.layout import CHECKPOINT, INIT, ArmLayout, RunLayout
+from stages.store import FolderLock, LockedError, atomic_write_json, file_sha256, is_done, weights_stamp
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,13 @@ def read_config(arm_dir: Path) -> dict[str, Any] | None:
     path = ArmLayout(Path(arm_dir)).config
     if not path.is_file():
         return None
-    data = safe_yaml(path.read_text())
+    try:
+        data = safe_yaml(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{path} is not valid YAML ({str(e).splitlines()[0][:120]}): the record of the config this arm ran with "
+            "was damaged or edited. Restore it, or rerun the arm with --force"
+        ) from None
     return data if isinstance(data, dict) else None
 
 
@@ -160,6 +168,39 @@ def recorded_init(arm_dir: Path) -> str | None:
     return str(record["init"]) if isinstance(record, dict) and record.get("init") else None
 
 
+def check_rl_inits(layout: RunLayout, names: list[str], seed: int) -> None:
+    """Each finished RL arm of ``names`` in the run folder ``layout`` must have started from the weights that this
+    run's arm of its initial checkpoint holds now (:func:`check`), since readers compare it with that arm: after an SFT
+    arm is retrained (or an RL run started from another run's checkpoint), "RL from sft" would be read against a
+    checkpoint it never started from. Files with the recorded names, sizes and mtimes are not hashed again; RL from
+    the base model is not checked here (the model cache verifies itself). Called by the evaluation before it builds
+    any item and by the report before it reads any score.
+
+    Raises:
+        ConfigError: naming the RL arm, the checkpoint and how to redo it.
+    """
+    main = layout.parent_run
+    for name in names:
+        arm = layout.arm(name)
+        recorded = recorded_init(arm.dir)
+        if recorded is None or not is_done(arm.dir) or Path(recorded).name != CHECKPOINT:
+            continue
+        init_arm = Path(recorded).parent.name
+        init = layout.arm(init_arm).checkpoint
+        if not init.is_dir():
+            continue
+        before = _read_json(arm.init) or {}
+        if before.get("stamp") and before["stamp"] == weights_stamp(init):
+            continue  # the very files it started from, untouched
+        seeds = f" rl.seeds=[{seed}]" if layout.is_seed_run else ""
+        redo = (
+            f"Rerun it from the current checkpoint (sft2rl stage rl --config <this config> --force "
+            f"rl.init={main.arm(init_arm).checkpoint}{seeds}; or the flow with force=true), or leave it out with "
+            "eval.models, then evaluate again"
+        )
+        check(arm.dir, "rl", redo, init=(str(init), weights_digest(init)))
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -199,7 +240,7 @@ def check_same_init(arm_dir: Path, init_path: str, force: bool) -> dict[str, Any
         ConfigError: the arm has trainer checkpoints from other initial weights, and ``force`` is off.
     """
     arm_dir = Path(arm_dir)
-    record = {"init": str(init_path), "sha256": weights_digest(init_path)}
+    record = {"init": str(init_path), "sha256": weights_digest(init_path), "stamp": weights_stamp(init_path)}
     out = ArmLayout(arm_dir)
     started = bool(checkpoints(out.trainer))
     path = out.init

@@ -16,13 +16,13 @@ import logging
 import sys
 from typing import Any
 
-from stages import tracking
-from stages.config import Config
+from stages import provenance, tracking
+from stages.config import Config, ConfigError
 from stages.report_plots import make_plots
 from stages.report_stats import aggregate
 from stages.report_text import _blocks, _sentences, comparison_notes, model_groups, render_html, render_md
 from stages.stage_cli import stage_main
-from stages.store import atomic_write_json, atomic_write_text
+from stages.store import FolderLock, LockedError, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,22 @@ def _track_headline(cfg: Config, comparisons: list[dict[str, Any]]) -> None:
 
 
 def run(cfg: Config, force: bool = False) -> dict[str, Any]:
-    """Aggregate, plot and write the report files; return report.json's content."""
+    """Aggregate, plot and write the report files; return report.json's content. One report of a run folder at a
+    time (a second is refused naming the first)."""
+    try:
+        with FolderLock(cfg.run_dir, ".report.lock"):
+            return _write(cfg)
+    except LockedError as e:
+        raise ConfigError(f"another report of this run is being written: {e}") from None
+
+
+def _write(cfg: Config) -> dict[str, Any]:
+    for run in cfg.layout.seed_runs() or [cfg.layout]:  # RL read against the SFT arm it started from, or refused
+        evaluated = [
+            a.dir.name for a in run.arms() if a.init.is_file() and run.eval_model(a.dir.name).metrics.is_file()
+        ]
+        seed = int(run.dir.name.removeprefix("seed-")) if run.is_seed_run else cfg.seed
+        provenance.check_rl_inits(run, evaluated, seed)
     data = aggregate(cfg)
     plots = make_plots(cfg, data, cfg.layout.plots)
     blocks = _blocks(cfg, data, plots)

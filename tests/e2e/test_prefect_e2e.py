@@ -457,3 +457,59 @@ def test_a_stage_flow_runs_alone(prefect_server, tmp_path):
     assert not (runs_root / "tiny" / "sft").exists()  # only the requested stage ran
     arts = _post(api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["tiny-l2"]}}})
     assert arts and arts[0]["type"] == "markdown"
+
+
+def test_a_server_restarted_mid_run_loses_nothing(tmp_path, cache_dir):
+    """The Prefect server stopped and started again while a stage trains: the stage (a process of its own) goes on,
+    the flow's client retries through the outage, and the run completes with its outputs and its state on the
+    restarted server (same database)."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        SFT2RL_CACHE_DIR=str(cache_dir),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        SFT2RL_FILES_PORT=str(_free_port()),
+    )
+    cli = [sys.executable, "-m", "pipeline.cli"]
+
+    def server(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*cli, "server", *args, "--port", str(port)], env=env, cwd=REPO, capture_output=True, text=True, timeout=180
+        )
+
+    assert server("--background").returncode == 0
+    runs = tmp_path / "runs"
+    args = ["--no-rl", "--no-eval", "--arms", "sft", "--port", str(port), f"runs_root={runs}"]
+    run = subprocess.Popen(
+        [*cli, "run", "--config", "configs/tiny.yaml", *args, "sft.training.max_steps=40"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not (runs / "tiny" / "sft").is_dir():  # the SFT stage has started
+            assert run.poll() is None and time.monotonic() < deadline, run.stdout.read() if run.stdout else ""
+            time.sleep(0.5)
+        assert server("--stop").returncode == 0
+        time.sleep(5)
+        assert server("--background").returncode == 0
+        out, _ = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    api = env["PREFECT_API_URL"]
+    flow_runs = _post(api, "/flow_runs/filter", {})
+    server("--stop")
+    assert run.returncode == 0, out[-3000:]
+    assert (runs / "tiny" / "sft" / "DONE").is_file() and (runs / "tiny" / "sft" / "checkpoint").is_dir()
+    assert [r["state"]["type"] for r in flow_runs] == ["COMPLETED"], flow_runs

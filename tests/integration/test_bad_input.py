@@ -35,6 +35,7 @@ SENTINEL_FILES = {
     "torn/sft/DONE": "complete\n",
     "torn/sft/checkpoint/config.json": "{}\n",
     "torn/sft/metrics.json": '{"steps": 4, "train_lo',
+    "torn/sft/config.yaml": "run_name: [torn\n",  # and its recorded config, cut short
     # run "stale": an RL run from its sft arm's weights of that time; the sft arm was retrained since
     "stale/sft/DONE": "complete\n",
     "stale/sft/checkpoint/config.json": "{}\n",
@@ -44,6 +45,7 @@ SENTINEL_FILES = {
     "stale/rl-sft/checkpoint/config.json": "{}\n",
     "stale/rl-sft/metrics.json": '{"algorithm": "grpo", "init": "stale/sft/checkpoint"}\n',
     "stale/rl-sft/init.json": '{"init": "stale/sft/checkpoint", "sha256": {"model.safetensors": "0123abcd"}}\n',
+    "stale/eval/rl-sft/metrics.json": "{}\n",  # evaluated before the sft arm was retrained
 }
 
 
@@ -268,6 +270,10 @@ ROWS = [
      "torn/sft/metrics.json is not valid JSON"),
     ("eval-rl-from-a-retrained-sft-arm", _stage("evaluate", "--config", TINY, "run_name=stale"),
      "rl-sft was started from other weights than"),
+    ("report-rl-from-a-retrained-sft-arm", _stage("report", "--config", TINY, "run_name=stale"),
+     "rl-sft was started from other weights than"),
+    ("sft-finished-arm-torn-config", _stage("sft", "--config", TINY, "run_name=torn"),
+     "torn/sft/config.yaml is not valid YAML"),
     ("rpsft-split-bf16-per-micro-batch", _stage("sft", "--config", TINY, RP, "sft.rpsft.precision=split_bf16",
      "sft.rpsft.mode=per_micro_batch"), "computes the blocks once per optimizer step"),
     ("rpsft-unknown-precision", _stage("sft", "--config", TINY, RP, "sft.rpsft.precision=fp16"),

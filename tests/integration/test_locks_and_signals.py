@@ -123,3 +123,22 @@ def test_a_disk_that_fills_during_a_stage_ends_it_with_exit_4_and_nothing_half_w
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or ".tmp" in p.name]
     assert not leftovers, leftovers
     assert prepare.main(args) == 0  # room again: the same command finishes
+
+
+def test_a_second_evaluation_or_report_of_a_run_is_refused_while_the_first_writes(tmp_path, capfd):
+    """Two evaluations (or reports) of one run folder at once, from two shells or two flow runs of the evaluate
+    deployment: the second stops with exit 2 naming the first, before any work, and leaves nothing behind."""
+    from stages import evaluate, report
+    from tests.conftest import CONFIGS
+
+    run = tmp_path / "runs" / "tiny"
+    args = ["--config", str(CONFIGS / "tiny.yaml"), f"runs_root={tmp_path / 'runs'}"]
+    for module, folder, name, words in (
+        (evaluate, run / "eval", ".lock", "another evaluation of this run is in progress"),
+        (report, run, ".report.lock", "another report of this run is being written"),
+    ):
+        with FolderLock(folder, name):
+            code = module.main(args)
+        err = capfd.readouterr().err
+        assert code == 2 and words in err and f"is being written by process {os.getpid()}" in err, err
+        assert not (folder / name).exists()
