@@ -123,9 +123,14 @@ def external_label(path: Path) -> str:
 
 
 def _base_path(cfg: Config) -> str:
+    """The base model folder prepare recorded; prepared again (verified, rebuilt where damaged) when the record is
+    missing or names a folder that is gone (a cleaned cache)."""
     prepared = cfg.layout.prepare_result
     if prepared.is_file():
-        return json.loads(prepared.read_text())["model_path"]
+        path = read_json(prepared).get("model_path")
+        if path and (Path(path) / "config.json").is_file():
+            return path
+        log.warning("the base model %s that prepare recorded is gone; preparing it again", path)
     return resolve_model(cfg)
 
 

@@ -257,9 +257,17 @@ def compute_anchors(
         if path.is_file():
             try:
                 loaded = load_anchors(path)
-                if set(loaded.anchors) == {n for n, _ in named} and loaded.precision == precision:
+                same = (loaded.weights_hash, loaded.k_spec, loaded.method, loaded.precision) == (
+                    digest,
+                    k_spec,
+                    method,
+                    precision,
+                )
+                if same and set(loaded.anchors) == {n for n, _ in named}:
                     log.info("RPSFT anchors: cache hit %s", path.name)
                     return loaded
+                # a file under this name made for other weights or settings (copied or renamed): never trusted
+                log.warning("RPSFT anchor cache %s was made for other weights or settings; recomputing", path)
             except Exception as e:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
                 log.warning("RPSFT anchor cache %s unreadable (%s); recomputing", path, e)
     t0 = time.perf_counter()

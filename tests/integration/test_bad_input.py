@@ -274,6 +274,8 @@ ROWS = [
      "rl-sft was started from other weights than"),
     ("sft-finished-arm-torn-config", _stage("sft", "--config", TINY, "run_name=torn"),
      "torn/sft/config.yaml is not valid YAML"),
+    ("rl-half-trained-from-another-init", _stage("rl", "--config", TINY, "rl.arm=rl-held",
+     "rl.training.learning_rate=0.5", "rl.init={ws}/big-vocab-model"), "rl.init: None -> '{ws}/big-vocab-model'"),
     ("rpsft-split-bf16-per-micro-batch", _stage("sft", "--config", TINY, RP, "sft.rpsft.precision=split_bf16",
      "sft.rpsft.mode=per_micro_batch"), "computes the blocks once per optimizer step"),
     ("rpsft-unknown-precision", _stage("sft", "--config", TINY, RP, "sft.rpsft.precision=fp16"),

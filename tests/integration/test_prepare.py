@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,19 @@ def test_a_local_model_folder_trains(tiny_cfg):
     assert prepare(local)["model_path"] == str(folder)
     m2 = train(local)
     assert m2["steps"] == 2 and m2["base_model"] == str(folder) and m["steps"] == 1
+
+
+def test_a_prepared_base_model_removed_from_the_cache_is_prepared_again(tiny_cfg, tmp_path, caplog):
+    """The evaluation starts from the model prepare recorded; when that folder is gone (a cleaned cache), it prepares
+    the model again instead of failing on a missing folder halfway through."""
+    import shutil
+
+    from stages.evaluate import _base_path
+
+    cfg = tiny_cfg(f"cache_dir={tmp_path / 'own-cache'}")  # its own cache: the shared one stays as it is
+    recorded = prepare(cfg)["model_path"]
+    assert _base_path(cfg) == recorded
+    shutil.rmtree(recorded)
+    again = _base_path(cfg)
+    assert "that prepare recorded is gone; preparing it again" in caplog.text
+    assert (Path(again) / "config.json").is_file()

@@ -196,6 +196,22 @@ def test_anchor_cache_hit_and_key(tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
 
 
+def test_an_anchor_cache_file_made_for_other_weights_is_never_used(tmp_path, caplog):
+    """A cache entry copied or renamed onto another key (the same matrix names, other weights) is recomputed."""
+    import shutil
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(30, 12)), torch.nn.Parameter(torch.randn(30, 12))
+    for_a = compute_anchors([("w", a)], None, 0.5, cache_dir=tmp_path / "a")
+    for_b = compute_anchors([("w", b)], None, 0.5, cache_dir=tmp_path / "b")
+    (file_a,), (file_b,) = (list((tmp_path / d).glob("*.safetensors")) for d in ("a", "b"))
+    shutil.copy(file_a, file_b)  # b's cache entry now holds a's anchors
+    again = compute_anchors([("w", b)], None, 0.5, cache_dir=tmp_path / "b")
+    assert "made for other weights or settings" in caplog.text
+    assert again.weights_hash == for_b.weights_hash != for_a.weights_hash
+    assert torch.allclose(again.anchors["w"].S_ref, for_b.anchors["w"].S_ref)
+
+
 def test_diagnostics_zero_when_unchanged_positive_after_rotation():
     s = torch.linspace(8, 1, 12)
     W0, U, V = spectrum_matrix(20, 12, s)
