@@ -330,3 +330,34 @@ def test_cli_evaluate_and_report_commands(finished_run):
         timeout=120,
     )
     assert help_.returncode == 0 and "--config" in help_.stdout
+
+
+def test_a_disk_that_fills_during_an_evaluation_ends_it_with_exit_4_and_the_rerun_finishes(
+    tiny_cfg, monkeypatch, capfd
+):
+    """Disk filling during evaluation: the write of a model's outputs fails, the stage stops with exit 4 and one
+    message, the model is not marked evaluated, and the same command with room again evaluates it."""
+    import errno
+    import os
+
+    from stages.evaluate import main as eval_main
+    from tests.conftest import CONFIGS
+
+    cfg = tiny_cfg()
+    args = ["--config", str(CONFIGS / "tiny.yaml"), f"runs_root={cfg.runs_root}", f"cache_dir={cfg.cache_dir}"]
+    args += ["eval.models=[base]", "eval.forgetting.enabled=false"]
+    real = os.replace
+
+    def full(src, dst):
+        if "/eval/base/" in str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", full)
+    code = eval_main(args)
+    monkeypatch.setattr(os, "replace", real)
+    err = capfd.readouterr().err
+    base = cfg.layout.eval_model("base")
+    assert code == 4 and "the disk filled during the stage" in err and "Traceback" not in err, err[-2000:]
+    assert not (base.dir / "DONE").exists() and not [p for p in base.dir.rglob("*") if ".tmp" in p.name]
+    assert eval_main(args) == 0 and (base.dir / "DONE").is_file()

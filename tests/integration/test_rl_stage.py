@@ -201,3 +201,20 @@ def test_auto_backend_generates_with_the_engine_measured_faster_here(tiny_cfg, c
     assert summary["backend"] == "hf" and "vLLM 20 tokens/s" in summary["backend_reason"], summary
     assert "backend: auto" in (cfg.run_dir / "rl-auto" / "config.yaml").read_text()
     assert evaluated.eval.backend == "hf"
+
+
+def test_a_disk_too_full_for_an_rl_checkpoint_stops_with_exit_4_and_the_rerun_resumes(tiny_cfg, tmp_path, capfd):
+    """Disk filling during RL: the guard before each trainer checkpoint stops the stage with exit 4 and one message,
+    leaves the arm unfinished and readable, and the same command with room again completes it."""
+    from stages.rl import main as rl_main
+    from tests.conftest import CONFIGS
+
+    cfg = tiny_cfg()
+    args = ["--config", str(CONFIGS / "tiny.yaml"), f"runs_root={cfg.runs_root}", f"cache_dir={cfg.cache_dir}"]
+    args += ["rl.training.max_steps=2", "rl.training.save_steps=1"]
+    code = rl_main([*args, "disk_reserve_gb=1000000"])  # how a full disk looks to the guard
+    err = capfd.readouterr().err
+    arm = cfg.run_dir / "rl-base"
+    assert code == 4 and "not enough disk for the trainer checkpoint" in err and "Traceback" not in err, err[-2000:]
+    assert not (arm / "DONE").exists() and not list(arm.glob("trainer/*.tmp"))
+    assert rl_main(args) == 0 and (arm / "DONE").is_file()
