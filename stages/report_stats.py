@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import t as _t
 
 from stages import provenance
-from stages.config import SFT_METHODS, Config, ConfigError, safe_yaml
+from stages.config import SFT_METHODS, Config, ConfigError
 from stages.layout import CONFIG, EvalLayout, RunLayout
 from stages.metrics import (
     Estimate,
@@ -102,7 +102,8 @@ def _same_setup_but_seed(run: Path, other: Path) -> None:
         theirs = RunLayout(other).arm(mine.parent.name).config
         if not theirs.is_file():
             continue
-        a, b = provenance.flat(safe_yaml(mine.read_text())), provenance.flat(safe_yaml(theirs.read_text()))
+        a = provenance.flat(provenance.read_config(mine.parent) or {})
+        b = provenance.flat(provenance.read_config(theirs.parent) or {})
         diff = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in _SEED_KEYS and a.get(k) != b.get(k))
         if diff:
             raise ConfigError(

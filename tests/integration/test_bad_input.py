@@ -97,6 +97,9 @@ def workspace(tmp_path_factory, cache_dir):
 
     os.mkfifo(ws / "pipe.jsonl")
     (ws / "seedrun" / "eval").mkdir(parents=True)
+    (ws / "driftrun" / "eval").mkdir(parents=True)  # a "seed run" whose sft arm was trained at another rate
+    (ws / "driftrun" / "sft").mkdir()
+    (ws / "driftrun" / "sft" / "config.yaml").write_text(_recorded("sft.training.learning_rate=0.9", "seed=1"))
     truncated = ws / "truncated-model"
     shutil.copytree(model, truncated)
     for f in truncated.glob("*.safetensors"):
@@ -274,6 +277,8 @@ ROWS = [
      "rl-sft was started from other weights than"),
     ("sft-finished-arm-torn-config", _stage("sft", "--config", TINY, "run_name=torn"),
      "torn/sft/config.yaml is not valid YAML"),
+    ("report-seed-run-of-another-recipe", _stage("report", "--config", TINY, "report.seed_runs=[{ws}/driftrun]"),
+     "is not the same experiment with another seed: sft's config differs in sft.training.learning_rate"),
     ("rl-half-trained-from-another-init", _stage("rl", "--config", TINY, "rl.arm=rl-held",
      "rl.training.learning_rate=0.5", "rl.init={ws}/big-vocab-model"), "rl.init: None -> '{ws}/big-vocab-model'"),
     ("rpsft-split-bf16-per-micro-batch", _stage("sft", "--config", TINY, RP, "sft.rpsft.precision=split_bf16",
