@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -102,6 +103,14 @@ def cache_key(model_id: str, m: dict[str, Any]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def _speed(entry: dict[str, Any], key: str) -> float | None:
+    """A cached tokens/s figure: a finite positive number, else None."""
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
+
+
 def _read(cache: Path) -> dict[str, Any]:
     try:
         data = json.loads(cache.read_text())
@@ -137,7 +146,11 @@ def choose(
     key = cache_key(model_id, m)
     entries = _read(cache)
     entry = entries.get(key)
-    if not isinstance(entry, dict) or not {"hf_tokens_per_s", "vllm_tokens_per_s"} <= set(entry):
+    if not isinstance(entry, dict) or None in (_speed(entry, "hf_tokens_per_s"), _speed(entry, "vllm_tokens_per_s")):
+        if isinstance(entry, dict):  # an entry with figures that are not speeds (edited, damaged): never trusted
+            log.warning(
+                "engine speed cache %s: the entry for this model and machine is not usable; measuring again", cache
+            )
         figures = measure()
         entry = {
             "model": model_id,
@@ -150,8 +163,8 @@ def choose(
         atomic_write_json(cache, entries)
     hf = float(entry["hf_tokens_per_s"])
     vllm, where = float(entry["vllm_tokens_per_s"]), "standalone probe"
-    if use == "rl" and entry.get("colocated_vllm_tokens_per_s"):
-        vllm, where = float(entry["colocated_vllm_tokens_per_s"]), "inside GRPO steps"
+    if use == "rl" and (colocated := _speed(entry, "colocated_vllm_tokens_per_s")) is not None:
+        vllm, where = colocated, "inside GRPO steps"
     backend: Literal["hf", "vllm"] = "vllm" if vllm >= AUTO_MARGIN * hf else "hf"
     reason = (
         f"measured on this machine ({m['cpu_model']}, {', '.join(m['cpu_flags']) or 'no vector flags'}): "

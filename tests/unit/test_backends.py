@@ -135,3 +135,17 @@ def test_figures_are_kept_per_precision(tmp_path):
     assert "float32" in backends.model_id("org/name")  # a hub id: its name and the precision
     cfg = load_config(CONFIGS / "tiny.yaml", ["model.dtype=bfloat16"])
     assert (backends.engine_dtype(cfg, "rl"), backends.engine_dtype(cfg, "eval")) == ("bfloat16", "float32")
+
+
+def test_a_cache_entry_whose_figures_are_not_speeds_is_measured_again(tmp_path, vllm_present):
+    """A cache that lies (an edited or damaged entry: a word, NaN, a negative speed) is never used to choose."""
+    measure, calls = _probe(hf=60, vllm=240)
+    assert _choose(tmp_path, measure).backend == "vllm" and calls == [1]
+    cache = tmp_path / "b.json"
+    entries = json.loads(cache.read_text())
+    for bad in ("fast", float("nan"), -5.0, None, True):
+        for entry in entries.values():
+            entry["vllm_tokens_per_s"] = bad
+        cache.write_text(json.dumps(entries))
+        assert _choose(tmp_path, measure).backend == "vllm"
+    assert len(calls) == 6  # measured again each time
