@@ -513,3 +513,25 @@ def test_a_server_restarted_mid_run_loses_nothing(tmp_path, cache_dir):
     assert run.returncode == 0, out[-3000:]
     assert (runs / "tiny" / "sft" / "DONE").is_file() and (runs / "tiny" / "sft" / "checkpoint").is_dir()
     assert [r["state"]["type"] for r in flow_runs] == ["COMPLETED"], flow_runs
+
+
+def test_two_runs_of_a_stage_deployment_on_one_arm_at_once_train_it_once(prefect_server, tmp_path):
+    """Concurrent stages through the Prefect server: two flow runs of sft/tiny on the same arm, started together. The
+    served deployments take one flow run at a time (sft2rl serve --limit 1), so the second waits, finds the arm
+    finished and skips it; the arm is trained once, whole (two processes on one arm are refused by its lock:
+    test_same_run_name_is_refused_and_other_runs_do_not_interfere)."""
+    env = prefect_server["env"]
+    over = [f"runs_root={tmp_path / 'runs'}", "sft.training.max_steps=30"]
+    cmd = [sys.executable, "-m", "prefect", "deployment", "run", "sft/tiny", "--params"]
+    cmd += [json.dumps({"method": "sft", "overrides": over}), "--watch", "--watch-timeout", "600"]
+    procs = [
+        subprocess.Popen(
+            cmd, env={**env, "COLUMNS": "400"}, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=1300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
+    assert sum("is complete; skipping" in o for o in outs) == 1, [o[-2000:] for o in outs]
+    arm = tmp_path / "runs" / "tiny" / "sft"
+    assert (arm / "DONE").is_file() and json.loads((arm / "metrics.json").read_text())["steps"] == 30
