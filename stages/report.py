@@ -85,6 +85,8 @@ def _write(cfg: Config) -> dict[str, Any]:
         "rl_reading": data["rl_reading"],
         "rl_start": data["rl_start"],
         "score_tables": [[m["name"] for m in g] for g in model_groups(data["models"])],  # models per Scores table
+        "seed_labels": data.get("seed_labels") or [],
+        "per_seed_values": data.get("per_seed_values") or {},  # the claim arms' value per seed run, per metric
     }
     files = cfg.layout
     atomic_write_json(files.report_json, report)

@@ -917,6 +917,12 @@ def _rl_claim(r: dict[str, Any], rp: str, sf: str) -> tuple[str, str, list]:
     to have gained more (difference of gains per item): a lead the SFT checkpoints already had, carried through equal
     RL gains, is no evidence about RL."""
     metric, gains, post, gd = r["metric"], r["gains"], r["post"], r["gain_diff"]
+    if post is None and all(g is None for g in gains.values()):  # no RL in this run: nothing was tried
+        why = (
+            f"this run has no RL from {rp} or {sf} (the flow's rl=false, or the config's rl.in_flow: false), so it "
+            "says nothing about what RL makes of either starting point"
+        )
+        return "not tested", why, []
     if any(g is None or "not_evaluated" in g for g in gains.values()) or post is None or "not_evaluated" in post:
         return "inconclusive", f"RL from both {rp} and {sf} was not evaluated on {metric}", [post, *gains.values()]
     evidence = [post, gains[rp], gains[sf], gd]

@@ -208,3 +208,37 @@ def test_the_evaluation_cost_line_quotes_its_file():
     for label, key in quoted.items():
         assert f"{label} {run[key]:.1f} s" in text, (label, run[key])
     assert f"{run['total_s']:.1f} s in all" in text
+
+
+def test_the_claims_run_section_quotes_its_committed_report():
+    """docs/measured.md, docs/configs.md and the README quote the committed report of `make claims` (five seeds) and
+    its minutes; the prose's per-seed counts are the report's."""
+    from stages.report_text import _headline, _power_text
+
+    results = REPO / "benchmarks" / "results"
+    report = json.loads((results / "claims_run_report.json").read_text())
+    times = json.loads((results / "pipeline_smollm2_cpu_claims.json").read_text())
+    section = " ".join(doc_section("measured.md", "## The claims at the method level").split())
+    assert report["n_seeds"] == 5 and len(report["seed_labels"]) == 5
+    for line in _headline(report):
+        assert f"- {line}" in section, line
+    for c in report["claims"]:
+        assert _power_text(c).strip() in section, c["claim"]
+    minutes = times["total_s"] / 60
+    assert f"**{minutes:.0f} minutes**" in section
+    comp = {(c["a"], c["b"], c["metric"]): c for c in report["comparisons"]}
+    kl = comp[("rpsft", "sft", "forgetting/kl_to_base")]["per_seed"]
+    assert (
+        all(d < 0 for d in kl) and f"(by {min(map(abs, kl)):.3f} to {max(map(abs, kl)):.3f} nats per token)" in section
+    )
+    ood = comp[("rpsft", "sft", "ood/mean_accuracy")]["per_seed"]
+    assert f"higher in {sum(d > 0 for d in ood)} seeds of five" in section
+    id_sft, id_rp = (report["per_seed_values"][m]["id/mean_accuracy"] for m in ("sft", "rpsft"))
+    assert f"seed 3 learned the task to {100 * id_sft[3]:.1f}% (sft) and {100 * id_rp[3]:.1f}% (rpsft)" in section
+    others = [100 * v for i, vals in enumerate((id_sft, id_rp)) for j, v in enumerate(vals) if j != 3]
+    assert f"reached {min(others):.1f}-{max(others):.1f}%" in section
+    configs = " ".join((DOCS / "configs.md").read_text().split())
+    assert f"CPU, {minutes:.0f} min (measured)" in configs
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- claims-run -->\n")[1].split("\n\n")[0]
+    assert block.splitlines() == [f"- {line}" for line in _headline(report)]
