@@ -45,7 +45,7 @@ def _write(run_dir, name: str, kind: str, init: str, avg: list[float], greedy: l
     (d / "DONE").write_text("")
 
 
-def _report(tmp_path, p_sft, p_rpsft, gain_sft, gain_rpsft, seed=0, recipes=None, extra=()):
+def _report(tmp_path, p_sft, p_rpsft, gain_sft, gain_rpsft, seed=0, recipes=None, extra=(), rl=True):
     """sft / rpsft with per-item success probabilities, and RL from each adding its gain to every item;
     ``recipes``: {arm: overrides} recorded as that arm's config.yaml."""
     rng = np.random.default_rng(seed)
@@ -61,7 +61,7 @@ def _report(tmp_path, p_sft, p_rpsft, gain_sft, gain_rpsft, seed=0, recipes=None
         ("rpsft", "sft", "base", base_p + p_rpsft),
         ("rl-sft", "rl", "sft", base_p + p_sft + gain_sft),
         ("rl-rpsft", "rl", "rpsft", base_p + p_rpsft + gain_rpsft),
-    ):
+    )[: 4 if rl else 2]:
         greedy = (greedy_draws < np.clip(p, 0, 1)).astype(float).tolist()
         _write(cfg.run_dir, name, kind, init, _avg4(p, draws), greedy)
     data = aggregate(cfg)
@@ -76,6 +76,11 @@ def test_rl_that_did_not_move_reads_not_tested(tmp_path):
     # the same run read on the post-RL difference alone would have said "supported": RPSFT's 15-point SFT lead
     post = data["rl_reading"]["post"]
     assert post["ci_low"] > 0.05
+
+
+def test_a_run_without_rl_reads_not_tested_and_says_why(tmp_path):
+    _, _, c = _report(tmp_path, 0.0, 0.15, 0.0, 0.0, rl=False)
+    assert c["verdict"] == "not tested" and "has no RL from rpsft or sft" in c["why"] and c["evidence"] == []
 
 
 def test_a_lead_from_sft_with_equal_rl_gains_is_not_supported(tmp_path):
