@@ -77,7 +77,7 @@ def test_the_report_pools_seeds_and_reads_claims_about_the_method(three_seed_run
     assert {c["claim"] for c in report["claims"]} == {"tradeoff", "representation", "rl_init"}
     assert all(c["level"] == "method" for c in report["claims"])
     rl = next(c for c in report["claims"] if c["claim"] == "rl_init")
-    assert rl["verdict"] == "inconclusive" and not rl["evidence"]  # no RL in this run, and the report says so
+    assert rl["verdict"] == "not tested" and not rl["evidence"] and "has no RL" in rl["why"]  # and says why
     # The seed control: the same method, every pair of seeds, on the primary metric.
     control = report["seed_control"]
     assert {(c["model"], tuple(c["runs"])) for c in control} >= {
