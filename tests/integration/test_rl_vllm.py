@@ -81,3 +81,17 @@ def test_ppo_generates_with_vllm_from_the_trainers_weights(tiny_cfg, tmp_path, c
     late_stale = max(r[diff] for r in stale[1:])
     assert late_synced < 1e-4, synced  # measured 2e-7-4e-7: one precision, the same weights
     assert late_stale > 5 * late_synced, (late_stale, late_synced)
+
+
+@pytest.mark.slow
+def test_an_rl_stage_generating_with_vllm_ends_without_a_traceback(tmp_path, cache_dir):
+    """The stage as a flow runs it (its command line), generating with vLLM colocated: a completed stage ends with
+    exit 0 and no traceback in its output (vLLM's process groups are taken down before the default one)."""
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir)}
+    cmd = [sys.executable, "-m", "stages.rl", "--config", "configs/tiny.yaml", f"runs_root={tmp_path / 'runs'}"]
+    cmd += [f"cache_dir={cache_dir}", "rl.generation.backend=vllm", "rl.training.max_steps=2"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert (tmp_path / "runs" / "tiny" / "rl-base" / "DONE").is_file()
+    assert "Traceback" not in out and "Invalid process group" not in out, out[-4000:]
