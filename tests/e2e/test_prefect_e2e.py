@@ -35,24 +35,31 @@ def _post(api: str, path: str, body: dict) -> list[dict]:
         return json.loads(r.read())
 
 
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory, cache_dir):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = dict(os.environ)
-    for k in [k for k in env if k.startswith("PREFECT_")]:
-        env.pop(k)
+def _server_env(home: Path, port: int, cache_dir: Path) -> dict[str, str]:
+    """This process's environment for a Prefect server of its own in ``home`` on ``port`` (no PREFECT_* inherited,
+    analytics off, offline hubs) and its file server on a free port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
         SFT2RL_CACHE_DIR=str(cache_dir),
-        SFT2RL_ALLOWED_ROOTS=str(tmp_path_factory.getbasetemp()),  # the tests' run folders live there
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
-        HF_TOKEN=CANARY,
         SFT2RL_FILES_PORT=str(_free_port()),
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory, cache_dir):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = _server_env(home, port, cache_dir)
+    env.update(
+        SFT2RL_ALLOWED_ROOTS=str(tmp_path_factory.getbasetemp()),  # the tests' run folders live there
+        HF_TOKEN=CANARY,
     )
     cli = [sys.executable, "-m", "pipeline.cli"]
     out = subprocess.run(
@@ -466,17 +473,7 @@ def test_a_server_restarted_mid_run_loses_nothing(tmp_path, cache_dir):
     home = tmp_path / "prefect-home"
     home.mkdir()
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        DO_NOT_TRACK="1",
-        SFT2RL_CACHE_DIR=str(cache_dir),
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        SFT2RL_FILES_PORT=str(_free_port()),
-    )
+    env = _server_env(home, port, cache_dir)
     cli = [sys.executable, "-m", "pipeline.cli"]
 
     def server(*args: str) -> subprocess.CompletedProcess:
