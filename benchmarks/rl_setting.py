@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # The grid. Every setting: beta 0 (no reference model), no importance-sampling forward (the CPU engine's log-probs
-# equal the trainer's to ~1e-5, docs/rl.md), 4 prompts x 8 completions per optimizer step. What varies:
-# sampling temperature (how many groups have mixed rewards) and learning rate (how far Adam moves a weight).
+# equal the trainer's to ~1e-5, docs/rl.md), 32 completions per optimizer step (4 prompts x 8 unless a setting says
+# otherwise). What varies: sampling temperature (how many groups have mixed rewards), learning rate (how far Adam
+# moves a weight) and how the 32 completions are spread over prompts.
 COMMON = [
     "rl.training.beta=0.0",
     "rl.generation.num_generations=8",
@@ -68,6 +69,17 @@ SETTINGS: dict[str, list[str]] = {
         "rl.training.max_steps=24",
         "rl.prompt_filter.samples=8",
         "rl.num_prompts=160",
+    ],
+    # the same 32 completions per step spent on twice the prompts: 8 filtered prompts x 4 completions. A group of 4
+    # drawn from a prompt answered right about a third of the time is mixed about 3 times in 4, so about 6 groups
+    # per step carry a gradient against about 2 in the row above, at the same cost per step
+    "t0.7-lr3e-5-mixed-8x4": [
+        "rl.generation.temperature=0.7",
+        "rl.training.learning_rate=3e-5",
+        "rl.training.max_steps=24",
+        "rl.prompt_filter.samples=8",
+        "rl.num_prompts=160",
+        "rl.generation.num_generations=4",
     ],
     # the work the settings above leave out, put back, for its cost per step (read against the first steps of
     # t0.7-lr5e-5): a reference model for a KL term and the trainer's forward for the engine's log-probs
@@ -229,9 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    if previous.get("config") == args.config and previous.get("init_run") == args.init_run:
-        # runs of other (setting, init) pairs measured before stay in the file, with their settings
-        result["runs"] = [r for r in previous.get("runs", []) if (r["setting"], r["init"]) not in set(pairs)]
+    if previous.get("config") == args.config:
+        # runs of other (setting, init) pairs measured before stay in the file, with their settings and the SFT run
+        # they started from (the same config's recipe; each row names its folder)
+        kept = [r | {"init_run": r.get("init_run", previous.get("init_run"))} for r in previous.get("runs", [])]
+        result["runs"] = [r for r in kept if (r["setting"], r["init"]) not in set(pairs)]
         result["settings"] = previous.get("settings", {}) | result["settings"]
     # the initial checkpoints first: every gain is read against them
     t = _stage("stages.evaluate", args.config, [*base, f"eval.models={json.dumps(all_inits)}"])
@@ -247,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {
             "setting": setting,
             "init": init,
+            "init_run": args.init_run,
             "arm": arm,
             "steps": summary["steps"],
             "train_runtime_s": round(summary["train_runtime_s"], 1),
