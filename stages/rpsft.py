@@ -11,8 +11,8 @@ The training loss is ``mean response-token CE + lambda * sum_W R(W)``.
 Differences from the authors' release (see docs/rpsft.md): anchors come from the eigenvectors of the small Gram matrix
 (not a full SVD) and are cached on disk keyed by a hash of the weights and k; everything is fp32, so the penalty is
 zero at step 0; S_ref is computed from the same U_k, V_k (no copy of W0 is kept unless k is full rank); the
-gradient is added once per optimizer step instead of once per micro-batch; row-sharded (FSDP2) parameters get the
-exact penalty from partial blocks and one all-reduce.
+gradient is added once per optimizer step instead of once per micro-batch; row-sharded (FSDP2) parameters and
+DeepSpeed ZeRO-1/2's fp32 master fragments (flat ranges) get the exact penalty from partial blocks and one all-reduce.
 
 ``precision: split_bf16`` computes the block's large product W V_k as three bf16 products with fp32 accumulation (W
 = W_hi + W_lo and V_k = V_hi + V_lo in bf16, the W_lo V_lo term dropped): about 16 bits of W kept, so the block is
@@ -421,16 +421,62 @@ def agree(problem: str | None, names: list[str]) -> None:
 @dataclass
 class _Rows:
     """Where a regularised parameter lives: rows r0:r1 of the matrix in this process, and the process group that
-    holds the other rows (None when this process has the whole matrix)."""
+    holds the other rows (None when this process has the whole matrix). Under DeepSpeed ZeRO-1/2 (``flat``) the
+    weights the optimizer steps are fp32 fragments, flat ranges [start, start + numel) of the flattened matrix that
+    may begin and end inside a row: r0:r1 are the rows the range touches."""
 
     r0: int
     r1: int
     group: object = None
+    flat: tuple[int, int] | None = None
+
+
+def flat_rows(start: int, numel: int, cols: int) -> tuple[int, int]:
+    """The rows r0:r1 that elements [start, start + numel) of a flattened matrix with ``cols`` columns touch."""
+    if numel == 0:
+        return 0, 0
+    return start // cols, -(-(start + numel) // cols)
+
+
+def fragment_rows(frag: torch.Tensor, start: int, cols: int) -> tuple[torch.Tensor, int]:
+    """A flat fragment (elements ``start : start + len(frag)`` of a matrix with ``cols`` columns) as the rows it
+    touches, zero outside the fragment, and the first row's index: its partial block is then the rows' one."""
+    r0, r1 = flat_rows(start, frag.numel(), cols)
+    buf = frag.new_zeros((r1 - r0) * cols)
+    off = start - r0 * cols
+    buf[off : off + frag.numel()] = frag
+    return buf.view(r1 - r0, cols), r0
+
+
+def _zero3_refusal(name: str) -> str:
+    return (
+        f"parameter {name} is partitioned by DeepSpeed ZeRO-3 (gathered only inside forward): the RPSFT/L2 penalty "
+        "supports ZeRO-1/2 (configs/accelerate/zero2.yaml) and, for fully sharded parameters, FSDP2 "
+        "(configs/accelerate/fsdp.yaml)"
+    )
+
+
+def _deepspeed_view(name: str, p: torch.Tensor) -> _Rows:
+    """The fp32 fragment of ``p`` this process's DeepSpeed optimizer steps (``p._hp_mapping``: ZeRO-1/2 and
+    DeepSpeed's bf16 optimizer), as a flat range; no fragment (None) when another rank holds all of ``p``."""
+    import torch.distributed as dist
+
+    mapping = p._hp_mapping
+    group = dist.group.WORLD if dist.is_available() and dist.is_initialized() else None
+    if mapping is None:
+        return _Rows(0, 0, group, flat=(0, 0))
+    addr = mapping.lp_fragment_address
+    r0, r1 = flat_rows(addr.start, addr.numel, int(p.shape[1]))
+    return _Rows(r0, r1, group, flat=(addr.start, addr.numel))
 
 
 def _rows_of(name: str, p: torch.Tensor) -> _Rows:
     """The rows of ``p`` this process holds. Whole tensors and replicated DTensors hold all rows; FSDP2 parameters
     (``Shard(0)`` on a one-dimensional mesh) hold a contiguous block of rows. Anything else is refused."""
+    if hasattr(p, "ds_id"):
+        raise RPSFTError(_zero3_refusal(name))
+    if hasattr(p, "_hp_mapping"):
+        return _deepspeed_view(name, p)
     m = int(p.shape[0])
     placements = getattr(p, "placements", None)
     if placements is None:
@@ -529,6 +575,9 @@ class RPSFTRegularizer:
             if p is None:
                 problem = f"parameter {name} is not in the model the engine wrapped: anchors of another model"
                 break
+            if hasattr(p, "ds_id"):  # ZeRO-3 (its shape reads empty outside forward)
+                problem = _zero3_refusal(name)
+                break
             if tuple(p.shape) != self.anchors.anchors[name].shape:
                 problem = f"parameter {name} has shape {tuple(p.shape)}, its anchor {self.anchors.anchors[name].shape}"
                 break
@@ -602,9 +651,13 @@ class RPSFTRegularizer:
         parts: dict[str, torch.Tensor] = {}
         for name, p in self.params:
             a = self.anchors.anchors[name]
+            rows = self._rows[name]
+            self._to(p.device)
+            if rows.flat is not None:
+                parts[name] = self._fragment_part(a, name, p, rows)
+                continue
             W = _local(p)
-            self._to(W.device)
-            part = partial_deviation(a, W.detach(), self._rows[name].r0, self.precision, self._v_split.get(name))
+            part = partial_deviation(a, W.detach(), rows.r0, self.precision, self._v_split.get(name))
             parts[name] = part.pow(2).sum().reshape(1) if a.full else part
         if self.group is not None:
             import torch.distributed as dist
@@ -625,6 +678,19 @@ class RPSFTRegularizer:
                 squares[name] = blocks[name].pow(2).sum()
         self._kept = (version, blocks, squares) if self.keeps_blocks else None
         return blocks, squares
+
+    def _fragment_part(self, a: Anchor, name: str, p: torch.Tensor, rows: _Rows) -> torch.Tensor:
+        """This process's part of a matrix's deviation under DeepSpeed, from the fp32 weights its optimizer steps
+        (not the low-precision copy the forward uses): the partial block of the fragment's rows, or, full rank, the
+        fragment's squared distance to W0."""
+        start, numel = rows.flat
+        if numel == 0:
+            return torch.zeros((1,) if a.full else (a.k, a.k), dtype=torch.float32, device=p.device)
+        frag = p._hp_mapping.hp_fragment.detach().to(device=p.device, dtype=torch.float32)
+        if a.full:
+            return (frag - a.W0.reshape(-1)[start : start + numel]).pow(2).sum().reshape(1)
+        W, r0 = fragment_rows(frag, start, a.shape[1])
+        return partial_deviation(a, W, r0, self.precision, self._v_split.get(name))
 
     def _summary(self, squares: dict[str, torch.Tensor]) -> dict[str, float]:
         values = {n: float(s) for n, s in squares.items()}
@@ -650,6 +716,8 @@ class RPSFTRegularizer:
     def add_penalty_grad(self) -> dict[str, float]:
         """Add lambda * dR/dW to the gradient of the rows this process holds; return the penalty and block drift
         statistics."""
+        if any(r.flat is not None for r in self._rows.values()):
+            raise RPSFTError("under DeepSpeed the penalty's gradient goes through the loss: use penalty_term")
         blocks, squares = self._deviations()
         two_lam = 2.0 * self.lam
         if self.lam != 0.0:
@@ -676,11 +744,57 @@ class RPSFTRegularizer:
                     g.add_(((U @ blocks[name]) @ a.V.T).mul_(two_lam).to(g.dtype))
         return self._summary(squares)
 
+    def penalty_term(self, scale: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+        """For engines that step the optimizer inside ``backward`` (DeepSpeed under accelerate): a zero-valued term to
+        add to the loss of an optimizer step's last micro-batch, whose backward adds ``scale * lambda * dR/dW`` to
+        every regularised parameter's gradient, so the engine reduces, clips and steps it with the rest; and the
+        penalty statistics before the step. ``scale`` undoes what the engine divides that loss by (gradient
+        accumulation); any loss scaling reaches the term through its backward. Parameters must be whole (ZeRO-1/2:
+        the fragments only give D, one all-reduce). One matrix's gradient exists at a time."""
+        blocks, squares = self._deviations()
+        stats = self._summary(squares)
+        term = None
+        if self.lam != 0.0:
+            for name, p in self.params:
+                t = _PenaltyGrad.apply(p, self, name, blocks.get(name), self.lam * scale)
+                term = t if term is None else term + t
+        if term is None:
+            term = torch.zeros((), device=self.params[0][1].device if self.params else "cpu")
+        return term, stats
+
+    def whole_grad(self, name: str, p: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
+        """dR/dW of a whole matrix (fp32): 2 U_k D V_k^T (one bf16 product with ``split_bf16``), or 2 (W - W0)."""
+        a = self.anchors.anchors[name]
+        if a.full:
+            return 2.0 * (p.detach().float() - a.W0)
+        UD = a.U @ D
+        if self.precision == "split_bf16":
+            return mm_bf16(UD.to(torch.bfloat16), self._v_split[name][0].T).mul_(2.0)
+        return (UD @ a.V.T).mul_(2.0)
+
     @torch.no_grad()
     def block_drift(self) -> dict[str, float]:
         """Per matrix ||U_k^T W V_k - S_ref||_F / ||S_ref||_F (relative deviation of the preserved block)."""
         squares = self._deviations()[1]
         return {n: math.sqrt(max(float(s), 0.0)) / self._ref_norm[n] for n, s in squares.items()}
+
+
+class _PenaltyGrad(torch.autograd.Function):
+    """A zero in the loss whose backward is the penalty's gradient for one matrix (see
+    :meth:`RPSFTRegularizer.penalty_term`): the block was computed before, so the forward does no product."""
+
+    @staticmethod
+    def forward(ctx, p, reg, name, D, coeff):  # noqa: ANN001
+        ctx.reg, ctx.name, ctx.D, ctx.coeff = reg, name, D, coeff
+        ctx.save_for_backward(p)
+        return torch.zeros((), dtype=torch.float32, device=p.device)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001
+        (p,) = ctx.saved_tensors
+        g = ctx.reg.whole_grad(ctx.name, p, ctx.D)
+        g.mul_(ctx.coeff * float(grad_out))  # coeff: lambda times the scale the engine divides the loss by
+        return g.to(p.dtype), None, None, None, None
 
 
 def principal_angles_deg(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:

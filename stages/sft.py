@@ -126,6 +126,7 @@ class Sft2rlTrainer(SFTTrainer):
         self.iw = iw
         self.ref_model = ref_model
         self.reg_stats: dict[str, float] = {}
+        self._stats_in_backward: dict[str, float] | None = None
         if regularizer is not None:
             self._refuse_sharding()
             self.add_callback(_PenaltyAfterStep(self))
@@ -185,8 +186,22 @@ class Sft2rlTrainer(SFTTrainer):
         self.reg_stats["iw/weight_mean"] = float(w.mean())
         return loss
 
+    def _penalty_through_backward(self) -> bool:
+        """DeepSpeed steps the optimizer inside ``accelerator.backward``: the penalty's gradient has to be in the
+        loss that call receives (:meth:`stages.rpsft.RPSFTRegularizer.penalty_term`)."""
+        return engines.engine_of(self.accelerator).startswith("zero")
+
     def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        deepspeed_step = (
+            self.regularizer is not None
+            and self.regularizer_mode == "per_step"
+            and self.accelerator.sync_gradients
+            and self._penalty_through_backward()
+        )
+        if deepspeed_step:
+            loss = self._step_with_penalty_in_backward(model, inputs, num_items_in_batch)
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
             # transformers only filters non-finite losses out of the log and would go on training on them.
             raise FloatingPointError(
@@ -194,7 +209,9 @@ class Sft2rlTrainer(SFTTrainer):
                 f"rate. The last good trainer checkpoint is kept in {self.args.output_dir}."
             )
         if self.regularizer is not None and self.accelerator.sync_gradients:
-            if self.regularizer_mode == "per_step":
+            if deepspeed_step:
+                stats = self._stats_in_backward or self.regularizer.stats()
+            elif self.regularizer_mode == "per_step":
                 # Last micro-batch of the optimizer step: the CE gradients are accumulated (and all-reduced under
                 # DDP); add lambda * dR/dW once, before clipping, as the per-micro-batch form would have.
                 stats = self.regularizer.add_penalty_grad()
@@ -208,6 +225,24 @@ class Sft2rlTrainer(SFTTrainer):
             # the values before this step's update; the logged ones are taken after it (_PenaltyAfterStep)
             self.reg_stats.update({f"rpsft/{k}_before_step": v for k, v in stats.items()})
         return loss
+
+    def _step_with_penalty_in_backward(self, model, inputs, num_items_in_batch):
+        """The optimizer step's last micro-batch under DeepSpeed: the penalty's zero-valued term is added to the loss
+        ``accelerator.backward`` receives (after the trainer's own scaling), so the engine reduces, clips and steps
+        its gradient with the cross-entropy's. Its scale undoes DeepSpeed's division by gradient accumulation when
+        the trainer leaves that on (``scale_wrt_gas``)."""
+        backward = self.accelerator.backward
+
+        def with_penalty(loss, **kwargs):
+            scale = 1.0 if kwargs.get("scale_wrt_gas", True) is False else float(self.args.gradient_accumulation_steps)
+            term, self._stats_in_backward = self.regularizer.penalty_term(scale)
+            return backward(loss + term.to(loss.dtype), **kwargs)
+
+        self.accelerator.backward = with_penalty
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            del self.accelerator.backward  # the class's method again
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.reg_stats:

@@ -141,7 +141,7 @@ def test_a_variant_config_is_served_as_its_whole_pipeline_only():
     assert f"{len(served)} deployments, each stage once per recipe" in docs
 
 
-@pytest.mark.parametrize("name", ["ddp.yaml", "zero2.yaml", "fsdp.yaml", "cpu-ddp.yaml"])
+@pytest.mark.parametrize("name", ["ddp.yaml", "zero2.yaml", "zero3.yaml", "fsdp.yaml", "cpu-ddp.yaml"])
 def test_accelerate_configs_load(name):
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -153,22 +153,25 @@ def test_accelerate_configs_load(name):
 @pytest.mark.parametrize(
     ("launcher", "arms", "overrides", "refused"),
     [
-        ("zero2.yaml", ["sft", "rpsft"], [], "DeepSpeed ZeRO-2"),
-        ("zero2.yaml", ["l2"], [], "DeepSpeed ZeRO-2"),
+        ("zero3.yaml", ["sft", "rpsft"], [], "DeepSpeed ZeRO-3"),
+        ("zero3.yaml", ["l2"], [], "DeepSpeed ZeRO-3"),
         ("fsdp1", ["rpsft"], [], "FSDP1"),
         ("fsdp.yaml", ["rpsft"], ["sft.rpsft.mode=per_micro_batch"], "per_micro_batch"),
+        ("zero2.yaml", ["rpsft"], ["sft.rpsft.mode=per_micro_batch"], "per_micro_batch"),
         ("fsdp.yaml", ["sft", "rpsft", "l2"], [], None),
-        ("zero2.yaml", ["sft", "lora", "dft"], [], None),
+        ("zero2.yaml", ["sft", "rpsft", "l2"], [], None),
+        ("zero3.yaml", ["sft", "lora", "dft"], [], None),
         ("ddp.yaml", ["sft", "rpsft", "l2"], [], None),
     ],
 )
 def test_penalty_arms_run_where_the_engine_supports_them_and_are_refused_before_any_stage_elsewhere(
     tmp_path, launcher, arms, overrides, refused
 ):
-    """DeepSpeed steps the optimizer inside backward (the penalty gradient would land late) and FSDP1 flattens the
-    matrices: refused, naming the engines that can run them (FSDP2, DDP). FSDP2 runs them on row shards."""
+    """ZeRO-3 gathers the matrices only inside forward and FSDP1 flattens them: refused, naming the engines that can
+    run them (FSDP2, ZeRO-2, DDP). FSDP2 runs them on row shards, ZeRO-2 on its optimizer's fragments."""
     from pipeline.params import PipelineParams, resolve
     from stages.config import ConfigError
+    from stages.engines import WAY_OUT
 
     acc = f"configs/accelerate/{launcher}"
     if launcher == "fsdp1":
@@ -186,7 +189,7 @@ def test_penalty_arms_run_where_the_engine_supports_them_and_are_refused_before_
         with pytest.raises(ConfigError, match=rf"cannot run under .*{refused}|{refused}.*cannot run under") as e:
             resolve(params)
         if refused != "per_micro_batch":
-            assert "configs/accelerate/fsdp.yaml (FSDP2) or configs/accelerate/ddp.yaml" in str(e.value)
+            assert WAY_OUT in str(e.value) and "zero2.yaml" in WAY_OUT
     else:
         assert resolve(params).run_name == "tiny"
 
@@ -195,4 +198,10 @@ def test_every_shipped_accelerate_config_names_its_engine():
     from stages.engines import engine_from_file
 
     engines = {p.name: engine_from_file(p) for p in (REPO / "configs" / "accelerate").glob("*.yaml")}
-    assert engines == {"cpu-ddp.yaml": "ddp", "ddp.yaml": "ddp", "fsdp.yaml": "fsdp2", "zero2.yaml": "zero2"}
+    assert engines == {
+        "cpu-ddp.yaml": "ddp",
+        "ddp.yaml": "ddp",
+        "fsdp.yaml": "fsdp2",
+        "zero2.yaml": "zero2",
+        "zero3.yaml": "zero3",
+    }

@@ -298,6 +298,62 @@ def test_row_shards_sum_to_the_whole_block_and_gradient(world):
         assert torch.allclose(pieces, grad, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_flat_fragments_sum_to_the_whole_block(world):
+    """What DeepSpeed ZeRO-1/2 ranks compute, in float64 without processes: the flattened matrix cut into ranges at
+    arbitrary points (inside rows, empty ranges allowed), each range padded with zeros to the rows it touches, gives
+    partial blocks that sum to U_k^T W V_k, and squared distances to W0 that sum to ||W - W0||^2."""
+    from stages.rpsft import Anchor, flat_rows, fragment_rows, partial_deviation
+
+    g = torch.Generator().manual_seed(world)
+    for m, n, k in [(7, 5, 2), (5, 9, 3), (1, 4, 1), (3, 3, 3)]:
+        W0, W = torch.randn(m, n, dtype=torch.float64), torch.randn(m, n, dtype=torch.float64)
+        U, _, Vh = torch.linalg.svd(W0, full_matrices=False)
+        full = k >= min(m, n)
+        U, V = U[:, :k], Vh[:k].T
+        a = Anchor("w", (m, n), k, full, U=U, V=V, S_ref=U.T @ W0 @ V, W0=W0 if full else None)
+        cuts = sorted({0, m * n, *torch.randint(0, m * n + 1, (world - 1,), generator=g).tolist()})
+        ranges = list(zip(cuts[:-1], cuts[1:], strict=True)) + [(m * n, m * n)]  # one rank with nothing
+        flat = W.reshape(-1)
+        if full:
+            parts = [(flat[s:e] - W0.reshape(-1)[s:e]).pow(2).sum() for s, e in ranges]
+            assert torch.allclose(sum(parts), (W - W0).pow(2).sum(), rtol=1e-12)
+            continue
+        parts = []
+        for s, e in ranges:
+            rows, r0 = fragment_rows(flat[s:e], s, n)
+            assert (r0, r0 + rows.shape[0]) == (flat_rows(s, e - s, n) if e > s else (0, 0))
+            parts.append(partial_deviation(a, rows, r0))
+        assert torch.allclose(sum(parts), a.U.T @ W @ a.V, rtol=0, atol=1e-12)
+
+
+def test_the_penalty_term_is_zero_and_its_backward_is_the_closed_form_gradient():
+    """The term DeepSpeed's backward carries: value 0, gradient scale * lambda * 2 U_k D V_k^T (or 2 (W - W0) for a
+    full-rank anchor), times whatever the loss it joins was multiplied by; the statistics are the penalty's."""
+    from stages.rpsft import RPSFTRegularizer, compute_anchors, select_matrices
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 7), torch.nn.Linear(7, 1))
+    named = select_matrices(model.named_parameters(), [r"weight$"], [])
+    reg = RPSFTRegularizer(named, compute_anchors(named, None, 0.5), 3.0)
+    with torch.no_grad():
+        for _, p in named:
+            p.add_(0.1 * torch.randn_like(p))
+    reg.weights_changed()
+    expected = {}
+    for name, p in named:
+        p.grad = None
+        with torch.enable_grad():
+            r = RPSFTRegularizer([(name, p)], reg.anchors, 3.0).penalty_autograd()
+            (g,) = torch.autograd.grad(r, [p])
+        expected[name] = g
+    term, stats = reg.penalty_term(scale=2.0)
+    assert float(term.detach()) == 0.0 and stats["penalty"] == pytest.approx(reg.penalty(), rel=1e-6)
+    (7.0 * term).backward()
+    for name, p in named:
+        assert torch.allclose(p.grad, 14.0 * expected[name], rtol=1e-4, atol=1e-7), name
+
+
 def test_anchor_inputs_read_weights_a_process_does_not_hold_from_the_files(tmp_path):
     """FSDP's rank-0 loading leaves the other ranks' weights on the meta device: their anchors come from the
     checkpoint files, the same bytes, so the same anchors (and cache entry) as rank 0's."""

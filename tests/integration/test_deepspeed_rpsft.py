@@ -1,0 +1,78 @@
+"""RPSFT under DeepSpeed ZeRO-1/2: two CPU processes (gloo); each rank's optimizer holds fp32 fragments of the flat
+parameters, split inside a row of one matrix. The penalty from partial blocks and one all-reduce, its gradient taken
+through the loss of the last micro-batch (DeepSpeed steps inside ``backward``), and the trained weights must be those
+of one process holding whole matrices on the same global batch."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+DRIVER = REPO / "tests" / "integration" / "deepspeed_rpsft_driver.py"
+# make setup installs DeepSpeed beside the venv's packages, on the path of these tests' processes only
+DEEPSPEED = Path(sys.prefix) / "deepspeed"
+
+
+def _launch(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    out = str(tmp_path / "out.json")
+    assert (DEEPSPEED / "deepspeed").is_dir(), f"DeepSpeed is not installed in {DEEPSPEED}: run make setup"
+    path = os.pathsep.join(x for x in (str(REPO), str(DEEPSPEED), os.environ.get("PYTHONPATH", "")) if x)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "DS_ACCELERATOR": "cpu"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    cmd += [str(DRIVER), "--out", out, *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return proc, out
+
+
+def _flat(v):
+    return list(itertools.chain.from_iterable(v)) if isinstance(v[0], list) else v
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,optim,tol", [(2, "sgd", 1e-6), (2, "adamw", 1e-5), (1, "sgd", 1e-6)])
+def test_deepspeed_zero_rpsft_matches_one_process(tmp_path, stage, optim, tol):
+    proc, out = _launch(tmp_path, "--stage", str(stage), "--optim", optim)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = json.loads(open(out).read())
+    r0, r1 = d["ranks"]
+    # The optimizer really holds fragments: each matrix's flat ranges partition it over the ranks, l2.weight is split
+    # inside its first row, and rank 0 holds nothing of l3.weight (a full-rank anchor), rank 1 nothing of l1.weight.
+    assert r0["sharded"] and r1["sharded"]
+    for name in r0["flat"]:
+        m, n = d["shapes"][name]
+        assert r0["flat"][name][1] + r1["flat"][name][1] == m * n, name
+    assert r0["flat"]["l2.weight"] == [0, 2] and r1["flat"]["l2.weight"] == [2, 33]
+    assert r0["flat"]["l3.weight"][1] == 0 and r1["flat"]["l1.weight"][1] == 0
+    # Every rank logs the same penalty; along the run it follows the one-process run's ...
+    assert r0["log"] == r1["log"]
+    for a, b in zip(r0["log"][1:], d["reference_log"][1:], strict=True):
+        assert b["before"] > 1e-4 and a["before"] == pytest.approx(b["before"], rel=1e-5)
+    for a, b in zip(r0["log"], d["reference_log"], strict=True):
+        assert a["after"] == pytest.approx(b["after"], rel=1e-5)
+    # ... and so do the weights after 3 steps of GA 2 with clipping and lambda 10, which the penalty moved.
+    for name in d["weights"]:
+        got, ref, start = (_flat(d[k][name]) for k in ("weights", "reference_weights", "start_weights"))
+        scale = max(abs(x) for x in ref)
+        assert max(abs(x - y) for x, y in zip(got, ref, strict=True)) <= tol * scale, name
+        assert max(abs(x - y) for x, y in zip(ref, start, strict=True)) > 1e-3, name  # trained
+
+
+@pytest.mark.slow
+def test_zero3_is_refused_on_every_rank_with_the_engines_that_can(tmp_path):
+    proc, out = _launch(tmp_path, "--stage", "3")
+    assert proc.returncode != 0
+    for rank in (0, 1):  # both stop with the reason, neither waits in a collective the other never reaches
+        msg = open(f"{out}.rank{rank}").read()
+        assert "partitioned by DeepSpeed ZeRO-3" in msg and "zero2.yaml" in msg and "fsdp.yaml" in msg, msg
