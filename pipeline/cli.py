@@ -161,15 +161,32 @@ def deployments(configs: list[Path]):
         flows = [FLOWS["sft-to-rl"]] if variant_of(c, configs) else list(FLOWS.values())
         for flow_ in flows:
             what = " ".join((flow_.description or flow_.name).strip().split("\n\n")[0].split())
+            parameters: dict = {"config": rel}
+            if "gpu" in tags and "launcher" in flow_.parameters.properties:
+                parameters["launcher"] = gpu_launcher()
             out.append(
                 flow_.to_deployment(
                     name=c.stem,
-                    parameters={"config": rel},
+                    parameters=parameters,
                     description=f"{what}\n\nConfig {rel}: {about}",
                     tags=tags,
                 )
             )
     return out
+
+
+GPU_LAUNCHER = "configs/accelerate/zero2.yaml"
+
+
+def gpu_launcher() -> dict:
+    """How a GPU config's training stages start when deployed: the paper's engine (DeepSpeed ZeRO-2, every arm) on
+    as many processes as its accelerate file names; a run form can change both."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    return {
+        "num_processes": int(load_config_from_file(str(REPO / GPU_LAUNCHER)).num_processes),
+        "accelerate_config": GPU_LAUNCHER,
+    }
 
 
 def deployment_meta(config: Path) -> tuple[str, list[str]]:

@@ -114,9 +114,12 @@ def test_prefect_yaml_declares_what_serve_serves():
     for d in spec["deployments"]:  # the same description and tags, so a user can tell them apart in the UI
         dep = served[f"{getattr(flows, d['entrypoint'].split(':')[1]).name}/{d['name']}"]
         assert d["description"] == dep.description and d["tags"] == dep.tags
+        assert d["parameters"] == dep.parameters  # a GPU config's training stages launch on its engine's processes
         assert f"config:{d['name']}" in d["tags"] and ("gpu" in d["tags"]) == (d["work_pool"]["name"] == "sft2rl-gpu")
         assert f"Config {d['parameters']['config']}: " in d["description"]
     assert {f"sft-to-rl/{c.stem}" for c in shipped_configs()} <= declared
+    paper = served["sft-to-rl/qwen2.5-7b-paper"].parameters["launcher"]
+    assert paper == {"num_processes": 8, "accelerate_config": "configs/accelerate/zero2.yaml"}
 
 
 def test_a_variant_config_is_served_as_its_whole_pipeline_only():
