@@ -68,6 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             evaluate=not args.no_eval,
             force=args.force,
             launcher=launcher,
+            store=args.store,
+            placement=dict(_placement(x) for x in args.place),
         )
         cfg = resolve(params)
     except (ConfigError, ValueError) as e:
@@ -94,6 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         evaluate=params.evaluate,
         force=params.force,
         launcher=params.launcher,
+        store=params.store,
+        placement=params.placement,
         return_state=True,
     )
     run_id = state.state_details.flow_run_id
@@ -107,6 +111,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     print(f"error: the flow ended {state.name}: {state.message}", file=sys.stderr)
     return 1
+
+
+def _placement(text: str) -> tuple[str, str]:
+    stage, sep, name = text.partition("=")
+    if not sep:
+        raise ValueError(f"--place {text!r}: write STAGE=FLOW/DEPLOYMENT, e.g. --place sft=sft/qwen2.5-7b-paper")
+    return stage.strip(), name.strip()
 
 
 def _serve_files(runs_root: str) -> None:
@@ -258,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--port", type=int, default=None, help="local server port (default 4200)")
     p_run.add_argument("--num-processes", type=int, default=1, help="processes per training stage (accelerate)")
     p_run.add_argument("--accelerate-config", default=None, help="configs/accelerate/*.yaml for --num-processes > 1")
+    p_run.add_argument(
+        "--store", default=None, help="shared storage the run folder is mirrored to (fsspec URL, e.g. s3://bucket/runs)"
+    )
+    p_run.add_argument(
+        "--place",
+        action="append",
+        default=[],
+        metavar="STAGE=FLOW/DEPLOYMENT",
+        help="run a stage (sft, rl, evaluate, report) as that deployment on its work pool; needs --store (repeatable)",
+    )
     p_run.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. sft.training.max_steps=5")
     p_run.set_defaults(func=cmd_run)
 

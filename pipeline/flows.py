@@ -89,6 +89,8 @@ def sft_to_rl(
     rl_steps: int | None = None,
     rl_learning_rate: float | None = None,
     rl_seeds: list[int] | None = None,
+    store: str | None = None,
+    placement: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """prepare -> SFT arms (default sft and rpsft) -> RL from each arm -> evaluate all -> report; with several
     ``seeds``, arms, RL and evaluation once per training seed and one report that pools them (seeds and items both
@@ -110,6 +112,10 @@ def sft_to_rl(
         rl_steps: GRPO/PPO optimizer steps from each arm (the config's rl.training.max_steps).
         rl_learning_rate: RL learning rate (the config's rl.training.learning_rate).
         rl_seeds: The training seeds whose arms get RL, e.g. [0] (the config's rl.seeds; [] means every seed).
+        store: Shared storage the run folder is mirrored to (fsspec URL: s3://bucket/runs, file:///mnt/runs); every
+            stage pulls its inputs from it and pushes its outputs to it.
+        placement: Stages run as deployments on other work pools, e.g. {"sft": "sft/qwen2.5-7b-paper-gpu"} (stage
+            -> <flow>/<deployment>); they meet the others only through the store.
     """
     if seeds:
         overrides = [*(overrides or []), f"seeds={json.dumps(list(seeds))}"]
@@ -125,6 +131,8 @@ def sft_to_rl(
         parallel_arms=parallel_arms,
         launcher=launcher,
         sweep=sweep,
+        store=store,
+        placement=placement,
     )
     cfg = resolve(params)
     try:
@@ -178,13 +186,13 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
         else:
             for arm, extra in arms:
                 with tagged("sft", arm, seed):
-                    stage_task("sft", params, f"sft[{arm}{tag}]", [*so, *extra])
+                    _stage("sft", params, f"sft[{arm}{tag}]", [*so, *extra], method=arm)
         for arm in arm_names:
             _metrics_artifact(scfg, arm, f"SFT arm {arm}{tag}")
         if run_rl and cfg.rl_for_seed(seed):
             for arm in arm_names:
                 with tagged("rl", arm, seed):
-                    stage_task("rl", params, f"rl[{arm}{tag}]", [*so, *_rl_extra(scfg, arm)])
+                    _stage("rl", params, f"rl[{arm}{tag}]", [*so, *_rl_extra(scfg, arm)], init_arm=arm)
                 _metrics_artifact(scfg, f"rl-{arm}", f"RL from {arm}{tag}")
         elif run_rl:
             logger.info(
@@ -195,25 +203,56 @@ def _pipeline(params: PipelineParams, cfg: Config) -> dict[str, Any]:
             )
         if params.evaluate:
             with tagged("evaluate", seed=seed):
-                stage_task("evaluate", params, f"evaluate{tag}", so)
+                _stage("evaluate", params, f"evaluate{tag}", so)
     out: dict[str, Any] = {"run_dir": str(cfg.run_dir.resolve())}
     if params.evaluate:
-        stage_task("report", params, "report")
+        _stage("report", params, "report")
         report_artifacts(cfg)
         out["report"] = str(cfg.layout.report_md.resolve())
     return out
 
 
+def _stage(stage: str, params: PipelineParams, label: str, extra: list[str] | None = None, **flow_args: Any) -> None:
+    """One stage of the pipeline: here, as a child process, or, when ``placement`` names a deployment for it, as that
+    deployment's flow run on its work pool (a subflow of this run in the UI), meeting this run only through the
+    store; what it wrote is then pulled here."""
+    name = params.placement.get(stage)
+    if not name:
+        stage_task(stage, params, label, extra)
+        return
+    from prefect.deployments import run_deployment
+
+    from pipeline.runner import StageFailed, mirrored_run
+    from pipeline.shared_store import pull
+
+    parameters: dict[str, Any] = {"config": params.config, "overrides": list(params.overrides), **flow_args}
+    parameters["store"] = params.store
+    if stage != "report":
+        parameters["force"] = params.force
+    if stage in ("sft", "rl"):
+        parameters["launcher"] = params.launcher.model_dump()
+    get_run_logger().info("%s: running deployment %s (its work pool places it)", label, name)
+    run = run_deployment(name=name, parameters=parameters, timeout=None)
+    state = run.state
+    if state is None or not state.is_completed():
+        why = f"{state.name}: {state.message}" if state else "no state"
+        raise StageFailed(f"{label}: deployment {name} ended {why} (its flow run {run.id} has the log)")
+    pull(params.store, *mirrored_run(params))
+
+
 @flow(name="prepare", validate_parameters=True, flow_run_name=_run_namer("prepare"))
-def prepare_flow(config: str = DEFAULT_CONFIG, overrides: tuple[str, ...] = (), force: bool = False) -> str:
+def prepare_flow(
+    config: str = DEFAULT_CONFIG, overrides: tuple[str, ...] = (), force: bool = False, store: str | None = None
+) -> str:
     """Prepare the initial model (convert and cache it once).
 
     Args:
         config: Config file (relative to the project folder), e.g. configs/smollm2-cpu.yaml.
         overrides: Dotted key=value overrides, e.g. seed=1 or sft.training.learning_rate=1e-4.
         force: Recompute outputs that are already complete.
+        store: Shared storage the run folder is mirrored to (fsspec URL): inputs pulled first, outputs pushed after.
     """
-    params, cfg = _resolved(config=config, overrides=overrides, force=force)
+    params, cfg = _resolved(config=config, overrides=overrides, force=force, store=store)
     stage_task("prepare", params, "prepare")
     return str(cfg.layout.prepare_dir.resolve())
 
@@ -225,6 +264,7 @@ def sft_flow(
     overrides: tuple[str, ...] = (),
     force: bool = False,
     launcher: Launcher = Launcher(),
+    store: str | None = None,
 ) -> str:
     """Train one SFT arm (sft, rpsft, l2, dft, iw or lora).
 
@@ -234,10 +274,11 @@ def sft_flow(
         overrides: Dotted key=value overrides, e.g. sft.rpsft.lambda=10.
         force: Retrain even if the arm is complete.
         launcher: How the stage starts (processes, accelerate config).
+        store: Shared storage the run folder is mirrored to (fsspec URL): inputs pulled first, outputs pushed after.
     """
     if method not in SFT_METHODS:
         raise ConfigError(f"method {method!r}: choose one of {list(SFT_METHODS)}")
-    params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher)
+    params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher, store=store)
     stage_task("sft", params, f"sft[{method}]", [f"sft.method={method}"])
     _metrics_artifact(cfg, method, f"SFT arm {method}")
     return str(cfg.layout.arm(method).dir.resolve())
@@ -253,6 +294,7 @@ def rl_flow(
     launcher: Launcher = Launcher(),
     steps: int | None = None,
     learning_rate: float | None = None,
+    store: str | None = None,
 ) -> str:
     """RL (the config's rl section) from a finished SFT arm of the same run.
 
@@ -266,11 +308,19 @@ def rl_flow(
         launcher: How the stage starts (processes, accelerate config).
         steps: RL optimizer steps (the config's rl.training.max_steps).
         learning_rate: RL learning rate (the config's rl.training.learning_rate).
+        store: Shared storage the run folder is mirrored to (fsspec URL): inputs pulled first, outputs pushed after.
     """
     if algorithm is not None:
         overrides = [*(overrides or []), f"rl.algorithm={algorithm}"]
     overrides = [*(overrides or []), *_rl_overrides(steps, learning_rate)]
-    params, cfg = _resolved(config=config, overrides=overrides, force=force, launcher=launcher, runs_rl=True)
+    params, cfg = _resolved(
+        config=config, overrides=overrides, force=force, launcher=launcher, runs_rl=True, store=store
+    )
+    if params.store is not None:  # the arm may have been trained on another machine
+        from pipeline.runner import mirrored_run
+        from pipeline.shared_store import pull
+
+        pull(params.store, *mirrored_run(params))
     if not cfg.layout.arm(init_arm).done.is_file():
         raise ConfigError(
             f"init_arm {init_arm!r} has no finished SFT checkpoint in {cfg.run_dir}: run the sft flow with "
@@ -282,28 +332,32 @@ def rl_flow(
 
 
 @flow(name="evaluate", validate_parameters=True, flow_run_name=_run_namer("evaluate"))
-def evaluate_flow(config: str = DEFAULT_CONFIG, overrides: tuple[str, ...] = (), force: bool = False) -> str:
+def evaluate_flow(
+    config: str = DEFAULT_CONFIG, overrides: tuple[str, ...] = (), force: bool = False, store: str | None = None
+) -> str:
     """Evaluate base, SFT arms and RL runs of one run folder.
 
     Args:
         config: Config file (relative to the project folder), e.g. configs/smollm2-cpu.yaml.
         overrides: Dotted key=value overrides, e.g. seed=1 or sft.training.learning_rate=1e-4.
         force: Recompute outputs that are already complete.
+        store: Shared storage the run folder is mirrored to (fsspec URL): inputs pulled first, outputs pushed after.
     """
-    params, cfg = _resolved(config=config, overrides=overrides, force=force)
+    params, cfg = _resolved(config=config, overrides=overrides, force=force, store=store)
     stage_task("evaluate", params, "evaluate")
     return str(cfg.layout.eval_dir.resolve())
 
 
 @flow(name="report", validate_parameters=True, flow_run_name=_run_namer("report"))
-def report_flow(config: str = DEFAULT_CONFIG, overrides: tuple[str, ...] = ()) -> str:
+def report_flow(config: str = DEFAULT_CONFIG, overrides: tuple[str, ...] = (), store: str | None = None) -> str:
     """Write the comparison report and register it as artifacts.
 
     Args:
         config: Config file (relative to the project folder), e.g. configs/smollm2-cpu.yaml.
         overrides: Dotted key=value overrides, e.g. "seeds=[0,1,2]" to pool a multi-seed run.
+        store: Shared storage the run folder is mirrored to (fsspec URL): inputs pulled first, outputs pushed after.
     """
-    params, cfg = _resolved(config=config, overrides=overrides)
+    params, cfg = _resolved(config=config, overrides=overrides, store=store)
     stage_task("report", params, "report")
     report_artifacts(cfg)
     return str(cfg.layout.report_md.resolve())

@@ -35,6 +35,11 @@ class StageParams(BaseModel):
     overrides: list[str] = Field(default_factory=list, description="Dotted key=value overrides, e.g. seed=1.")
     force: bool = Field(False, description="Recompute stages whose outputs are already complete.")
     launcher: Launcher = Field(default_factory=Launcher)
+    store: str | None = Field(
+        None,
+        description="Shared storage the run folder is mirrored to (an fsspec URL: file:///mnt/shared/runs, "
+        "s3://bucket/runs): the stage pulls its inputs from it first and pushes its outputs after.",
+    )
 
     @field_validator("overrides")
     @classmethod
@@ -43,6 +48,9 @@ class StageParams(BaseModel):
         if bad:
             raise ValueError(f"overrides must be key=value strings (example: seed=1); bad: {bad}")
         return v
+
+
+PLACEABLE = ("sft", "rl", "evaluate", "report")
 
 
 class PipelineParams(StageParams):
@@ -55,6 +63,25 @@ class PipelineParams(StageParams):
         None, description="Train the config's sweep arms instead of arms (default: when the config has a sweep)."
     )
     parallel_arms: bool = Field(False, description="Train arms concurrently (only with the resources for it).")
+    placement: dict[str, str] = Field(
+        default_factory=dict,
+        description="Stages run as deployments on other work pools, e.g. {sft: sft/qwen2.5-7b-paper}: stage "
+        f"({', '.join(PLACEABLE)}) -> <flow>/<deployment> of that stage's flow; needs a store.",
+    )
+
+    @field_validator("placement")
+    @classmethod
+    def _placement(cls, v: dict[str, str]) -> dict[str, str]:
+        for stage, name in v.items():
+            if stage not in PLACEABLE:
+                raise ValueError(f"placement: stage {stage!r} cannot be placed; choose from {list(PLACEABLE)}")
+            flow_name, _, deployment = name.partition("/")
+            if flow_name != stage or not deployment:
+                raise ValueError(
+                    f"placement.{stage}={name!r}: name a deployment of the {stage} flow as {stage}/<deployment> "
+                    f"(e.g. {stage}/qwen2.5-7b-paper)"
+                )
+        return v
 
     @field_validator("arms")
     @classmethod
@@ -79,6 +106,22 @@ def resolve(params: StageParams, runs_rl: bool | None = None) -> Config:
         path = REPO / path
     cfg = load_config(path, params.overrides)
     deployment_guard(path, cfg)
+    if params.store is not None:
+        store_guard(params.store)
+    placement = getattr(params, "placement", None)
+    if placement:
+        if params.store is None:
+            raise ConfigError(
+                f"placement {dict(placement)} needs a store: stages on other machines meet only through shared "
+                "storage (store=s3://bucket/runs, or file:///mnt/shared/runs)"
+            )
+        if len(cfg.seed_list) > 1:
+            raise ConfigError(
+                f"placement runs one training seed per run; this run has seeds {cfg.seed_list}: start one run per "
+                "seed (seeds=[] seed=<s> run_name=<name>-seed<s>)"
+            )
+        if cfg.sweep and getattr(params, "sweep", None) is not False:
+            raise ConfigError("placement does not run a sweep's arms: pass sweep=false and arms, or no placement")
     if params.launcher.num_processes > 1:
         acc = params.launcher.accelerate_config
         if not acc or not (Path(acc).is_file() or (REPO / acc).is_file()):
@@ -109,6 +152,29 @@ def allowed_roots() -> list[Path]:
     roots = [REPO, Path(os.environ.get("SFT2RL_CACHE_DIR", Path.home() / ".cache" / "sft2rl"))]
     roots += [Path(p) for p in os.environ.get("SFT2RL_ALLOWED_ROOTS", "").split(os.pathsep) if p]
     return [r.expanduser().resolve() for r in roots]
+
+
+def store_guard(store: str) -> None:
+    """A deployment run writes only to the stores its worker's operator lists in SFT2RL_ALLOWED_STORES (URL
+    prefixes, comma-separated); a local store (a path or file://) may also sit inside :func:`allowed_roots`.
+
+    Raises:
+        ConfigError: naming the store and the variable that allows it.
+    """
+    if not _in_deployment():
+        return
+    allowed = [p.strip() for p in os.environ.get("SFT2RL_ALLOWED_STORES", "").split(",") if p.strip()]
+    if any(store.startswith(p) for p in allowed):
+        return
+    local = store[len("file://") :] if store.startswith("file://") else (store if "://" not in store else None)
+    if local is not None:
+        path = Path(local).expanduser().resolve()
+        if any(path == r or r in path.parents for r in allowed_roots()):
+            return
+    raise ConfigError(
+        f"store {store!r} is refused for deployment runs: the worker's operator lists the stores deployments may "
+        "write in SFT2RL_ALLOWED_STORES (URL prefixes, comma-separated)"
+    )
 
 
 def deployment_guard(config_path: Path, cfg: Config) -> None:

@@ -18,6 +18,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from pipeline import shared_store
 from pipeline.params import REPO, StageParams
 from pipeline.stage_log import PROGRESS, StageLog
 from stages.secrets import scrub
@@ -177,5 +178,19 @@ def tagged(stage: str, arm: str | None = None, seed: int | None = None):
 
 @task(name="stage", task_run_name="{label}", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient)
 def stage_task(stage: str, params: StageParams, label: str, extra: list[str] | None = None) -> str:
+    if params.store is None:
+        run_child(stage_command(stage, params, extra), label)
+        return label
+    run_dir, run_name = mirrored_run(params)
+    shared_store.pull(params.store, run_dir, run_name)  # what stages on other machines wrote
     run_child(stage_command(stage, params, extra), label)
+    shared_store.push(params.store, run_dir, run_name)
     return label
+
+
+def mirrored_run(params: StageParams) -> tuple[Path, str]:
+    """The local run folder a store mirrors (the whole run: every seed's folder is inside it) and its name there."""
+    from pipeline.params import resolve
+
+    cfg = resolve(params)
+    return cfg.run_dir, cfg.run_name

@@ -963,7 +963,7 @@ class Config(Strict):
     """The whole sft2rl config."""
 
     run_name: str = Field("default", description="runs/<run_name>/ holds every output of this run.")
-    runs_root: str = Field("runs", description="Folder that holds run folders.")
+    runs_root: str = Field("runs", description="Folder that holds run folders (env SFT2RL_RUNS_ROOT replaces it).")
     cache_dir: str = Field(
         default_factory=lambda: os.environ.get("SFT2RL_CACHE_DIR", str(Path.home() / ".cache" / "sft2rl")),
         description="Converted models and RPSFT anchors (env SFT2RL_CACHE_DIR).",
@@ -1166,6 +1166,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
         data = loaded
+    if os.environ.get("SFT2RL_RUNS_ROOT"):  # where this machine keeps run folders; an override still wins
+        data["runs_root"] = os.environ["SFT2RL_RUNS_ROOT"]
     apply_overrides(data, list(overrides or []))
     try:
         return Config.model_validate(data)
