@@ -232,6 +232,7 @@ class Sft2rlTrainer(SFTTrainer):
         its gradient with the cross-entropy's. Its scale undoes DeepSpeed's division by gradient accumulation when
         the trainer leaves that on (``scale_wrt_gas``)."""
         backward = self.accelerator.backward
+        self._stats_in_backward = None
 
         def with_penalty(loss, **kwargs):
             scale = 1.0 if kwargs.get("scale_wrt_gas", True) is False else float(self.args.gradient_accumulation_steps)
