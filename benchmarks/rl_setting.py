@@ -12,6 +12,9 @@ k sampled answers at the evaluation temperature, the paper's headline) and out o
 (items resampled; one training seed, so about these checkpoints). The chosen setting is the cheapest whose in-domain
 Avg@k gain excludes 0 from every initialisation of the grid.
 
+For every setting run from both sft and rpsft, the difference of their gains per held-out item (claim (c)'s
+reading, the SFT checkpoints' own gap removed) with its interval.
+
 Every RL run and evaluation is a stage run as a child process into ``--runs-root`` (default runs/rl-setting), one at
 a time: rerunning the script skips what is complete. The init checkpoints are linked into that folder (sft, rpsft),
 so the RL arms are named rl-<setting>-<init>.
@@ -277,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         result["runs"].append(row)
         _choose(result)
+        _gain_differences(result, run_dir)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=1) + "\n")
         g = row["gain"][f"chain_sum/avg@{SAMPLES}"]
@@ -286,6 +290,40 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     return 0
+
+
+def _gain_differences(result: dict, run_dir: Path) -> None:
+    """Claim (c)'s reading for every setting run from both sft and rpsft: (gain from rpsft) - (gain from sft) per
+    held-out item, each gain over its own initial checkpoint, so the SFT checkpoints' own gap cancels. Kept from an
+    earlier write when the evaluations are no longer there."""
+    from stages.metrics import paired_diff
+
+    out = dict(result.get("gain_differences") or {})
+    by_setting: dict[str, dict[str, dict]] = {}
+    for r in result["runs"]:
+        by_setting.setdefault(r["setting"], {})[r["init"]] = r
+    for setting, rows in by_setting.items():
+        if not {"sft", "rpsft"} <= set(rows) or rows["sft"].get("init_run") != rows["rpsft"].get("init_run"):
+            continue
+        try:
+            ev = {k: _scores(run_dir / "eval" / k) for k in ("sft", "rpsft", rows["sft"]["arm"], rows["rpsft"]["arm"])}
+        except OSError:
+            continue
+        diffs = {}
+        for metric in IN_DOMAIN:
+            gains = []
+            for init in ("rpsft", "sft"):
+                a, b = ev[rows[init]["arm"]][metric], ev[init][metric]
+                after = dict(zip(a["ids"], a["scores"], strict=True))
+                before = dict(zip(b["ids"], b["scores"], strict=True))
+                gains.append({i: after[i] - before[i] for i in after if i in before})
+            ids = [i for i in gains[0] if i in gains[1]]
+            est = paired_diff(
+                [[gains[0][i] for i in ids]], [[gains[1][i] for i in ids]], n_boot=4000, bounds=(-2.0, 2.0)
+            )
+            diffs[metric] = {"diff": est.value, "ci_low": est.low, "ci_high": est.high, "n": len(ids)}
+        out[setting] = diffs
+    result["gain_differences"] = out
 
 
 def _choose(result: dict) -> None:

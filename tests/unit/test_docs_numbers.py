@@ -26,6 +26,11 @@ def test_the_rl_setting_section_quotes_benchmarks_results_rl_setting_json():
             o = run["ood_mean_change"]
             ood = f"{100 * o['diff']:+.1f} [{100 * o['ci_low']:+.1f}, {100 * o['ci_high']:+.1f}]"
             assert ood in section, (run["setting"], run["init"], "ood", ood)
+    # claim (c)'s reading of every pair of runs from sft and rpsft: the difference of their gains per item
+    for setting, diffs in r.get("gain_differences", {}).items():
+        g = diffs["chain_sum/avg@4"]
+        assert g["n"] == 200 and f"`{setting}`" in section
+        assert f"{100 * g['diff']:+.1f} [{100 * g['ci_low']:+.1f}, {100 * g['ci_high']:+.1f}]" in section, setting
     # the choice is the file's: none, when no setting raised Avg@k from every initialisation
     chosen = r["chosen"]
     assert (chosen is None) == ("No setting was chosen" in section)
