@@ -4,12 +4,11 @@ accelerate config file) and for the stages (checked again as they start, from th
 - ddp (configs/accelerate/ddp.yaml): every arm; rpsft and l2 on whole matrices in every process; GRPO and PPO.
 - fsdp2 (configs/accelerate/fsdp.yaml): every arm; rpsft and l2 on row shards (partial blocks, one all-reduce per
   step, sft.rpsft.mode=per_step); GRPO; not PPO.
-- DeepSpeed ZeRO-1/2 (configs/accelerate/zero2.yaml, the paper's engine): every arm; rpsft and l2 from the
-  optimizer's fp32 fragments (partial blocks, one all-reduce per step), the gradient taken through the loss of the
-  step's last micro-batch because DeepSpeed steps the optimizer inside backward (sft.rpsft.mode=per_step); GRPO; not
-  PPO.
-- fsdp1 (fsdp_version: 1) and DeepSpeed ZeRO-3: the plain arms and GRPO; not rpsft or l2 (FSDP1's flat parameters
-  hide the matrices; ZeRO-3 gathers a parameter only inside forward: use FSDP2 for fully sharded training); not PPO.
+- DeepSpeed ZeRO-1/2 (configs/accelerate/zero2.yaml, the paper's engine) and ZeRO-3 (zero3.yaml): every arm; rpsft
+  and l2 from the optimizer's fp32 fragments or partitions (partial blocks, one all-reduce per step), the gradient
+  taken through the loss of the step's last micro-batch (ZeRO-1/2) or added to each rank's gradient partition before
+  the step (ZeRO-3), because DeepSpeed steps the optimizer inside backward (sft.rpsft.mode=per_step); GRPO; not PPO.
+- fsdp1 (fsdp_version: 1): the plain arms and GRPO; not rpsft or l2 (its flat parameters hide the matrices); not PPO.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import yaml
 from stages.config import ConfigError
 
 PENALTY_METHODS = ("rpsft", "l2")
-PENALTY_ENGINES = ("single", "ddp", "fsdp2", "zero0", "zero1", "zero2")
+PENALTY_ENGINES = ("single", "ddp", "fsdp2", "zero0", "zero1", "zero2", "zero3")
 WAY_OUT = (
     "configs/accelerate/fsdp.yaml (FSDP2), configs/accelerate/zero2.yaml (DeepSpeed ZeRO-2) or "
     "configs/accelerate/ddp.yaml"
@@ -89,11 +88,7 @@ def check(
                 "sft.rpsft.mode=per_step (the default, the same update)"
             )
         return
-    reason = (
-        "its flat parameters hide the weight matrices the penalty is defined on"
-        if engine == "fsdp1"
-        else "ZeRO-3 partitions the parameters themselves and gathers them only inside forward"
-    )
+    reason = "its flat parameters hide the weight matrices the penalty is defined on"
     raise ConfigError(
         f"arms {penalty} cannot run under {where} ({name}): {reason}. Use {WAY_OUT} for them (the other arms may keep "
         "this launcher in a separate run)"

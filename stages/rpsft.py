@@ -429,6 +429,7 @@ class _Rows:
     r1: int
     group: object = None
     flat: tuple[int, int] | None = None
+    zero3: bool = False  # the parameter itself is partitioned (DeepSpeed ZeRO-3): its gradient is the local partition
 
 
 def flat_rows(start: int, numel: int, cols: int) -> tuple[int, int]:
@@ -448,12 +449,17 @@ def fragment_rows(frag: torch.Tensor, start: int, cols: int) -> tuple[torch.Tens
     return buf.view(r1 - r0, cols), r0
 
 
-def _zero3_refusal(name: str) -> str:
-    return (
-        f"parameter {name} is partitioned by DeepSpeed ZeRO-3 (gathered only inside forward): the RPSFT/L2 penalty "
-        "supports ZeRO-1/2 (configs/accelerate/zero2.yaml) and, for fully sharded parameters, FSDP2 "
-        "(configs/accelerate/fsdp.yaml)"
-    )
+def _zero3_view(name: str, p: torch.Tensor) -> _Rows:
+    """The partition of a ZeRO-3 parameter this process holds: elements [rank * size, (rank + 1) * size) of the
+    flattened matrix (``ds_tensor``'s size; the last rank's range is cut at the matrix's end, or empty)."""
+    import torch.distributed as dist
+
+    group = getattr(p, "ds_process_group", None) or dist.group.WORLD
+    size = int(p.ds_tensor.ds_numel)
+    start = dist.get_rank(group=group) * size
+    numel = max(0, min(size, int(p.ds_numel) - start))
+    r0, r1 = flat_rows(start, numel, int(p.ds_shape[1]))
+    return _Rows(r0, r1, group, flat=(start, numel), zero3=True)
 
 
 def _deepspeed_view(name: str, p: torch.Tensor) -> _Rows:
@@ -474,7 +480,7 @@ def _rows_of(name: str, p: torch.Tensor) -> _Rows:
     """The rows of ``p`` this process holds. Whole tensors and replicated DTensors hold all rows; FSDP2 parameters
     (``Shard(0)`` on a one-dimensional mesh) hold a contiguous block of rows. Anything else is refused."""
     if hasattr(p, "ds_id"):
-        raise RPSFTError(_zero3_refusal(name))
+        return _zero3_view(name, p)
     if hasattr(p, "_hp_mapping"):
         return _deepspeed_view(name, p)
     m = int(p.shape[0])
@@ -575,11 +581,9 @@ class RPSFTRegularizer:
             if p is None:
                 problem = f"parameter {name} is not in the model the engine wrapped: anchors of another model"
                 break
-            if hasattr(p, "ds_id"):  # ZeRO-3 (its shape reads empty outside forward)
-                problem = _zero3_refusal(name)
-                break
-            if tuple(p.shape) != self.anchors.anchors[name].shape:
-                problem = f"parameter {name} has shape {tuple(p.shape)}, its anchor {self.anchors.anchors[name].shape}"
+            shape = tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3: the parameter reads empty outside forward
+            if shape != self.anchors.anchors[name].shape:
+                problem = f"parameter {name} has shape {shape}, its anchor {self.anchors.anchors[name].shape}"
                 break
             try:
                 rows[name] = _rows_of(name, p)
@@ -686,7 +690,11 @@ class RPSFTRegularizer:
         start, numel = rows.flat
         if numel == 0:
             return torch.zeros((1,) if a.full else (a.k, a.k), dtype=torch.float32, device=p.device)
-        frag = p._hp_mapping.hp_fragment.detach().to(device=p.device, dtype=torch.float32)
+        if rows.zero3:
+            frag = p._z3_optimizer.get_local_fp32_param(p).detach()[:numel]
+        else:
+            frag = p._hp_mapping.hp_fragment.detach()
+        frag = frag.to(device=p.device, dtype=torch.float32)
         if a.full:
             return (frag - a.W0.reshape(-1)[start : start + numel]).pow(2).sum().reshape(1)
         W, r0 = fragment_rows(frag, start, a.shape[1])
@@ -716,8 +724,8 @@ class RPSFTRegularizer:
     def add_penalty_grad(self) -> dict[str, float]:
         """Add lambda * dR/dW to the gradient of the rows this process holds; return the penalty and block drift
         statistics."""
-        if any(r.flat is not None for r in self._rows.values()):
-            raise RPSFTError("under DeepSpeed the penalty's gradient goes through the loss: use penalty_term")
+        if any(r.flat is not None and not r.zero3 for r in self._rows.values()):
+            raise RPSFTError("under DeepSpeed ZeRO-1/2 the penalty's gradient goes through the loss: use penalty_term")
         blocks, squares = self._deviations()
         two_lam = 2.0 * self.lam
         if self.lam != 0.0:
@@ -725,6 +733,9 @@ class RPSFTRegularizer:
                 a = self.anchors.anchors[name]
                 rows = self._rows[name]
                 if rows.r1 == rows.r0:  # this rank holds no row of the matrix
+                    continue
+                if rows.zero3:
+                    self._add_zero3_grad(a, name, p, rows, blocks.get(name), two_lam)
                     continue
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
@@ -743,6 +754,21 @@ class RPSFTRegularizer:
                 else:  # low-precision grads: fp32 math, one rounding
                     g.add_(((U @ blocks[name]) @ a.V.T).mul_(two_lam).to(g.dtype))
         return self._summary(squares)
+
+    def _add_zero3_grad(self, a: Anchor, name: str, p, rows: _Rows, D, two_lam: float) -> None:
+        """ZeRO-3: add lambda dR/dW to this rank's fp32 gradient partition (between the engine's backward and its
+        step), computed for the rows the partition touches only."""
+        start, numel = rows.flat
+        if a.full:
+            frag = p._z3_optimizer.get_local_fp32_param(p).detach()[:numel].float()
+            part = (frag - a.W0.reshape(-1)[start : start + numel]).mul_(two_lam)
+        else:
+            G = (a.U[rows.r0 : rows.r1] @ D) @ a.V.T
+            off = start - rows.r0 * a.shape[1]
+            part = G.reshape(-1)[off : off + numel].mul_(two_lam)
+        grad = p._z3_optimizer.get_local_fp32_grad_for_param(p).clone()
+        grad[:numel] += part.to(grad.device)
+        p._z3_optimizer.set_local_grad_for_param(grad, p)
 
     def penalty_term(self, scale: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
         """For engines that step the optimizer inside ``backward`` (DeepSpeed under accelerate): a zero-valued term to

@@ -227,12 +227,28 @@ class Sft2rlTrainer(SFTTrainer):
         return loss
 
     def _step_with_penalty_in_backward(self, model, inputs, num_items_in_batch):
-        """The optimizer step's last micro-batch under DeepSpeed: the penalty's zero-valued term is added to the loss
-        ``accelerator.backward`` receives (after the trainer's own scaling), so the engine reduces, clips and steps
-        its gradient with the cross-entropy's. Its scale undoes DeepSpeed's division by gradient accumulation when
-        the trainer leaves that on (``scale_wrt_gas``)."""
-        backward = self.accelerator.backward
+        """The optimizer step's last micro-batch under DeepSpeed, which steps inside ``accelerator.backward``.
+        ZeRO-1/2: the penalty's zero-valued term is added to the loss that call receives (after the trainer's own
+        scaling), so the engine reduces, clips and steps its gradient with the cross-entropy's; its scale undoes
+        DeepSpeed's division by gradient accumulation when the trainer leaves that on (``scale_wrt_gas``). ZeRO-3:
+        added to each rank's gradient partition just before the engine's step (and clipped there with the rest)."""
         self._stats_in_backward = None
+        if engines.engine_of(self.accelerator) == "zero3":
+            # ZeRO-3's parameters are partitioned: the gradient goes into each rank's gradient partition, after the
+            # engine's backward and before its step (both inside accelerate's backward).
+            engine = self.accelerator.deepspeed_engine_wrapped.engine
+            step = engine.step
+
+            def step_with_penalty(*args, **kwargs):
+                self._stats_in_backward = self.regularizer.add_penalty_grad()
+                return step(*args, **kwargs)
+
+            engine.step = step_with_penalty
+            try:
+                return super().training_step(model, inputs, num_items_in_batch)
+            finally:
+                del engine.step  # the class's method again
+        backward = self.accelerator.backward
 
         def with_penalty(loss, **kwargs):
             scale = 1.0 if kwargs.get("scale_wrt_gas", True) is False else float(self.args.gradient_accumulation_steps)
@@ -443,8 +459,8 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
 
     penalty_at_end = regularizer.penalty() if regularizer else None
     whole = None
-    if engines.engine_of(trainer.accelerator) == "fsdp2" and method != "lora":
-        # The row shards gathered into whole weights: a collective every rank takes part in; rank 0 saves them.
+    if engines.engine_of(trainer.accelerator) in ("fsdp2", "zero3") and method != "lora":
+        # The shards gathered into whole weights: a collective every rank takes part in; rank 0 saves them.
         whole = trainer.accelerator.get_state_dict(trainer.model)
     if not main_process:
         return {"method": method, "steps": trainer.state.global_step, "penalty_at_end": penalty_at_end}

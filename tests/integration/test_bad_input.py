@@ -242,8 +242,9 @@ ROWS = [
      "do not belong together"),
     ("report-seed-run-twice", _stage("report", "--config", TINY, "report.seed_runs=[{ws}/seedrun, {ws}/seedrun]"),
      "listed twice"),
-    ("deploy-penalty-under-zero3", ("flow", {"arms": ["rpsft"], "launcher": {"num_processes": 2,
-     "accelerate_config": "configs/accelerate/zero3.yaml"}}), "cannot run under"),
+    ("deploy-penalty-per-micro-batch-under-deepspeed", ("flow", {"arms": ["rpsft"], "overrides": [
+     "sft.rpsft.mode=per_micro_batch"], "launcher": {"num_processes": 2, "accelerate_config":
+     "configs/accelerate/zero2.yaml"}}), "cannot run under"),
     ("deploy-ppo-under-fsdp", ("flow", {"arms": ["sft"], "overrides": ["rl.algorithm=ppo"], "launcher": {
      "num_processes": 2, "accelerate_config": "configs/accelerate/fsdp.yaml"}}), "rl.algorithm=ppo cannot run under"),
     ("deploy-remote-code", ("deployment", {"overrides": ["model.trust_remote_code=true"]}), "refused for deployment"),

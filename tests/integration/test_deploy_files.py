@@ -156,22 +156,22 @@ def test_accelerate_configs_load(name):
 @pytest.mark.parametrize(
     ("launcher", "arms", "overrides", "refused"),
     [
-        ("zero3.yaml", ["sft", "rpsft"], [], "DeepSpeed ZeRO-3"),
-        ("zero3.yaml", ["l2"], [], "DeepSpeed ZeRO-3"),
         ("fsdp1", ["rpsft"], [], "FSDP1"),
+        ("fsdp1", ["l2"], [], "FSDP1"),
         ("fsdp.yaml", ["rpsft"], ["sft.rpsft.mode=per_micro_batch"], "per_micro_batch"),
         ("zero2.yaml", ["rpsft"], ["sft.rpsft.mode=per_micro_batch"], "per_micro_batch"),
         ("fsdp.yaml", ["sft", "rpsft", "l2"], [], None),
         ("zero2.yaml", ["sft", "rpsft", "l2"], [], None),
-        ("zero3.yaml", ["sft", "lora", "dft"], [], None),
+        ("zero3.yaml", ["sft", "rpsft", "l2", "lora", "dft"], [], None),
+        ("zero3.yaml", ["rpsft"], ["sft.rpsft.mode=per_micro_batch"], "per_micro_batch"),
         ("ddp.yaml", ["sft", "rpsft", "l2"], [], None),
     ],
 )
 def test_penalty_arms_run_where_the_engine_supports_them_and_are_refused_before_any_stage_elsewhere(
     tmp_path, launcher, arms, overrides, refused
 ):
-    """ZeRO-3 gathers the matrices only inside forward and FSDP1 flattens them: refused, naming the engines that can
-    run them (FSDP2, ZeRO-2, DDP). FSDP2 runs them on row shards, ZeRO-2 on its optimizer's fragments."""
+    """FSDP1 flattens the matrices: refused, naming the engines that can run them (FSDP2, ZeRO-2, DDP). FSDP2 runs
+    them on row shards, DeepSpeed on its optimizer's fragments (ZeRO-1/2) or partitions (ZeRO-3)."""
     from pipeline.params import PipelineParams, resolve
     from stages.config import ConfigError
     from stages.engines import WAY_OUT
