@@ -208,3 +208,22 @@ def test_every_shipped_accelerate_config_names_its_engine():
         "zero2.yaml": "zero2",
         "zero3.yaml": "zero3",
     }
+
+
+@pytest.mark.parametrize("name", ["kubernetes-gpu.json", "docker-gpu.json"])
+def test_gpu_work_pool_templates_use_only_variables_they_declare_and_ask_for_gpus(name):
+    t = json.loads((REPO / "docker" / "work-pools" / name).read_text())
+    declared = set(t["variables"]["properties"])
+    used = set(re.findall(r"{{\s*(\w+)\s*}}", json.dumps(t["job_configuration"])))
+    assert used and used <= declared, sorted(used - declared)
+    props = t["variables"]["properties"]
+    assert props["image"]["default"] == "sft2rl:gpu"
+    if name.startswith("kubernetes"):
+        container = t["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpus }}"
+        assert props["gpus"]["type"] == "integer" and props["gpus"]["default"] >= 1
+    else:
+        (request,) = props["container_create_kwargs"]["default"]["device_requests"]
+        # docker-py builds a DeviceRequest from each dict, so only its keyword arguments (docker 7.x)
+        assert set(request) <= {"driver", "count", "device_ids", "capabilities", "options"}
+        assert request["capabilities"] == [["gpu"]] and request["count"] == -1
