@@ -757,7 +757,8 @@ class RPSFTRegularizer:
 
     def _add_zero3_grad(self, a: Anchor, name: str, p, rows: _Rows, D, two_lam: float) -> None:
         """ZeRO-3: add lambda dR/dW to this rank's fp32 gradient partition (between the engine's backward and its
-        step), computed for the rows the partition touches only."""
+        step, times the loss scale the partition's gradients carry), computed for the rows the partition touches
+        only."""
         start, numel = rows.flat
         if a.full:
             frag = p._z3_optimizer.get_local_fp32_param(p).detach()[:numel].float()
@@ -766,8 +767,10 @@ class RPSFTRegularizer:
             G = (a.U[rows.r0 : rows.r1] @ D) @ a.V.T
             off = start - rows.r0 * a.shape[1]
             part = G.reshape(-1)[off : off + numel].mul_(two_lam)
-        grad = p._z3_optimizer.get_local_fp32_grad_for_param(p).clone()
-        grad[:numel] += part.to(grad.device)
+        opt = p._z3_optimizer
+        grad = opt.get_local_fp32_grad_for_param(p).clone()
+        # the partitions hold loss-scaled gradients until the step unscales them (fp16; 1 otherwise)
+        grad[:numel] += part.to(grad.device) * float(getattr(opt, "loss_scale", 1.0))
         p._z3_optimizer.set_local_grad_for_param(grad, p)
 
     def penalty_term(self, scale: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
