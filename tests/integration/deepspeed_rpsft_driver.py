@@ -112,6 +112,12 @@ def main() -> int:
         log.append({"before": before["penalty"], "after": after["penalty"], "drift": after["block_drift_max"]})
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=args.stage == 3):
         weights = {n: p.detach().tolist() for n, p in engine.module.named_parameters()}
+    # The same weights, whole, through the same fp32 arithmetic: the sharded penalty differs only by the order in
+    # which the partial blocks are summed.
+    whole = FlatNet()
+    whole.load_state_dict({n: torch.tensor(w) for n, w in weights.items()})
+    same = RPSFTRegularizer(select_matrices(whole.named_parameters(), [r"weight$"], []), anchors, LAM).stats()
+    sharded_now = reg.stats()
     gathered: list = [None] * world
     dist.all_gather_object(gathered, {"flat": flat, "sharded": sharded, "log": log})
     if rank == 0:
@@ -124,6 +130,7 @@ def main() -> int:
                     "reference_weights": {n: p.detach().tolist() for n, p in reference.named_parameters()},
                     "start_weights": start,
                     "shapes": {n: list(p.shape) for n, p in reference.named_parameters()},
+                    "same_weights": {"whole": same, "sharded": sharded_now},
                 }
             )
         )
