@@ -792,8 +792,23 @@ class RPSFTRegularizer:
         return term, stats
 
     def whole_grad(self, name: str, p: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
-        """dR/dW of a whole matrix (fp32): 2 U_k D V_k^T (one bf16 product with ``split_bf16``), or 2 (W - W0)."""
+        """dR/dW of a whole matrix (fp32): 2 U_k D V_k^T (one bf16 product with ``split_bf16``), or 2 (W - W0).
+
+        W - W0 under DeepSpeed ZeRO-1/2 comes from this rank's fp32 fragment, not from the low-precision copy the
+        forward uses (bf16 rounding of W is about the size of the drift): the fragment's elements carry world times
+        their gradient and the others zero, so the engine's average over ranks leaves each element's own value."""
         a = self.anchors.anchors[name]
+        rows = self._rows.get(name)
+        if a.full and rows is not None and rows.flat is not None and not rows.zero3:
+            import torch.distributed as dist
+
+            start, numel = rows.flat
+            g = torch.zeros(a.W0.numel(), dtype=torch.float32, device=a.W0.device)
+            if numel:
+                frag = p._hp_mapping.hp_fragment.detach().to(device=g.device, dtype=torch.float32)
+                world = dist.get_world_size(group=rows.group) if rows.group is not None else 1
+                g[start : start + numel] = (frag - a.W0.reshape(-1)[start : start + numel]) * (2.0 * world)
+            return g.view(a.shape)
         if a.full:
             return 2.0 * (p.detach().float() - a.W0)
         UD = a.U @ D
