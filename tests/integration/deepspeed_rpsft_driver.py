@@ -14,7 +14,6 @@ compares.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from stages.rpsft import RPSFTError, RPSFTRegularizer, compute_anchors, select_matrices  # noqa: E402
-from tests.integration.fsdp_rpsft_driver import CLIP, GA, LAM, MICRO, STEPS, Net, train  # noqa: E402
+from tests.integration.fsdp_rpsft_driver import CLIP, GA, LAM, MICRO, STEPS, Net, optimizer, problem, train  # noqa: E402
 
 
 class FlatNet(Net):
@@ -52,26 +51,14 @@ def main() -> int:
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
 
-    torch.manual_seed(0)
-    model = FlatNet()
-    g = torch.Generator().manual_seed(1)
-    batches = [
-        [(torch.randn(MICRO, 6, generator=g), torch.randn(MICRO, 1, generator=g)) for _ in range(GA)]
-        for _ in range(STEPS)
-    ]
-    reference = copy.deepcopy(model)
-    start = {n: p.detach().tolist() for n, p in model.named_parameters()}
+    model, batches, reference, start = problem(FlatNet)
     named = select_matrices(model.named_parameters(), [r"weight$"], [])
     anchors = compute_anchors(named, None, 0.5)
     ref_reg = RPSFTRegularizer(select_matrices(reference.named_parameters(), [r"weight$"], []), anchors, LAM)
     ref_log = train(reference, ref_reg, batches, args.optim)
 
     reg = RPSFTRegularizer(named, anchors, LAM)
-    opt = (
-        torch.optim.SGD(model.parameters(), lr=0.2)
-        if args.optim == "sgd"
-        else torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
-    )
+    opt = optimizer(model, args.optim)
     half = MICRO // world
     config = {
         "train_micro_batch_size_per_gpu": half,

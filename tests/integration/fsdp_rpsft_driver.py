@@ -40,12 +40,27 @@ class Net(torch.nn.Module):
         return self.l3(torch.tanh(self.l2(torch.tanh(self.l1(x)))))
 
 
+def optimizer(model, optim: str):
+    if optim == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=0.2)
+    return torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
+
+
+def problem(model_cls=Net):
+    """The model (seeded), its global batches, an untouched copy for the one-process reference, its start weights."""
+    torch.manual_seed(0)
+    model = model_cls()
+    g = torch.Generator().manual_seed(1)
+    batches = [
+        [(torch.randn(MICRO, 6, generator=g), torch.randn(MICRO, 1, generator=g)) for _ in range(GA)]
+        for _ in range(STEPS)
+    ]
+    start = {n: p.detach().tolist() for n, p in model.named_parameters()}
+    return model, batches, copy.deepcopy(model), start
+
+
 def train(model, reg, batches, optim: str, sync=None) -> list[dict[str, float]]:
-    opt = (
-        torch.optim.SGD(model.parameters(), lr=0.2)
-        if optim == "sgd"
-        else torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
-    )
+    opt = optimizer(model, optim)
     out = []
     for step in range(STEPS):
         for micro in range(GA):
@@ -75,16 +90,7 @@ def main() -> int:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    torch.manual_seed(0)
-    model = Net()
-    g = torch.Generator().manual_seed(1)
-    batches = [
-        [(torch.randn(MICRO, 6, generator=g), torch.randn(MICRO, 1, generator=g)) for _ in range(GA)]
-        for _ in range(STEPS)
-    ]
-    reference = copy.deepcopy(model)
-    start = {n: p.detach().tolist() for n, p in model.named_parameters()}
-
+    model, batches, reference, start = problem()
     named = select_matrices(model.named_parameters(), [r"weight$"], [])
     anchors = compute_anchors(named, None, 0.5)
     try:

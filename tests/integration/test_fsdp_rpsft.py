@@ -49,13 +49,17 @@ def test_fsdp2_rpsft_matches_one_process(tmp_path, optim, tol):
     same = d["same_weights"]
     assert same["sharded"]["penalty"] == pytest.approx(same["whole"]["penalty"], rel=1e-6)
     assert same["sharded"]["block_drift_max"] == pytest.approx(same["whole"]["block_drift_max"], rel=1e-6)
-    # ... along the run the penalties follow the one-process run (their weights differ by round-off, and the penalty
-    # is a small difference of fp32 blocks) ...
-    for a, b in zip(r0["log"][1:], d["reference_log"][1:], strict=True):
+    follows_one_process(d, r0["log"], tol)
+
+
+def follows_one_process(d: dict, log: list[dict], tol: float) -> None:
+    """Along the run the penalties follow the one-process run (their weights differ by round-off, and the penalty is
+    a small difference of fp32 blocks), and so do the weights after 3 steps of GA 2 with clipping and lambda 10,
+    which the penalty moved."""
+    for a, b in zip(log[1:], d["reference_log"][1:], strict=True):
         assert b["before"] > 1e-4 and a["before"] == pytest.approx(b["before"], rel=1e-5)
-    for a, b in zip(r0["log"], d["reference_log"], strict=True):
+    for a, b in zip(log, d["reference_log"], strict=True):
         assert a["after"] == pytest.approx(b["after"], rel=1e-5)
-    # ... and so do the weights after 3 steps of GA 2 with clipping and lambda 10, which the penalty moved.
     for name in d["weights"]:
         got, ref, start = (_flat(d[k][name]) for k in ("weights", "reference_weights", "start_weights"))
         scale = max(abs(x) for x in ref)

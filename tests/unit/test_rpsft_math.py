@@ -269,19 +269,27 @@ def test_a_near_degenerate_k_boundary_is_reported_apart():
     assert summarize_diagnostics({"w": d})["degenerate_boundary_matrices"] == 1
 
 
+def _float64_anchor(m: int, n: int, k: int):
+    """W0, another W and W0's anchor (top-k block, or full rank when k covers the matrix), in float64."""
+    from stages.rpsft import Anchor
+
+    W0, W = torch.randn(m, n, dtype=torch.float64), torch.randn(m, n, dtype=torch.float64)
+    U, _, Vh = torch.linalg.svd(W0, full_matrices=False)
+    full = k >= min(m, n)
+    U, V = U[:, :k], Vh[:k].T
+    return W0, W, Anchor("w", (m, n), k, full, U=U, V=V, S_ref=U.T @ W0 @ V, W0=W0 if full else None)
+
+
 @pytest.mark.parametrize("world", [1, 2, 3, 8])
 def test_row_shards_sum_to_the_whole_block_and_gradient(world):
     """What FSDP2 ranks compute, in float64 without processes: any split of W's rows into shards (some empty) gives
     partial blocks that sum to U_k^T W V_k, and each shard's gradient rows are the whole gradient's rows."""
-    from stages.rpsft import Anchor, partial_deviation, shard_rows
+    from stages.rpsft import partial_deviation, shard_rows
 
     torch.manual_seed(world)
     for m, n, k in [(7, 5, 2), (5, 9, 3), (1, 4, 1), (3, 3, 3)]:
-        W0, W = torch.randn(m, n, dtype=torch.float64), torch.randn(m, n, dtype=torch.float64)
-        U, _, Vh = torch.linalg.svd(W0, full_matrices=False)
-        full = k >= min(m, n)
-        U, V = U[:, :k], Vh[:k].T
-        a = Anchor("w", (m, n), k, full, U=U, V=V, S_ref=U.T @ W0 @ V, W0=W0 if full else None)
+        W0, W, a = _float64_anchor(m, n, k)
+        full = a.full
         spans = [shard_rows(m, world, r) for r in range(world)]
         assert [r0 for r0, _ in spans] == sorted(r0 for r0, _ in spans) and spans[-1][1] == m
         assert sum(r1 - r0 for r0, r1 in spans) == m  # a partition of the rows, empty shards allowed
@@ -303,15 +311,12 @@ def test_flat_fragments_sum_to_the_whole_block(world):
     """What DeepSpeed ZeRO-1/2 ranks compute, in float64 without processes: the flattened matrix cut into ranges at
     arbitrary points (inside rows, empty ranges allowed), each range padded with zeros to the rows it touches, gives
     partial blocks that sum to U_k^T W V_k, and squared distances to W0 that sum to ||W - W0||^2."""
-    from stages.rpsft import Anchor, flat_rows, fragment_rows, partial_deviation
+    from stages.rpsft import flat_rows, fragment_rows, partial_deviation
 
     g = torch.Generator().manual_seed(world)
     for m, n, k in [(7, 5, 2), (5, 9, 3), (1, 4, 1), (3, 3, 3)]:
-        W0, W = torch.randn(m, n, dtype=torch.float64), torch.randn(m, n, dtype=torch.float64)
-        U, _, Vh = torch.linalg.svd(W0, full_matrices=False)
-        full = k >= min(m, n)
-        U, V = U[:, :k], Vh[:k].T
-        a = Anchor("w", (m, n), k, full, U=U, V=V, S_ref=U.T @ W0 @ V, W0=W0 if full else None)
+        W0, W, a = _float64_anchor(m, n, k)
+        full = a.full
         cuts = sorted({0, m * n, *torch.randint(0, m * n + 1, (world - 1,), generator=g).tolist()})
         ranges = list(zip(cuts[:-1], cuts[1:], strict=True)) + [(m * n, m * n)]  # one rank with nothing
         flat = W.reshape(-1)
