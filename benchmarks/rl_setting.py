@@ -84,6 +84,16 @@ SETTINGS: dict[str, list[str]] = {
         "rl.num_prompts=160",
         "rl.generation.num_generations=4",
     ],
+    # a GPU's budget (scripts/gpu_check/arms.py): the 8x4 setting's temperature, learning rate and prompt filter, with
+    # twice the completions per step (8 prompts x 8) and 40 steps, filtered from the config's RL prompts (the ones
+    # the evaluation holds out: more prompts would draw past them)
+    "t0.7-lr3e-5-mixed-8x8-40steps": [
+        "rl.generation.temperature=0.7",
+        "rl.training.learning_rate=3e-5",
+        "rl.training.max_steps=40",
+        "rl.prompt_filter.samples=8",
+        "rl.training.per_device_train_batch_size=32",
+    ],
     # the work the settings above leave out, put back, for its cost per step (read against the first steps of
     # t0.7-lr5e-5): a reference model for a KL term and the trainer's forward for the engine's log-probs
     "t0.7-lr5e-5-with-ref-and-is": [
@@ -115,6 +125,12 @@ BENCHMARKS = [
 ]
 IN_DOMAIN = ["chain_sum/accuracy", f"chain_sum/avg@{SAMPLES}", f"chain_sum/pass@{SAMPLES}"]
 OUT_OF_DOMAIN = ["chat_facts/accuracy", "instructions/accuracy", "agreement/accuracy", "facts/accuracy"]
+
+
+def _gpu() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def _stage(module: str, config: str, overrides: list[str]) -> float:
@@ -208,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra dotted overrides for every RL run, after the setting's (repeatable; recorded)",
     )
+    parser.add_argument(
+        "--stage-set",
+        action="append",
+        default=[],
+        help="dotted overrides for every stage, RL and evaluation (the machine: device, engines, batch; recorded)",
+    )
     parser.add_argument("--eval-size", type=int, default=None, help="items per benchmark (default: as listed above)")
     parser.add_argument("--out", default="benchmarks/results/rl_setting.json")
     args = parser.parse_args(argv)
@@ -231,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "rl.seeds=[]",
         f"eval.benchmarks={json.dumps(benchmarks)}",
         "eval.forgetting.enabled=false",
+        *args.stage_set,
     ]
     out_path = Path(args.out)
     result: dict = {
@@ -240,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {s: SETTINGS[s] for s in dict.fromkeys(s for s, _ in pairs)},
         "eval": {"benchmarks": benchmarks, "samples": SAMPLES, "temperature": EVAL_TEMPERATURE},
         "extra_overrides": args.set,
-        "machine": {"cores": os.cpu_count(), "arch": platform.machine()},
+        "stage_overrides": args.stage_set,
+        "machine": {"cores": os.cpu_count(), "arch": platform.machine(), "gpu": _gpu()},
         "runs": [],
     }
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}

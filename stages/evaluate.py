@@ -34,7 +34,7 @@ from stages.answers import choice_letter, extract_final_answer, lenient_final_an
 from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
 from stages.data import prompt_messages, prompt_text
 from stages.eval_items import NEEDS_TRAINING_ITEMS, OWN_SCORERS, build_benchmark, training_items
-from stages.generation import HFGenerator, VLLMGenerator, eval_dtype
+from stages.generation import HFGenerator, VLLMGenerator, eval_device, eval_dtype
 from stages.layout import CHECKPOINT, ArmLayout, RunLayout
 from stages.lm_eval_bench import score as lm_eval_score
 from stages.metrics import (
@@ -411,7 +411,7 @@ def evaluate_model(
     _lm_eval_phase(cfg, entry, [(s, it) for s, it, _ in benches if s.source == "lm_eval"], scores, metrics, timing)
     choice_benches = [(s, it) for s, it, _ in benches if s.is_choice]
     if (choice_benches or cfg.eval.forgetting.enabled) and model is None:
-        model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
+        model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).to(eval_device(cfg)).eval()
     t = time.perf_counter()
     for spec, items in choice_benches:
         correct = choice_correct(model, tok, items, cfg.eval.batch_size)
@@ -451,7 +451,7 @@ def _generation_phase(cfg: Config, entry, tok, gen_benches, scores: Scores, metr
     if cfg.eval.backend == "vllm":
         generator = VLLMGenerator(entry["path"], cfg, 2048, in_process=True)
     else:
-        model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
+        model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).to(eval_device(cfg)).eval()
         generator = HFGenerator(model, tok, cfg.eval.batch_size)
     timing["engine_start_s"] = time.perf_counter() - t
     try:
@@ -622,7 +622,7 @@ def _run(cfg: Config, force: bool) -> dict[str, Any]:
             results["base"] = reused
             continue
         if base is None and cfg.eval.forgetting.enabled:
-            base_model = load_model(base_path, cfg.model, eval_dtype(cfg, torch_dtype=True)).eval()
+            base_model = load_model(base_path, cfg.model, eval_dtype(cfg, torch_dtype=True)).to(eval_device(cfg)).eval()
             base = BaseStates(base_model, load_tokenizer(base_path, cfg.model))
         log.info("eval %s (%s)", entry["name"], entry["path"])
         results[entry["name"]] = evaluate_model(cfg, entry, benches, base)

@@ -24,6 +24,11 @@ def eval_dtype(cfg: Config, torch_dtype: bool = False):
     return getattr(torch, name)
 
 
+def eval_device(cfg: Config) -> str:
+    """Where transformers evaluates and samples: the GPU unless the run is on the CPU (``device``), as training."""
+    return "cpu" if use_cpu(cfg) else "cuda"
+
+
 class HFGenerator:
     def __init__(self, model, tokenizer, batch_size: int):
         self.model, self.tok, self.batch = model, tokenizer, batch_size

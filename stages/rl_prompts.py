@@ -190,7 +190,7 @@ def sample_completions(cfg: Config, init_path: str, backend: str) -> list[list[s
     temperature, top-p, top-k and length."""
     from stages import models  # lazy: torch and the engines load only in the child
     from stages.data import prompt_messages, prompt_text
-    from stages.generation import HFGenerator, VLLMGenerator
+    from stages.generation import HFGenerator, VLLMGenerator, eval_device
 
     items = rl_prompts(cfg)
     tok = models.load_tokenizer(init_path, cfg.model)
@@ -200,7 +200,7 @@ def sample_completions(cfg: Config, init_path: str, backend: str) -> list[list[s
         longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
         gen = VLLMGenerator(init_path, cfg, longest + g.max_completion_length + 8)
     else:
-        gen = HFGenerator(models.load_model(init_path, cfg.model).eval(), tok, cfg.eval.batch_size)
+        gen = HFGenerator(models.load_model(init_path, cfg.model).to(eval_device(cfg)).eval(), tok, cfg.eval.batch_size)
     try:
         return gen.generate(
             prompts,
