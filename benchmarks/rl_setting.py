@@ -85,12 +85,12 @@ SETTINGS: dict[str, list[str]] = {
         "rl.generation.num_generations=4",
     ],
     # a GPU's budget (scripts/gpu_check/arms.py): the 8x4 setting's temperature, learning rate and prompt filter, with
-    # twice the completions per step (8 prompts x 8) and 40 steps, filtered from the config's RL prompts (the ones
+    # twice the completions per step (8 prompts x 8) and 30 steps, filtered from the config's RL prompts (the ones
     # the evaluation holds out: more prompts would draw past them)
-    "t0.7-lr3e-5-mixed-8x8-40steps": [
+    "t0.7-lr3e-5-mixed-8x8-30steps": [
         "rl.generation.temperature=0.7",
         "rl.training.learning_rate=3e-5",
-        "rl.training.max_steps=40",
+        "rl.training.max_steps=30",
         "rl.prompt_filter.samples=8",
         "rl.training.per_device_train_batch_size=32",
     ],

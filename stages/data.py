@@ -10,6 +10,7 @@ response tokens only.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import re
@@ -347,12 +348,21 @@ def to_conversation(item: dict[str, Any], system_prompt: str | None) -> dict[str
     }
 
 
+def rows_dataset(rows: list[dict[str, Any]]) -> datasets.Dataset:
+    """A ``datasets.Dataset`` of ``rows`` whose fingerprint is the rows' own content hash. ``from_list`` would hash the
+    Arrow table with dill instead, which fails on Python 3.12 ("Can't pickle <class 'MonthDayNano'>"), and costs a
+    pickle of the whole table."""
+    blob = json.dumps(rows, sort_keys=True, default=str).encode()
+    table = datasets.table.InMemoryTable.from_pylist(rows)
+    return datasets.Dataset(table, fingerprint=hashlib.sha256(blob).hexdigest()[:16])
+
+
 def to_trl_dataset(items: list[dict[str, Any]], system_prompt: str | None):
     if not items:
         raise DataError("no training items: check data.size and data.tasks / data.path")
     if any(x["response"] is None for x in items):
         raise DataError("SFT needs a response for every item: map data.fields.response to a column")
-    return datasets.Dataset.from_list([to_conversation(x, system_prompt) for x in items])
+    return rows_dataset([to_conversation(x, system_prompt) for x in items])
 
 
 def tokenizer_corpus(cfg: DataConfig, n: int = 400) -> list[str]:

@@ -21,7 +21,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import datasets
 import torch
 from accelerate import PartialState
 from safetensors.torch import load_file, save_file
@@ -31,7 +30,7 @@ from trl import GRPOConfig, GRPOTrainer
 from stages import backends, checkpointing, engines, models, provenance, store, tracking
 from stages.checkpointing import last_complete_checkpoint, save_checkpoint
 from stages.config import Config, ConfigError, dump_config, safe_yaml, use_cpu
-from stages.data import prompt_messages, prompt_text
+from stages.data import prompt_messages, prompt_text, rows_dataset
 from stages.layout import CHECKPOINT, ArmLayout
 from stages.ppo import PolicyWithValue, PPOSettings, TransformersRollouts, VLLMRollouts, train_ppo, value_head_state
 from stages.rewards import get_reward
@@ -266,7 +265,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     with state.main_process_first():  # rank 0 samples (in a child process), the others read its file
         items, prompt_filter = filtered_prompts(cfg, items, init_path, choice.backend, arm_dir, main_process)
     rows = [{"prompt": prompt_messages(x, cfg.data.system_prompt), "answer": x["answer"]} for x in items]
-    train_ds = datasets.Dataset.from_list(rows)
+    train_ds = rows_dataset(rows)
     if cfg.rl.algorithm == "ppo":
         return _run_ppo(
             cfg,

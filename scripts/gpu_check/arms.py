@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 FULL = {
     "config": "configs/smollm2-cpu.yaml",
-    "setting": "t0.7-lr3e-5-mixed-8x8-40steps",
+    "setting": "t0.7-lr3e-5-mixed-8x8-30steps",
     # every stage: the GPU, transformers generation (the machine has no vLLM), evaluation in large batches
     "stage_set": ["device=cuda", "rl.generation.backend=hf", "eval.backend=hf", "eval.batch_size=256"],
     "rl_set": [],
@@ -36,7 +36,7 @@ FULL = {
 }
 SMOKE = {
     "config": "configs/tiny.yaml",
-    "setting": "t0.7-lr3e-5-mixed-8x8-40steps",
+    "setting": "t0.7-lr3e-5-mixed-8x8-30steps",
     "stage_set": ["device=cpu"],
     "rl_set": ["rl.training.max_steps=2", "rl.generation.max_completion_length=8", "rl.prompt_filter.samples=0"],
     "eval_size": 4,

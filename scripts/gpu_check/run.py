@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     write(out, result)
     planned = result["plan_s_on_h200"] if not args.smoke else {}
-    for name in args.parts.split(","):
+    for name in [x for x in args.parts.split(",") if x]:  # --parts "": none (the arms alone)
         elapsed = time.perf_counter() - start
         if elapsed + 1.5 * planned.get(name, 0.0) > args.deadline_s:  # would not finish in time: skipped
             result["parts"][name] = {
