@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
-SITE=.gpu-site
+SITE=${GPU_CHECK_SITE:-.gpu-site}
 WHEELS=${GPU_CHECK_WHEELS:-scripts/gpu_check/wheels}
 mkdir -p "$SITE/.parts"
 for pack in "$WHEELS"/*/; do
@@ -70,6 +70,7 @@ if [ "$ARMS" = 1 ]; then
   smoke=()
   for a in "$@"; do [ "$a" = "--smoke" ] && smoke=(--smoke); done
   SFT2RL_CACHE_DIR=${SFT2RL_CACHE_DIR:-$PWD/.cache/sft2rl} "$PY" scripts/gpu_check/arms.py \
-    --out "$OUT_DIR/gpu_arms.json" ${ARMS_DEADLINE_S:+--deadline-s "$ARMS_DEADLINE_S"} "${smoke[@]}" || rc=$?
+    --out "$OUT_DIR/gpu_arms.json" --runs-root "${ARMS_RUNS_ROOT:-runs/gpu-arms}" \
+    ${ARMS_DEADLINE_S:+--deadline-s "$ARMS_DEADLINE_S"} "${smoke[@]}" || rc=$?
 fi
 exit $rc

@@ -14,11 +14,11 @@ from tests.conftest import REPO
 
 
 @pytest.mark.slow
-def test_the_device_script_runs_every_part_of_the_check_at_smoke_shapes(tmp_path):
+def test_the_device_script_runs_every_part_of_the_check_and_the_arms_at_smoke_shapes(tmp_path, cache_dir):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "GPU_CHECK_WHEELS": str(tmp_path / "no-wheels")}
-    env["PYTHON"] = sys.executable
+    env |= {"PYTHON": sys.executable, "ARMS_RUNS_ROOT": str(tmp_path / "runs"), "SFT2RL_CACHE_DIR": str(cache_dir)}
     proc = subprocess.run(
-        ["bash", "scripts/gpu_check/device.sh", "--run", "--smoke"],
+        ["bash", "scripts/gpu_check/device.sh", "--run", "--arms", "--smoke"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -42,6 +42,17 @@ def test_the_device_script_runs_every_part_of_the_check_at_smoke_shapes(tmp_path
     precision = steps["penalty_k25pct"]
     assert precision["fp32"]["s"] > 0 and precision["split_bf16"]["s"] > 0 and precision["fp32"]["penalty"] > 0
     assert precision["penalty_rel_diff"] < 1e-3 and precision["native_bf16_products"] is False
+    # the arms: both SFT arms through the product's stages, then RL from each read against its own checkpoint
+    arms = json.loads((tmp_path / "out" / "gpu_arms.json").read_text())
+    assert arms["mode"] == "smoke" and arms["rl"]["rc"] == 0 and "arms imports ok" in proc.stdout
+    assert {m: a["rc"] for m, a in arms["sft"].items()} == {"sft": 0, "rpsft": 0}
+    assert arms["sft"]["rpsft"]["summary"]["regularized_matrices"] > 0
+    assert arms["sft"]["sft"]["summary"]["regularized_matrices"] == 0
+    rl = json.loads((tmp_path / "out" / arms["rl"]["json"]).read_text())
+    assert [(x["init"], x["steps"]) for x in rl["runs"]] == [("sft", 2), ("rpsft", 2)]
+    assert rl["stage_overrides"] == arms["stage_overrides"] == ["device=cpu"]
+    diff = rl["gain_differences"][arms["setting"]]["chain_sum/avg@4"]
+    assert diff["ci_low"] <= diff["diff"] <= diff["ci_high"] and diff["n"] == 4
 
 
 def test_parts_past_the_deadline_are_skipped_and_the_json_is_still_written(tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from stages.config import DataConfig, TaskSpec
-from stages.data import DataError, build_items, chain_sum_solution, to_conversation, to_trl_dataset
+from stages.data import DataError, build_items, chain_sum_solution, rows_dataset, to_conversation, to_trl_dataset
 
 
 def test_chain_sum_solution_hand_checked():
@@ -169,3 +169,23 @@ def _data_config(d):
         return DataConfig.model_validate(d)
     except ValidationError as e:
         raise ConfigError(str(e)) from None
+
+
+def test_datasets_from_rows_match_from_list_and_are_fingerprinted_by_their_content():
+    """Built without datasets' dill hash of the Arrow table (which fails on Python 3.12: MonthDayNano)."""
+    import datasets
+
+    rows = [
+        to_conversation(x, "Be brief.")
+        for x in build_items(DataConfig(tasks=[TaskSpec(name="chain_sum")], size=6, seed=3))
+    ]
+    ours, theirs = rows_dataset(rows), datasets.Dataset.from_list(rows)
+    assert ours.features == theirs.features and ours.to_list() == theirs.to_list()
+    assert ours._fingerprint == rows_dataset([dict(r) for r in rows])._fingerprint
+    assert ours._fingerprint != rows_dataset(rows[:-1])._fingerprint
+    assert (
+        to_trl_dataset(
+            build_items(DataConfig(tasks=[TaskSpec(name="chain_sum")], size=6, seed=3)), "Be brief."
+        )._fingerprint
+        == ours._fingerprint
+    )

@@ -49,3 +49,18 @@ def test_no_builtin_benchmark_source_repeats_an_item():
         assert len(set(keys)) == len(keys) == note["n"], spec.name
         if spec.source in ("train_task", "reasoning_gym", "chat_facts", "instructions", "agreement", "facts"):
             assert len(items) == spec.n_items, spec.name  # repeats replaced, not just dropped
+
+
+def test_evaluation_and_the_prompt_filter_sample_where_the_run_trains(monkeypatch):
+    """transformers evaluation and the RL prompt filter put their model on the GPU when the run is on one."""
+    import torch
+
+    from stages.config import load_config
+    from stages.generation import eval_device
+
+    cfg = load_config("configs/tiny.yaml", [])
+    assert cfg.device == "cpu" and eval_device(cfg) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert eval_device(load_config("configs/tiny.yaml", ["device=auto"])) == "cuda"
+    assert eval_device(load_config("configs/tiny.yaml", ["device=cuda"])) == "cuda"
+    assert eval_device(load_config("configs/tiny.yaml", ["device=cpu"])) == "cpu"

@@ -50,3 +50,29 @@ def test_the_committed_h200_results_are_a_full_cuda_run_and_the_readme_quotes_th
     k768 = r["parts"]["anchors"]["k768"]
     assert f"{k768['precompute_s']:.1f} s, {k768['precompute_over_full_svd']:.2f}x" in section
     assert re.search(rf"{r['total_s']:.0f} s, against {r['plan_s_on_h200']['total']:.0f} s planned", section)
+
+
+def test_the_committed_h100_results_are_a_cuda_run_and_the_install_page_quotes_them():
+    import json
+
+    r = json.loads((REPO / "benchmarks" / "results" / "gpu_check_h100.json").read_text())
+    assert r["mode"] == "full" and r["machine"]["device"] == "cuda" and "H100" in r["machine"]["gpu"]
+    assert set(r["parts"]) == {"anchors", "steps"} and all("error" not in v for v in r["parts"].values())
+    page = (REPO / "docs" / "install.md").read_text()
+    section = page[page.index("**Measured on the lent H100**") : page.index("**The default model on a GPU**")]
+    assert f"one run of {r['total_s']:.0f} s" in section
+    steps = r["parts"]["steps"]
+    for ga in ("ga1", "ga8"):
+        ratios = steps[ga]["ratio_to_sft"]
+        assert f"**{ratios['k768']:.2f}x** / {ratios['k25pct']:.2f}x" in section, ga
+        s = steps[ga]["step_s"]
+        assert f"({s['k768']:.3f} s / {s['k25pct']:.3f} s vs {s['sft']:.3f} s)" in section, ga
+    pen = steps["penalty_k25pct"]
+    assert pen["native_bf16_products"] is True and pen["penalty_rel_diff"] < 1e-4
+    quoted = f"{pen['fp32']['s']:.3f} s vs {pen['split_bf16']['s']:.3f} s ({pen['split_over_fp32_time']:.2f}x)"
+    assert quoted in section and f"within {pen['penalty_rel_diff']:.1e}" in section
+    rpsft_page = (REPO / "docs" / "rpsft.md").read_text()
+    assert f"**{pen['split_bf16']['s']:.3f} s against fp32's {pen['fp32']['s']:.3f} s" in rpsft_page
+    a = r["parts"]["anchors"]
+    k768 = f"{a['k768']['precompute_s']:.1f} s, {a['k768']['precompute_over_full_svd']:.2f}x a full fp32 SVD"
+    assert k768 in section and f"({a['full_svd_s']:.1f} s)" in section
