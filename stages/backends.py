@@ -221,6 +221,40 @@ def resolve(cfg: Any, use: Use, model_path: str) -> Choice:
     return choice
 
 
+@dataclass(frozen=True)
+class GenerationPlan:
+    """How a stage generates, decided once per stage run and handed down (the config stays as given: ``auto`` is
+    resolved here, never written back): the engine, the device its model sits on, the precision engines compute in
+    on the CPU, what the config asked for, and why this engine."""
+
+    engine: Literal["hf", "vllm"]
+    device: Literal["cpu", "cuda"]
+    dtype: str
+    requested: str
+    reason: str
+    figures: dict[str, Any] | None = None
+
+
+def plan(cfg: Any, use: Use, model_path: str, *, generates: bool = True) -> GenerationPlan:
+    """The stage's :class:`GenerationPlan`: the engine from :func:`resolve` (``auto`` measured once per machine and
+    model); transformers, unmeasured, when nothing the stage runs generates."""
+    from stages.generation import eval_device  # lazy: the generation module loads torch
+
+    requested = cfg.rl.generation.backend if use == "rl" else cfg.eval.backend
+    if generates or requested != "auto":
+        choice = resolve(cfg, use, model_path)
+    else:
+        choice = Choice("hf", "no benchmark generates: transformers scores the likelihood probes")
+    return GenerationPlan(
+        engine=choice.backend,
+        device=eval_device(cfg),  # type: ignore[arg-type]
+        dtype=engine_dtype(cfg, use),
+        requested=requested,
+        reason=choice.reason,
+        figures=choice.figures,
+    )
+
+
 def _cuda_available() -> bool:
     import torch  # lazy: keeps this module importable without torch for its decision logic
 

@@ -34,7 +34,7 @@ from stages.answers import choice_letter, extract_final_answer, lenient_final_an
 from stages.config import BenchmarkSpec, Config, ConfigError, use_cpu
 from stages.data import prompt_messages, prompt_text
 from stages.eval_items import NEEDS_TRAINING_ITEMS, OWN_SCORERS, build_benchmark, training_items
-from stages.generation import HFGenerator, VLLMGenerator, eval_device, eval_dtype
+from stages.generation import HFGenerator, VLLMGenerator, eval_dtype
 from stages.layout import CHECKPOINT, ArmLayout, RunLayout
 from stages.lm_eval_bench import score as lm_eval_score
 from stages.metrics import (
@@ -134,10 +134,12 @@ def _base_path(cfg: Config) -> str:
     return resolve_model(cfg)
 
 
-def _fingerprint(cfg: Config, path: str) -> str:
-    """Eval settings + the checkpoint's weight files (size and mtime): a change of either re-evaluates."""
+def _fingerprint(cfg: Config, path: str, engine: str) -> str:
+    """Eval settings with the engine that generates (the plan's, ``auto`` resolved) + the checkpoint's weight files
+    (size and mtime): a change of either re-evaluates."""
     h = hashlib.sha256()
-    h.update(json.dumps(cfg.eval.model_dump(mode="json", exclude={"models"}), sort_keys=True).encode())
+    settings = cfg.eval.model_dump(mode="json", exclude={"models"}) | {"backend": engine}
+    h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(json.dumps([cfg.data.model_dump(mode="json"), cfg.rl.num_prompts, cfg.rl.prompt_seed]).encode())
     h.update(str(EVAL_FORMAT_VERSION).encode())
     h.update(weights_stamp(path).encode())
@@ -237,7 +239,8 @@ def general_text(cfg: Config, base_model, tok, sampled: bool = False) -> list[di
     (cached in ``<run_dir>/eval``). Greedy answers are the base's mode; sampled ones weigh its whole distribution."""
     spec = cfg.eval.forgetting
     path = cfg.layout.general_text(sampled)
-    key = {"n": spec.num_prompts, "max_new_tokens": spec.max_new_tokens, "base": _fingerprint(cfg, _base_path(cfg))}
+    base = _fingerprint(cfg, _base_path(cfg), "hf")  # transformers writes these answers whatever generates the rest
+    key = {"n": spec.num_prompts, "max_new_tokens": spec.max_new_tokens, "base": base}
     key["sampled"] = sampled
     if sampled:
         key["seed"] = spec.seed
@@ -396,6 +399,7 @@ def evaluate_model(
     entry: dict[str, Any],
     benches: list[tuple[BenchmarkSpec, list[dict[str, Any]], dict[str, Any]]],
     base: BaseStates | None,
+    gen: backends.GenerationPlan,
 ) -> dict[str, Any]:
     """Score one model on every benchmark; write its folder; return its metrics. Phases: generation benchmarks,
     lm-eval tasks, log-likelihood multiple choice, forgetting (KL and CKA against the base), summaries. ``base``: the
@@ -407,11 +411,11 @@ def evaluate_model(
     metrics: dict[str, Any] = {}
     timing: dict[str, float] = {}
     gen_benches = [(s, it) for s, it, _ in benches if not s.is_choice and s.source != "lm_eval"]
-    model, outputs = _generation_phase(cfg, entry, tok, gen_benches, scores, metrics, timing)
+    model, outputs = _generation_phase(cfg, gen, entry, tok, gen_benches, scores, metrics, timing)
     _lm_eval_phase(cfg, entry, [(s, it) for s, it, _ in benches if s.source == "lm_eval"], scores, metrics, timing)
     choice_benches = [(s, it) for s, it, _ in benches if s.is_choice]
     if (choice_benches or cfg.eval.forgetting.enabled) and model is None:
-        model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).to(eval_device(cfg)).eval()
+        model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).to(gen.device).eval()
     t = time.perf_counter()
     for spec, items in choice_benches:
         correct = choice_correct(model, tok, items, cfg.eval.batch_size)
@@ -431,7 +435,7 @@ def evaluate_model(
         "metrics": metrics,
         "cka_layers": cka_layers,
         "timing": timing,
-        "fingerprint": _fingerprint(cfg, entry["path"]),
+        "fingerprint": _fingerprint(cfg, entry["path"], gen.engine),
     }
     atomic_write_text(files.outputs, "".join(outputs))
     atomic_write_json(files.scores, scores)
@@ -440,7 +444,9 @@ def evaluate_model(
     return result
 
 
-def _generation_phase(cfg: Config, entry, tok, gen_benches, scores: Scores, metrics, timing) -> tuple[Any, list[str]]:
+def _generation_phase(
+    cfg: Config, gen: backends.GenerationPlan, entry, tok, gen_benches, scores: Scores, metrics, timing
+) -> tuple[Any, list[str]]:
     """Greedy (strict and lenient) and sampled (Avg@k, pass@k) scores of the generation benchmarks. Returns the
     transformers model when the hf backend loaded one (the later phases reuse it) and the output lines."""
     outputs: list[str] = []
@@ -448,10 +454,10 @@ def _generation_phase(cfg: Config, entry, tok, gen_benches, scores: Scores, metr
         return None, outputs
     model = None
     t = time.perf_counter()
-    if cfg.eval.backend == "vllm":
+    if gen.engine == "vllm":
         generator = VLLMGenerator(entry["path"], cfg, 2048, in_process=True)
     else:
-        model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).to(eval_device(cfg)).eval()
+        model = load_model(entry["path"], cfg.model, eval_dtype(cfg, torch_dtype=True)).to(gen.device).eval()
         generator = HFGenerator(model, tok, cfg.eval.batch_size)
     timing["engine_start_s"] = time.perf_counter() - t
     try:
@@ -604,7 +610,8 @@ def _run(cfg: Config, force: bool) -> dict[str, Any]:
         log.info("benchmark %s: %d items (%s)", spec.name, len(items), note)
     atomic_write_json(cfg.layout.benchmarks, {s.name: {**s.model_dump(mode="json"), **n} for s, _, n in benches})
     base_path = _base_path(cfg)
-    cfg = _engine(cfg, base_path, benches)
+    generates = any(not s.is_choice and s.source != "lm_eval" for s, _, _ in benches)
+    gen = backends.plan(cfg, "eval", base_path, generates=generates)
     base = None  # the base with its cached forward outputs, loaded for the first model the forgetting phase reads
     results = {}
     for i, entry in enumerate(table):
@@ -613,19 +620,20 @@ def _run(cfg: Config, force: bool) -> dict[str, Any]:
         out_dir = files.dir
         if not force and is_done(out_dir):
             prev = read_json(files.metrics)
-            if prev.get("fingerprint") == _fingerprint(cfg, entry["path"]):
+            if prev.get("fingerprint") == _fingerprint(cfg, entry["path"], gen.engine):
                 log.info("eval %s: complete, skipped (use --force to redo)", entry["name"])
                 results[entry["name"]] = prev
                 continue
         files.done.unlink(missing_ok=True)
-        if entry["kind"] == "base" and not force and (reused := _base_from_other_seed(cfg, entry)) is not None:
+        reused = _base_from_other_seed(cfg, entry, gen.engine) if entry["kind"] == "base" and not force else None
+        if reused is not None:
             results["base"] = reused
             continue
         if base is None and cfg.eval.forgetting.enabled:
-            base_model = load_model(base_path, cfg.model, eval_dtype(cfg, torch_dtype=True)).to(eval_device(cfg)).eval()
+            base_model = load_model(base_path, cfg.model, eval_dtype(cfg, torch_dtype=True)).to(gen.device).eval()
             base = BaseStates(base_model, load_tokenizer(base_path, cfg.model))
         log.info("eval %s (%s)", entry["name"], entry["path"])
-        results[entry["name"]] = evaluate_model(cfg, entry, benches, base)
+        results[entry["name"]] = evaluate_model(cfg, entry, benches, base, gen)
         tracking.log_eval_metrics(cfg, entry["name"], results[entry["name"]]["metrics"])
         r = results[entry["name"]]
         log.info(
@@ -638,24 +646,14 @@ def _run(cfg: Config, force: bool) -> dict[str, Any]:
     return results
 
 
-def _engine(cfg: Config, base_path: str, benches) -> Config:
-    """``eval.backend: auto`` resolved to the engine that generates faster on this machine (stages/backends.py);
-    nothing to choose when no benchmark generates."""
-    if cfg.eval.backend != "auto":
-        return cfg
-    generates = any(not s.is_choice and s.source != "lm_eval" for s, _, _ in benches)
-    backend = backends.resolve(cfg, "eval", base_path).backend if generates else "hf"
-    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"backend": backend})})
-
-
-def _base_from_other_seed(cfg: Config, entry: dict[str, Any]) -> dict[str, Any] | None:
+def _base_from_other_seed(cfg: Config, entry: dict[str, Any], engine: str) -> dict[str, Any] | None:
     """The base model's evaluation from another seed run of the same experiment (``<run>/seeds/seed-<s>/``), copied
     when it is complete, has this run's fingerprint and was scored on the same items: the base does not depend on
     the training seed, so a multi-seed run evaluates it once. None when there is no such evaluation."""
     mine = cfg.layout
     if not mine.is_seed_run:
         return None
-    fp = _fingerprint(cfg, entry["path"])
+    fp = _fingerprint(cfg, entry["path"], engine)
     for other in mine.parent_run.seed_runs():
         src = other.eval_model("base")
         if other.dir == mine.dir or not is_done(src.dir) or not src.metrics.is_file():

@@ -83,9 +83,11 @@ def check_chat_format(tokenizer, where: str) -> None:
         )
 
 
-def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
-    """TRL's GRPOConfig from ``rl.training`` and ``rl.generation`` (TRL's names)."""
+def build_grpo_config(cfg: Config, output_dir: str | os.PathLike, engine: str | None = None):
+    """TRL's GRPOConfig from ``rl.training`` and ``rl.generation`` (TRL's names); ``engine`` is the stage's
+    generation plan's engine (default: ``rl.generation.backend`` as given, enough to check the batch shapes)."""
     g = cfg.rl.generation
+    engine = engine or g.backend
     return GRPOConfig(
         output_dir=str(output_dir),
         seed=cfg.seed,
@@ -99,7 +101,7 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
         top_p=g.top_p,
         top_k=g.top_k,
         max_completion_length=g.max_completion_length,
-        use_vllm=g.backend == "vllm",
+        use_vllm=engine == "vllm",
         vllm_mode=g.vllm_mode,
         vllm_server_base_url=g.vllm_server_base_url,
         vllm_tensor_parallel_size=g.vllm_tensor_parallel_size,
@@ -107,19 +109,18 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike):
         vllm_enable_sleep_mode=g.vllm_enable_sleep_mode,
         reward_weights=cfg.rl.reward_weights,
         **cfg.rl.training.model_dump(),
-        **(_needless_work_off(cfg) | cfg.rl.trl),
+        **(_needless_work_off(cfg, engine) | cfg.rl.trl),
     )
 
 
-def _needless_work_off(cfg: Config) -> dict[str, Any]:
+def _needless_work_off(cfg: Config, engine: str) -> dict[str, Any]:
     """TRL's defaults that cost a forward per step and buy nothing in this setting; ``rl.trl`` overrides them.
 
     vLLM colocated on a CPU samples in the trainer's own precision from the weights pushed before each generation
     (stages/vllm_cpu.py), so its log-probs are the trainer's (measured: 1e-5 apart, importance ratios 0.999-1.000,
     benchmarks/results/generation*.json; tests/integration/test_rl_vllm.py keeps them equal). TRL's importance-sampling
     correction then recomputes what vLLM returned: one more forward of every completion per step."""
-    g = cfg.rl.generation
-    if g.backend == "vllm" and g.vllm_mode == "colocate" and use_cpu(cfg):
+    if engine == "vllm" and cfg.rl.generation.vllm_mode == "colocate" and use_cpu(cfg):
         return {"vllm_importance_sampling_correction": False}
     return {}
 
@@ -245,17 +246,9 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     check_chat_format(tokenizer, init_path)
     reward_funcs = [get_reward(name) for name in cfg.rl.rewards]
     items = rl_prompts(cfg)
-    as_given, requested = cfg, cfg.rl.generation.backend
     with state.main_process_first():  # after every input check: the probe is the first costly step
-        choice = backends.resolve(cfg, "rl", init_path)
-    cfg = cfg.model_copy(
-        update={
-            "rl": cfg.rl.model_copy(
-                update={"generation": cfg.rl.generation.model_copy(update={"backend": choice.backend})}
-            )
-        }
-    )
-    if cfg.rl.generation.backend == "vllm" and not torch.cuda.is_available():
+        gen = backends.plan(cfg, "rl", init_path)
+    if gen.engine == "vllm" and not torch.cuda.is_available():
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # every core (docs/measured.md)
         apply_cpu_colocate_patches(cfg.model.dtype)  # the engine samples in the trainer's precision
@@ -263,13 +256,12 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     if main_process:  # the exact initial weights, recorded; a resume from other ones is refused
         provenance.check_same_init(arm_dir, init_path, force)
     with state.main_process_first():  # rank 0 samples (in a child process), the others read its file
-        items, prompt_filter = filtered_prompts(cfg, items, init_path, choice.backend, arm_dir, main_process)
+        items, prompt_filter = filtered_prompts(cfg, items, init_path, gen.engine, arm_dir, main_process)
     rows = [{"prompt": prompt_messages(x, cfg.data.system_prompt), "answer": x["answer"]} for x in items]
     train_ds = rows_dataset(rows)
     if cfg.rl.algorithm == "ppo":
         return _run_ppo(
             cfg,
-            as_given,
             arm,
             arm_dir,
             init_path,
@@ -277,11 +269,11 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
             items,
             reward_funcs,
             force,
-            choice,
+            gen,
             threads_at_start,
             prompt_filter,
         )
-    args = build_grpo_config(cfg, out.trainer)
+    args = build_grpo_config(cfg, out.trainer, gen.engine)
     model = models.load_model(init_path, cfg.model)
 
     if main_process:
@@ -289,7 +281,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
         if force:  # from scratch: neither the finished arm nor its trainer checkpoints are reused
             out.done.unlink(missing_ok=True)
             shutil.rmtree(out.trainer, ignore_errors=True)
-        atomic_write_text(out.config, dump_config(as_given))  # as given (auto stays auto)
+        atomic_write_text(out.config, dump_config(cfg))  # as given (auto stays auto)
     trainer_dir = out.trainer
     resume = checkpointing.last_complete_checkpoint(trainer_dir)[0] is not None  # the one train_resumable resumes from
     metrics_path = out.steps
@@ -299,7 +291,7 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
         metrics_path.unlink(missing_ok=True)
     if use_cpu(cfg):
         copies = 4 + (1 if cfg.rl.training.beta > 0 else 0)
-        if cfg.rl.generation.backend == "vllm":
+        if gen.engine == "vllm":
             copies += 2  # the colocated engine's weights in the trainer's precision and its packed copies
         store.warn_memory(sum(p.numel() for p in model.parameters()), copies=copies, what="GRPO", logger=log)
     trainer = TimedGRPOTrainer(
@@ -322,20 +314,19 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
     extra = {"steps": trainer.state.global_step, "train_loss": float(result.training_loss)}
     if prompt_filter:
         extra["prompt_filter"] = prompt_filter
-    extra.update(_backend_facts(cfg, requested, choice, init_path, steps, threads_at_start))
-    backend = cfg.rl.generation.backend
-    return _finish(cfg, arm, arm_dir, init_path, steps, train_s, len(items), backend, extra, trainer)
+    extra.update(_backend_facts(cfg, gen, init_path, steps, threads_at_start))
+    return _finish(cfg, arm, arm_dir, init_path, steps, train_s, len(items), gen.engine, extra, trainer)
 
 
 def _backend_facts(
-    cfg: Config, requested: str, choice, init_path: str, steps: list[dict[str, Any]], threads_at_start: dict
+    cfg: Config, gen: backends.GenerationPlan, init_path: str, steps: list[dict[str, Any]], threads_at_start: dict
 ) -> dict:
     """Why this engine generated, the process's threading at the start and after the run (an engine colocated in
     this process may rebind it), and (``backend: auto`` on vLLM) the speed it reached inside the RL steps."""
-    facts: dict[str, Any] = {"backend_reason": choice.reason}
+    facts: dict[str, Any] = {"backend_reason": gen.reason}
     facts["threads"] = {"at_start": threads_at_start, "after_run": backends.threads()}
-    if requested == "auto" and choice.backend == "vllm" and choice.figures:
-        facts["generation_tokens_per_s"] = _learn_colocated_speed(cfg, init_path, steps, choice.figures)
+    if gen.requested == "auto" and gen.engine == "vllm" and gen.figures:
+        facts["generation_tokens_per_s"] = _learn_colocated_speed(cfg, init_path, steps, gen.figures)
     return facts
 
 
@@ -468,7 +459,6 @@ def _weighted_reward(reward_funcs, weights: list[float] | None):
 
 def _run_ppo(
     cfg: Config,
-    as_given: Config,
     arm: str,
     arm_dir: Path,
     init_path: str,
@@ -476,7 +466,7 @@ def _run_ppo(
     items,
     reward_funcs,
     force: bool,
-    choice,
+    gen: backends.GenerationPlan,
     threads_at_start: dict,
     prompt_filter: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -510,7 +500,7 @@ def _run_ppo(
     if main_process:
         arm_dir.mkdir(parents=True, exist_ok=True)
         out.done.unlink(missing_ok=True)
-        atomic_write_text(out.config, dump_config(as_given))  # as given (auto stays auto)
+        atomic_write_text(out.config, dump_config(cfg))  # as given (auto stays auto)
         if force:  # --force trains again from the start, like the SFT stage
             shutil.rmtree(trainer_dir, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -525,7 +515,7 @@ def _run_ppo(
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in steps))
     elif main_process:
         metrics_path.unlink(missing_ok=True)
-    rollouts = _ppo_rollouts(cfg, model, tokenizer, accelerator)
+    rollouts = _ppo_rollouts(cfg, gen.engine, model, tokenizer, accelerator)
 
     writer = tracking.scalar_writer(cfg, arm) if main_process else None  # not a transformers Trainer: TensorBoard
     if main_process and (others := [x for x in cfg.tracking.report_to if x != "tensorboard"]):
@@ -573,7 +563,7 @@ def _run_ppo(
         return {"algorithm": "ppo", "arm": arm, "steps": t.max_steps}
     save_checkpoint(model.policy, tokenizer, out.checkpoint)
     save_file(value_head_state(model), str(out.value_head))
-    facts = _backend_facts(cfg, as_given.rl.generation.backend, choice, init_path, steps, threads_at_start)
+    facts = _backend_facts(cfg, gen, init_path, steps, threads_at_start)
     extra = {"num_processes": accelerator.num_processes, **facts}
     if prompt_filter:
         extra["prompt_filter"] = prompt_filter
@@ -595,10 +585,10 @@ def _check_ppo_processes(s: PPOSettings, n_proc: int) -> None:
         )
 
 
-def _ppo_rollouts(cfg: Config, model: PolicyWithValue, tokenizer, accelerator):
-    """The engine PPO samples with: transformers, or vLLM through TRL's VLLMGeneration (as GRPO)."""
+def _ppo_rollouts(cfg: Config, engine: str, model: PolicyWithValue, tokenizer, accelerator):
+    """The engine PPO samples with (the plan's): transformers, or vLLM through TRL's VLLMGeneration (as GRPO)."""
     g = cfg.rl.generation
-    if g.backend != "vllm":
+    if engine != "vllm":
         return TransformersRollouts(model.policy, tokenizer, g.num_generations, _ppo_settings(cfg).gen_kwargs)
     # lazy: vLLM is an optional extra, imported only when this run generates with it
     from trl.generation.vllm_generation import VLLMGeneration

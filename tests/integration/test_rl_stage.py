@@ -185,7 +185,6 @@ def test_auto_backend_generates_with_the_engine_measured_faster_here(tiny_cfg, c
     """rl.generation.backend=auto and eval.backend=auto read this machine's figures (here written into the cache as
     a slow-vLLM machine would measure them) and generate with transformers; the arm's config keeps `auto`."""
     from stages import backends
-    from stages.evaluate import _engine
     from stages.models import resolve_model
 
     cfg = tiny_cfg("rl.generation.backend=auto", "eval.backend=auto", "rl.training.max_steps=1", "rl.arm=rl-auto")
@@ -195,12 +194,15 @@ def test_auto_backend_generates_with_the_engine_measured_faster_here(tiny_cfg, c
     cache.write_text(json.dumps({backends.cache_key(model, backends.machine()): slow_vllm}))
     try:
         summary = rl_run(cfg)
-        evaluated = _engine(cfg, resolve_model(cfg), [(s, [], {}) for s in cfg.eval.benchmarks])
+        evaluated = backends.plan(cfg, "eval", resolve_model(cfg))
+        scores_only = backends.plan(cfg, "eval", resolve_model(cfg), generates=False)
     finally:
         cache.unlink()
     assert summary["backend"] == "hf" and "vLLM 20 tokens/s" in summary["backend_reason"], summary
     assert "backend: auto" in (cfg.run_dir / "rl-auto" / "config.yaml").read_text()
-    assert evaluated.eval.backend == "hf"
+    assert evaluated.engine == "hf" and evaluated.requested == "auto" and "vLLM 20 tokens/s" in evaluated.reason
+    assert (evaluated.device, evaluated.dtype) == ("cpu", cfg.eval.cpu_dtype) and cfg.eval.backend == "auto"
+    assert scores_only.engine == "hf" and scores_only.figures is None  # nothing generates: nothing measured
 
 
 def test_a_disk_too_full_for_an_rl_checkpoint_stops_with_exit_4_and_the_rerun_resumes(tiny_cfg, tmp_path, capfd):
