@@ -65,6 +65,15 @@ def test_parts_past_the_deadline_are_skipped_and_the_json_is_still_written(tmp_p
     assert all(p["skipped"].startswith("deadline") for p in parts.values())
 
 
+def test_no_parts_runs_none_so_a_call_can_run_the_arms_alone(tmp_path):
+    out = tmp_path / "g.json"
+    cmd = [sys.executable, "scripts/gpu_check/run.py", "--smoke", "--parts", "", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["parts"] == {} and r["total_s"] >= 0
+
+
 def test_the_full_check_refuses_a_machine_without_a_gpu(tmp_path):
     if __import__("torch").cuda.is_available():
         pytest.skip("this machine has a GPU: the full check would run")
