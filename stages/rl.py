@@ -326,12 +326,12 @@ def _backend_facts(
     facts: dict[str, Any] = {"backend_reason": gen.reason}
     facts["threads"] = {"at_start": threads_at_start, "after_run": backends.threads()}
     if gen.requested == "auto" and gen.engine == "vllm" and gen.figures:
-        facts["generation_tokens_per_s"] = _learn_colocated_speed(cfg, init_path, steps, gen.figures)
+        facts["generation_tokens_per_s"] = _learn_colocated_speed(cfg, gen, init_path, steps)
     return facts
 
 
 def _learn_colocated_speed(
-    cfg: Config, init_path: str, steps: list[dict[str, Any]], figures: dict[str, Any]
+    cfg: Config, gen: backends.GenerationPlan, init_path: str, steps: list[dict[str, Any]]
 ) -> float | None:
     """The colocated engine's generation speed inside these RL steps (first step dropped: engine warm-up),
     recorded for ``backend: auto``; a warning when it fell below transformers' speed on this machine."""
@@ -344,9 +344,9 @@ def _learn_colocated_speed(
     if not rates:
         return None
     rate = sorted(rates)[len(rates) // 2]
-    engine = backends.model_id(init_path, backends.engine_dtype(cfg, "rl"))
+    engine = backends.model_id(init_path, gen.dtype)  # the precision the plan's figures were measured in
     backends.record_colocated(Path(cfg.cache_dir) / backends.CACHE_FILE, model_id=engine, tokens_per_s=rate)
-    hf = float(figures["hf_tokens_per_s"])
+    hf = float(gen.figures["hf_tokens_per_s"])
     if rate < hf:
         log.warning(
             "vLLM generated %.0f tokens/s inside these RL steps, below transformers' %.0f tokens/s on this machine: "

@@ -141,7 +141,7 @@ def repo_bytes() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lock", default=str(REPO / "requirements" / "cpu.lock"))
-    parser.add_argument("--arms", action="store_true", help="also what scripts/gpu_check/arms.py needs (5 packs)")
+    parser.add_argument("--arms", action="store_true", help="also what scripts/gpu_check/arms.py needs (4 packs)")
     args = parser.parse_args(argv)
     versions = pins(Path(args.lock), list(dict.fromkeys(CARRY + (ARMS if args.arms else []))))
     staging = WHEELS / ".download"
@@ -152,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     for plat in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "any"):
         cmd += ["--platform", plat]
     sdist_only = []
-    for n, v in versions.items():  # one at a time: a name with no wheel is built below instead of failing the rest
-        if subprocess.run([*cmd, f"{n}=={v}"], capture_output=True).returncode != 0:
-            sdist_only.append(f"{n}=={v}")
+    wanted = [f"{n}=={v}" for n, v in versions.items()]
+    if subprocess.run([*cmd, *wanted], capture_output=True).returncode != 0:
+        # some name has no wheel: one at a time, so those are built below and the rest still downloads
+        sdist_only = [w for w in wanted if subprocess.run([*cmd, w], capture_output=True).returncode != 0]
     if sdist_only:  # pure-Python projects published as sdists only: built into py3 wheels here
         before = set(staging.glob("*.whl"))
         build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(staging), *sdist_only]

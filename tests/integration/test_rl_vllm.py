@@ -95,3 +95,34 @@ def test_an_rl_stage_generating_with_vllm_ends_without_a_traceback(tmp_path, cac
     assert proc.returncode == 0, out[-4000:]
     assert (tmp_path / "runs" / "tiny" / "rl-base" / "DONE").is_file()
     assert "Traceback" not in out and "Invalid process group" not in out, out[-4000:]
+
+
+@pytest.mark.slow
+def test_auto_on_a_machine_where_vllm_measured_faster_learns_its_speed_inside_the_rl_steps(tmp_path, cache_dir):
+    """rl.generation.backend=auto with figures that favour vLLM generates with vLLM colocated, and records the speed it
+    reached inside the GRPO steps for the next auto run (the plan's figures, read in the plan's precision)."""
+    from stages import backends
+    from stages.config import load_config
+    from stages.models import resolve_model
+
+    runs = tmp_path / "runs"
+    common = [f"runs_root={runs}", f"cache_dir={cache_dir}"]
+    cfg = load_config("configs/tiny.yaml", common)
+    model = backends.model_id(resolve_model(cfg), backends.engine_dtype(cfg, "rl"))
+    cache = cache_dir / backends.CACHE_FILE
+    key = backends.cache_key(model, backends.machine())
+    cache.write_text(json.dumps({key: {"hf_tokens_per_s": 1.0, "vllm_tokens_per_s": 1000.0}}))
+    env = {**os.environ, "SFT2RL_CACHE_DIR": str(cache_dir)}
+    cmd = [sys.executable, "-m", "stages.rl", "--config", "configs/tiny.yaml", *common]
+    cmd += ["rl.generation.backend=auto", "rl.training.max_steps=2", "rl.arm=rl-auto"]
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        learned = json.loads(cache.read_text())[key]
+    finally:
+        cache.unlink()
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    summary = json.loads((runs / "tiny" / "rl-auto" / "metrics.json").read_text())
+    assert summary["backend"] == "vllm" and "vLLM 1000 tokens/s" in summary["backend_reason"]
+    assert summary["generation_tokens_per_s"] > 0
+    assert learned["colocated_vllm_tokens_per_s"] == pytest.approx(summary["generation_tokens_per_s"], rel=1e-3)
+    assert "backend: auto" in (runs / "tiny" / "rl-auto" / "config.yaml").read_text()
