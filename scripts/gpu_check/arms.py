@@ -26,6 +26,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from stages.store import atomic_write_json  # noqa: E402 - the repository goes on the path first
+
 FULL = {
     "config": "configs/smollm2-cpu.yaml",
     "setting": "t0.7-lr3e-5-mixed-8x8-30steps",
@@ -41,12 +45,6 @@ SMOKE = {
     "rl_set": ["rl.training.max_steps=2", "rl.generation.max_completion_length=8", "rl.prompt_filter.samples=0"],
     "eval_size": 4,
 }
-
-
-def write(path: Path, result: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def run_child(cmd: list[str], until: float, log: Path) -> dict:
@@ -103,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "sft": {},
     }
-    write(out, result)
+    atomic_write_json(out, result)
     common = [f"runs_root={runs}", "run_name=init", "seed=0", "seeds=[]", *p["stage_set"]]
     for method in ("sft", "rpsft"):
         cmd = [sys.executable, "-m", "stages.sft", "--config", p["config"], *common, f"method={method}"]
@@ -116,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if got.get("rc"):
             got["log_tail"] = tail(log)
         result["sft"][method] = got
-        write(out, result)
+        atomic_write_json(out, result)
         print(f"sft {method}: {got}", flush=True)
     rl_out = out.with_name("rl_gpu.json")
     cmd = [sys.executable, "benchmarks/rl_setting.py", "--config", p["config"], "--init-run", str(runs / "init")]
@@ -128,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if got.get("rc"):
         got["log_tail"] = tail(log)
     result["rl"] = got | {"json": rl_out.name}
-    write(out, result)
+    atomic_write_json(out, result)
     print(f"rl: {got}", flush=True)
     ok = all(v.get("rc") == 0 for v in result["sft"].values()) and got.get("rc") == 0
     return 0 if ok else 1
