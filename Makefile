@@ -5,6 +5,9 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sft2rl-installed
+# pytest-xdist workers for make test / test-fast: two share 2 cores, each test process with the cores divided among
+# them (tests/conftest.py); TEST_WORKERS=0 runs the tests in one process.
+TEST_WORKERS ?= 2
 CONFIG ?= configs/smollm2-cpu.yaml
 ARMS ?= sft,rpsft
 
@@ -34,11 +37,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 # unit and integration tests without the slow ones (real model, vLLM, DDP, resume kills) and the e2e server test
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests/unit tests/integration
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow" tests/unit tests/integration
 
 run: $(STAMP)
 	$(VENV)/bin/sft2rl run --config $(CONFIG) --arms $(ARMS) $(OVERRIDES)

@@ -117,9 +117,10 @@ def shown(diff: dict[str, tuple[Any, Any]], limit: int = 4) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def _short(v: Any) -> str:
+def _short(v: Any, limit: int = 120) -> str:
+    """``repr(v)``, a long one cut in the middle: a path's end (the arm, the file) is the part that tells two apart."""
     s = repr(v)
-    return s if len(s) <= 60 else s[:57] + "..."
+    return s if len(s) <= limit else s[: limit // 3] + "..." + s[-(limit - limit // 3 - 3) :]
 
 
 def check(

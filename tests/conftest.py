@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Threads per test process: the cores shared among pytest-xdist's workers (``make test`` runs two), so that two
+# workers' torch never fight over the same cores (two 2-thread torch jobs on 2 cores run several times slower than
+# one). Child processes the tests start inherit it. Without xdist: 2, as before.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _WORKERS:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 CONFIGS = REPO / "configs"
 DOCS = REPO / "docs"
 

@@ -83,3 +83,14 @@ def test_an_rl_arm_resumes_only_from_the_weights_it_started_from(tmp_path):
     again = check_same_init(arm, str(init), force=True)  # --force restarts from the current checkpoint
     assert again["sha256"] != first["sha256"]
     assert json.loads((arm / INIT_FILE).read_text())["sha256"] == again["sha256"]
+
+
+def test_a_long_value_in_a_recipe_difference_keeps_its_end():
+    """A path that differs is told apart by its end (the arm, the file): a long one is cut in the middle."""
+    from stages.provenance import shown
+
+    old, new = "/tmp/" + "deep/" * 30 + "sft/checkpoint", "/tmp/" + "deep/" * 30 + "rpsft/checkpoint"
+    text = shown({"rl.init": (old, new)})
+    assert "sft/checkpoint'" in text and "rpsft/checkpoint'" in text and "..." in text
+    assert len(text) < 2 * 130
+    assert shown({"rl.init": (None, "/runs/x/sft/checkpoint")}) == "rl.init: None -> '/runs/x/sft/checkpoint'"
