@@ -203,3 +203,19 @@ def test_grpo_step_benchmark_times_each_variant_and_only_beta0_drops_the_kl(tmp_
         assert row["steps"] == 2 and row["training_s_median"] > 0 and row["generation_s_median"] > 0, name
         assert row["kl_logged"] is (name != "beta0"), name  # tiny.yaml's beta > 0: a reference model but in beta0
     assert r["default_over_trl_default"] > 0 and r["beta0_over_default"] > 0
+
+
+def test_suite_time_records_the_suites_wall_time_and_slowest_tests_and_keeps_pytests_exit_code(tmp_path):
+    out = tmp_path / "suite.json"
+    script = [sys.executable, "benchmarks/suite_time.py", "--out", str(out), "--top", "3"]
+    proc = subprocess.run([*script, "--", "tests/unit/test_provenance.py"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["exit_code"] == 0 and r["workers"] == 2 and r["tests"] >= 5 and r["failures"] == r["errors"] == 0
+    assert r["wall_s"] > 0 and len(r["slowest"]) == 3 and r["machine"]["cores"] >= 1
+    assert r["slowest"][0]["s"] >= r["slowest"][-1]["s"] and "test_provenance" in r["slowest"][0]["test"]
+    # no test selected is pytest's exit code 5, passed on (never a silent pass)
+    proc = subprocess.run(
+        [*script, "--", "tests/unit/test_provenance.py", "-k", "no_such_test"], cwd=REPO, capture_output=True
+    )
+    assert proc.returncode == 5 and json.loads(out.read_text())["tests"] == 0

@@ -247,3 +247,20 @@ def test_the_claims_run_section_quotes_its_committed_report():
     readme = (REPO / "README.md").read_text()
     block = readme.split("<!-- claims-run -->\n")[1].split("\n\n")[0]
     assert block.splitlines() == [f"- {line}" for line in _headline(report)]
+
+
+def test_the_development_page_quotes_the_suites_time_from_benchmarks_results_test_suite_json():
+    r = json.loads((REPO / "benchmarks" / "results" / "test_suite.json").read_text())
+    assert r["exit_code"] == 0 and r["failures"] == r["errors"] == r["skipped"] == 0 and r["tests"] > 2000
+    text = (DOCS / "development.md").read_text().split("<!-- suite-time -->")[1][:400].replace("\n", " ")
+    assert text.startswith(f"{r['tests']} tests in {r['wall_s'] / 60:.1f} minutes on {r['machine']['cores']} cores")
+    slow = {c["test"].rsplit("::", 1)[-1]: c["s"] for c in r["slowest"]}
+    e2e = (
+        slow["test_tiny_pipeline_deployment_runs_end_to_end"],
+        slow["test_stages_on_two_work_pools_meet_only_through_the_store"],
+    )
+    assert f"{e2e[0]:.0f} s" in text and f"{e2e[1]:.0f} s" in text
+    gpu = slow["test_the_device_script_runs_every_part_of_the_check_and_the_arms_at_smoke_shapes"]
+    assert f"({gpu:.0f} s)" in text
+    one = r["one_process_reference"]
+    assert f"alone took {one['wall_s'] / 60:.1f} minutes in one process" in text
