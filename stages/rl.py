@@ -252,6 +252,8 @@ def _run(cfg: Config, force: bool, callbacks: list | None, arm: str, arm_dir: Pa
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # every core (docs/measured.md)
         apply_cpu_colocate_patches(cfg.model.dtype)  # the engine samples in the trainer's precision
+    if gen.engine == "vllm":
+        backends.claim_rendezvous_port()  # a colocated engine's torch.distributed group, on a port of its own
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch only rank 0 writes the arm
     if main_process:  # the exact initial weights, recorded; a resume from other ones is refused
         provenance.check_same_init(arm_dir, init_path, force)

@@ -149,3 +149,31 @@ def test_a_cache_entry_whose_figures_are_not_speeds_is_measured_again(tmp_path, 
         cache.write_text(json.dumps(entries))
         assert _choose(tmp_path, measure).backend == "vllm"
     assert len(calls) == 6  # measured again each time
+
+
+def test_a_process_no_launcher_started_gets_a_rendezvous_port_of_its_own(monkeypatch):
+    """Two single-process RL stages starting at once must not both take TRL's first choice, 29500."""
+    import os
+    import socket
+
+    from stages import backends
+
+    for k in ("MASTER_PORT", "MASTER_ADDR", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(backends, "_PORT_SET_HERE", None)
+    backends.claim_rendezvous_port()
+    first = os.environ["MASTER_PORT"]
+    assert first != "29500" and os.environ["MASTER_ADDR"] == "127.0.0.1"
+    with socket.socket() as s:  # free when claimed: the engine can listen on it
+        s.bind(("127.0.0.1", int(first)))
+    monkeypatch.setattr(backends, "_PORT_SET_HERE", "1")  # a second engine in this process: the port set here
+    monkeypatch.setenv("MASTER_PORT", "1")  # earlier is not reused (its group may still hold it)
+    backends.claim_rendezvous_port()
+    assert os.environ["MASTER_PORT"] not in ("1", "29500")
+    monkeypatch.setenv("MASTER_PORT", "23999")  # the user's or a launcher's port is kept
+    backends.claim_rendezvous_port()
+    assert os.environ["MASTER_PORT"] == "23999"
+    monkeypatch.delenv("MASTER_PORT")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under accelerate launch / torchrun the launcher's rendezvous stands
+    backends.claim_rendezvous_port()
+    assert "MASTER_PORT" not in os.environ
