@@ -8,10 +8,12 @@ import collections
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_progress_artifact,
@@ -65,11 +67,30 @@ def stage_command(stage: str, params: StageParams, extra: list[str] | None = Non
             acc,
             "--num_processes",
             str(params.launcher.num_processes),
+            *_port_args(acc),
             "-m",
             STAGE_MODULES[stage],
             *args,
         ]
     return [sys.executable, "-m", STAGE_MODULES[stage], *args]
+
+
+def _port_args(accelerate_config: str) -> list[str]:
+    """``--main_process_port`` with a port the OS assigns, for a launch on this machine alone whose accelerate config
+    and environment name none: accelerate's default, 29500, is shared by every launch, so two multi-process stages
+    starting at once (parallel arms, two runs) would race for it. A port in the config or ``MASTER_PORT`` is kept, and
+    a launch across machines needs the port they agreed on."""
+    try:
+        conf = yaml.safe_load(Path(accelerate_config).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []  # accelerate reads the file itself and names what is wrong with it
+    if not isinstance(conf, dict) or conf.get("main_process_port") or os.environ.get("MASTER_PORT"):
+        return []
+    if int(conf.get("num_machines", 1) or 1) > 1:
+        return []
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return ["--main_process_port", str(s.getsockname()[1])]
 
 
 def _child_env() -> dict[str, str]:

@@ -52,3 +52,34 @@ def test_a_deployment_run_writes_only_to_stores_its_worker_allows(monkeypatch, t
     params.store_guard(f"file://{tmp_path / 'store'}")  # a local store inside the allowed roots
     monkeypatch.setenv("SFT2RL_ALLOWED_STORES", "s3://our-bucket/")
     params.store_guard("s3://our-bucket/runs")
+
+
+def test_a_multi_process_launch_on_one_machine_gets_a_port_of_its_own(monkeypatch, tmp_path):
+    """Two accelerate launches at once (parallel arms) must not share accelerate's default port, 29500; a port the
+    config or MASTER_PORT names, or a launch across machines, keeps its own."""
+    import socket
+
+    from pipeline.params import Launcher, StageParams
+    from pipeline.runner import stage_command
+
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+
+    def port_of(acc: str) -> str | None:
+        params = StageParams(config="configs/tiny.yaml", launcher=Launcher(num_processes=2, accelerate_config=acc))
+        cmd = stage_command("sft", params)
+        assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+        return cmd[cmd.index("--main_process_port") + 1] if "--main_process_port" in cmd else None
+
+    port = port_of("configs/accelerate/cpu-ddp.yaml")
+    assert port is not None and port != "29500"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", int(port)))
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text("distributed_type: MULTI_CPU\nnum_machines: 1\nmain_process_port: 23456\n")
+    assert port_of(str(fixed)) is None  # accelerate reads it from the file
+    across = tmp_path / "across.yaml"
+    across.write_text("distributed_type: MULTI_GPU\nnum_machines: 2\nmain_process_ip: 10.0.0.1\n")
+    assert port_of(str(across)) is None
+    monkeypatch.setenv("MASTER_PORT", "24000")
+    assert port_of("configs/accelerate/cpu-ddp.yaml") is None
+    assert stage_command("evaluate", StageParams(config="configs/tiny.yaml"))[1:3] == ["-m", "stages.evaluate"]
