@@ -86,7 +86,7 @@ def _port_args(accelerate_config: str) -> list[str]:
         return []  # accelerate reads the file itself and names what is wrong with it
     if not isinstance(conf, dict) or conf.get("main_process_port") or os.environ.get("MASTER_PORT"):
         return []
-    if int(conf.get("num_machines", 1) or 1) > 1:
+    if str(conf.get("num_machines", 1) or 1) != "1":  # across machines (or unreadable: accelerate will say)
         return []
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -374,6 +374,26 @@ def probe_prompts(cfg: Any, count: int) -> list[str]:
     return [prompt_text(tok, prompt_messages(x, cfg.data.system_prompt)) for x in rl_prompts(cfg)[:count]]
 
 
+_PORT_SET_HERE: str | None = None
+
+
+def claim_rendezvous_port() -> None:
+    """Give a process that no launcher started a rendezvous port of its own (``MASTER_PORT``) before a colocated vLLM
+    engine starts. The engine joins a torch.distributed group through ``MASTER_ADDR``/``MASTER_PORT``; with neither
+    set, TRL takes 29500 when that port looks free, so two RL stages starting at once on one machine (parallel arms,
+    two runs) can both pick it and one fails with "address already in use". A port set by a launcher (accelerate,
+    torchrun: ``WORLD_SIZE`` > 1) or by the user is kept; one set here earlier in this process is replaced."""
+    global _PORT_SET_HERE
+    given = os.environ.get("MASTER_PORT", "").strip().lower()
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or (given not in ("", "0", "auto") and given != _PORT_SET_HERE):
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))  # a port the OS assigns from its ephemeral range, never 29500
+        _PORT_SET_HERE = str(s.getsockname()[1])
+    os.environ["MASTER_PORT"] = _PORT_SET_HERE
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m stages.backends --config FILE [--rounds N] [key=value ...]``: print the probe's figures (JSON)."""
     from stages.config import load_config
@@ -402,23 +422,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-_PORT_SET_HERE: str | None = None
-
-
-def claim_rendezvous_port() -> None:
-    """Give a process that no launcher started a rendezvous port of its own (``MASTER_PORT``) before a colocated vLLM
-    engine starts. The engine joins a torch.distributed group through ``MASTER_ADDR``/``MASTER_PORT``; with neither
-    set, TRL takes 29500 when that port looks free, so two RL stages starting at once on one machine (parallel arms,
-    two runs) can both pick it and one fails with "address already in use". A port set by a launcher (accelerate,
-    torchrun: ``WORLD_SIZE`` > 1) or by the user is kept; one set here earlier in this process is replaced."""
-    global _PORT_SET_HERE
-    given = os.environ.get("MASTER_PORT", "").strip().lower()
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or (given not in ("", "0", "auto") and given != _PORT_SET_HERE):
-        return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))  # a port the OS assigns from its ephemeral range, never 29500
-        _PORT_SET_HERE = str(s.getsockname()[1])
-    os.environ["MASTER_PORT"] = _PORT_SET_HERE
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
