@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = r.pop("cases")
     result = {
         "what": "wall time of the test suite as make test runs it (pytest only; ruff and setup not included)",
-        "command": " ".join(["python", *cmd[1:3], "-n", str(args.workers)] if args.workers else ["python", *cmd[1:3]]),
+        "command": "python -m pytest" + (f" -n {args.workers}" if args.workers else ""),
         "workers": args.workers,
         "threads_per_worker": max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None,
         "exit_code": proc.returncode,

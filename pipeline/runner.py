@@ -8,7 +8,6 @@ import collections
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from pipeline.params import REPO, StageParams
 from pipeline.stage_log import PROGRESS, StageLog
 from stages.secrets import scrub
 from stages.stage_cli import STAGE_MODULES, TRAINING_STAGES, exit_kind
-from stages.store import PROGRESS_ENV, PROGRESS_MARK
+from stages.store import PROGRESS_ENV, PROGRESS_MARK, free_port
 
 
 class StageFailed(RuntimeError):
@@ -88,9 +87,7 @@ def _port_args(accelerate_config: str) -> list[str]:
         return []
     if str(conf.get("num_machines", 1) or 1) != "1":  # across machines (or unreadable: accelerate will say)
         return []
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return ["--main_process_port", str(s.getsockname()[1])]
+    return ["--main_process_port", str(free_port())]
 
 
 def _child_env() -> dict[str, str]:

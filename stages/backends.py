@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from stages.store import atomic_write_json
+from stages.store import atomic_write_json, free_port
 
 log = logging.getLogger(__name__)
 
@@ -387,9 +386,7 @@ def claim_rendezvous_port() -> None:
     given = os.environ.get("MASTER_PORT", "").strip().lower()
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or (given not in ("", "0", "auto") and given != _PORT_SET_HERE):
         return
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))  # a port the OS assigns from its ephemeral range, never 29500
-        _PORT_SET_HERE = str(s.getsockname()[1])
+    _PORT_SET_HERE = str(free_port())
     os.environ["MASTER_PORT"] = _PORT_SET_HERE
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
 

@@ -257,3 +257,11 @@ def report_progress(done: int, total: int, what: str) -> None:
     hand prints none (its progress bars show)."""
     if os.environ.get(PROGRESS_ENV):
         print(f"{PROGRESS_MARK} {done}/{total} {what}", flush=True)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that the OS assigns from its ephemeral range (free when asked; never a well-known
+    default such as torch.distributed's 29500, which concurrent launches would share)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
