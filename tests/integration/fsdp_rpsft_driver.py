@@ -140,6 +140,7 @@ def main() -> int:
                 }
             )
         )
+    dist.barrier()  # both ranks leave together: gloo can abort a rank torn down while the other still talks to it
     dist.destroy_process_group()
     return 0
 
