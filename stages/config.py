@@ -821,6 +821,12 @@ class EvalConfig(Strict):
     )
     batch_size: int = Field(32, ge=1)
     benchmarks: list[BenchmarkSpec] = Field(default_factory=_default_benchmarks)
+    samples_for: Literal["all", "rl"] = Field(
+        "all",
+        description="Which models get a benchmark's sampled answers (samples: k): all, or rl: only the models claim "
+        "(c) reads, each RL model and the checkpoint it started from (the others are scored greedy only; sampling "
+        "costs about k greedy passes per model).",
+    )
     forgetting: ForgettingSpec = Field(default_factory=ForgettingSpec)
     bootstrap: int = Field(2000, ge=100, le=100_000, description="Bootstrap resamples for every interval.")
     confidence: float = Field(0.95, gt=0.5, lt=1)

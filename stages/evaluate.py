@@ -134,16 +134,29 @@ def _base_path(cfg: Config) -> str:
     return resolve_model(cfg)
 
 
-def _fingerprint(cfg: Config, path: str, engine: str) -> str:
+def _fingerprint(cfg: Config, path: str, engine: str, sampled: bool = True) -> str:
     """Eval settings with the engine that generates (the plan's, ``auto`` resolved) + the checkpoint's weight files
-    (size and mtime): a change of either re-evaluates."""
+    (size and mtime): a change of either re-evaluates. ``sampled``: whether this model gets the benchmarks'
+    sampled answers (``eval.samples_for``), so a model scored greedy only is scored again once an RL run starts
+    from it."""
     h = hashlib.sha256()
-    settings = cfg.eval.model_dump(mode="json", exclude={"models"}) | {"backend": engine}
+    settings = cfg.eval.model_dump(mode="json", exclude={"models", "samples_for"}) | {"backend": engine}
     h.update(json.dumps(settings, sort_keys=True).encode())
+    if not sampled and any(b.samples for b in cfg.eval.benchmarks):
+        h.update(b"greedy only")
     h.update(json.dumps([cfg.data.model_dump(mode="json"), cfg.rl.num_prompts, cfg.rl.prompt_seed]).encode())
     h.update(str(EVAL_FORMAT_VERSION).encode())
     h.update(weights_stamp(path).encode())
     return h.hexdigest()[:16]
+
+
+def sampled_models(cfg: Config, table: list[dict[str, Any]]) -> set[str]:
+    """The models that get the benchmarks' sampled answers: every model, or with ``eval.samples_for: rl`` the ones
+    claim (c) reads (each RL model and the checkpoint it started from)."""
+    if cfg.eval.samples_for == "all":
+        return {e["name"] for e in table}
+    rl = [e for e in table if e["kind"] == "rl"]
+    return {e["name"] for e in rl} | {e["init"] for e in rl}
 
 
 def item_prompt(tok, cfg: Config, spec: BenchmarkSpec, item: dict[str, Any]) -> str:
@@ -400,10 +413,12 @@ def evaluate_model(
     benches: list[tuple[BenchmarkSpec, list[dict[str, Any]], dict[str, Any]]],
     base: BaseStates | None,
     gen: backends.GenerationPlan,
+    sampled: bool = True,
 ) -> dict[str, Any]:
     """Score one model on every benchmark; write its folder; return its metrics. Phases: generation benchmarks,
     lm-eval tasks, log-likelihood multiple choice, forgetting (KL and CKA against the base), summaries. ``base``: the
-    base model with its tokenizer and cached forward outputs (None when the forgetting phase is off)."""
+    base model with its tokenizer and cached forward outputs (None when the forgetting phase is off). ``sampled``:
+    draw the benchmarks' sampled answers (Avg@k, pass@k) too."""
     files = cfg.layout.eval_model(entry["name"])
     t0 = time.perf_counter()
     tok = load_tokenizer(entry["path"], cfg.model)
@@ -411,7 +426,7 @@ def evaluate_model(
     metrics: dict[str, Any] = {}
     timing: dict[str, float] = {}
     gen_benches = [(s, it) for s, it, _ in benches if not s.is_choice and s.source != "lm_eval"]
-    model, outputs = _generation_phase(cfg, gen, entry, tok, gen_benches, scores, metrics, timing)
+    model, outputs = _generation_phase(cfg, gen, entry, tok, gen_benches, scores, metrics, timing, sampled)
     _lm_eval_phase(cfg, entry, [(s, it) for s, it, _ in benches if s.source == "lm_eval"], scores, metrics, timing)
     choice_benches = [(s, it) for s, it, _ in benches if s.is_choice]
     if (choice_benches or cfg.eval.forgetting.enabled) and model is None:
@@ -435,7 +450,7 @@ def evaluate_model(
         "metrics": metrics,
         "cka_layers": cka_layers,
         "timing": timing,
-        "fingerprint": _fingerprint(cfg, entry["path"], gen.engine),
+        "fingerprint": _fingerprint(cfg, entry["path"], gen.engine, sampled),
     }
     atomic_write_text(files.outputs, "".join(outputs))
     atomic_write_json(files.scores, scores)
@@ -445,7 +460,7 @@ def evaluate_model(
 
 
 def _generation_phase(
-    cfg: Config, gen: backends.GenerationPlan, entry, tok, gen_benches, scores: Scores, metrics, timing
+    cfg: Config, gen: backends.GenerationPlan, entry, tok, gen_benches, scores: Scores, metrics, timing, sampled
 ) -> tuple[Any, list[str]]:
     """Greedy (strict and lenient) and sampled (Avg@k, pass@k) scores of the generation benchmarks. Returns the
     transformers model when the hf backend loaded one (the later phases reuse it) and the output lines."""
@@ -483,7 +498,7 @@ def _generation_phase(
                 scores[f"{spec.name}/accuracy_lenient"] = {"ids": ids, "scores": loose}
                 extra_lenient = extra | {"chance": _chance(spec, items, lenient=True)}
                 metrics[f"{spec.name}/accuracy_lenient"] = _summary(loose, cfg, **extra_lenient, kind="greedy_lenient")
-            if spec.samples:
+            if spec.samples and sampled:
                 k = spec.samples
                 t_bench = time.perf_counter()
                 sampled = generator.generate(
@@ -614,18 +629,22 @@ def _run(cfg: Config, force: bool) -> dict[str, Any]:
     gen = backends.plan(cfg, "eval", base_path, generates=generates)
     base = None  # the base with its cached forward outputs, loaded for the first model the forgetting phase reads
     results = {}
+    with_samples = sampled_models(cfg, table)
+    if cfg.eval.samples_for == "rl" and any(b.samples for b in cfg.eval.benchmarks):
+        log.info("sampled answers (eval.samples_for: rl) for: %s", ", ".join(sorted(with_samples)) or "no model")
     for i, entry in enumerate(table):
         report_progress(i, len(table), f"models evaluated (next: {entry['name']})")
         files = cfg.layout.eval_model(entry["name"])
         out_dir = files.dir
+        sampled = entry["name"] in with_samples
         if not force and is_done(out_dir):
             prev = read_json(files.metrics)
-            if prev.get("fingerprint") == _fingerprint(cfg, entry["path"], gen.engine):
+            if prev.get("fingerprint") == _fingerprint(cfg, entry["path"], gen.engine, sampled):
                 log.info("eval %s: complete, skipped (use --force to redo)", entry["name"])
                 results[entry["name"]] = prev
                 continue
         files.done.unlink(missing_ok=True)
-        reused = _base_from_other_seed(cfg, entry, gen.engine) if entry["kind"] == "base" and not force else None
+        reused = _base_from_other_seed(cfg, entry, gen.engine, sampled) if entry["kind"] == "base" and not force else None
         if reused is not None:
             results["base"] = reused
             continue
@@ -633,7 +652,7 @@ def _run(cfg: Config, force: bool) -> dict[str, Any]:
             base_model = load_model(base_path, cfg.model, eval_dtype(cfg, torch_dtype=True)).to(gen.device).eval()
             base = BaseStates(base_model, load_tokenizer(base_path, cfg.model))
         log.info("eval %s (%s)", entry["name"], entry["path"])
-        results[entry["name"]] = evaluate_model(cfg, entry, benches, base, gen)
+        results[entry["name"]] = evaluate_model(cfg, entry, benches, base, gen, sampled)
         tracking.log_eval_metrics(cfg, entry["name"], results[entry["name"]]["metrics"])
         r = results[entry["name"]]
         log.info(
@@ -646,14 +665,14 @@ def _run(cfg: Config, force: bool) -> dict[str, Any]:
     return results
 
 
-def _base_from_other_seed(cfg: Config, entry: dict[str, Any], engine: str) -> dict[str, Any] | None:
+def _base_from_other_seed(cfg: Config, entry: dict[str, Any], engine: str, sampled: bool) -> dict[str, Any] | None:
     """The base model's evaluation from another seed run of the same experiment (``<run>/seeds/seed-<s>/``), copied
     when it is complete, has this run's fingerprint and was scored on the same items: the base does not depend on
     the training seed, so a multi-seed run evaluates it once. None when there is no such evaluation."""
     mine = cfg.layout
     if not mine.is_seed_run:
         return None
-    fp = _fingerprint(cfg, entry["path"], engine)
+    fp = _fingerprint(cfg, entry["path"], engine, sampled)
     for other in mine.parent_run.seed_runs():
         src = other.eval_model("base")
         if other.dir == mine.dir or not is_done(src.dir) or not src.metrics.is_file():

@@ -68,7 +68,9 @@ def _write(cfg: Config) -> dict[str, Any]:
         c["notes"] = comparison_notes(c)
     report = {
         "models": [
-            {k: m[k] for k in ("name", "init", "kind", "metrics", "cka_layers", "seed_labels")} for m in data["models"]
+            {k: m[k] for k in ("name", "init", "kind", "metrics", "cka_layers", "seed_labels")}
+            | ({"metric_seed_labels": m["metric_seed_labels"]} if m.get("metric_seed_labels") else {})
+            for m in data["models"]
         ],
         "comparisons": data["comparisons"],
         "benchmarks": data["benchmarks"],

@@ -212,11 +212,14 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     # every model of any seed run (RL may run from some seeds' arms only: rl.seeds), pooled over the runs that have it
     names_all = list(dict.fromkeys(n for r in per_seed for n in r))
     for name in names_all:
-        have = [r for r in per_seed if name in r]
-        first = have[0][name]
+        have_model = [r for r in per_seed if name in r]
+        first = have_model[0][name]
         metrics: dict[str, Any] = {}
-        for metric, m in first["metrics"].items():
-            row = dict(m)
+        # each metric over the seed runs that scored it (eval.samples_for: rl samples some seeds' models only)
+        all_metrics = dict.fromkeys(k for r in have_model for k in r[name]["metrics"])
+        for metric in all_metrics:
+            have = [r for r in have_model if metric in r[name]["metrics"]]
+            row = dict(have[0][name]["metrics"][metric])
             if len(have) > 1:
                 pooled = _metric_interval(have, name, metric, boot)
                 if pooled is not None:
@@ -230,7 +233,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
                         "is within-seed only and leaves out run-to-run spread"
                     )
                     row["within_seed"] = True
-            row["seeds"] = sum(1 for r in have if metric in r[name]["metrics"])
+            row["seeds"] = len(have)
             metrics[metric] = row
         models.append(
             {
@@ -242,6 +245,11 @@ def aggregate(cfg: Config) -> dict[str, Any]:
                 "cka_layers": first.get("cka_layers", []),
                 "timing": first.get("timing", {}),
                 "seed_labels": [lab for lab, r in zip(run_seeds, per_seed, strict=True) if name in r],
+                "metric_seed_labels": {  # the metrics scored in fewer of the model's seed runs than the others
+                    k: [lab for lab, r in zip(run_seeds, per_seed, strict=True) if name in r and k in r[name]["metrics"]]
+                    for k, m in metrics.items()
+                    if m["seeds"] < len(have_model)
+                },
             }
         )
     order = {"base": 0, "sft": 1, "external": 2, "rl": 3}
@@ -254,19 +262,24 @@ def aggregate(cfg: Config) -> dict[str, Any]:
         both = [r for r in per_seed if a in r and b in r]  # the seed runs that have both models
         if not both:
             continue
-        for metric in both[0][a]["scores"]:
-            aligned = _aligned(both, metric, (a, b))
+        # each metric over the seed runs where both models have it (eval.samples_for: rl samples some seeds only)
+        for metric in dict.fromkeys(k for r in both for k in r[a]["scores"]):
+            runs_m = [r for r in both if metric in r[a]["scores"] and metric in r[b]["scores"]]
+            aligned = _aligned(runs_m, metric, (a, b)) if runs_m else None
             if aligned is None:
                 continue
-            comparisons.append(_comparison(a, b, metric, aligned, len(aligned[0][0]), len(both), cmp_boot))
-        summaries = [k for k in both[0][a]["metrics"] if summary_parts(k) and k in both[0][b]["metrics"]]
+            comparisons.append(_comparison(a, b, metric, aligned, len(aligned[0][0]), len(runs_m), cmp_boot))
+        summaries = dict.fromkeys(
+            k for r in both for k in r[a]["metrics"] if summary_parts(k) and k in r[b]["metrics"]
+        )
         for summary in summaries:
             parts = summary_parts(summary)
-            keys = [k for k in _strata(both, a, *parts) if k in _strata(both, b, *parts)]
-            nested = _nested(both, keys, (a, b)) if keys else []
+            runs_m = [r for r in both if summary in r[a]["metrics"] and summary in r[b]["metrics"]]
+            keys = [k for k in _strata(runs_m, a, *parts) if k in _strata(runs_m, b, *parts)]
+            nested = _nested(runs_m, keys, (a, b)) if keys else []
             if nested:
                 n = sum(len(x) for x in nested[0][0])
-                comparisons.append(_comparison(a, b, summary, nested, n, len(both), cmp_boot))
+                comparisons.append(_comparison(a, b, summary, nested, n, len(runs_m), cmp_boot))
     pair = claim_pair(cfg)
     gain_diff = _gain_diff(per_seed, comparisons, pair, cmp_boot)
     if gain_diff is not None:

@@ -257,6 +257,22 @@ def _blocks(cfg: Config, data: dict[str, Any], plots: dict[str, Path]) -> list[t
             *[[k, *[_fmt(m["metrics"].get(k), _is_pct(k)) for m in group]] for k in metric_names],
         ]
         blocks.append(("table", ["metric", *[m["name"] for m in group]], rows))
+    fewer = sorted(
+        {
+            f"{k} of {m['name']} ({', '.join(x.removeprefix('seed ') for x in labs) or 'no seed'})"
+            for m in data["models"]
+            for k, labs in (m.get("metric_seed_labels") or {}).items()
+            if k in metric_names
+        }
+    )
+    if fewer:
+        blocks.append(
+            (
+                "p",
+                "Scored in fewer seed runs than the model's other rows (sampled answers go only to the models claim "
+                "(c) reads when eval.samples_for is rl; a '-' is a model not sampled): " + "; ".join(fewer) + ".",
+            )
+        )
     unmatched = [
         f"{name}: {start['seeds']} seed{'s' if start['seeds'] > 1 else ''}"
         for name, start in data.get("rl_start", {}).items()
