@@ -644,7 +644,9 @@ def _run(cfg: Config, force: bool) -> dict[str, Any]:
                 results[entry["name"]] = prev
                 continue
         files.done.unlink(missing_ok=True)
-        reused = _base_from_other_seed(cfg, entry, gen.engine, sampled) if entry["kind"] == "base" and not force else None
+        reused = None
+        if entry["kind"] == "base" and not force:
+            reused = _base_from_other_seed(cfg, entry, gen.engine, sampled)
         if reused is not None:
             results["base"] = reused
             continue

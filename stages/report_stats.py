@@ -246,7 +246,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
                 "timing": first.get("timing", {}),
                 "seed_labels": [lab for lab, r in zip(run_seeds, per_seed, strict=True) if name in r],
                 "metric_seed_labels": {  # the metrics scored in fewer of the model's seed runs than the others
-                    k: [lab for lab, r in zip(run_seeds, per_seed, strict=True) if name in r and k in r[name]["metrics"]]
+                    k: [lab for lab, r in zip(run_seeds, per_seed, strict=True) if k in r.get(name, {}).get("metrics", {})]
                     for k, m in metrics.items()
                     if m["seeds"] < len(have_model)
                 },
