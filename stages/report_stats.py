@@ -246,7 +246,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
                 "timing": first.get("timing", {}),
                 "seed_labels": [lab for lab, r in zip(run_seeds, per_seed, strict=True) if name in r],
                 "metric_seed_labels": {  # the metrics scored in fewer of the model's seed runs than the others
-                    k: [lab for lab, r in zip(run_seeds, per_seed, strict=True) if k in r.get(name, {}).get("metrics", {})]
+                    k: [lab for lab, r in zip(run_seeds, per_seed, strict=True) if k in _metrics_of(r, name)]
                     for k, m in metrics.items()
                     if m["seeds"] < len(have_model)
                 },
@@ -269,9 +269,7 @@ def aggregate(cfg: Config) -> dict[str, Any]:
             if aligned is None:
                 continue
             comparisons.append(_comparison(a, b, metric, aligned, len(aligned[0][0]), len(runs_m), cmp_boot))
-        summaries = dict.fromkeys(
-            k for r in both for k in r[a]["metrics"] if summary_parts(k) and k in r[b]["metrics"]
-        )
+        summaries = dict.fromkeys(k for r in both for k in r[a]["metrics"] if summary_parts(k) and k in r[b]["metrics"])
         for summary in summaries:
             parts = summary_parts(summary)
             runs_m = [r for r in both if summary in r[a]["metrics"] and summary in r[b]["metrics"]]
@@ -315,6 +313,11 @@ def aggregate(cfg: Config) -> dict[str, Any]:
     data["frontier_points"], data["frontier"] = pareto_front(models)
     data["matched"] = _matched(cfg, runs[0], per_seed, models, boot)
     return data
+
+
+def _metrics_of(run: dict[str, Any], name: str) -> dict[str, Any]:
+    """One seed run's metrics of model ``name`` (empty when that run did not evaluate it)."""
+    return run[name]["metrics"] if name in run else {}
 
 
 def _per_seed_values(cfg: Config, per_seed, comparisons: list[dict[str, Any]]) -> dict[str, dict[str, list]]:
