@@ -228,6 +228,23 @@ def anchor_inputs(named: list[tuple[str, torch.Tensor]], model_path: str) -> lis
     return out
 
 
+def per_matrix(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, one matrix per thread with one BLAS/LAPACK thread each: eigensolvers and SVDs
+    scale poorly with threads, so matrices in parallel are faster (docs/measured.md; the diagnostics' fp64 SVDs about
+    1.35x on 2 cores). Results in the order of ``items``; a LAPACK routine on one thread rounds differently from
+    one on several (fp64 diagnostics differ by about 1e-9 relative)."""
+    threads = torch.get_num_threads()
+    workers = max(1, min(threads, 8))
+    if workers == 1:
+        return [fn(x) for x in items]
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def compute_anchors(
     named: list[tuple[str, torch.Tensor]],
     k: int | None,
@@ -288,19 +305,7 @@ def compute_anchors(
             S_ref = U.T @ times_v(W.detach(), V, precision)
         return Anchor(name, shape, kk, False, U=U, V=V, S_ref=S_ref, s_top=float(s[0]))
 
-    # One matrix per thread, one BLAS/LAPACK thread each: the eigensolver scales poorly with threads, so matrices
-    # in parallel are faster (docs/measured.md).
-    threads = torch.get_num_threads()
-    workers = max(1, min(threads, 8))
-    if workers > 1:
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(one, named))
-        finally:
-            torch.set_num_threads(threads)
-    else:
-        results = [one(item) for item in named]
+    results = per_matrix(one, named)
     out.anchors = {a.name: a for a in results}
     log.info(
         "RPSFT anchors: %d matrices (%d full-rank fallback: L2-to-init) in %.2f s (%s, %s)",
@@ -915,16 +920,13 @@ def subspace_diagnostics(
     top ``stable_k`` directions, and the boundary directions apart (``principal_angle_boundary_max_deg``).
     Full-rank anchors report only the relative change ||W - W0|| / ||W0|| (their subspace is the whole space).
     """
-    out: dict[str, dict] = {}
-    for name, a in anchors.anchors.items():
-        if name not in final:
-            continue
+
+    def one(name: str, a: Anchor) -> dict:
         W = final[name].detach().float().cpu()
         if a.full:
             W0 = a.W0.cpu()
             rel = float(torch.linalg.matrix_norm(W - W0) / torch.linalg.matrix_norm(W0).clamp(min=1e-12))
-            out[name] = {"k": a.k, "full_rank": True, "relative_change": rel}
-            continue
+            return {"k": a.k, "full_rank": True, "relative_change": rel}
         W0 = base(name) if base is not None else None
         if W0 is not None and tuple(W0.shape) != tuple(W.shape):
             W0 = None
@@ -948,7 +950,7 @@ def subspace_diagnostics(
                 su = principal_angles_deg(U0[:, :j], U1[:, :j])
                 sv = principal_angles_deg(V0[:, :j], V1[:, :j])
         block = a.U.cpu().T @ W @ a.V.cpu() - a.S_ref.cpu()
-        out[name] = {
+        return {
             "k": k,
             "full_rank": False,
             "stable_k": j,
@@ -961,7 +963,10 @@ def subspace_diagnostics(
             "top_singular_value_drift": float((s1[0] - a.s_top) / max(a.s_top, 1e-12)),
             "block_drift": float(torch.linalg.matrix_norm(block) / torch.linalg.matrix_norm(a.S_ref.cpu())),
         }
-    return out
+
+    todo = [(name, a) for name, a in anchors.anchors.items() if name in final]
+    results = per_matrix(lambda item: one(*item), todo)
+    return {name: r for (name, _), r in zip(todo, results, strict=True)}
 
 
 def summarize_diagnostics(per_matrix: dict[str, dict]) -> dict[str, float]:

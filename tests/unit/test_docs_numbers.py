@@ -141,6 +141,12 @@ def test_the_default_run_section_quotes_its_committed_report():
         assert f"**{c['verdict']}**" in line, c["claim"]
     times = json.loads((REPO / "benchmarks" / "results" / "pipeline_smollm2_cpu.json").read_text())
     assert f"**{times['fresh_clone']['total_s_make_run'] / 60:.1f} minutes**" in section
+    assert f"**{times['estimate_on_avx2_machines']['total_s'] / 60:.1f}\nminutes**" in section
+    t = times["train_runtime_s"]  # the arms' training alone, and RPSFT's cost over plain SFT's, seed by seed
+    assert f"training alone {t['sft@seed0']:.0f} and {t['sft@seed1']:.0f} s against" in section
+    assert f"{t['rpsft@seed0']:.0f} and {t['rpsft@seed1']:.0f} s" in section
+    ratios = sorted(t[f"rpsft@seed{s}"] / t[f"sft@seed{s}"] for s in (0, 1))
+    assert f"costs {ratios[0]:.2f}-{ratios[1]:.2f} times a plain one" in section.replace("\n", " ")
 
 
 def test_the_overhead_and_task_tables_quote_their_files():
