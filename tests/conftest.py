@@ -16,6 +16,20 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if _WORKERS:
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 CONFIGS = REPO / "configs"
+
+
+def write_eval(run_dir: Path, name: str, kind: str, init: str | None, metrics: dict, scores: dict) -> None:
+    """One model's finished evaluation folder as the evaluate stage writes it (metrics.json, scores.json, DONE), for
+    tests that feed synthetic per-item scores through the report's own aggregation."""
+    import json  # noqa: PLC0415 - only the tests that write evaluations need it
+
+    d = run_dir / "eval" / name
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"name": name, "kind": kind, "init": init, "metrics": metrics}))
+    (d / "scores.json").write_text(json.dumps(scores))
+    (d / "DONE").write_text("")
+
+
 DOCS = REPO / "docs"
 
 

@@ -13,7 +13,7 @@ import pytest
 from stages.config import ConfigError, dump_config, load_config
 from stages.report_stats import aggregate
 from stages.report_text import _rl_section
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, write_eval
 
 N = 400  # items
 
@@ -25,8 +25,6 @@ def _avg4(p: np.ndarray, draws: np.ndarray) -> list[float]:
 
 
 def _write(run_dir, name: str, kind: str, init: str, avg: list[float], greedy: list[float]) -> None:
-    d = run_dir / "eval" / name
-    d.mkdir(parents=True)
     ids = [f"task-{i}" for i in range(len(avg))]
 
     def row(vals, **extra):
@@ -40,9 +38,7 @@ def _write(run_dir, name: str, kind: str, init: str, avg: list[float], greedy: l
         "id/mean_avg@4": row(avg),
     }
     scores = {"task/accuracy": {"ids": ids, "scores": greedy}, "task/avg@4": {"ids": ids, "scores": avg}}
-    (d / "metrics.json").write_text(json.dumps({"name": name, "kind": kind, "init": init, "metrics": metrics}))
-    (d / "scores.json").write_text(json.dumps(scores))
-    (d / "DONE").write_text("")
+    write_eval(run_dir, name, kind, init, metrics, scores)
 
 
 def _report(tmp_path, p_sft, p_rpsft, gain_sft, gain_rpsft, seed=0, recipes=None, extra=(), rl=True):

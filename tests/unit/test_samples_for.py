@@ -4,8 +4,6 @@ over the seed runs that have it and says so."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from stages.config import load_config
@@ -13,7 +11,7 @@ from stages.evaluate import _fingerprint, sampled_models
 from stages.report_plots import PLOTS
 from stages.report_stats import aggregate
 from stages.report_text import _blocks, render_md
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, write_eval
 
 N = 200
 TABLE = [
@@ -49,8 +47,6 @@ def test_a_greedy_only_evaluation_is_redone_when_the_model_becomes_an_rl_start(t
 
 
 def _write(run_dir, name: str, kind: str, init: str, greedy: list[float], avg: list[float] | None) -> None:
-    d = run_dir / "eval" / name
-    d.mkdir(parents=True)
     ids = [f"task-{i}" for i in range(N)]
 
     def row(vals, **extra):
@@ -62,9 +58,7 @@ def _write(run_dir, name: str, kind: str, init: str, greedy: list[float], avg: l
     if avg is not None:
         metrics |= {"task/avg@4": row(avg, kind="avg@4"), "id/mean_avg@4": row(avg)}
         scores["task/avg@4"] = {"ids": ids, "scores": avg}
-    (d / "metrics.json").write_text(json.dumps({"name": name, "kind": kind, "init": init, "metrics": metrics}))
-    (d / "scores.json").write_text(json.dumps(scores))
-    (d / "DONE").write_text("")
+    write_eval(run_dir, name, kind, init, metrics, scores)
 
 
 def test_the_report_pools_a_metric_over_the_seed_runs_that_scored_it_and_says_so(tmp_path):

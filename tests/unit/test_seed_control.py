@@ -5,22 +5,18 @@ writes them, go through the report's own aggregation."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from stages.config import load_config
 from stages.report_plots import PLOTS
 from stages.report_stats import aggregate
 from stages.report_text import _blocks, render_md
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, write_eval
 
 N = 200
 
 
 def _write(run_dir, name: str, kind: str, scores: dict[str, list[float]], domains: dict[str, str]) -> None:
-    d = run_dir / "eval" / name
-    d.mkdir(parents=True)
     metrics, out = {}, {}
     for bench, vals in scores.items():
         v = float(np.mean(vals))
@@ -32,9 +28,7 @@ def _write(run_dir, name: str, kind: str, scores: dict[str, list[float]], domain
         vals = [np.mean(scores[b]) for b in scores if domains[b] == dom]
         v = float(np.mean(vals))
         metrics[f"{prefix}/mean_accuracy"] = {"value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n": N}
-    (d / "metrics.json").write_text(json.dumps({"name": name, "kind": kind, "init": "base", "metrics": metrics}))
-    (d / "scores.json").write_text(json.dumps(out))
-    (d / "DONE").write_text("")
+    write_eval(run_dir, name, kind, "base", metrics, out)
 
 
 def test_seed_effects_that_cancel_on_the_mean_are_flagged(tmp_path):
