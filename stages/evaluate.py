@@ -74,20 +74,7 @@ def model_table(cfg: Config) -> list[dict[str, Any]]:
     Raises:
         ConfigError: a named model has no finished checkpoint in the run folder and is not a model folder.
     """
-    run_dir = cfg.run_dir
-    finished: dict[str, dict[str, Any]] = {}
-    if run_dir.is_dir():
-        for d in sorted(run_dir.iterdir()):
-            arm = ArmLayout(d)
-            if not (d.is_dir() and is_done(d) and (arm.checkpoint / "config.json").is_file()):
-                continue
-            metrics = read_json(arm.metrics) if arm.metrics.is_file() else {}
-            if "algorithm" in metrics:
-                init = Path(str(metrics.get("init") or "base"))
-                init_name = init.parent.name if init.name == CHECKPOINT else "base"
-                finished[d.name] = {"name": d.name, "path": str(arm.checkpoint), "kind": "rl", "init": init_name}
-            else:
-                finished[d.name] = {"name": d.name, "path": str(arm.checkpoint), "kind": "sft", "init": "base"}
+    finished = finished_arms(cfg)
     names = cfg.eval.models or [
         "base",
         *[n for n, m in finished.items() if m["kind"] == "sft"],
@@ -108,10 +95,29 @@ def model_table(cfg: Config) -> list[dict[str, Any]]:
             out.append({"name": label, "path": str(p), "kind": "external", "init": None})
         else:
             raise ConfigError(
-                f"eval.models: {name!r} is neither 'base', a finished arm in {run_dir} "
+                f"eval.models: {name!r} is neither 'base', a finished arm in {cfg.run_dir} "
                 f"({sorted(finished) or 'none yet'}), a model folder with config.json, nor a hub id (org/name)"
             )
     return out
+
+
+def finished_arms(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Every finished SFT and RL arm of the run folder, by name, as :func:`model_table` entries."""
+    run_dir = cfg.run_dir
+    finished: dict[str, dict[str, Any]] = {}
+    if run_dir.is_dir():
+        for d in sorted(run_dir.iterdir()):
+            arm = ArmLayout(d)
+            if not (d.is_dir() and is_done(d) and (arm.checkpoint / "config.json").is_file()):
+                continue
+            metrics = read_json(arm.metrics) if arm.metrics.is_file() else {}
+            if "algorithm" in metrics:
+                init = Path(str(metrics.get("init") or "base"))
+                init_name = init.parent.name if init.name == CHECKPOINT else "base"
+                finished[d.name] = {"name": d.name, "path": str(arm.checkpoint), "kind": "rl", "init": init_name}
+            else:
+                finished[d.name] = {"name": d.name, "path": str(arm.checkpoint), "kind": "sft", "init": "base"}
+    return finished
 
 
 def external_label(path: Path) -> str:
@@ -150,12 +156,20 @@ def _fingerprint(cfg: Config, path: str, engine: str, sampled: bool = True) -> s
     return h.hexdigest()[:16]
 
 
+def _fingerprints(cfg: Config, path: str, engine: str, sampled: bool) -> set[str]:
+    """The fingerprints a finished evaluation may have to be reused: a sampled one also serves a model that needs
+    greedy scores only (it holds them all), never the other way round."""
+    return {_fingerprint(cfg, path, engine, sampled), _fingerprint(cfg, path, engine, True)}
+
+
 def sampled_models(cfg: Config, table: list[dict[str, Any]]) -> set[str]:
     """The models that get the benchmarks' sampled answers: every model, or with ``eval.samples_for: rl`` the ones
     claim (c) reads (each RL model and the checkpoint it started from)."""
     if cfg.eval.samples_for == "all":
         return {e["name"] for e in table}
-    rl = [e for e in table if e["kind"] == "rl"]
+    # every RL arm of the run, also those eval.models leaves out: a start is sampled whether or not its RL model is
+    # evaluated in the same call
+    rl = [e for e in [*table, *finished_arms(cfg).values()] if e["kind"] == "rl"]
     return {e["name"] for e in rl} | {e["init"] for e in rl}
 
 
@@ -501,11 +515,11 @@ def _generation_phase(
             if spec.samples and sampled:
                 k = spec.samples
                 t_bench = time.perf_counter()
-                sampled = generator.generate(
+                samples = generator.generate(
                     prompts, n=k, temperature=spec.temperature, max_new_tokens=spec.max_new_tokens, seed=spec.seed
                 )
                 timing[f"{spec.name}/sampled_s"] = time.perf_counter() - t_bench
-                per = [[score_text(spec, x, s) > 0 for s in ss] for x, ss in zip(items, sampled, strict=True)]
+                per = [[score_text(spec, x, s) > 0 for s in ss] for x, ss in zip(items, samples, strict=True)]
                 for name, vals in (
                     (f"avg@{k}", [avg_at_k(p) for p in per]),
                     (f"pass@{k}", [pass_at_k(k, sum(p), k) for p in per]),
@@ -639,7 +653,7 @@ def _run(cfg: Config, force: bool) -> dict[str, Any]:
         sampled = entry["name"] in with_samples
         if not force and is_done(out_dir):
             prev = read_json(files.metrics)
-            if prev.get("fingerprint") == _fingerprint(cfg, entry["path"], gen.engine, sampled):
+            if prev.get("fingerprint") in _fingerprints(cfg, entry["path"], gen.engine, sampled):
                 log.info("eval %s: complete, skipped (use --force to redo)", entry["name"])
                 results[entry["name"]] = prev
                 continue
@@ -674,13 +688,13 @@ def _base_from_other_seed(cfg: Config, entry: dict[str, Any], engine: str, sampl
     mine = cfg.layout
     if not mine.is_seed_run:
         return None
-    fp = _fingerprint(cfg, entry["path"], engine, sampled)
+    fps = _fingerprints(cfg, entry["path"], engine, sampled)
     for other in mine.parent_run.seed_runs():
         src = other.eval_model("base")
         if other.dir == mine.dir or not is_done(src.dir) or not src.metrics.is_file():
             continue
         prev = read_json(src.metrics)
-        if prev.get("fingerprint") != fp or not _same_items(other, mine, cfg):
+        if prev.get("fingerprint") not in fps or not _same_items(other, mine, cfg):
             continue
         for f in src.files:
             if f.is_file():

@@ -332,9 +332,10 @@ def _per_seed_values(cfg: Config, per_seed, comparisons: list[dict[str, Any]]) -
         if first is None:
             continue
         keys = ["id/mean_accuracy", gate, "ood/mean_accuracy", "forgetting/kl_to_base"]
+        union = {k: m for h in have if h for k, m in h["metrics"].items()}  # a metric some seeds lack too
         keys += [
             k
-            for k, m in first["metrics"].items()
+            for k, m in union.items()
             if m.get("domain") in ("in", "out")
             and not k.startswith(("id/", "ood/", "forgetting/"))
             and (k.endswith("/accuracy") or "/avg@" in k)
@@ -374,7 +375,8 @@ def _gain_diff(per_seed, comparisons, pair: tuple[str, str], boot: dict[str, Any
     rp, sf = pair
     metric = gate_metric(comparisons, pair)
     names = (f"rl-{rp}", rp, f"rl-{sf}", sf)
-    runs = [r for r in per_seed if all(n in r for n in names)]
+    # the seed runs with all four models scored on the metric (eval.samples_for: rl samples some seeds only)
+    runs = [r for r in per_seed if all(n in r and metric in r[n]["metrics"] for n in names)]
     parts = summary_parts(metric)
     if not runs or parts is None:
         return None

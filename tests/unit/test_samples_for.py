@@ -4,13 +4,16 @@ over the seed runs that have it and says so."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from stages.config import load_config
-from stages.evaluate import _fingerprint, sampled_models
+from stages.evaluate import _fingerprint, _fingerprints, model_table, sampled_models
 from stages.report_plots import PLOTS
 from stages.report_stats import aggregate
 from stages.report_text import _blocks, render_md
+from stages.store import mark_done
 from tests.conftest import CONFIGS, write_eval
 
 N = 200
@@ -44,6 +47,31 @@ def test_a_greedy_only_evaluation_is_redone_when_the_model_becomes_an_rl_start(t
     greedy_only = load_config(CONFIGS / "tiny.yaml", [sampling[0].replace("samples: 4", "samples: 0")])
     assert _fingerprint(greedy_only, path, "hf", False) == _fingerprint(greedy_only, path, "hf", True)  # nothing to
     # tell apart when no benchmark samples
+
+
+def test_a_start_is_sampled_when_eval_models_names_it_without_its_rl_model(tmp_path):
+    cfg = load_config(
+        CONFIGS / "tiny.yaml", [f"runs_root={tmp_path}", "run_name=r", "eval.samples_for=rl", "eval.models=[rpsft]"]
+    )
+    for arm, metrics in (
+        ("rpsft", {}),
+        ("rl-rpsft", {"algorithm": "grpo", "init": str(cfg.run_dir / "rpsft" / "checkpoint")}),
+    ):
+        (cfg.run_dir / arm / "checkpoint").mkdir(parents=True)
+        (cfg.run_dir / arm / "checkpoint" / "config.json").write_text("{}")
+        (cfg.run_dir / arm / "metrics.json").write_text(json.dumps(metrics))
+        mark_done(cfg.run_dir / arm)
+    table = model_table(cfg)
+    assert [e["name"] for e in table] == ["rpsft"]
+    assert sampled_models(cfg, table) == {"rpsft", "rl-rpsft"}  # its RL run exists: its Avg@k is kept and drawn
+
+
+def test_a_sampled_evaluation_serves_a_greedy_only_model_never_the_reverse():
+    path, sampling = str(CONFIGS), ["eval.benchmarks=[{name: t, source: train_task, domain: in, size: 4, samples: 4}]"]
+    cfg = load_config(CONFIGS / "tiny.yaml", [*sampling, "eval.samples_for=rl"])
+    sampled, greedy = _fingerprint(cfg, path, "hf", True), _fingerprint(cfg, path, "hf", False)
+    assert sampled in _fingerprints(cfg, path, "hf", False)  # switching to samples_for: rl redoes nothing
+    assert greedy not in _fingerprints(cfg, path, "hf", True)  # a start needs its sampled answers
 
 
 def _write(run_dir, name: str, kind: str, init: str, greedy: list[float], avg: list[float] | None) -> None:
