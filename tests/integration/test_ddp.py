@@ -151,13 +151,15 @@ def test_two_process_ppo_matches_one_process(tmp_path, cache_dir):
     # processes, a per-process token count) shows there, though AdamW's update would hide it
     # Step 1 starts from the same weights: the same numbers up to the reductions' round-off (1e-4; grad_norm, a norm
     # over all weights, 1e-3). Later steps follow AdamW updates, which turn round-off in near-zero gradients into
-    # whole steps on single weights (see the weights below): 1e-3. Losses are sums of terms that nearly cancel
-    # (whitened advantages have mean 0), so their error is measured against the terms' scale. A factor-of-2 fault (a
-    # missing or doubled average over processes) is two orders above every tolerance.
+    # whole steps on single weights (see the weights below): 1e-3, and 1e-2 for the norm of the gradient of weights
+    # that already differ (step 3's differed by 2.2e-3 on an AVX-512 machine, where the reductions' kernels round
+    # differently; the weights themselves are held to 1e-2 of the update below). Losses are sums of terms that nearly
+    # cancel (whitened advantages have mean 0), so their error is measured against the terms' scale. A factor-of-2
+    # fault (a missing or doubled average over processes) is two orders above every tolerance.
     scale = max(abs(r["policy_loss"]) + abs(r["value_loss"]) for r in r1)
     for key in ("completions/mean_length", "reward", "kl", "loss", "policy_loss", "value_loss", "grad_norm"):
         for i, (a, b) in enumerate(zip(r1, r2, strict=True)):
-            rel = 1e-3 if key == "grad_norm" or i > 0 else 1e-4
+            rel = (1e-2 if i > 0 else 1e-3) if key == "grad_norm" else (1e-3 if i > 0 else 1e-4)
             tol = rel * scale if key in ("loss", "policy_loss") else 1e-6
             assert b[key] == pytest.approx(a[key], rel=rel, abs=tol), (key, a["step"])
     assert abs(r1[-1]["kl"]) > 1e-3  # the policy moved: the comparison is not between two untouched models
