@@ -84,6 +84,15 @@ SETTINGS: dict[str, list[str]] = {
         "rl.num_prompts=160",
         "rl.generation.num_generations=4",
     ],
+    # the 8x4 setting for twice the steps, filtered from all the config's RL prompts (256, about 90 kept) so the 384
+    # prompt draws of 48 steps see each kept prompt about four times rather than seven
+    "t0.7-lr3e-5-mixed-8x4-48steps": [
+        "rl.generation.temperature=0.7",
+        "rl.training.learning_rate=3e-5",
+        "rl.training.max_steps=48",
+        "rl.prompt_filter.samples=8",
+        "rl.generation.num_generations=4",
+    ],
     # a GPU's budget (scripts/gpu_check/arms.py): the 8x4 setting's temperature, learning rate and prompt filter, with
     # twice the completions per step (8 prompts x 8) and 30 steps, filtered from the config's RL prompts (the ones
     # the evaluation holds out: more prompts would draw past them)
@@ -254,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         f"eval.benchmarks={json.dumps(benchmarks)}",
         "eval.forgetting.enabled=false",
         *args.stage_set,
+        # last, whatever the config or --stage-set say: every gain is read on sampled answers, so the initial
+        # checkpoints are sampled too (samples_for: rl would find no RL arm of theirs in this folder and score them
+        # greedily only)
+        "eval.samples_for=all",
     ]
     out_path = Path(args.out)
     result: dict = {
