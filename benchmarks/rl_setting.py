@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         kept = [r | {"init_run": r.get("init_run", previous.get("init_run"))} for r in previous.get("runs", [])]
         result["runs"] = [r for r in kept if (r["setting"], r["init"]) not in set(pairs)]
         result["settings"] = previous.get("settings", {}) | result["settings"]
+        # and so do their readings of claim (c), whose evaluations may be gone (recomputed below where they are not)
+        result["gain_differences"] = previous.get("gain_differences", {})
     # the initial checkpoints first: every gain is read against them
     t = _stage("stages.evaluate", args.config, [*base, f"eval.models={json.dumps(all_inits)}"])
     result["init_eval_s"] = round(t, 1)

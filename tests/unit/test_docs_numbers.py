@@ -26,6 +26,11 @@ def test_the_rl_setting_section_quotes_benchmarks_results_rl_setting_json():
             o = run["ood_mean_change"]
             ood = f"{100 * o['diff']:+.1f} [{100 * o['ci_low']:+.1f}, {100 * o['ci_high']:+.1f}]"
             assert ood in section, (run["setting"], run["init"], "ood", ood)
+        if run["setting"].endswith("-48steps"):  # the longest runs' training reward, first and last 8 steps
+            reward = run["curve"]["reward"]
+            first, last = sum(reward[:8]) / 8, sum(reward[-8:]) / 8
+            assert f"from {first:.2f}" in section and f"to {last:.2f}" in section, (run["init"], "reward")
+            assert f"{100 * run['init_scores']['chain_sum/accuracy']:.1f}% {run['init']}" in section
     # claim (c)'s reading of every pair of runs from sft and rpsft: the difference of their gains per item
     for setting, diffs in r.get("gain_differences", {}).items():
         g = diffs["chain_sum/avg@4"]
