@@ -281,23 +281,48 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    earlier: dict = {}
     if previous.get("config") == args.config:
-        # runs of other (setting, init) pairs measured before stay in the file, with their settings and the SFT run
-        # they started from (the same config's recipe; each row names its folder)
+        # runs of other (setting, init, SFT run) triples measured before stay in the file, with their settings and
+        # the SFT run they started from (the same config's recipe, another training seed or an earlier training of
+        # it; each row names its folder)
         kept = [r | {"init_run": r.get("init_run", previous.get("init_run"))} for r in previous.get("runs", [])]
-        result["runs"] = [r for r in kept if (r["setting"], r["init"]) not in set(pairs)]
+        now = {(s, i, args.init_run) for s, i in pairs}
+        result["runs"] = [r for r in kept if (r["setting"], r["init"], r["init_run"]) not in now]
+        earlier = {
+            (r["setting"], r["init"], r["init_run"]): r for r in kept if (r["setting"], r["init"], r["init_run"]) in now
+        }
+        for r in result["runs"]:  # per-item gains of rows measured before they were recorded, where the folder has them
+            if "item_gains" not in r and r["init_run"] == args.init_run:
+                try:
+                    r["item_gains"] = _item_gains(
+                        _scores(run_dir / "eval" / r["arm"]), _scores(run_dir / "eval" / r["init"])
+                    )
+                except OSError:
+                    pass
         result["settings"] = previous.get("settings", {}) | result["settings"]
         # and so do their readings of claim (c), whose evaluations may be gone (recomputed below where they are not)
         result["gain_differences"] = previous.get("gain_differences", {})
     # the initial checkpoints first: every gain is read against them
+    evaluated = all((run_dir / "eval" / i / "scores.json").is_file() for i in all_inits)
     t = _stage("stages.evaluate", args.config, [*base, f"eval.models={json.dumps(all_inits)}"])
-    result["init_eval_s"] = round(t, 1)
+    # seconds to evaluate the initial checkpoints, per SFT run (a rerun that found them evaluated keeps its time)
+    init_eval = previous.get("init_eval_s", {}) if previous.get("config") == args.config else {}
+    if not isinstance(init_eval, dict):  # one number, from a file of one SFT run
+        init_eval = {previous.get("init_run", args.init_run): init_eval}
+    if not (evaluated and args.init_run in init_eval):
+        init_eval[args.init_run] = round(t, 1)
+    result["init_eval_s"] = init_eval
     for setting, init in pairs:
         arm = f"rl-{setting}-{init}"
         overrides = [*base, *COMMON, *SETTINGS[setting], *args.set]
         overrides += [f"rl.init={run_dir / init / 'checkpoint'}", f"rl.arm={arm}"]
+        done_before = (run_dir / arm / "DONE").is_file()
         rl_s = _stage("stages.rl", args.config, overrides)
         eval_s = _stage("stages.evaluate", args.config, [*base, f"eval.models={json.dumps([arm])}"])
+        before_row = earlier.get((setting, init, args.init_run)) if done_before else None
+        if before_row:  # a rerun that found the arm complete: the times are the ones it was measured with
+            rl_s, eval_s = before_row["stage_wall_s"], before_row["eval_wall_s"]
         after, before = _scores(run_dir / "eval" / arm), _scores(run_dir / "eval" / init)
         summary = json.loads((run_dir / arm / "metrics.json").read_text())
         row = {
@@ -313,13 +338,15 @@ def main(argv: list[str] | None = None) -> int:
             "prompt_filter": summary.get("prompt_filter"),
             "curve": _curve(run_dir / arm),
             "gain": {m: _paired(after, before, m) for m in IN_DOMAIN},
+            "item_gains": _item_gains(after, before),
             "ood_change": {m: _paired(after, before, m) for m in OUT_OF_DOMAIN},
             "ood_mean_change": _ood_change(after, before),
             "init_scores": {m: sum(before[m]["scores"]) / len(before[m]["scores"]) for m in IN_DOMAIN if m in before},
         }
         result["runs"].append(row)
+        _pooled_gains(result)
         _choose(result)
-        _gain_differences(result, run_dir)
+        _gain_differences(result)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=1) + "\n")
         g = row["gain"][f"chain_sum/avg@{SAMPLES}"]
@@ -331,57 +358,114 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _gain_differences(result: dict, run_dir: Path) -> None:
-    """Claim (c)'s reading for every setting run from both sft and rpsft: (gain from rpsft) - (gain from sft) per
-    held-out item, each gain over its own initial checkpoint, so the SFT checkpoints' own gap cancels. Kept from an
-    earlier write when the evaluations are no longer there."""
+def _item_gains(after: dict, before: dict) -> dict:
+    """Each held-out item's in-domain score after RL minus before, by item id: what claim (c) and the pooling over
+    training seeds are read from, kept in the file so that they outlive the run folders."""
+    out = {}
+    for m in IN_DOMAIN:
+        if m in after and m in before:
+            b = dict(zip(before[m]["ids"], before[m]["scores"], strict=True))
+            pairs = [(i, x - b[i]) for i, x in zip(after[m]["ids"], after[m]["scores"], strict=True) if i in b]
+            out[m] = {"ids": [i for i, _ in pairs], "gain": [round(g, 6) for _, g in pairs]}
+    return out
+
+
+def _estimate(a: list[list[float]], b: list[list[float]], bound: float) -> dict:
+    """a - b paired by item within each training seed; with several seeds, about these checkpoints (the seeds held
+    fixed, as the report reads fewer than 3 seeds)."""
     from stages.metrics import paired_diff
 
-    out = dict(result.get("gain_differences") or {})
-    by_setting: dict[str, dict[str, dict]] = {}
+    est = paired_diff(a, b, n_boot=4000, bounds=(-bound, bound), seeds_fixed=len(a) > 1)
+    return {"diff": est.value, "ci_low": est.low, "ci_high": est.high, "n": min(len(x) for x in a), "seeds": len(a)}
+
+
+def _by_setting(result: dict) -> dict[str, dict[str, dict[str, dict]]]:
+    """setting -> SFT run (training seed) -> init -> row, for the rows that carry per-item gains."""
+    out: dict[str, dict[str, dict[str, dict]]] = {}
     for r in result["runs"]:
-        by_setting.setdefault(r["setting"], {})[r["init"]] = r
-    for setting, rows in by_setting.items():
-        if not {"sft", "rpsft"} <= set(rows) or rows["sft"].get("init_run") != rows["rpsft"].get("init_run"):
+        if r.get("item_gains"):
+            out.setdefault(r["setting"], {}).setdefault(r["init_run"], {})[r["init"]] = r
+    return out
+
+
+def _pooled_gains(result: dict) -> None:
+    """Each setting's in-domain gain per initialisation pooled over the SFT runs (training seeds) it ran from, where
+    there are several: per seed the per-item gain, the seeds held fixed (a statement about these checkpoints)."""
+    out = {}
+    for setting, runs in _by_setting(result).items():
+        for init in ("sft", "rpsft"):
+            rows = [by_init[init] for by_init in runs.values() if init in by_init]
+            if len(rows) < 2:
+                continue
+            gains = {}
+            for m in IN_DOMAIN:
+                if all(m in r["item_gains"] for r in rows):
+                    a = [r["item_gains"][m]["gain"] for r in rows]
+                    gains[m] = _estimate(a, [[0.0] * len(x) for x in a], 1.0)
+            out.setdefault(setting, {})[init] = gains | {"init_runs": [r["init_run"] for r in rows]}
+    result["pooled_gains"] = out
+
+
+def _gain_differences(result: dict) -> None:
+    """Claim (c)'s reading for every setting run from both sft and rpsft: (gain from rpsft) - (gain from sft) per
+    held-out item, each gain over its own initial checkpoint, so the SFT checkpoints' own gap cancels; pooled over
+    the SFT runs (training seeds) that have both, each seed's own reading beside it. Kept from an earlier write for
+    rows without per-item gains (measured before they were recorded)."""
+    out = dict(result.get("gain_differences") or {})
+    for setting, runs in _by_setting(result).items():
+        both = {run: rows for run, rows in runs.items() if {"sft", "rpsft"} <= set(rows)}
+        if not both:
             continue
-        try:
-            ev = {k: _scores(run_dir / "eval" / k) for k in ("sft", "rpsft", rows["sft"]["arm"], rows["rpsft"]["arm"])}
-        except OSError:
-            continue
-        diffs = {}
+        diffs: dict = {}
         for metric in IN_DOMAIN:
-            gains = []
-            for init in ("rpsft", "sft"):
-                a, b = ev[rows[init]["arm"]][metric], ev[init][metric]
-                after = dict(zip(a["ids"], a["scores"], strict=True))
-                before = dict(zip(b["ids"], b["scores"], strict=True))
-                gains.append({i: after[i] - before[i] for i in after if i in before})
-            ids = [i for i in gains[0] if i in gains[1]]
-            est = paired_diff(
-                [[gains[0][i] for i in ids]], [[gains[1][i] for i in ids]], n_boot=4000, bounds=(-2.0, 2.0)
-            )
-            diffs[metric] = {"diff": est.value, "ci_low": est.low, "ci_high": est.high, "n": len(ids)}
+            a, b = [], []
+            per_seed = {}
+            for run, rows in both.items():
+                g_r, g_s = rows["rpsft"]["item_gains"].get(metric), rows["sft"]["item_gains"].get(metric)
+                if not g_r or not g_s:
+                    break
+                gs = dict(zip(g_s["ids"], g_s["gain"], strict=True))
+                ids = [i for i in g_r["ids"] if i in gs]
+                gr = dict(zip(g_r["ids"], g_r["gain"], strict=True))
+                a.append([gr[i] for i in ids])
+                b.append([gs[i] for i in ids])
+                per_seed[run] = _estimate(a[-1:], b[-1:], 2.0)
+            else:
+                diffs[metric] = _estimate(a, b, 2.0) | {"init_runs": list(both)}
+                if len(both) > 1:
+                    diffs[metric]["per_seed"] = per_seed
         out[setting] = diffs
     result["gain_differences"] = out
 
 
 def _choose(result: dict) -> None:
     """The cheapest setting (training seconds summed over its runs) whose Avg@k gain excludes 0 from every
-    initialisation it ran from; None when no setting moved."""
+    initialisation it ran from (pooled over the training seeds it ran from, where there are several); None when no
+    setting moved."""
     key = f"chain_sum/avg@{SAMPLES}"
     by_setting: dict[str, list[dict]] = {}
     for r in result["runs"]:
         by_setting.setdefault(r["setting"], []).append(r)
     inits = {r["init"] for r in result["runs"]}
+    pooled = result.get("pooled_gains", {})
+
+    def moved_from(setting: str, init: str) -> bool:
+        g = pooled.get(setting, {}).get(init, {}).get(key)
+        if g is None:
+            rows = [r for r in by_setting[setting] if r["init"] == init]
+            return all(r["gain"][key] and r["gain"][key]["ci_low"] > 0 for r in rows)
+        return g["ci_low"] > 0
+
     moved = {
         s: sum(r["train_runtime_s"] for r in rows) / len(rows)
         for s, rows in by_setting.items()
-        if {r["init"] for r in rows} == inits and all(r["gain"][key] and r["gain"][key]["ci_low"] > 0 for r in rows)
+        if {r["init"] for r in rows} == inits and all(moved_from(s, i) for i in inits)
     }
     result["chosen"] = min(moved, key=moved.get) if moved else None
     result["chosen_rule"] = (
         f"cheapest mean training time among settings whose in-domain {key} gain over the initial checkpoint "
-        "excludes 0 from every initialisation of the grid (a setting not run from all of them is not chosen)"
+        "excludes 0 from every initialisation of the grid, pooled over the training seeds it ran from (a setting "
+        "not run from all of them is not chosen)"
     )
 
 
