@@ -370,6 +370,15 @@ def _item_gains(after: dict, before: dict) -> dict:
     return out
 
 
+def _by_id(g: dict) -> dict:
+    return dict(zip(g["ids"], g["gain"], strict=True))
+
+
+def _common(per: list[dict]) -> list:
+    """The item ids every one of ``per`` has, in the first one's order."""
+    return [i for i in per[0] if all(i in g for g in per[1:])]
+
+
 def _estimate(a: list[list[float]], b: list[list[float]], bound: float) -> dict:
     """a - b paired by item within each training seed; with several seeds, about these checkpoints (the seeds held
     fixed, as the report reads fewer than 3 seeds)."""
@@ -400,8 +409,10 @@ def _pooled_gains(result: dict) -> None:
             gains = {}
             for m in IN_DOMAIN:
                 if all(m in r["item_gains"] for r in rows):
-                    a = [r["item_gains"][m]["gain"] for r in rows]
-                    gains[m] = _estimate(a, [[0.0] * len(x) for x in a], 1.0)
+                    per = [_by_id(r["item_gains"][m]) for r in rows]
+                    ids = _common(per)
+                    a = [[g[i] for i in ids] for g in per]
+                    gains[m] = _estimate(a, [[0.0] * len(ids) for _ in a], 1.0)
             out.setdefault(setting, {})[init] = gains | {"init_runs": [r["init_run"] for r in rows]}
     result["pooled_gains"] = out
 
@@ -418,22 +429,18 @@ def _gain_differences(result: dict) -> None:
             continue
         diffs: dict = {}
         for metric in IN_DOMAIN:
-            a, b = [], []
-            per_seed = {}
-            for run, rows in both.items():
-                g_r, g_s = rows["rpsft"]["item_gains"].get(metric), rows["sft"]["item_gains"].get(metric)
-                if not g_r or not g_s:
-                    break
-                gs = dict(zip(g_s["ids"], g_s["gain"], strict=True))
-                ids = [i for i in g_r["ids"] if i in gs]
-                gr = dict(zip(g_r["ids"], g_r["gain"], strict=True))
-                a.append([gr[i] for i in ids])
-                b.append([gs[i] for i in ids])
-                per_seed[run] = _estimate(a[-1:], b[-1:], 2.0)
-            else:
-                diffs[metric] = _estimate(a, b, 2.0) | {"init_runs": list(both)}
-                if len(both) > 1:
-                    diffs[metric]["per_seed"] = per_seed
+            if not all(metric in rows[i]["item_gains"] for rows in both.values() for i in ("sft", "rpsft")):
+                continue
+            # the items every seed and both initialisations were read on, in one order (seeds crossed with items)
+            per = {run: [_by_id(rows[i]["item_gains"][metric]) for i in ("rpsft", "sft")] for run, rows in both.items()}
+            ids = _common([g for pair in per.values() for g in pair])
+            a = [[gr[i] for i in ids] for gr, _ in per.values()]
+            b = [[gs[i] for i in ids] for _, gs in per.values()]
+            diffs[metric] = _estimate(a, b, 2.0) | {"init_runs": list(both)}
+            if len(both) > 1:
+                diffs[metric]["per_seed"] = {
+                    run: _estimate([x], [y], 2.0) for run, x, y in zip(both, a, b, strict=True)
+                }
         out[setting] = diffs
     result["gain_differences"] = out
 

@@ -31,11 +31,19 @@ def test_the_rl_setting_section_quotes_benchmarks_results_rl_setting_json():
             first, last = sum(reward[:8]) / 8, sum(reward[-8:]) / 8
             assert f"from {first:.2f}" in section and f"to {last:.2f}" in section, (run["init"], "reward")
             assert f"{100 * run['init_scores']['chain_sum/accuracy']:.1f}% {run['init']}" in section
-    # claim (c)'s reading of every pair of runs from sft and rpsft: the difference of their gains per item
+    # claim (c)'s reading of every pair of runs from sft and rpsft: the difference of their gains per item, pooled
+    # over the training seeds that ran both, each seed's reading beside it
+    span = lambda g: f"{100 * g['diff']:+.1f} [{100 * g['ci_low']:+.1f}, {100 * g['ci_high']:+.1f}]"  # noqa: E731
     for setting, diffs in r.get("gain_differences", {}).items():
         g = diffs["chain_sum/avg@4"]
         assert g["n"] == 200 and f"`{setting}`" in section
-        assert f"{100 * g['diff']:+.1f} [{100 * g['ci_low']:+.1f}, {100 * g['ci_high']:+.1f}]" in section, setting
+        assert span(g) in section, setting
+        for run, one in g.get("per_seed", {}).items():
+            assert span(one) in section, (setting, run)
+    # each initialisation's gain pooled over the training seeds it ran from
+    for setting, by_init in r.get("pooled_gains", {}).items():
+        for init, gains in by_init.items():
+            assert span(gains["chain_sum/avg@4"]) in section, (setting, init, "pooled")
     # the choice is the file's: none, when no setting raised Avg@k from every initialisation
     chosen = r["chosen"]
     assert (chosen is None) == ("No setting was chosen" in section)

@@ -104,3 +104,25 @@ def test_the_choice_reads_each_initialisations_gain_pooled_over_its_seeds():
     # real gains from both initialisations in both seeds: chosen
     up = [_row(s, i, f"seed-{k}", _gains(0.15, 20 + 2 * k + (i == "sft"))) for k in (0, 1) for i in ("sft", "rpsft")]
     assert _result(up)["chosen"] == s
+
+
+def test_seeds_are_pooled_item_by_item_whatever_order_each_seeds_evaluation_listed_its_items():
+    s, key = "grid-d", "chain_sum/avg@4"
+    rows = [
+        _row(s, "sft", "seed-0", _gains(0.0, 1)),
+        _row(s, "rpsft", "seed-0", _gains(0.10, 2)),
+        _row(s, "sft", "seed-1", _gains(0.0, 3)),
+        _row(s, "rpsft", "seed-1", _gains(0.10, 4)),
+    ]
+    straight = _result(rows)
+    order = np.random.default_rng(7).permutation(N)
+    for row in rows[2:]:  # seed 1's evaluation listed the same items in another order
+        for g in row["item_gains"].values():
+            g["ids"] = [g["ids"][j] for j in order]
+            g["gain"] = [g["gain"][j] for j in order]
+    shuffled = _result(rows)
+    for field in ("diff", "ci_low", "ci_high"):
+        assert shuffled["gain_differences"][s][key][field] == pytest.approx(straight["gain_differences"][s][key][field])
+        for init in ("sft", "rpsft"):
+            a, b = shuffled["pooled_gains"][s][init][key], straight["pooled_gains"][s][init][key]
+            assert a[field] == pytest.approx(b[field]), (init, field)
