@@ -121,7 +121,7 @@ class GradAtStep(TrainerCallback):
 
 
 @pytest.mark.parametrize("ga", [1, 4])
-def test_once_per_step_penalty_gradient_equals_the_per_micro_batch_form(tiny_cfg, ga):
+def test_once_per_step_penalty_gradient_equals_the_per_micro_batch_form(tiny_cfg, ga, monkeypatch):
     common = [
         f"sft.training.gradient_accumulation_steps={ga}",
         f"sft.training.per_device_train_batch_size={4 // ga}",
@@ -130,11 +130,26 @@ def test_once_per_step_penalty_gradient_equals_the_per_micro_batch_form(tiny_cfg
         "sft.training.learning_rate=1e-2",
         "sft.rpsft.lambda=10",
     ]
+    import stages.rpsft as rpsft_mod
+
     grads = {}
     for mode in ("per_step", "per_micro_batch"):
         cb = GradAtStep(2)  # at step 1 W = W0, so the penalty gradient is zero; step 2 sees it
         arm = build_arm(tiny_cfg("sft.method=rpsft", f"sft.rpsft.mode={mode}", *common), callbacks=[cb])
+        if mode == "per_step":
+            # one block product per matrix and optimizer step, whatever the accumulation: the first step's gradient,
+            # then after each step the one the log and the next step's gradient share
+            blocks, real = [], rpsft_mod.partial_deviation
+
+            def counted(*a, _real=real, _blocks=blocks, **k):
+                _blocks.append(1)
+                return _real(*a, **k)
+
+            monkeypatch.setattr(rpsft_mod, "partial_deviation", counted)
         arm.trainer.train()
+        if mode == "per_step":
+            monkeypatch.undo()
+            assert len(blocks) == arm.regularizer.count * (1 + 2), (ga, len(blocks))
         grads[mode] = cb.grads
     cb = GradAtStep(2)
     arm_sft = build_arm(tiny_cfg("sft.method=sft", *common), callbacks=[cb])
