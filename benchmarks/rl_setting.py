@@ -142,6 +142,13 @@ def _gpu() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
+def _machine() -> dict:
+    """The machine this invocation's runs are timed on (CPU model and vector flags, cores, GPU)."""
+    from stages.backends import machine
+
+    return {**machine(), "arch": platform.machine(), "gpu": _gpu()}
+
+
 def _stage(module: str, config: str, overrides: list[str]) -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", module, "--config", config, *overrides], check=True, cwd=REPO)
@@ -277,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": {"benchmarks": benchmarks, "samples": SAMPLES, "temperature": EVAL_TEMPERATURE},
         "extra_overrides": args.set,
         "stage_overrides": args.stage_set,
-        "machine": {"cores": os.cpu_count(), "arch": platform.machine(), "gpu": _gpu()},
+        "machine": _machine(),
         "runs": [],
     }
     previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
@@ -321,8 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         rl_s = _stage("stages.rl", args.config, overrides)
         eval_s = _stage("stages.evaluate", args.config, [*base, f"eval.models={json.dumps([arm])}"])
         before_row = earlier.get((setting, init, args.init_run)) if done_before else None
-        if before_row:  # a rerun that found the arm complete: the times are the ones it was measured with
+        measured_on = result["machine"]
+        if before_row:  # a rerun that found the arm complete: the times are the ones it was measured with, where
             rl_s, eval_s = before_row["stage_wall_s"], before_row["eval_wall_s"]
+            measured_on = before_row.get("machine")
         after, before = _scores(run_dir / "eval" / arm), _scores(run_dir / "eval" / init)
         summary = json.loads((run_dir / arm / "metrics.json").read_text())
         row = {
@@ -330,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             "init": init,
             "init_run": args.init_run,
             "arm": arm,
+            "machine": measured_on,
             "steps": summary["steps"],
             "train_runtime_s": round(summary["train_runtime_s"], 1),
             "stage_wall_s": round(rl_s, 1),
