@@ -47,14 +47,18 @@ def _result(rows: list[dict]) -> dict:
     return r
 
 
+def _two_seeds(setting: str) -> list[dict]:
+    """Two training seeds, RL from each initialisation: no gain from sft, about 10 points from rpsft."""
+    return [
+        _row(setting, i, f"seed-{k}", _gains(0.10 if i == "rpsft" else 0.0, 1 + 2 * k + (i == "rpsft")))
+        for k in (0, 1)
+        for i in ("sft", "rpsft")
+    ]
+
+
 def test_claim_c_pools_the_difference_of_gains_over_training_seeds_with_each_seeds_reading_beside_it():
     s, key = "grid-a", "chain_sum/avg@4"
-    rows = [
-        _row(s, "sft", "seed-0", _gains(0.0, 1)),
-        _row(s, "rpsft", "seed-0", _gains(0.10, 2)),
-        _row(s, "sft", "seed-1", _gains(0.0, 3)),
-        _row(s, "rpsft", "seed-1", _gains(0.10, 4)),
-    ]
+    rows = _two_seeds(s)
     r = _result(rows)
     d = r["gain_differences"][s][key]
     assert d["seeds"] == 2 and d["init_runs"] == ["seed-0", "seed-1"] and d["n"] == N
@@ -108,12 +112,7 @@ def test_the_choice_reads_each_initialisations_gain_pooled_over_its_seeds():
 
 def test_seeds_are_pooled_item_by_item_whatever_order_each_seeds_evaluation_listed_its_items():
     s, key = "grid-d", "chain_sum/avg@4"
-    rows = [
-        _row(s, "sft", "seed-0", _gains(0.0, 1)),
-        _row(s, "rpsft", "seed-0", _gains(0.10, 2)),
-        _row(s, "sft", "seed-1", _gains(0.0, 3)),
-        _row(s, "rpsft", "seed-1", _gains(0.10, 4)),
-    ]
+    rows = _two_seeds(s)
     straight = _result(rows)
     order = np.random.default_rng(7).permutation(N)
     for row in rows[2:]:  # seed 1's evaluation listed the same items in another order
