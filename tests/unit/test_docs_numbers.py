@@ -173,6 +173,16 @@ def test_the_overhead_and_task_tables_quote_their_files():
     for ga in (1, 4):
         (row,) = [rows[r] for r in arm if r.split(" GA ")[1].startswith(str(ga))]
         assert f"| {o[f'arm_ratio_ga{ga}']:.2f} (" in row, (ga, row)
+    # what RPSFT added per optimizer step at GA 4 in each round, from the real arms' file
+    a = json.loads((REPO / "benchmarks" / "results" / "arm_overhead.json").read_text())
+    (ga4,) = [x for x in a["settings"] if x["gradient_accumulation_steps"] == 4]
+    added = [
+        (r["train_runtime_s"] - s["train_runtime_s"]) / ga4["steps"]
+        for r, s in zip(ga4["runs"]["rpsft"], ga4["runs"]["sft"], strict=True)
+    ]
+    (row,) = [rows[r] for r in arm if r.split(" GA ")[1].startswith("4")]
+    assert f"added {added[0]:.2f} and {added[1]:.2f} s per optimizer step" in row
+    assert f"{ga4['sft_s_per_step']:.1f}-s SFT step" in row
     assert (
         f"| {o['naive_ratio_ga1']:.2f} / {o['naive_ratio_ga4']:.2f} ("
         in rows["naive per-micro-batch form / SFT, GA 1 and GA 4"]
