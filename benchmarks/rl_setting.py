@@ -1,16 +1,19 @@
 """Which CPU RL setting moves a model? GRPO from the default's SFT and RPSFT checkpoints over a small grid of settings,
-each RL checkpoint evaluated against its own initial checkpoint, paired by item. Writes JSON; the default config's
-``rl`` section is chosen from it (docs/measured.md, "Does RL move the default's checkpoints?").
+each RL checkpoint evaluated against its own initial checkpoint, paired by item. Writes JSON, read in docs/measured.md
+("Does RL move the default's checkpoints?"): which setting moves both initialisations and what it costs.
 
     python benchmarks/rl_setting.py --config configs/smollm2-cpu.yaml \\
         --init-run runs/smollm2-cpu/seeds/seed-0 --out benchmarks/results/rl_setting.json
+    # the same setting from another training seed's arms, in a folder of its own: its rows sit beside seed 0's
+    python benchmarks/rl_setting.py --config configs/smollm2-cpu.yaml --init-run runs/smollm2-cpu/seeds/seed-1 \\
+        --runs-root runs/rl-setting-seed-1 --runs t0.7-lr3e-5-mixed-8x4-48steps:rpsft,t0.7-lr3e-5-mixed-8x4-48steps:sft
 
 Per setting and initialisation: the reward curve, the share of prompt groups with mixed rewards per step (a group
 whose completions are all right or all wrong carries no GRPO gradient), seconds per step split into generation and
 training, and the RL checkpoint's gain over its initial checkpoint in domain (greedy accuracy, and Avg@k / pass@k of
 k sampled answers at the evaluation temperature, the paper's headline) and out of domain, each with its interval
 (items resampled; one training seed, so about these checkpoints). The chosen setting is the cheapest whose in-domain
-Avg@k gain excludes 0 from every initialisation of the grid.
+Avg@k gain excludes 0 from every initialisation of the grid, pooled over the training seeds it ran from.
 
 For every setting run from both sft and rpsft, the difference of their gains per held-out item (claim (c)'s
 reading, the SFT checkpoints' own gap removed) with its interval.
@@ -300,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             (r["setting"], r["init"], r["init_run"]): r for r in kept if (r["setting"], r["init"], r["init_run"]) in now
         }
         for r in result["runs"]:  # per-item gains of rows measured before they were recorded, where the folder has them
-            if "item_gains" not in r and r["init_run"] == args.init_run:
+            stale = any("after" not in g for g in r.get("item_gains", {}).values())
+            if (stale or not r.get("item_gains")) and r["init_run"] == args.init_run:
                 try:
                     r["item_gains"] = _item_gains(
                         _scores(run_dir / "eval" / r["arm"]), _scores(run_dir / "eval" / r["init"])
@@ -342,8 +346,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": measured_on,
             "steps": summary["steps"],
             "train_runtime_s": round(summary["train_runtime_s"], 1),
-            "stage_wall_s": round(rl_s, 1),
-            "eval_wall_s": round(eval_s, 1),
+            "stage_wall_s": None if rl_s is None else round(rl_s, 1),
+            "eval_wall_s": None if eval_s is None else round(eval_s, 1),
             "backend": summary.get("backend"),
             "prompt_filter": summary.get("prompt_filter"),
             "curve": _curve(run_dir / arm),
@@ -353,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             "ood_mean_change": _ood_change(after, before),
             "init_scores": {m: sum(before[m]["scores"]) / len(before[m]["scores"]) for m in IN_DOMAIN if m in before},
         }
+        if before_row and before_row.get("times_note"):
+            row["times_note"] = before_row["times_note"]
         result["runs"].append(row)
         _pooled_gains(result)
         _choose(result)
@@ -369,19 +375,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _item_gains(after: dict, before: dict) -> dict:
-    """Each held-out item's in-domain score after RL minus before, by item id: what claim (c) and the pooling over
-    training seeds are read from, kept in the file so that they outlive the run folders."""
+    """Each held-out item's in-domain score after RL, and after minus before, by item id: what claim (c) and the
+    pooling over training seeds are read from, kept in the file so that they outlive the run folders."""
     out = {}
     for m in IN_DOMAIN:
         if m in after and m in before:
             b = dict(zip(before[m]["ids"], before[m]["scores"], strict=True))
-            pairs = [(i, x - b[i]) for i, x in zip(after[m]["ids"], after[m]["scores"], strict=True) if i in b]
-            out[m] = {"ids": [i for i, _ in pairs], "gain": [round(g, 6) for _, g in pairs]}
+            rows = [(i, x, x - b[i]) for i, x in zip(after[m]["ids"], after[m]["scores"], strict=True) if i in b]
+            out[m] = {
+                "ids": [i for i, _, _ in rows],
+                "gain": [round(g, 6) for _, _, g in rows],
+                "after": [round(x, 6) for _, x, _ in rows],
+            }
     return out
 
 
-def _by_id(g: dict) -> dict:
-    return dict(zip(g["ids"], g["gain"], strict=True))
+def _by_id(g: dict, field: str = "gain") -> dict:
+    return dict(zip(g["ids"], g[field], strict=True))
 
 
 def _common(per: list[dict]) -> list:
@@ -430,9 +440,11 @@ def _pooled_gains(result: dict) -> None:
 def _gain_differences(result: dict) -> None:
     """Claim (c)'s reading for every setting run from both sft and rpsft: (gain from rpsft) - (gain from sft) per
     held-out item, each gain over its own initial checkpoint, so the SFT checkpoints' own gap cancels; pooled over
-    the SFT runs (training seeds) that have both, each seed's own reading beside it. Kept from an earlier write for
+    the SFT runs (training seeds) that have both, each seed's own reading beside it. In ``post_rl_differences``, the
+    primary reading beside it: where RL ended, rl-rpsft - rl-sft on the same items. Kept from an earlier write for
     rows without per-item gains (measured before they were recorded)."""
     out = dict(result.get("gain_differences") or {})
+    post = dict(result.get("post_rl_differences") or {})
     for setting, runs in _by_setting(result).items():
         both = {run: rows for run, rows in runs.items() if {"sft", "rpsft"} <= set(rows)}
         if not both:
@@ -451,8 +463,21 @@ def _gain_differences(result: dict) -> None:
                 diffs[metric]["per_seed"] = {
                     run: _estimate([x], [y], 2.0) for run, x, y in zip(both, a, b, strict=True)
                 }
+            if all("after" in rows[i]["item_gains"][metric] for rows in both.values() for i in ("sft", "rpsft")):
+                # the primary reading beside it: where RL ended, rl-rpsft - rl-sft on the same items
+                after = {
+                    run: [_by_id(rows[i]["item_gains"][metric], "after") for i in ("rpsft", "sft")]
+                    for run, rows in both.items()
+                }
+                a = [[ar[i] for i in ids] for ar, _ in after.values()]
+                b = [[as_[i] for i in ids] for _, as_ in after.values()]
+                level = _estimate(a, b, 1.0) | {"init_runs": list(both)}
+                if len(both) > 1:
+                    level["per_seed"] = {run: _estimate([x], [y], 1.0) for run, x, y in zip(both, a, b, strict=True)}
+                post.setdefault(setting, {})[metric] = level
         out[setting] = diffs
     result["gain_differences"] = out
+    result["post_rl_differences"] = post
 
 
 def _choose(result: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from tests.conftest import DOCS, REPO, doc_section
 
@@ -44,9 +45,33 @@ def test_the_rl_setting_section_quotes_benchmarks_results_rl_setting_json():
     for setting, by_init in r.get("pooled_gains", {}).items():
         for init, gains in by_init.items():
             assert span(gains["chain_sum/avg@4"]) in section, (setting, init, "pooled")
+    # where RL ended, rl-rpsft - rl-sft, pooled and per seed
+    for setting, by_metric in r.get("post_rl_differences", {}).items():
+        g = by_metric["chain_sum/avg@4"]
+        assert span(g) in section, (setting, "post-RL")
+        for run, one in g.get("per_seed", {}).items():
+            assert span(one) in section, (setting, run, "post-RL")
+    # the seeds' spread of claim (c)'s reading and the training seeds it would take to detect 2 and 4 points
+    for diffs in r.get("gain_differences", {}).values():
+        per = [100 * x["diff"] for x in diffs["chain_sum/avg@4"].get("per_seed", {}).values()]
+        if len(per) == 2:
+            sd = abs(per[0] - per[1]) / math.sqrt(2)
+            flat = " ".join(section.split())  # sentences wrap across lines
+            assert f"differ by {abs(per[0] - per[1]):.1f} points" in flat and f"deviation of {sd:.1f}" in flat
+            need = {d: math.ceil((1.96 + 0.8416) ** 2 * sd**2 / d**2) for d in (2, 4)}
+            assert f"about {need[2]} training seeds to detect a 2-point" in flat
+            assert f"and {need[4]} for 4 points" in flat
     # the choice is the file's: none, when no setting raised Avg@k from every initialisation
     chosen = r["chosen"]
     assert (chosen is None) == ("No setting was chosen" in section)
+    if chosen:
+        assert f"**the chosen setting is `{chosen}`**" in " ".join(section.split())
+        # the front door quotes the chosen setting's pooled gains and its claim (c) reading
+        readme = " ".join((REPO / "README.md").read_text().split())
+        pooled = r["pooled_gains"][chosen]
+        assert f"{span(pooled['sft']['chain_sum/avg@4'])} points from SFT" in readme
+        assert f"{span(pooled['rpsft']['chain_sum/avg@4'])} from RPSFT" in readme
+        assert f"difference of gains of {span(r['gain_differences'][chosen]['chain_sum/avg@4'])}" in readme
 
 
 # The forgetting-setting table: each row's file and candidate (learning rate, system prompt tag)

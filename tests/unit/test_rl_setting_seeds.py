@@ -125,3 +125,16 @@ def test_seeds_are_pooled_item_by_item_whatever_order_each_seeds_evaluation_list
         for init in ("sft", "rpsft"):
             a, b = shuffled["pooled_gains"][s][init][key], straight["pooled_gains"][s][init][key]
             assert a[field] == pytest.approx(b[field]), (init, field)
+
+
+def test_the_post_rl_reading_compares_where_rl_ended_and_differs_from_the_difference_of_gains_by_the_sft_gap():
+    s, key = "grid-e", "chain_sum/avg@4"
+    rows = _two_seeds(s)
+    for row in rows:  # rpsft's checkpoints start 0.25 higher on every item; RL adds the row's gains to that
+        start = 0.5 if row["init"] == "rpsft" else 0.25
+        for g in row["item_gains"].values():
+            g["after"] = [start + x for x in g["gain"]]
+    r = _result(rows)
+    post, gains = r["post_rl_differences"][s][key], r["gain_differences"][s][key]
+    assert post["diff"] == pytest.approx(gains["diff"] + 0.25, abs=1e-9) and post["seeds"] == 2
+    assert set(post["per_seed"]) == {"seed-0", "seed-1"}
