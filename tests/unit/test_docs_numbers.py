@@ -72,6 +72,14 @@ def test_the_rl_setting_section_quotes_benchmarks_results_rl_setting_json():
         assert f"{span(pooled['sft']['chain_sum/avg@4'])} points from SFT" in readme
         assert f"{span(pooled['rpsft']['chain_sum/avg@4'])} from RPSFT" in readme
         assert f"difference of gains of {span(r['gain_differences'][chosen]['chain_sum/avg@4'])}" in readme
+        # what it costs against the default's RL, in minutes per initialisation, from the two files
+        walls = [x["stage_wall_s"] / 60 for x in r["runs"] if x["setting"] == chosen and x["stage_wall_s"]]
+        p = json.loads((REPO / "benchmarks" / "results" / "pipeline_smollm2_cpu.json").read_text())
+        default = [v / 60 for k, v in p["stages_s"].items() if k.startswith("rl[")]
+        cost = f"{min(walls):.0f} to {max(walls):.0f} minutes of RL per initialisation"
+        ours = f"{min(default):.0f} to {max(default):.0f}"
+        assert f"{cost} on 2 cores, against the default's {ours}" in readme
+        assert f"costs {cost} and seed with its filter, against {ours} for the default's" in " ".join(section.split())
 
 
 # The forgetting-setting table: each row's file and candidate (learning rate, system prompt tag)
