@@ -216,6 +216,12 @@ def test_the_overhead_and_task_tables_quote_their_files():
     (row,) = [rows[r] for r in arm if r.split(" GA ")[1].startswith("4")]
     assert f"added {added[0]:.2f} and {added[1]:.2f} s per optimizer step" in row
     assert f"{ga4['sft_s_per_step']:.1f}-s SFT step" in row
+    for other in a.get("other_machines", []):  # the same arms timed on another machine
+        (o4,) = [x for x in other["settings"] if x["gradient_accumulation_steps"] == 4]
+        rounds = ", ".join(f"{x:.2f}" for x in o4["ratio_per_round"])
+        sft = [x["train_runtime_s"] for x in o4["runs"]["sft"]]
+        assert f"{o4['ratio']:.2f} by the medians, the rounds {rounds}" in row
+        assert f"varied by {max(sft) - min(sft):.0f} s between rounds" in row
     assert (
         f"| {o['naive_ratio_ga1']:.2f} / {o['naive_ratio_ga4']:.2f} ("
         in rows["naive per-micro-batch form / SFT, GA 1 and GA 4"]
