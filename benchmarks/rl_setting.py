@@ -437,6 +437,17 @@ def _pooled_gains(result: dict) -> None:
     result["pooled_gains"] = out
 
 
+def _rpsft_minus_sft(per: dict[str, list[dict]], ids: list, bound: float) -> dict:
+    """``per``: SFT run -> [rpsft's, sft's] per-item values by id. Their difference on ``ids``, pooled over the runs,
+    and each run's own reading beside it when there are several."""
+    a = [[r[i] for i in ids] for r, _ in per.values()]
+    b = [[s[i] for i in ids] for _, s in per.values()]
+    out = _estimate(a, b, bound) | {"init_runs": list(per)}
+    if len(per) > 1:
+        out["per_seed"] = {run: _estimate([x], [y], bound) for run, x, y in zip(per, a, b, strict=True)}
+    return out
+
+
 def _gain_differences(result: dict) -> None:
     """Claim (c)'s reading for every setting run from both sft and rpsft: (gain from rpsft) - (gain from sft) per
     held-out item, each gain over its own initial checkpoint, so the SFT checkpoints' own gap cancels; pooled over
@@ -456,25 +467,14 @@ def _gain_differences(result: dict) -> None:
             # the items every seed and both initialisations were read on, in one order (seeds crossed with items)
             per = {run: [_by_id(rows[i]["item_gains"][metric]) for i in ("rpsft", "sft")] for run, rows in both.items()}
             ids = _common([g for pair in per.values() for g in pair])
-            a = [[gr[i] for i in ids] for gr, _ in per.values()]
-            b = [[gs[i] for i in ids] for _, gs in per.values()]
-            diffs[metric] = _estimate(a, b, 2.0) | {"init_runs": list(both)}
-            if len(both) > 1:
-                diffs[metric]["per_seed"] = {
-                    run: _estimate([x], [y], 2.0) for run, x, y in zip(both, a, b, strict=True)
-                }
+            diffs[metric] = _rpsft_minus_sft(per, ids, 2.0)
             if all("after" in rows[i]["item_gains"][metric] for rows in both.values() for i in ("sft", "rpsft")):
                 # the primary reading beside it: where RL ended, rl-rpsft - rl-sft on the same items
                 after = {
                     run: [_by_id(rows[i]["item_gains"][metric], "after") for i in ("rpsft", "sft")]
                     for run, rows in both.items()
                 }
-                a = [[ar[i] for i in ids] for ar, _ in after.values()]
-                b = [[as_[i] for i in ids] for _, as_ in after.values()]
-                level = _estimate(a, b, 1.0) | {"init_runs": list(both)}
-                if len(both) > 1:
-                    level["per_seed"] = {run: _estimate([x], [y], 1.0) for run, x, y in zip(both, a, b, strict=True)}
-                post.setdefault(setting, {})[metric] = level
+                post.setdefault(setting, {})[metric] = _rpsft_minus_sft(after, ids, 1.0)
         out[setting] = diffs
     result["gain_differences"] = out
     result["post_rl_differences"] = post
