@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_prefect_e2e import _free_port, _post, _server_env
+from tests.e2e.test_prefect_e2e import _free_port, _post, _server_env, _stop
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -93,8 +93,7 @@ def test_stages_on_two_work_pools_meet_only_through_the_store(tmp_path, cache_di
                 ran.setdefault(flows[fr["flow_id"]], set()).add((fr["work_pool_name"], fr["state_type"]))
     finally:
         for w in workers:
-            w.terminate()
-            w.wait(timeout=60)
+            _stop(w)
         for log in logs:
             log.close()
         subprocess.run([*cli, "server", "--stop", "--port", str(port)], env=env, cwd=REPO, timeout=120)
