@@ -22,6 +22,8 @@ from prefect.artifacts import (
 from pipeline import shared_store
 from pipeline.params import REPO, StageParams
 from pipeline.stage_log import PROGRESS, StageLog
+from stages import provenance
+from stages.config import ConfigError, load_config
 from stages.secrets import scrub
 from stages.stage_cli import STAGE_MODULES, TRAINING_STAGES, exit_kind
 from stages.store import PROGRESS_ENV, PROGRESS_MARK, free_port
@@ -53,8 +55,7 @@ def retry_transient(task, task_run, state) -> bool:
 
 def stage_command(stage: str, params: StageParams, extra: list[str] | None = None) -> list[str]:
     """The child command of one stage (python -m, or accelerate launch for multi-process training)."""
-    cfg_path = params.config if Path(params.config).exists() else str(REPO / params.config)
-    args = ["--config", cfg_path, *(["--force"] if params.force else []), *params.overrides, *(extra or [])]
+    args = ["--config", _config_path(params), *(["--force"] if params.force else []), *params.overrides, *(extra or [])]
     if stage in TRAINING_STAGES and params.launcher.num_processes > 1:
         acc = params.launcher.accelerate_config
         acc = acc if Path(acc).is_file() else str(REPO / acc)
@@ -72,6 +73,10 @@ def stage_command(stage: str, params: StageParams, extra: list[str] | None = Non
             *args,
         ]
     return [sys.executable, "-m", STAGE_MODULES[stage], *args]
+
+
+def _config_path(params: StageParams) -> str:
+    return params.config if Path(params.config).exists() else str(REPO / params.config)
 
 
 def _port_args(accelerate_config: str) -> list[str]:
@@ -196,14 +201,32 @@ def tagged(stage: str, arm: str | None = None, seed: int | None = None):
 
 @task(name="stage", task_run_name="{label}", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_transient)
 def stage_task(stage: str, params: StageParams, label: str, extra: list[str] | None = None) -> str:
-    if params.store is None:
+    mirrored = mirrored_run(params) if params.store is not None else None
+    if mirrored:
+        shared_store.pull(params.store, *mirrored)  # what stages on other machines wrote
+    finished = finished_arm(stage, params, extra)
+    if finished is not None:
+        get_run_logger().info("%s: %s is complete with this recipe; skipped (force=true redoes it)", label, finished)
+    else:
         run_child(stage_command(stage, params, extra), label)
-        return label
-    run_dir, run_name = mirrored_run(params)
-    shared_store.pull(params.store, run_dir, run_name)  # what stages on other machines wrote
-    run_child(stage_command(stage, params, extra), label)
-    shared_store.push(params.store, run_dir, run_name)
+    if mirrored:
+        shared_store.push(params.store, *mirrored)
     return label
+
+
+def finished_arm(stage: str, params: StageParams, extra: list[str] | None = None) -> Path | None:
+    """The training arm a stage would find complete and return as it is (:func:`stages.provenance.finished_arm`),
+    read with the config its process would load; None when the stage has to run (not a training stage, ``force``, a
+    multi-seed config the stage splits itself, a config the stage should be the one to refuse, or an arm to train)."""
+    if stage not in TRAINING_STAGES or params.force:
+        return None
+    try:
+        cfg = load_config(_config_path(params), [*params.overrides, *(extra or [])])
+    except ConfigError:
+        return None
+    if len(cfg.seed_list) > 1:
+        return None
+    return provenance.finished_arm(stage, cfg)
 
 
 def mirrored_run(params: StageParams) -> tuple[Path, str]:

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from stages.checkpointing import checkpoints
-from stages.config import ConfigError, safe_yaml
+from stages.config import ConfigError, dump_config, safe_yaml
 from stages.layout import CHECKPOINT, INIT, ArmLayout, RunLayout
 from stages.store import FolderLock, LockedError, atomic_write_json, file_sha256, is_done, weights_stamp
 
@@ -256,6 +256,39 @@ def check_same_init(arm_dir: Path, init_path: str, force: bool) -> dict[str, Any
         arm_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, record)
     return record
+
+
+def rl_arm_name(cfg: Any) -> str:
+    """The RL arm's folder name: ``rl.arm``, else ``rl-<sft arm>`` for ``<run_dir>/<sft arm>/checkpoint`` (the last
+    folder's name for any other initial checkpoint), ``rl-base`` without one."""
+    if cfg.rl.arm:
+        return cfg.rl.arm
+    if not cfg.rl.init:
+        return "rl-base"
+    init = Path(cfg.rl.init)
+    return f"rl-{init.parent.name if init.name == CHECKPOINT else init.name}"
+
+
+def training_arm(stage: str, cfg: Any) -> tuple[Path, tuple[str, dict[str, Any]]]:
+    """The folder and the recipe of the arm a training stage (``sft`` or ``rl``) makes from ``cfg``."""
+    arm_dir = cfg.arm_dir if stage == "sft" else cfg.layout.arm(rl_arm_name(cfg)).dir
+    return arm_dir, (stage, safe_yaml(dump_config(cfg)))
+
+
+def finished_arm(stage: str, cfg: Any) -> Path | None:
+    """The arm's folder when :func:`run_arm_once` would return it as it is, without ``--force``: complete, made by
+    this recipe, its metrics readable. None in every other case (not finished, another recipe, a damaged file: the
+    stage itself then runs and says what it finds). The flow asks this before it starts a stage's process, so a
+    finished arm costs no process start (about 7 s for SFT, 11 s for RL on 2 cores, mostly imports)."""
+    arm_dir, recipe = training_arm(stage, cfg)
+    if not is_done(arm_dir):
+        return None
+    try:
+        check_same_recipe(arm_dir, recipe[1], recipe[0], "")
+        json.loads(ArmLayout(arm_dir).metrics.read_text())
+    except (ConfigError, OSError, ValueError):
+        return None
+    return arm_dir
 
 
 def run_arm_once(

@@ -29,10 +29,11 @@ from trl import GRPOConfig, GRPOTrainer
 
 from stages import backends, checkpointing, engines, models, provenance, store, tracking
 from stages.checkpointing import last_complete_checkpoint, save_checkpoint
-from stages.config import Config, ConfigError, dump_config, safe_yaml, use_cpu
+from stages.config import Config, ConfigError, dump_config, use_cpu
 from stages.data import prompt_messages, prompt_text, rows_dataset
-from stages.layout import CHECKPOINT, ArmLayout
+from stages.layout import ArmLayout
 from stages.ppo import PolicyWithValue, PPOSettings, TransformersRollouts, VLLMRollouts, train_ppo, value_head_state
+from stages.provenance import rl_arm_name
 from stages.rewards import get_reward
 from stages.rl_prompts import filtered_prompts, rl_prompts
 from stages.stage_cli import stage_main
@@ -48,16 +49,6 @@ SHORTCUTS = {
     "max_steps": "rl.training.max_steps",
     "backend": "rl.generation.backend",
 }
-
-
-def rl_arm_name(cfg: Config) -> str:
-    if cfg.rl.arm:
-        return cfg.rl.arm
-    if not cfg.rl.init:
-        return "rl-base"
-    init = Path(cfg.rl.init)
-    # <run_dir>/<sft arm>/checkpoint -> rl-<sft arm>
-    return f"rl-{init.parent.name if init.name == CHECKPOINT else init.name}"
 
 
 def check_chat_format(tokenizer, where: str) -> None:
@@ -184,15 +175,11 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
             process writing the same RL arm.
     """
     arm = rl_arm_name(cfg)
-    arm_dir = cfg.layout.arm(arm).dir
+    arm_dir, recipe = provenance.training_arm("rl", cfg)
     if not (is_done(arm_dir) and not force):
         tracking.check_installed(cfg)  # before any model is loaded
     return provenance.run_arm_once(
-        arm_dir,
-        force,
-        lambda: _run(cfg, force, callbacks, arm, arm_dir),
-        "pass --force to rerun",
-        recipe=("rl", safe_yaml(dump_config(cfg))),
+        arm_dir, force, lambda: _run(cfg, force, callbacks, arm, arm_dir), "pass --force to rerun", recipe=recipe
     )
 
 

@@ -35,7 +35,7 @@ from trl import SFTConfig, SFTTrainer
 from stages import checkpointing, engines, models, provenance, store, tracking
 from stages import data as data_mod
 from stages.checkpointing import save_checkpoint
-from stages.config import Config, ConfigError, dump_config, safe_yaml, use_cpu
+from stages.config import Config, ConfigError, dump_config, use_cpu
 from stages.rpsft import (
     RPSFTRegularizer,
     anchor_inputs,
@@ -422,14 +422,11 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
     Raises:
         ConfigError: bad model, data or settings, or another process writing this arm, before any training.
     """
-    if not (is_done(cfg.arm_dir) and not force):
+    arm_dir, recipe = provenance.training_arm("sft", cfg)
+    if not (is_done(arm_dir) and not force):
         tracking.check_installed(cfg)  # before any model is loaded
     return provenance.run_arm_once(
-        cfg.arm_dir,
-        force,
-        lambda: _train(cfg, force, callbacks),
-        "pass --force to retrain",
-        recipe=("sft", safe_yaml(dump_config(cfg))),
+        arm_dir, force, lambda: _train(cfg, force, callbacks), "pass --force to retrain", recipe=recipe
     )
 
 

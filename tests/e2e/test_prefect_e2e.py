@@ -231,6 +231,14 @@ def test_tiny_pipeline_deployment_runs_end_to_end(prefect_server, tmp_path):
     out = _deployment_run(env, "sft-to-rl/tiny", {"overrides": [f"runs_root={runs_root}"]})
     assert out.returncode == 0, out.stdout[-2000:]
     assert (run_dir / "sft" / "metrics.json").stat().st_mtime_ns == before
+    # ... and the finished training arms start no stage process at all (each would spend seconds on imports to say so)
+    runs = _post(api, "/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 5})
+    again = next(r for r in runs if r["parameters"].get("overrides") == [f"runs_root={runs_root}"])
+    assert again["id"] != run["id"] and again["state"]["type"] == "COMPLETED"
+    lines = [x["message"] for x in _all_logs(api, again["id"])]
+    for label in ("sft[sft]", "sft[rpsft]", "rl[sft]", "rl[rpsft]"):
+        assert any(m.startswith(f"{label}: ") and "is complete with this recipe; skipped" in m for m in lines), label
+    assert not [m for m in lines if "-m stages.sft" in m or "-m stages.rl" in m], lines
     # In the browser, as a user sees it: the report artifact's page shows every figure (each image loaded).
     ui = api.removesuffix("/api")
     shots = os.environ.get("SFT2RL_SCREENSHOTS")  # a folder: refresh the docs/ screenshots from this run
@@ -526,7 +534,7 @@ def test_a_server_restarted_mid_run_loses_nothing(tmp_path, cache_dir):
 def test_two_runs_of_a_stage_deployment_on_one_arm_at_once_train_it_once(prefect_server, tmp_path):
     """Concurrent stages through the Prefect server: two flow runs of sft/tiny on the same arm, started together. The
     served deployments take one flow run at a time (sft2rl serve --limit 1), so the second waits, finds the arm
-    finished and skips it; the arm is trained once, whole (two processes on one arm are refused by its lock:
+    finished and skips it (without starting the stage's process); the arm is trained once, whole (two processes on one arm are refused by its lock:
     test_same_run_name_is_refused_and_other_runs_do_not_interfere)."""
     env = prefect_server["env"]
     over = [f"runs_root={tmp_path / 'runs'}", "sft.training.max_steps=30"]
@@ -540,6 +548,7 @@ def test_two_runs_of_a_stage_deployment_on_one_arm_at_once_train_it_once(prefect
     ]
     outs = [p.communicate(timeout=1300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outs]
-    assert sum("is complete; skipping" in o for o in outs) == 1, [o[-2000:] for o in outs]
+    # the second finds it finished before starting a stage process
+    assert sum("is complete with this recipe; skipped" in o for o in outs) == 1, [o[-2000:] for o in outs]
     arm = tmp_path / "runs" / "tiny" / "sft"
     assert (arm / "DONE").is_file() and json.loads((arm / "metrics.json").read_text())["steps"] == 30

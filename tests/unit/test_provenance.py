@@ -94,3 +94,33 @@ def test_a_long_value_in_a_recipe_difference_keeps_its_end():
     assert "sft/checkpoint'" in text and "rpsft/checkpoint'" in text and "..." in text
     assert len(text) < 2 * 130
     assert shown({"rl.init": (None, "/runs/x/sft/checkpoint")}) == "rl.init: None -> '/runs/x/sft/checkpoint'"
+
+
+def test_a_finished_arm_is_returned_as_it_is_only_when_complete_same_recipe_and_readable(tmp_path):
+    """The rule the flow asks before it starts a training stage's process; anything else leaves it to the stage."""
+    from pipeline.params import StageParams
+    from pipeline.runner import finished_arm as flow_finished
+    from stages.provenance import finished_arm, rl_arm_name, training_arm
+
+    cfg = load_config(CONFIGS / "tiny.yaml", [f"runs_root={tmp_path}"])
+    arm_dir, (stage, rec) = training_arm("sft", cfg)
+    assert arm_dir == cfg.arm_dir and stage == "sft" and rec == yaml.safe_load(dump_config(cfg))
+    assert finished_arm("sft", cfg) is None  # nothing yet
+    arm_dir.mkdir(parents=True)
+    (arm_dir / "config.yaml").write_text(dump_config(cfg))
+    (arm_dir / "metrics.json").write_text(json.dumps({"steps": 4}))
+    assert finished_arm("sft", cfg) is None  # written but not marked complete
+    (arm_dir / "DONE").write_text("")
+    assert finished_arm("sft", cfg) == arm_dir
+    params = StageParams(config=str(CONFIGS / "tiny.yaml"), overrides=[f"runs_root={tmp_path}"])
+    assert flow_finished("sft", params) == arm_dir
+    assert flow_finished("sft", params.model_copy(update={"force": True})) is None
+    assert flow_finished("evaluate", params) is None  # only training arms
+    assert flow_finished("sft", params, ["sft.training.learning_rate=0.05"]) is None  # another recipe: the stage says
+    assert flow_finished("sft", params, ["no_such_key=1"]) is None  # a config the stage itself refuses
+    (arm_dir / "metrics.json").write_text("{torn")
+    assert finished_arm("sft", cfg) is None  # damaged: the stage runs and names the file
+    # the RL arm's folder comes from its initial checkpoint
+    rl = load_config(CONFIGS / "tiny.yaml", [f"runs_root={tmp_path}", f"rl.init={arm_dir / 'checkpoint'}"])
+    assert rl_arm_name(rl) == "rl-sft" and training_arm("rl", rl)[0] == rl.layout.arm("rl-sft").dir
+    assert finished_arm("rl", rl) is None
