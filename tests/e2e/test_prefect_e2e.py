@@ -60,6 +60,10 @@ def _server_env(home: Path, port: int, cache_dir: Path) -> dict[str, str]:
         HF_HUB_OFFLINE="1",
         HF_DATASETS_OFFLINE="1",
         SFT2RL_FILES_PORT=str(_free_port()),
+        # workers and served deployments look for scheduled runs every 10 s by default: each deployment run of these
+        # tests waited up to that long to start; how soon a run is picked up is not what they check
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
     )
     return env
 
@@ -274,8 +278,10 @@ def test_pipeline_times_benchmark_reads_the_finished_run(prefect_server, tmp_pat
     assert proc.returncode == 0, proc.stderr
     data = json.loads(out.read_text())
     assert data["state"] == "COMPLETED" and data["total_s"] > 0
+    # every stage's task run; the latest run may be a rerun, whose finished arms the flow skipped in well under 0.1 s
     for stage in ("prepare", "sft[sft]", "sft[rpsft]", "rl[sft]", "rl[rpsft]", "evaluate", "report"):
-        assert data["stages_s"][stage] > 0, stage
+        assert data["stages_s"][stage] >= 0, stage
+    assert data["stages_s"]["prepare"] > 0 and data["stages_s"]["report"] > 0  # these start a process every time
     assert sum(data["stages_s"].values()) <= data["total_s"] + 1
 
 
@@ -534,8 +540,8 @@ def test_a_server_restarted_mid_run_loses_nothing(tmp_path, cache_dir):
 def test_two_runs_of_a_stage_deployment_on_one_arm_at_once_train_it_once(prefect_server, tmp_path):
     """Concurrent stages through the Prefect server: two flow runs of sft/tiny on the same arm, started together. The
     served deployments take one flow run at a time (sft2rl serve --limit 1), so the second waits, finds the arm
-    finished and skips it (without starting the stage's process); the arm is trained once, whole (two processes on one arm are refused by its lock:
-    test_same_run_name_is_refused_and_other_runs_do_not_interfere)."""
+    finished and skips it (without starting the stage's process); the arm is trained once, whole (two processes on
+    one arm are refused by its lock: test_same_run_name_is_refused_and_other_runs_do_not_interfere)."""
     env = prefect_server["env"]
     over = [f"runs_root={tmp_path / 'runs'}", "sft.training.max_steps=30"]
     cmd = [sys.executable, "-m", "prefect", "deployment", "run", "sft/tiny", "--params"]
