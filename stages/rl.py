@@ -174,8 +174,8 @@ def run(cfg: Config, force: bool = False, callbacks: list | None = None) -> dict
         ConfigError: bad init checkpoint, tokenizer, rewards or batch shape, before any generation; or another
             process writing the same RL arm.
     """
-    arm = rl_arm_name(cfg)
     arm_dir, recipe = provenance.training_arm("rl", cfg)
+    arm = arm_dir.name
     if not (is_done(arm_dir) and not force):
         tracking.check_installed(cfg)  # before any model is loaded
     return provenance.run_arm_once(

@@ -99,8 +99,8 @@ def test_hub_dataset_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # the libraries read these variables when first imported: set them where they are read, or an import earlier in
     # the session leaves the hub online and the test waits on connection timeouts (23 s) instead of the offline path
-    for module, name in ((datasets.config, "HF_DATASETS_OFFLINE"), (datasets.config, "HF_HUB_OFFLINE")):
-        monkeypatch.setattr(module, name, True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError, match="(?s)could not be loaded.*data.source=file"):
         build_items(DataConfig(source="hub", path="nobody/no-such-dataset-sft2rl"))
