@@ -15,6 +15,10 @@ A model whose outputs are complete for the same checkpoint and eval settings is 
 
 from __future__ import annotations
 
+from stages.startup import pause_collector
+
+pause_collector(__name__)  # before the imports below: stages/startup.py
+
 import gc
 import hashlib
 import json

@@ -7,6 +7,10 @@ Writes ``<run_dir>/prepare/result.json`` with the model folder every later stage
 
 from __future__ import annotations
 
+from stages.startup import pause_collector
+
+pause_collector(__name__)  # before the imports below: stages/startup.py
+
 import logging
 import sys
 import time

@@ -12,6 +12,10 @@ inconclusive, about methods only with at least three seeds.
 
 from __future__ import annotations
 
+from stages.startup import pause_collector
+
+pause_collector(__name__)  # before the imports below: stages/startup.py
+
 import logging
 import sys
 from typing import Any

@@ -10,6 +10,10 @@ variance, step time), ``metrics.json`` (summary), ``config.yaml``, ``trainer/`` 
 
 from __future__ import annotations
 
+from stages.startup import pause_collector
+
+pause_collector(__name__)  # before the imports below: stages/startup.py
+
 import json
 import logging
 import os

@@ -16,6 +16,10 @@ Outputs: ``<run_dir>/<arm>/checkpoint/`` (HF folder with tokenizer and chat temp
 
 from __future__ import annotations
 
+from stages.startup import pause_collector
+
+pause_collector(__name__)  # before the imports below: stages/startup.py
+
 import json
 import logging
 import math

@@ -18,6 +18,7 @@ from typing import Any
 
 from stages.config import Config, ConfigError, load_config
 from stages.secrets import SecretFilter, scrub
+from stages.startup import imports_done
 from stages.store import ResourceError, set_disk_reserve
 
 # The stages, by the name users type, and the module each runs as (``python -m <module>``).
@@ -102,6 +103,7 @@ def stage_main(
 
     ``per_seed``: on a config with several ``seeds``, run once per seed in ``<run_dir>/seeds/seed-<s>/`` (where the
     flow puts them, so the report pools them); a callable adapts each seed's config from the main one."""
+    imports_done()  # the collector, paused while the stage's module imported (stages/startup.py), resumes
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(SecretFilter())

@@ -1,0 +1,83 @@
+"""What starting and ending a stage process costs, with the garbage collector paused for the imports and frozen
+at exit (stages/startup.py) and without: writes JSON.
+
+Each stage is started as the flows start it, ``python -m stages.<name> --help`` (every import the stage makes, its
+main, then exit), and, for the comparison, as a library import that calls the same main (``import stages.<name>``
+does not pause the collector: the process behaves as before stages/startup.py). The two forms alternate, one process
+at a time; each figure is the median wall time of ``--rounds`` processes.
+
+    python benchmarks/process_start.py --out benchmarks/results/process_start.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+STAGES = ("sft", "rl", "evaluate")
+
+
+def _commands(stage: str) -> dict[str, list[str]]:
+    as_library = f"import sys; sys.argv = ['x', '--help']; import stages.{stage} as m; m.main()"
+    return {
+        "collector_on": [sys.executable, "-c", as_library],
+        "paused_and_frozen": [sys.executable, "-m", f"stages.{stage}", "--help"],
+    }
+
+
+def _wall(cmd: list[str]) -> float:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)  # noqa: S603 - our own stages
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0 or "usage:" not in proc.stdout:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stages.backends import machine
+    from stages.store import atomic_write_json
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--rounds", type=int, default=3, help="processes of each form per stage (median reported)")
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    args = ap.parse_args(argv)
+    stages = {}
+    for stage in args.stages:
+        walls: dict[str, list[float]] = {form: [] for form in _commands(stage)}
+        for _ in range(args.rounds):
+            for form, cmd in _commands(stage).items():
+                walls[form].append(_wall(cmd))
+        med = {form: round(statistics.median(v), 2) for form, v in walls.items()}
+        stages[stage] = {
+            "wall_s_median": med,
+            "wall_s": {form: [round(x, 2) for x in v] for form, v in walls.items()},
+            "saved_s": round(med["collector_on"] - med["paused_and_frozen"], 2),
+            "ratio": round(med["paused_and_frozen"] / med["collector_on"], 3),
+        }
+        print(f"{stage}: {med['collector_on']} s -> {med['paused_and_frozen']} s")
+    result = {
+        "what": "wall time of a stage process that imports the stage, runs its main (--help) and exits, with the "
+        "garbage collector on throughout (as a library import) and paused for the imports then frozen "
+        "(python -m, stages/startup.py)",
+        "rounds": args.rounds,
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "stages": stages,
+        "machine": machine(),
+    }
+    atomic_write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
