@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-STAGES = ("sft", "rl", "evaluate")
+STAGES = ("sft", "rl", "evaluate")  # the heavy ones; prepare and report can be asked for
 
 
 def _commands(stage: str) -> dict[str, list[str]]:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--rounds", type=int, default=3, help="processes of each form per stage (median reported)")
-    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=(*STAGES, "prepare", "report"))
     args = ap.parse_args(argv)
     stages = {}
     for stage in args.stages:

@@ -26,6 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stages.startup import imports_done, pause_collector
+
+pause_collector(__name__)  # the imports in main, as in a stage process (stages/startup.py)
+
 
 def rss_mb() -> float:
     import psutil
@@ -54,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from stages.models import load_model, resolve_model
     from stages.rpsft import RPSFTRegularizer, compute_anchors, select_matrices, top_k_factors
 
+    imports_done()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = load_config(args.config)

@@ -19,6 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stages.startup import imports_done, pause_collector
+
+pause_collector(__name__)  # the imports in main, as in a stage process (stages/startup.py)
+
 _STRICT = re.compile(r"####\s*(-?\d[\d,]*)")
 _INT = re.compile(r"-?\d[\d,]*")
 
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from stages.data import build_items
     from stages.models import load_model, load_tokenizer, resolve_model
 
+    imports_done()
     cfg = load_config(args.config, args.overrides)
     path = resolve_model(cfg) if args.model == "base" else args.model
     tok = load_tokenizer(path, cfg.model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -16,6 +17,12 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if _WORKERS:
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 CONFIGS = REPO / "configs"
+
+
+def pytest_collection_finish(session) -> None:
+    """What collecting imported (torch, transformers, vLLM, sympy: modules that live until the worker exits) is
+    moved out of the garbage collector's walks, as a stage process does after its imports (stages/startup.py)."""
+    gc.freeze()
 
 
 def write_eval(run_dir: Path, name: str, kind: str, init: str | None, metrics: dict, scores: dict) -> None:

@@ -10,6 +10,10 @@ import multiprocessing
 import os
 import sys
 
+from stages.startup import imports_done, pause_collector
+
+pause_collector(__name__)  # as a stage process does (stages/startup.py)
+
 FLAG = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
@@ -18,6 +22,7 @@ def main() -> None:
     from stages.generation import VLLMGenerator
     from stages.models import load_tokenizer, resolve_model
 
+    imports_done()
     cfg = load_config(sys.argv[1], sys.argv[2:])
     path = resolve_model(cfg)
     tok = load_tokenizer(path, cfg.model)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from stages.config import load_config
-from stages.rewards import register
+from stages.startup import imports_done, pause_collector
+
+pause_collector(__name__)  # as a stage process does (stages/startup.py)
+
+from stages.config import load_config  # noqa: E402
+from stages.rewards import register  # noqa: E402
 
 
 @register("digit_share")
@@ -27,6 +31,7 @@ def main(argv: list[str]) -> int:
         trl_vllm.VLLMGeneration.sync_weights = lambda self: None
     from stages.rl import run
 
+    imports_done()
     run(load_config("configs/tiny.yaml", overrides))
     return 0
 

@@ -208,6 +208,18 @@ def test_grpo_step_benchmark_times_each_variant_and_only_beta0_drops_the_kl(tmp_
     assert r["default_over_trl_default"] > 0 and r["beta0_over_default"] > 0
 
 
+def test_process_start_benchmark_times_a_stage_process_both_ways(tmp_path, cache_dir):
+    out = tmp_path / "p.json"
+    _run(["benchmarks/process_start.py", "--out", str(out), "--rounds", "1", "--stages", "report"], cache_dir)
+    r = json.loads(out.read_text())
+    s = r["stages"]["report"]
+    assert set(s["wall_s_median"]) == {"collector_on", "paused_and_frozen"} and all(
+        v > 0 for v in s["wall_s_median"].values()
+    )
+    assert s["ratio"] == round(s["wall_s_median"]["paused_and_frozen"] / s["wall_s_median"]["collector_on"], 3)
+    assert r["machine"] and r["rounds"] == 1
+
+
 def test_suite_time_records_the_suites_wall_time_and_slowest_tests_and_keeps_pytests_exit_code(tmp_path):
     out = tmp_path / "suite.json"
     script = [sys.executable, "benchmarks/suite_time.py", "--out", str(out), "--top", "3"]

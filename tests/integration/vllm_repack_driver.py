@@ -15,6 +15,10 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
+from stages.startup import imports_done, pause_collector  # noqa: E402
+
+pause_collector(__name__)  # as a stage process does (stages/startup.py)
+
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
@@ -29,6 +33,7 @@ def hf_logprobs(model, prompt_ids: list[int], out_ids: list[int]) -> list[float]
 
 
 def main(path: str) -> int:
+    imports_done()
     # a checkpoint whose config.json says bfloat16, as most hub models' do, trained in float32
     folder = Path(tempfile.mkdtemp()) / "model"
     shutil.copytree(path, folder)
