@@ -232,7 +232,8 @@ def _stage(stage: str, params: PipelineParams, label: str, extra: list[str] | No
     if stage in ("sft", "rl"):
         parameters["launcher"] = params.launcher.model_dump()
     get_run_logger().info("%s: running deployment %s (its work pool places it)", label, name)
-    run = run_deployment(name=name, parameters=parameters, timeout=None)
+    # the state is read every second (Prefect's default is 5 s): the next stage starts as soon as this one ends
+    run = run_deployment(name=name, parameters=parameters, timeout=None, poll_interval=1)
     state = run.state
     if state is None or not state.is_completed():
         why = f"{state.name}: {state.message}" if state else "no state"

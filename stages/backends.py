@@ -30,8 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from stages.startup import imports_done, pause_collector
 from stages.store import atomic_write_json, free_port
 
+pause_collector(__name__)  # python -m stages.backends: its imports, as a stage's (stages/startup.py)
 log = logging.getLogger(__name__)
 
 Use = Literal["rl", "eval"]
@@ -396,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     from stages.config import load_config
     from stages.models import resolve_model
 
+    imports_done()
     p = argparse.ArgumentParser(prog="python -m stages.backends", description=main.__doc__)
     p.add_argument("--config", required=True)
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of each engine (median reported)")

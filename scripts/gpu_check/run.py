@@ -35,6 +35,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from stages.startup import imports_done, pause_collector  # noqa: E402 - the repository goes on the path first
+
+pause_collector(__name__)  # until torch is imported in main, as in a stage process (stages/startup.py)
+
 # Qwen2.5-7B's matrix shapes (the paper's model; k = 768 there) and Qwen2.5-0.5B's body.
 SHAPES = {
     "qwen2.5-7b-layers": {
@@ -457,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
+    imports_done()
     p = SMOKE if args.smoke else FULL
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if not args.smoke and device.type != "cuda":

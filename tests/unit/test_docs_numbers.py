@@ -332,3 +332,12 @@ def test_the_development_page_quotes_the_suites_time_from_benchmarks_results_tes
     assert f"({gpu:.0f} s)" in text
     one = r["one_process_reference"]
     assert f"alone took {one['wall_s'] / 60:.1f} minutes in one process" in text
+
+
+def test_the_stage_process_start_line_quotes_its_file():
+    r = json.loads((REPO / "benchmarks" / "results" / "process_start.json").read_text())
+    text = " ".join((DOCS / "measured.md").read_text().split())
+    for stage, label in (("sft", "SFT"), ("rl", "RL"), ("evaluate", "evaluation")):
+        med = r["stages"][stage]["wall_s_median"]
+        assert f"{med['collector_on']:.1f} -> {med['paused_and_frozen']:.1f} s ({label})" in text, stage
+    assert f"medians of {r['rounds']} processes" in text
