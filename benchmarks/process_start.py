@@ -1,10 +1,10 @@
-"""What starting and ending a stage process costs, with the garbage collector paused for the imports and frozen
-at exit (stages/startup.py) and without: writes JSON.
+"""What starting a stage process costs, with full garbage collections held off while it imports and its imports
+frozen after (stages/startup.py), and with Python's default collection: writes JSON.
 
-Each stage is started as the flows start it, ``python -m stages.<name> --help`` (every import the stage makes, its
-main, then exit), and, for the comparison, as a library import that calls the same main (``import stages.<name>``
-does not pause the collector: the process behaves as before stages/startup.py). The two forms alternate, one process
-at a time; each figure is the median wall time of ``--rounds`` processes.
+Each stage is started as the flows start it, ``python -m stages.<name> --help`` (every import the stage makes at
+start, its main up to the command line, then exit), and, for the comparison, as a library import that calls the same
+main (``import stages.<name>`` defers nothing: the process collects as Python does by default). The two forms
+alternate, one process at a time; each figure is the median wall time of ``--rounds`` processes.
 
     python benchmarks/process_start.py --out benchmarks/results/process_start.json
 """
@@ -28,8 +28,8 @@ STAGES = ("sft", "rl", "evaluate")  # the heavy ones; prepare and report can be 
 def _commands(stage: str) -> dict[str, list[str]]:
     as_library = f"import sys; sys.argv = ['x', '--help']; import stages.{stage} as m; m.main()"
     return {
-        "collector_on": [sys.executable, "-c", as_library],
-        "paused_and_frozen": [sys.executable, "-m", f"stages.{stage}", "--help"],
+        "default_collection": [sys.executable, "-c", as_library],
+        "deferred_and_frozen": [sys.executable, "-m", f"stages.{stage}", "--help"],
     }
 
 
@@ -62,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         stages[stage] = {
             "wall_s_median": med,
             "wall_s": {form: [round(x, 2) for x in v] for form, v in walls.items()},
-            "saved_s": round(med["collector_on"] - med["paused_and_frozen"], 2),
-            "ratio": round(med["paused_and_frozen"] / med["collector_on"], 3),
+            "saved_s": round(med["default_collection"] - med["deferred_and_frozen"], 2),
+            "ratio": round(med["deferred_and_frozen"] / med["default_collection"], 3),
         }
-        print(f"{stage}: {med['collector_on']} s -> {med['paused_and_frozen']} s")
+        print(f"{stage}: {med['default_collection']} s -> {med['deferred_and_frozen']} s")
     result = {
-        "what": "wall time of a stage process that imports the stage, runs its main (--help) and exits, with the "
-        "garbage collector on throughout (as a library import) and paused for the imports then frozen "
-        "(python -m, stages/startup.py)",
+        "what": "wall time of a stage process that imports the stage, runs its main up to the command line (--help) "
+        "and exits, with Python's default garbage collection (as a library import) and with full collections held "
+        "off during the imports, then the imports frozen (python -m, stages/startup.py)",
         "rounds": args.rounds,
         "threads": os.environ.get("OMP_NUM_THREADS"),
         "stages": stages,

@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.startup import imports_done, pause_collector
+from stages.startup import defer_collection, imports_done
 
-pause_collector(__name__)  # the imports in main, as in a stage process (stages/startup.py)
+defer_collection(__name__)  # the imports in main, as in a stage process (stages/startup.py)
 
 
 def rss_mb() -> float:

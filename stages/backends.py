@@ -30,10 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from stages.startup import imports_done, pause_collector
+from stages.startup import defer_collection, imports_done
 from stages.store import atomic_write_json, free_port
 
-pause_collector(__name__)  # python -m stages.backends: its imports, as a stage's (stages/startup.py)
+defer_collection(__name__)  # python -m stages.backends: its imports, as a stage's (stages/startup.py)
 log = logging.getLogger(__name__)
 
 Use = Literal["rl", "eval"]

@@ -15,9 +15,9 @@ A model whose outputs are complete for the same checkpoint and eval settings is 
 
 from __future__ import annotations
 
-from stages.startup import pause_collector
+from stages.startup import defer_collection
 
-pause_collector(__name__)  # before the imports below: stages/startup.py
+defer_collection(__name__)  # no full garbage collection during the imports below (stages/startup.py)
 
 import gc
 import hashlib

@@ -7,9 +7,9 @@ Writes ``<run_dir>/prepare/result.json`` with the model folder every later stage
 
 from __future__ import annotations
 
-from stages.startup import pause_collector
+from stages.startup import defer_collection
 
-pause_collector(__name__)  # before the imports below: stages/startup.py
+defer_collection(__name__)  # no full garbage collection during the imports below (stages/startup.py)
 
 import logging
 import sys

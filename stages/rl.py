@@ -10,9 +10,9 @@ variance, step time), ``metrics.json`` (summary), ``config.yaml``, ``trainer/`` 
 
 from __future__ import annotations
 
-from stages.startup import pause_collector
+from stages.startup import defer_collection
 
-pause_collector(__name__)  # before the imports below: stages/startup.py
+defer_collection(__name__)  # no full garbage collection during the imports below (stages/startup.py)
 
 import json
 import logging

@@ -103,7 +103,7 @@ def stage_main(
 
     ``per_seed``: on a config with several ``seeds``, run once per seed in ``<run_dir>/seeds/seed-<s>/`` (where the
     flow puts them, so the report pools them); a callable adapts each seed's config from the main one."""
-    imports_done()  # the collector, paused while the stage's module imported (stages/startup.py), resumes
+    imports_done()  # what the stage module imported leaves the collector's walks (stages/startup.py)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(SecretFilter())

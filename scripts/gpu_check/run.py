@@ -35,9 +35,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from stages.startup import imports_done, pause_collector  # noqa: E402 - the repository goes on the path first
+from stages.startup import defer_collection, imports_done  # noqa: E402 - the repository goes on the path first
 
-pause_collector(__name__)  # until torch is imported in main, as in a stage process (stages/startup.py)
+defer_collection(__name__)  # until torch is imported in main, as in a stage process (stages/startup.py)
 
 # Qwen2.5-7B's matrix shapes (the paper's model; k = 768 there) and Qwen2.5-0.5B's body.
 SHAPES = {

@@ -10,9 +10,9 @@ import multiprocessing
 import os
 import sys
 
-from stages.startup import imports_done, pause_collector
+from stages.startup import defer_collection, imports_done
 
-pause_collector(__name__)  # as a stage process does (stages/startup.py)
+defer_collection(__name__)  # as a stage process does (stages/startup.py)
 
 FLAG = "VLLM_ENABLE_V1_MULTIPROCESSING"
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from stages.startup import imports_done, pause_collector
+from stages.startup import defer_collection, imports_done
 
-pause_collector(__name__)  # as a stage process does (stages/startup.py)
+defer_collection(__name__)  # as a stage process does (stages/startup.py)
 
 from stages.config import load_config  # noqa: E402
 from stages.rewards import register  # noqa: E402

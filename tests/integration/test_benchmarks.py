@@ -213,10 +213,10 @@ def test_process_start_benchmark_times_a_stage_process_both_ways(tmp_path, cache
     _run(["benchmarks/process_start.py", "--out", str(out), "--rounds", "1", "--stages", "report"], cache_dir)
     r = json.loads(out.read_text())
     s = r["stages"]["report"]
-    assert set(s["wall_s_median"]) == {"collector_on", "paused_and_frozen"} and all(
+    assert set(s["wall_s_median"]) == {"default_collection", "deferred_and_frozen"} and all(
         v > 0 for v in s["wall_s_median"].values()
     )
-    assert s["ratio"] == round(s["wall_s_median"]["paused_and_frozen"] / s["wall_s_median"]["collector_on"], 3)
+    assert s["ratio"] == round(s["wall_s_median"]["deferred_and_frozen"] / s["wall_s_median"]["default_collection"], 3)
     assert r["machine"] and r["rounds"] == 1
 
 

@@ -15,9 +15,9 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
-from stages.startup import imports_done, pause_collector  # noqa: E402
+from stages.startup import defer_collection, imports_done  # noqa: E402
 
-pause_collector(__name__)  # as a stage process does (stages/startup.py)
+defer_collection(__name__)  # as a stage process does (stages/startup.py)
 
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402

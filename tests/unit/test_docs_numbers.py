@@ -347,5 +347,5 @@ def test_the_stage_process_start_line_quotes_its_file():
     text = " ".join((DOCS / "measured.md").read_text().split())
     for stage, label in (("sft", "SFT"), ("rl", "RL"), ("evaluate", "evaluation")):
         med = r["stages"][stage]["wall_s_median"]
-        assert f"{med['collector_on']:.1f} -> {med['paused_and_frozen']:.1f} s ({label})" in text, stage
+        assert f"{med['default_collection']:.1f} -> {med['deferred_and_frozen']:.1f} s ({label})" in text, stage
     assert f"medians of {r['rounds']} processes" in text

@@ -1,52 +1,55 @@
-"""A command's process pauses the garbage collector for its imports and freezes it at exit (stages/startup.py); a
-library import changes nothing."""
+"""A command's process holds off full garbage collections while it imports and then freezes what it imported
+(stages/startup.py); imported as a library, nothing changes."""
 
 from __future__ import annotations
 
 import ast
-import atexit
-import gc
+import json
+import subprocess
+import sys
 
 import pytest
 
-from stages import startup
 from stages.stage_cli import STAGE_MODULES
 from tests.conftest import REPO
 
+# Run in a fresh interpreter: the collector's state is process-wide, and this test worker's is not a command's.
+PROBE = """
+import gc, json
+from stages import startup
+out = {"default": list(gc.get_threshold())}
+startup.defer_collection("stages.sft")  # a library import
+out["library"] = list(gc.get_threshold())
+startup.imports_done()
+out["library_frozen"] = gc.get_freeze_count()
+startup.defer_collection("__main__")  # the program
+out["importing"] = list(gc.get_threshold())
+kept = [[i] for i in range(1000)]  # stands for what the imports made
+startup.imports_done()
+out["frozen"] = gc.get_freeze_count()
+out["after"] = list(gc.get_threshold())
+startup.imports_done()  # a second call (a second stage_main in one process) does nothing more
+out["frozen_again"] = gc.get_freeze_count()
+out["enabled"] = gc.isenabled()
+print(json.dumps(out))
+"""
 
-@pytest.fixture
-def collector():
-    """The collector's state restored after the test, whatever it did."""
-    was_enabled, frozen_before = gc.isenabled(), gc.get_freeze_count()
-    yield
-    startup._paused = False
-    atexit.unregister(gc.freeze)
-    if frozen_before == 0:  # else the worker froze its imports (tests/conftest.py): they stay frozen
-        gc.unfreeze()
-    gc.enable() if was_enabled else gc.disable()
 
+def test_only_the_program_defers_full_collections_and_main_freezes_its_imports():
+    from stages.startup import IMPORT_THRESHOLDS
 
-def test_a_library_import_leaves_the_collector_alone(collector):
-    startup.pause_collector("stages.sft")
-    assert gc.isenabled()
-    frozen = gc.get_freeze_count()
-    startup.imports_done()  # nothing was paused: nothing frozen
-    assert gc.isenabled() and gc.get_freeze_count() == frozen
-
-
-def test_the_program_pauses_it_and_main_freezes_the_imports_and_resumes(collector):
-    startup.pause_collector("__main__")
-    assert not gc.isenabled()
-    kept = [object() for _ in range(10)]  # stands for what the imports made
-    startup.imports_done()
-    assert gc.isenabled() and gc.get_freeze_count() >= len(kept)
-    startup.imports_done()  # a second call (a second stage_main in one process) does nothing more
-    assert gc.isenabled()
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["library"] == r["default"] and r["library_frozen"] == 0  # imported as a library: untouched
+    assert r["importing"] == list(IMPORT_THRESHOLDS) and IMPORT_THRESHOLDS[2] > 10_000  # no full walk meanwhile
+    assert r["frozen"] >= 1000 and r["after"] == r["default"] and r["enabled"]  # frozen, thresholds restored
+    assert r["frozen_again"] == r["frozen"]
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_MODULES))
-def test_every_stage_module_pauses_the_collector_before_its_first_import(stage):
-    """The pause only helps before the heavy imports: the call comes right after the startup import."""
+def test_every_stage_module_defers_collection_before_its_first_import(stage):
+    """Deferring only helps before the heavy imports: the call comes right after the startup import."""
     tree = ast.parse((REPO / "stages" / f"{stage}.py").read_text())
     body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
     imports = [
@@ -54,4 +57,4 @@ def test_every_stage_module_pauses_the_collector_before_its_first_import(stage):
     ]
     first_import, call = imports[0], body[body.index(imports[0]) + 1]
     assert isinstance(first_import, ast.ImportFrom) and first_import.module == "stages.startup"
-    assert ast.unparse(call) == "pause_collector(__name__)"
+    assert ast.unparse(call) == "defer_collection(__name__)"
