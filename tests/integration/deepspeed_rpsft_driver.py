@@ -48,6 +48,11 @@ def main() -> int:
     import deepspeed
     import torch.distributed as dist
 
+    # On a CPU, DeepSpeed's comm backend compiles its shared-memory all-reduce kernel when it starts (C++ with ninja,
+    # about 40 s on 2 cores in every new environment, cached in ~/.cache/torch_extensions per environment). Only its
+    # inference all-reduce calls that kernel, never ZeRO's training collectives, which go through torch.distributed
+    # (gloo here) either way; marked unavailable, the backend starts without it.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
 
