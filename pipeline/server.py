@@ -98,7 +98,7 @@ def start_background(wait_s: float = 90.0) -> tuple[str, bool]:
             return api, True
         if proc.poll() is not None:
             break
-        time.sleep(1.0)
+        time.sleep(0.2)  # a health request costs milliseconds; a longer wait only delays the run that waits for it
     raise RuntimeError(f"the Prefect server did not start at {api}; see {log_path}")
 
 
@@ -113,11 +113,11 @@ def stop_background() -> bool:
         os.killpg(pid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return False
-    for _ in range(30):
+    for _ in range(150):  # up to 15 s
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        time.sleep(0.5)
+        time.sleep(0.1)
     os.killpg(pid, signal.SIGKILL)
     return True

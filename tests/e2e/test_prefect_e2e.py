@@ -108,7 +108,7 @@ def prefect_server(tmp_path_factory, cache_dir):
         if "tiny" in names and len(_post(api, "/deployments/filter", {})) >= 6:
             break
         assert serve.poll() is None, (home / "serve.log").read_text()
-        time.sleep(2)
+        time.sleep(0.5)
     yield {"env": env, "api": api, "home": home}
     _stop(serve)
     serve_log.close()
