@@ -75,7 +75,9 @@ def test_stages_on_two_work_pools_meet_only_through_the_store(tmp_path, cache_di
             )
         place = [a for stage in FLOW_FUNCS for a in ("--place", f"{stage}={stage}/tiny-placed")]
         run = subprocess.run(
-            [*cli, "run", "--config", "configs/tiny.yaml", "--no-server", "--store", f"file://{store}", *place],
+            # one arm: a second would place the same two stages on the same pools again
+            [*cli, "run", "--config", "configs/tiny.yaml", "--no-server", "--arms", "rpsft"]
+            + ["--store", f"file://{store}", *place],
             env={**env, "SFT2RL_RUNS_ROOT": str(tmp_path / "machine-start")},
             cwd=REPO,
             capture_output=True,
@@ -100,15 +102,14 @@ def test_stages_on_two_work_pools_meet_only_through_the_store(tmp_path, cache_di
 
     train, judge, start = (_files(tmp_path / f"machine-{m}" / "tiny") for m in ("train", "judge", "start"))
     stored = _files(store / "tiny")
-    # The SFT arms were trained on the train pool's machine: their resume state is there and nowhere else.
-    for arm in ("sft", "rpsft"):
-        assert f"{arm}/DONE" in train and any(f.startswith(f"{arm}/trainer/") for f in train)
-        assert f"{arm}/DONE" in stored and f"{arm}/DONE" in judge
-        assert not any(f.startswith(f"{arm}/trainer/") for f in stored | judge | start)
+    # The SFT arm was trained on the train pool's machine: its resume state is there and nowhere else.
+    assert not any(f.startswith("sft/") for f in train | judge | stored)  # only the arm the run asked for
+    assert "rpsft/DONE" in train and any(f.startswith("rpsft/trainer/") for f in train)
+    assert "rpsft/DONE" in stored and "rpsft/DONE" in judge
+    assert not any(f.startswith("rpsft/trainer/") for f in stored | judge | start)
     # RL, evaluation and the report ran on the judge pool's machine; the train machine never saw them.
-    for arm in ("rl-sft", "rl-rpsft"):
-        assert f"{arm}/DONE" in judge and f"{arm}/DONE" in stored
-        assert not any(f.startswith(f"{arm}/") for f in train)
+    assert "rl-rpsft/DONE" in judge and "rl-rpsft/DONE" in stored
+    assert not any(f.startswith("rl-rpsft/") for f in train)
     assert "eval/base/metrics.json" in judge and not any(f.startswith("eval/") for f in train)
     assert {"report.md", "report.json"} <= judge & stored & start  # and the starting folder pulled the report
     report = json.loads((tmp_path / "machine-start" / "tiny" / "report.json").read_text())
