@@ -332,8 +332,8 @@ def test_the_development_page_quotes_the_suites_time_from_benchmarks_results_tes
     gpu = slow["test_the_device_script_runs_every_part_of_the_check_and_the_arms_at_smoke_shapes"]
     assert f"({gpu:.0f} s)" in text
     before = r["earlier_runs"][0]  # the same machine, the same day, before the change the page names
-    assert f"to {r['wall_s'] / 60:.1f} minutes against {before['wall_s'] / 60:.1f} the same day before" in text
-    assert f"an Xeon of this kind took {r['earlier_runs'][1]['wall_s'] / 60:.1f})" in text
+    assert f"the suite took {before['wall_s'] / 60:.1f} minutes on the same machine the same day" in text
+    assert f"and {r['earlier_runs'][1]['wall_s'] / 60:.1f} on an Xeon of this kind on another day" in text
     assert before["machine"] == r["machine"] and before["tests"] <= r["tests"]
     bench = [
         s for name, s in slow.items() if name.startswith(("test_task_accuracy", "test_grpo_step", "test_rl_setting"))
