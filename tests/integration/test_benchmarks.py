@@ -208,6 +208,20 @@ def test_grpo_step_benchmark_times_each_variant_and_only_beta0_drops_the_kl(tmp_
     assert r["default_over_trl_default"] > 0 and r["beta0_over_default"] > 0
 
 
+@pytest.mark.slow
+def test_probe_layout_benchmark_runs_the_probe_with_the_engine_in_each_layout(tmp_path, cache_dir):
+    out = tmp_path / "probe.json"
+    args = ["benchmarks/probe_layout.py", "--config", "configs/tiny.yaml", "--rounds", "1", "--probe-rounds", "1"]
+    _run([*args, "--out", str(out), f"cache_dir={cache_dir}"], cache_dir)
+    r = json.loads(out.read_text())
+    for layout in ("in_process", "separate"):
+        (run,) = r["runs"][layout]
+        assert run["wall_s"] > 0 and run["hf_tokens_per_s"] > 0 and run["vllm_tokens_per_s"] > 0, layout
+        assert r["median"][layout]["vllm_engine_start_s"] == round(run["vllm_engine_start_s"], 1), layout
+    assert r["wall_saved_s"] == round(r["median"]["separate"]["wall_s"] - r["median"]["in_process"]["wall_s"], 1)
+    assert r["machine"]["cores"] >= 1 and r["overrides"] == [f"cache_dir={cache_dir}"]
+
+
 def test_process_start_benchmark_times_a_stage_process_both_ways(tmp_path, cache_dir):
     out = tmp_path / "p.json"
     _run(["benchmarks/process_start.py", "--out", str(out), "--rounds", "1", "--stages", "report"], cache_dir)

@@ -350,3 +350,16 @@ def test_the_stage_process_start_line_quotes_its_file():
         med = r["stages"][stage]["wall_s_median"]
         assert f"{med['default_collection']:.1f} -> {med['deferred_and_frozen']:.1f} s ({label})" in text, stage
     assert f"medians of {r['rounds']} processes" in text
+
+
+def test_the_probe_layout_paragraph_quotes_its_file():
+    r = json.loads((REPO / "benchmarks" / "results" / "probe_layout.json").read_text())
+    m, sep = r["median"]["in_process"], r["median"]["separate"]
+    text = " ".join((DOCS / "rl.md").read_text().split("<!-- probe-layout -->")[1].split("\n\n")[0].split())
+    assert f"{r['rounds']} rounds of each layout" in text
+    assert f"the probe took {m['wall_s']:.1f} s that way against {sep['wall_s']:.1f} s" in text
+    assert f"(engine start {m['vllm_engine_start_s']:.1f} against {sep['vllm_engine_start_s']:.1f} s)" in text
+    assert f"transformers at {m['hf_tokens_per_s']:.0f} tokens/s against {sep['hf_tokens_per_s']:.0f}" in text
+    assert f"(vLLM {m['vllm_tokens_per_s']:.0f} against {sep['vllm_tokens_per_s']:.0f})" in text
+    assert r["machine"]["cores"] == 2 and "Xeon" in r["machine"]["cpu_model"] and "Intel Xeon" in text
+    assert r["wall_saved_s"] == round(sep["wall_s"] - m["wall_s"], 1) > 0

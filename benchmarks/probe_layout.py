@@ -1,0 +1,79 @@
+"""The `backend: auto` probe with its vLLM engine in each of two layouts, side by side; writes JSON.
+
+On a CPU the probe (``python -m stages.backends``, run once per machine and model before the first RL or evaluation
+stage that says ``backend: auto``) measures transformers' and vLLM's sampling speed at the RL step's batch shape.
+This times the whole probe process, and reads its figures, with the engine inside the probe's process (``in_process``,
+what the probe does on a CPU, as the RL stage's colocated engine runs) and in an engine-core process of its own
+(``separate``, vLLM's default), the two interleaved over rounds.
+
+    python benchmarks/probe_layout.py --out benchmarks/results/probe_layout.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LAYOUTS = ("in_process", "separate")
+FIGURES = ("hf_tokens_per_s", "vllm_tokens_per_s", "vllm_engine_start_s")
+
+
+def probe(config: str, layout: str, probe_rounds: int, overrides: list[str]) -> dict:
+    """One probe process: its wall time and the figures it printed."""
+    cmd = [sys.executable, "-m", "stages.backends", "--config", config, "--rounds", str(probe_rounds)]
+    cmd += ["--layout", layout, *overrides]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)  # noqa: S603 - our own module
+    wall = time.perf_counter() - t0
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"probe ({layout}) failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+    return {"wall_s": round(wall, 1), **json.loads(lines[-1])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--config", default="configs/smollm2-cpu.yaml")
+    parser.add_argument("--rounds", type=int, default=2, help="probe processes per layout, interleaved")
+    parser.add_argument("--probe-rounds", type=int, default=2, help="the probe's own rounds (its default: 2)")
+    parser.add_argument("overrides", nargs="*", help="config overrides for the probe")
+    args = parser.parse_args(argv)
+    from stages.backends import machine
+
+    runs: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
+    for r in range(args.rounds):
+        for layout in LAYOUTS if r % 2 == 0 else LAYOUTS[::-1]:
+            runs[layout].append(probe(args.config, layout, args.probe_rounds, args.overrides))
+    median = {
+        layout: {k: round(statistics.median(x[k] for x in rows), 1) for k in ("wall_s", *FIGURES)}
+        for layout, rows in runs.items()
+    }
+    result = {
+        "what": "wall time of the backend: auto probe process (python -m stages.backends) and its figures, with the "
+        "vLLM engine in the probe's process and in an engine-core process of its own, interleaved",
+        "config": args.config,
+        "overrides": args.overrides,
+        "rounds": args.rounds,
+        "probe_rounds": args.probe_rounds,
+        "machine": machine(),
+        "median": median,
+        "wall_saved_s": round(median["separate"]["wall_s"] - median["in_process"]["wall_s"], 1),
+        "runs": runs,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(median, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
