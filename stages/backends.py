@@ -44,7 +44,7 @@ AUTO_MARGIN = 1.1
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
 # What the figures were measured with; a change to the engines' setup makes older cached figures stale. 2: the
 # colocated engine keeps vLLM's packed kernels and computes in the trainer's precision. 3: on a CPU the probe's engine
-# runs in the probe's process (beside vLLM's engine-core process, transformers measured a quarter slower).
+# runs in the probe's process (beside vLLM's engine-core process, transformers read lower and more unevenly).
 ENGINE_SETUP = 3
 
 
@@ -302,17 +302,18 @@ def measure_both(
     max_tokens: int,
     seed: int,
     rounds: int = 2,
-    in_process: bool = True,
+    in_process: bool = False,
 ) -> dict[str, Any]:
     """Sampled generation speed of transformers and vLLM on the same prompts, interleaved over ``rounds``.
 
     Tokens are counted up to and including EOS (what a rollout uses). The first vLLM call is a warm-up.
     ``in_process`` (a CPU): the engine runs inside this process, as the RL stage's colocated engine does, instead of
     in an engine-core process of its own, which starts a second interpreter and imports vLLM again there (measured
-    on SmolLM2, 2 cores: docs/measured.md). The probe runs in a process of its own (:func:`probe_in_child`).
-    """
+    on SmolLM2, 2 cores: docs/rl.md, benchmarks/results/probe_layout.json). The probe runs in a process of its own
+    (:func:`probe_in_child`)."""
     import torch  # lazy: this module is imported by the stages before they pick an engine
 
+    from stages.generation import _env
     from stages.models import load_model, load_tokenizer
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -323,12 +324,11 @@ def measure_both(
     tok.padding_side = "left"
     model = load_model(path, model_cfg).eval()
     t0 = time.perf_counter()
-    layout: dict[str, Any] = {}
-    if in_process:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read while the engine starts
-        layout["distributed_executor_backend"] = "uni"
-    # the precision the RL stage's colocated engine and trainer use (stages/vllm_cpu.py)
-    llm = LLM(model=path, enforce_eager=True, seed=seed, dtype=model_cfg.dtype, max_model_len=512, **layout)
+    layout: dict[str, Any] = {"distributed_executor_backend": "uni"} if in_process else {}
+    # the precision the RL stage's colocated engine and trainer use (stages/vllm_cpu.py); the layout variable is read
+    # while the engine starts, set either way so that an inherited value cannot pick the other layout
+    with _env("VLLM_ENABLE_V1_MULTIPROCESSING", "0" if in_process else "1"):
+        llm = LLM(model=path, enforce_eager=True, seed=seed, dtype=model_cfg.dtype, max_model_len=512, **layout)
     start_s = time.perf_counter() - t0
     params = SamplingParams(n=n, temperature=temperature, top_k=0, max_tokens=max_tokens, seed=seed)
 
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         "--layout",
         choices=["auto", "in_process", "separate"],
         default="auto",
-        help="where the vLLM engine runs: auto (in this process on a CPU, vLLM's own engine process on a GPU)",
+        help="where the vLLM engine runs; auto: in this process on a CPU, in vLLM's engine process on a GPU",
     )
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)

@@ -75,7 +75,8 @@ def test_stages_on_two_work_pools_meet_only_through_the_store(tmp_path, cache_di
             )
         place = [a for stage in FLOW_FUNCS for a in ("--place", f"{stage}={stage}/tiny-placed")]
         run = subprocess.run(
-            # one arm: a second would place the same two stages on the same pools again
+            # one arm: a second would place the same two stages on the same pools again (the pipeline runs stages
+            # one at a time, so nothing queues on a pool either way)
             [*cli, "run", "--config", "configs/tiny.yaml", "--no-server", "--arms", "rpsft"]
             + ["--store", f"file://{store}", *place],
             env={**env, "SFT2RL_RUNS_ROOT": str(tmp_path / "machine-start")},
@@ -103,7 +104,7 @@ def test_stages_on_two_work_pools_meet_only_through_the_store(tmp_path, cache_di
     train, judge, start = (_files(tmp_path / f"machine-{m}" / "tiny") for m in ("train", "judge", "start"))
     stored = _files(store / "tiny")
     # The SFT arm was trained on the train pool's machine: its resume state is there and nowhere else.
-    assert not any(f.startswith("sft/") for f in train | judge | stored)  # only the arm the run asked for
+    assert not any(f.startswith("sft/") for f in train | judge | stored | start)  # only the arm the run asked for
     assert "rpsft/DONE" in train and any(f.startswith("rpsft/trainer/") for f in train)
     assert "rpsft/DONE" in stored and "rpsft/DONE" in judge
     assert not any(f.startswith("rpsft/trainer/") for f in stored | judge | start)

@@ -216,6 +216,7 @@ def test_probe_layout_benchmark_runs_the_probe_with_the_engine_in_each_layout(tm
     r = json.loads(out.read_text())
     for layout in ("in_process", "separate"):
         (run,) = r["runs"][layout]
+        assert run["vllm_layout"] == layout  # the probe ran the engine where it was asked to
         assert run["wall_s"] > 0 and run["hf_tokens_per_s"] > 0 and run["vllm_tokens_per_s"] > 0, layout
         assert r["median"][layout]["vllm_engine_start_s"] == round(run["vllm_engine_start_s"], 1), layout
     assert r["wall_saved_s"] == round(r["median"]["separate"]["wall_s"] - r["median"]["in_process"]["wall_s"], 1)

@@ -333,7 +333,9 @@ def test_the_development_page_quotes_the_suites_time_from_benchmarks_results_tes
     assert f"({gpu:.0f} s)" in text
     before = r["earlier_runs"][0]  # the same machine, the same day, before the change the page names
     assert f"the suite took {before['wall_s'] / 60:.1f} minutes on the same machine the same day" in text
-    assert f"and {r['earlier_runs'][1]['wall_s'] / 60:.1f} on an Xeon of this kind on another day" in text
+    other_day = r["earlier_runs"][2]  # the same version of the suite as earlier_runs[0], on another day
+    assert f"and {other_day['wall_s'] / 60:.1f} on an Xeon of this kind on another day" in text
+    assert other_day["machine"]["cpu_model"] == r["machine"]["cpu_model"] and other_day["tests"] == before["tests"]
     assert before["machine"] == r["machine"] and before["tests"] <= r["tests"]
     bench = [
         s for name, s in slow.items() if name.startswith(("test_task_accuracy", "test_grpo_step", "test_rl_setting"))
@@ -341,6 +343,7 @@ def test_the_development_page_quotes_the_suites_time_from_benchmarks_results_tes
     assert f"({min(bench):.0f}-{max(bench):.0f} s each)" in text
     one = r["one_process_reference"]
     assert f"alone took {one['wall_s'] / 60:.1f} minutes in one process" in text
+    assert f"the whole suite took {one['whole_suite_wall_s_same_machine'] / 60:.1f} minutes and" in text
 
 
 def test_the_stage_process_start_line_quotes_its_file():
@@ -359,7 +362,12 @@ def test_the_probe_layout_paragraph_quotes_its_file():
     assert f"{r['rounds']} rounds of each layout" in text
     assert f"the probe took {m['wall_s']:.1f} s that way against {sep['wall_s']:.1f} s" in text
     assert f"(engine start {m['vllm_engine_start_s']:.1f} against {sep['vllm_engine_start_s']:.1f} s)" in text
-    assert f"transformers at {m['hf_tokens_per_s']:.0f} tokens/s against {sep['hf_tokens_per_s']:.0f}" in text
+    hf = {k: [x["hf_tokens_per_s"] for x in r["runs"][k]] for k in ("in_process", "separate")}
+    assert (
+        f"transformers at {m['hf_tokens_per_s']:.0f} tokens/s ({min(hf['in_process']):.0f}-{max(hf['in_process']):.0f}"
+        f" over the rounds) against {sep['hf_tokens_per_s']:.0f} ({min(hf['separate']):.0f}-{max(hf['separate']):.0f})"
+    ) in text
+    assert all(x["vllm_layout"] == k for k in hf for x in r["runs"][k])
     assert f"(vLLM {m['vllm_tokens_per_s']:.0f} against {sep['vllm_tokens_per_s']:.0f})" in text
     assert r["machine"]["cores"] == 2 and "Xeon" in r["machine"]["cpu_model"] and "Intel Xeon" in text
     assert r["wall_saved_s"] == round(sep["wall_s"] - m["wall_s"], 1) > 0
