@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides for the probe")
     args = parser.parse_args(argv)
     from stages.backends import machine
+    from stages.store import atomic_write_json
 
     runs: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
     for r in range(args.rounds):
@@ -69,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_saved_s": round(median["separate"]["wall_s"] - median["in_process"]["wall_s"], 1),
         "runs": runs,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(json.dumps(median, indent=2))
     return 0
 
