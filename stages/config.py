@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
 import re
@@ -453,6 +454,24 @@ def check_trl_passthrough(
     return extra
 
 
+def trainer_names(args: dict[str, Any]) -> dict[str, Any]:
+    """Training arguments under the installed transformers' names. From transformers 5.24 on, TrainingArguments'
+    ``gradient_checkpointing`` is a deprecated alias of ``activation_checkpointing`` (a FutureWarning in the log of
+    every stage that passes it), so its value goes under the new name where that field exists."""
+    if "gradient_checkpointing" not in args or "activation_checkpointing" not in _training_argument_names():
+        return args
+    renamed = {k: v for k, v in args.items() if k != "gradient_checkpointing"}
+    renamed["activation_checkpointing"] = args["gradient_checkpointing"]
+    return renamed
+
+
+@functools.cache
+def _training_argument_names() -> frozenset[str]:
+    from transformers import TrainingArguments  # lazy: pipeline/ imports this module and must not load torch
+
+    return frozenset(f.name for f in dataclasses.fields(TrainingArguments))
+
+
 class SFTStageConfig(Strict):
     method: SftMethod = "sft"
     arm: str | None = Field(None, description="Output folder name of this arm; default: the method name.")
@@ -476,6 +495,7 @@ class SFTStageConfig(Strict):
     def _trl(cls, v: dict[str, Any]) -> dict[str, Any]:
         own: dict[str, str | None] = dict.fromkeys(SFT_STAGE_SETS)
         own |= {f: f"sft.training.{f}" for f in TrainingArgs.model_fields}
+        own["activation_checkpointing"] = "sft.training.gradient_checkpointing"  # its name from transformers 5.24
         own["report_to"] = "tracking.report_to"
         return check_trl_passthrough(v, "SFTConfig", "sft.trl", own) if v else v
 
@@ -600,6 +620,7 @@ class RLStageConfig(Strict):
         gen = {f: f"rl.generation.{f}" for f in GenerationSpec.model_fields if f != "backend"}
         own: dict[str, str | None] = dict.fromkeys(GRPO_STAGE_SETS) | gen
         own |= {f: f"rl.training.{f}" for f in GRPOArgs.model_fields}
+        own["activation_checkpointing"] = "rl.training.gradient_checkpointing"  # its name from transformers 5.24
         own |= {"use_vllm": "rl.generation.backend", "reward_weights": "rl.reward_weights"}
         own["report_to"] = "tracking.report_to"
         return check_trl_passthrough(v, "GRPOConfig", "rl.trl", own) if v else v

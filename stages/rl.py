@@ -33,7 +33,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from stages import backends, checkpointing, engines, models, provenance, store, tracking
 from stages.checkpointing import last_complete_checkpoint, save_checkpoint
-from stages.config import Config, ConfigError, dump_config, use_cpu
+from stages.config import Config, ConfigError, dump_config, trainer_names, use_cpu
 from stages.data import prompt_messages, prompt_text, rows_dataset
 from stages.layout import ArmLayout
 from stages.ppo import PolicyWithValue, PPOSettings, TransformersRollouts, VLLMRollouts, train_ppo, value_head_state
@@ -103,7 +103,7 @@ def build_grpo_config(cfg: Config, output_dir: str | os.PathLike, engine: str | 
         vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
         vllm_enable_sleep_mode=g.vllm_enable_sleep_mode,
         reward_weights=cfg.rl.reward_weights,
-        **cfg.rl.training.model_dump(),
+        **trainer_names(cfg.rl.training.model_dump()),
         **(_needless_work_off(cfg, engine) | cfg.rl.trl),
     )
 

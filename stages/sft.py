@@ -39,7 +39,7 @@ from trl import SFTConfig, SFTTrainer
 from stages import checkpointing, engines, models, provenance, store, tracking
 from stages import data as data_mod
 from stages.checkpointing import save_checkpoint
-from stages.config import Config, ConfigError, dump_config, use_cpu
+from stages.config import Config, ConfigError, dump_config, trainer_names, use_cpu
 from stages.rpsft import (
     RPSFTRegularizer,
     anchor_inputs,
@@ -78,7 +78,7 @@ def training_args(cfg: Config) -> dict[str, Any]:
     args = cfg.sft.training.model_dump()
     if cfg.sft.method == "lora":
         args["learning_rate"] = cfg.sft.lora.learning_rate or 10 * cfg.sft.training.learning_rate
-    return args
+    return trainer_names(args)
 
 
 def build_lora_config(cfg: Config, model):

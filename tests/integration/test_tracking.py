@@ -95,6 +95,8 @@ def test_trl_passthrough_reaches_the_trainer_configs(tiny_cfg, tmp_path):
         ("sft.trl={report_to: [wandb]}", "set it as tracking.report_to"),
         ("rl.trl={temperature: 0.5}", "set it as rl.generation.temperature"),
         ("rl.trl={use_vllm: true}", "set it as rl.generation.backend"),
+        ("sft.trl={activation_checkpointing: true}", "set it as sft.training.gradient_checkpointing"),
+        ("rl.trl={activation_checkpointing: true}", "set it as rl.training.gradient_checkpointing"),
         ("rl.trl={log_completion: true}", "did you mean 'log_completions'"),
         ("tracking.report_to=[tensorbord]", "tracking.report_to"),
         ("tracking.report_to=[none]", "empty list means no tracking"),

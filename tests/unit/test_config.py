@@ -227,3 +227,24 @@ def test_the_claims_config_is_the_default_recipe_at_more_seeds_and_make_claims_r
     dry = subprocess.run(["make", "-n", "claims"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert "sft2rl run --config configs/smollm2-cpu-claims.yaml" in dry
     assert default.rl.in_flow and not claims.rl.in_flow  # no RL stage unless the run asks for it
+
+
+@pytest.mark.parametrize("renamed", [False, True], ids=["transformers-5.19", "transformers-5.24"])
+def test_gradient_checkpointing_goes_under_the_installed_transformers_name(tmp_path, monkeypatch, renamed):
+    """From transformers 5.24 on, gradient_checkpointing is a deprecated alias of activation_checkpointing (a
+    FutureWarning in every stage log): the stages pass the value under the name the installed version has."""
+    from stages import config
+    from stages.rl import build_grpo_config
+    from stages.sft import training_args
+
+    names = config._training_argument_names()
+    assert "gradient_checkpointing" in names
+    if renamed:
+        monkeypatch.setattr(config, "_training_argument_names", lambda: names | {"activation_checkpointing"})
+    cfg = load_config(CONFIGS / "tiny.yaml", ["sft.training.gradient_checkpointing=true"])
+    args = training_args(cfg)
+    new, old = ("activation_checkpointing", "gradient_checkpointing")[:: 1 if renamed else -1]
+    assert args[new] is True and old not in args
+    assert config.trainer_names({"learning_rate": 1.0}) == {"learning_rate": 1.0}
+    if not renamed:  # the installed version builds TRL's configs with it (the other has no such field here)
+        assert build_grpo_config(cfg, tmp_path / "rl").gradient_checkpointing is False
