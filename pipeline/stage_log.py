@@ -26,6 +26,10 @@ HARMLESS: list[tuple[re.Pattern, str]] = [
         re.compile(r"`torch\.distributed\.reduce_op` is deprecated"),
         "raised inside vLLM's own kernel registry at import, not by this project's code",
     ),
+    (
+        re.compile(r"`is_gradient_checkpointing` is deprecated"),
+        "read by TRL's generation wrapper under transformers 5.24 and later (a renamed property), not by this project",
+    ),
     (re.compile(r"NUMA binding: Using MEMBIND policy"), "vLLM's CPU worker binding memory to the machine's one node"),
     (re.compile(r"Triton (is )?not (available|installed)"), "CPU builds have no Triton; nothing here needs it"),
     (
