@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,17 +25,13 @@ LAYOUTS = ("in_process", "separate")
 FIGURES = ("hf_tokens_per_s", "vllm_tokens_per_s", "vllm_engine_start_s")
 
 
-def probe(config: str, layout: str, probe_rounds: int, overrides: list[str]) -> dict:
-    """One probe process: its wall time and the figures it printed."""
-    cmd = [sys.executable, "-m", "stages.backends", "--config", config, "--rounds", str(probe_rounds)]
-    cmd += ["--layout", layout, *overrides]
+def probe(cfg, layout: str, probe_rounds: int) -> dict:
+    """One probe process (:func:`stages.backends.probe_in_child`): its wall time and the figures it printed."""
+    from stages.backends import probe_in_child
+
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)  # noqa: S603 - our own module
-    wall = time.perf_counter() - t0
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"probe ({layout}) failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
-    return {"wall_s": round(wall, 1), **json.loads(lines[-1])}
+    figures = probe_in_child(cfg, rounds=probe_rounds, layout=layout)
+    return {"wall_s": round(time.perf_counter() - t0, 1), **figures}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides for the probe")
     args = parser.parse_args(argv)
     from stages.backends import machine
+    from stages.config import load_config
     from stages.store import atomic_write_json
 
+    cfg = load_config(args.config, args.overrides)
     runs: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
     for r in range(args.rounds):
         for layout in LAYOUTS if r % 2 == 0 else LAYOUTS[::-1]:
-            runs[layout].append(probe(args.config, layout, args.probe_rounds, args.overrides))
+            runs[layout].append(probe(cfg, layout, args.probe_rounds))
     median = {
         layout: {k: round(statistics.median(x[k] for x in rows), 1) for k in ("wall_s", *FIGURES)}
         for layout, rows in runs.items()

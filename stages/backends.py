@@ -276,15 +276,16 @@ def record_colocated(cache: Path, *, model_id: str, tokens_per_s: float) -> dict
     return entry
 
 
-def probe_in_child(cfg: Any, *, rounds: int = 2, timeout: int = 1800) -> dict[str, Any]:
+def probe_in_child(cfg: Any, *, rounds: int = 2, timeout: int = 1800, layout: str = "auto") -> dict[str, Any]:
     """Run :func:`measure_both` for this config in a child process (a probe vLLM engine must not live in the
-    trainer's process): the resolved config goes to the child as a file."""
+    trainer's process): the resolved config goes to the child as a file. ``layout``: the child's ``--layout``."""
     from stages.config import dump_config
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(dump_config(cfg))
         cmd = [sys.executable, "-m", "stages.backends", "--config", str(path), "--rounds", str(rounds)]
+        cmd += ["--layout", layout]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)  # noqa: S603 - our own module
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0 or not lines:
