@@ -3,6 +3,8 @@ temperature is 0, the full softmax when sampling (no silent top-k of 50)."""
 
 from __future__ import annotations
 
+import pytest
+
 from stages.evaluate import HFGenerator, VLLMGenerator, eval_dtype
 from stages.models import load_model, load_tokenizer, resolve_model
 
@@ -82,3 +84,79 @@ def test_the_evaluation_stage_runs_on_vllm_inside_its_process(tmp_path, cache_di
     assert m["metrics"]["chain_sum/accuracy"]["n"] == 8 and m["metrics"]["chain_sum/avg@2"]["n"] == 8
     assert m["timing"]["generation_s"] > 0
     assert len((metrics.parent / "outputs.jsonl").read_text().splitlines()) == 8
+
+
+def test_requests_submitted_together_answer_as_one_at_a_time(tiny_cfg):
+    """The evaluation submits every benchmark's greedy and sampled prompts in one call: greedy answers are those
+    of each request alone (vLLM and transformers), each request gets its own n and length, in its order."""
+    from stages.generation import Request
+
+    cfg = tiny_cfg("eval.backend=vllm")
+    path = resolve_model(cfg)
+    tok = load_tokenizer(path, cfg.model)
+    a = [f"{i} + {i + 3} =" for i in range(6)]
+    b = [f"say {w}" for w in ("one", "two", "three")]
+    requests = [Request(a, 1, 0.0, 12, 0), Request(a, 3, 1.0, 12, 0), Request(b, 1, 0.0, 5, 0)]
+    engine = VLLMGenerator(path, cfg, 512)
+    try:
+        together = engine.generate_all(requests)
+        alone = [engine.generate(r.prompts, **r.params()) for r in (requests[0], requests[2])]
+    finally:
+        engine.close()
+    assert [len(x) for x in together] == [6, 6, 3]
+    assert [len(x) for x in together[1]] == [3] * 6 and all(len(x) == 1 for x in together[0] + together[2])
+    assert [together[0], together[2]] == alone
+    assert (
+        max(len(tok(x[0])["input_ids"]) for x in together[2])
+        <= 5
+        < max(len(tok(x[0])["input_ids"]) for x in together[0])
+    )
+    hf = HFGenerator(load_model(path, cfg.model, eval_dtype(cfg, torch_dtype=True)).eval(), tok, 8)
+    hf_together = hf.generate_all(requests)
+    assert [hf_together[0], hf_together[2]] == alone  # the same precision: the same greedy text
+    assert [len(x) for x in hf_together[1]] == [3] * 6
+
+
+def test_choice_scores_batched_by_length_equal_each_sequence_alone(tiny_cfg):
+    """Multiple-choice scoring batches options of different lengths with padding and keeps only the logits that
+    score an option: each option's log-likelihood is that of its sequence scored alone, with or without the
+    model's logits_to_keep, in the items' order."""
+    import torch
+
+    from stages.evaluate import choice_correct, choice_scores
+
+    cfg = tiny_cfg()
+    path = resolve_model(cfg)
+    tok = load_tokenizer(path, cfg.model)
+    model = load_model(path, cfg.model, torch.float32).eval()
+    items = [
+        {"question": "The sky is", "choices": ["blue", "a very long and winding answer here", "x"], "answer": 0},
+        {"question": "", "choices": ["short", "much longer option text for this one"], "answer": 1},
+        {"question": "Two plus two equals a number that is", "choices": ["four", "five"], "answer": 0},
+    ] * 3
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+    def alone(it, c):
+        ctx = [start] + (tok(it["question"], add_special_tokens=False)["input_ids"] if it["question"] else [])
+        cont = tok((" " + c) if it["question"] else c, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ctx + cont])).logits[0].float(), -1)
+        return sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+
+    expected = [[alone(it, c) for c in it["choices"]] for it in items]
+
+    class NoKeep(torch.nn.Module):  # a model whose forward has no logits_to_keep: every position's logits
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.device = inner, inner.device
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    for m in (model, NoKeep(model)):
+        got = choice_scores(m, tok, items, batch_size=4)
+        assert [len(x) for x in got] == [len(x) for x in expected]
+        for g, e in zip(got, expected, strict=True):
+            assert g == pytest.approx(e, abs=1e-4)
+    best = [float(max(range(len(e)), key=e.__getitem__) == it["answer"]) for it, e in zip(items, expected, strict=True)]
+    assert choice_correct(model, tok, items, batch_size=4) == best
