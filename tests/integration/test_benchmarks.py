@@ -182,6 +182,23 @@ def test_eval_cost_benchmark_times_both_engine_layouts_and_both_cka_forms(tmp_pa
 
 
 @pytest.mark.slow
+def test_eval_batching_benchmark_times_both_forms_of_generation_and_choice_scoring(tmp_path, cache_dir):
+    out = tmp_path / "eval_batching.json"
+    _run(
+        ["benchmarks/eval_batching.py", "--config", "configs/tiny.yaml", "--out", str(out), "--rounds", "1"], cache_dir
+    )
+    r = json.loads(out.read_text())
+    g, c = r["generation"], r["choice"]
+    # the tiny config's requests: each generation benchmark's greedy answers, and the sampled ones where it samples
+    assert [(q["n"] > 1) for q in g["requests"]] == [False, True, False]
+    assert g["answers"] == sum(q["prompts"] * q["n"] for q in g["requests"])
+    assert g["one_at_a_time_s"][0] > 0 and g["together_s"][0] > 0 and g["same_greedy_answers"] is True
+    assert set(c["benchmarks"]) == {"agreement", "facts"} and c["before_s"][0] > 0 and c["after_s"][0] > 0
+    assert c["same_choices"] is True and c["max_abs_score_diff"] < 1e-3
+    assert r["machine"]["cores"] >= 1 and r["dtype"] == "float32"
+
+
+@pytest.mark.slow
 def test_grpo_step_benchmark_times_each_variant_and_only_beta0_drops_the_kl(tmp_path, cache_dir):
     runs = _tiny_sft_init(tmp_path, cache_dir)
     out = tmp_path / "grpo_step.json"

@@ -283,6 +283,22 @@ def test_the_evaluation_cost_line_quotes_its_file():
     assert f"{run['total_s']:.1f} s in all" in text
 
 
+def test_the_evaluation_batching_line_quotes_its_file():
+    import statistics
+
+    r = json.loads((REPO / "benchmarks" / "results" / "eval_batching.json").read_text())
+    g, c = r["generation"], r["choice"]
+    text = " ".join((DOCS / "evaluation.md").read_text().split("<!-- eval-batching -->")[1][:600].split())
+    assert "Intel Xeon with AVX-512 and AMX, 2 cores" in text and r["machine"]["cores"] == 2
+    assert {"avx512f", "amx_bf16"} <= set(r["machine"]["cpu_flags"])
+    after, before = statistics.median(g["together_s"]), statistics.median(g["one_at_a_time_s"])
+    assert f"its {g['answers']} answers in {after:.1f} s against {before:.1f} s" in text
+    assert f"one request at a time ({g['ratio']:.2f}x)" in text
+    after, before = statistics.median(c["after_s"]), statistics.median(c["before_s"])
+    assert f"the probes in {after:.1f} s against {before:.1f} s ({c['ratio']:.2f}x)" in text
+    assert g["same_greedy_answers"] and c["same_choices"]  # "the same greedy answers and the same choices"
+
+
 def test_the_claims_run_section_quotes_its_committed_report():
     """docs/measured.md, docs/configs.md and the README quote the committed report of `make claims` (five seeds) and
     its minutes; the prose's per-seed counts are the report's."""
