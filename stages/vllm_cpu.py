@@ -134,7 +134,7 @@ def apply_cpu_colocate_patches(dtype: str = "float32") -> None:
     packed_weights_follow_sync()
     engine_like_trainer()
     _applied = True
-    log.warning(
+    log.info(  # the default run's path on a CPU, nothing to act on: INFO, not a warning in every run's log
         "vLLM on CPU: an eager engine in the trainer's precision (%s), its linear weights kept beside vLLM's packed "
         "copies (rebuilt after each weight push), so TRL's weight sync works",
         dtype,

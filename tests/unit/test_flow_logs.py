@@ -96,7 +96,8 @@ STAGE_OUTPUT = [
     "  warnings.warn(",
     "[W1205 09:45:38.939747581 utils.cpp:68] Warning: NUMA binding: Using MEMBIND policy for memory allocation on "
     "the NUMA nodes (0). Memory allocations will be strictly bound to these NUMA nodes. (function init_cpu_memory_env)",
-    "2026-12-05 09:45:36,052 WARNING stages.vllm_cpu: vLLM on CPU: an eager engine in the trainer's precision",
+    "2026-12-05 09:45:36,052 INFO stages.vllm_cpu: vLLM on CPU: an eager engine in the trainer's precision",
+    "2026-12-05 09:45:36,060 WARNING stages.rl: a warning of the project's own",
     "2026-12-05 09:45:30,000 INFO stages.rpsft: RPSFT anchors: cache hit anchors-v3.safetensors",
     f"{SP}/somelib/x.py:3: UserWarning: something this project has not judged",
     *(
@@ -122,9 +123,10 @@ def test_a_stage_log_reads_at_its_levels_with_metrics_and_progress_thinned():
     # The known-harmless third-party warnings and their echoed source lines at DEBUG; an unknown one stays a WARNING,
     # as does the project's own, without its second timestamp.
     assert at[logging.WARNING] == [
-        "stages.vllm_cpu: vLLM on CPU: an eager engine in the trainer's precision",
+        "stages.rl: a warning of the project's own",
         f"{SP}/somelib/x.py:3: UserWarning: something this project has not judged",
     ]
+    assert "stages.vllm_cpu: vLLM on CPU: an eager engine in the trainer's precision" in at[logging.INFO]
     known = ("TRL currently supports", "reduce_op", "NUMA", "is_gradient_checkpointing")
     assert sum(any(k in t for k in known) for t in at[logging.DEBUG]) == 4
     assert "  if is_vllm_available():" in at[logging.DEBUG]
