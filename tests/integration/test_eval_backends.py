@@ -121,6 +121,8 @@ def test_choice_scores_batched_by_length_equal_each_sequence_alone(tiny_cfg):
     """Multiple-choice scoring batches options of different lengths with padding and keeps only the logits that
     score an option: each option's log-likelihood is that of its sequence scored alone, with or without the
     model's logits_to_keep, in the items' order."""
+    import inspect
+
     import torch
 
     from stages.evaluate import choice_correct, choice_scores
@@ -129,6 +131,7 @@ def test_choice_scores_batched_by_length_equal_each_sequence_alone(tiny_cfg):
     path = resolve_model(cfg)
     tok = load_tokenizer(path, cfg.model)
     model = load_model(path, cfg.model, torch.float32).eval()
+    assert "logits_to_keep" in inspect.signature(model.forward).parameters  # so the first pass keeps few logits
     items = [
         {"question": "The sky is", "choices": ["blue", "a very long and winding answer here", "x"], "answer": 0},
         {"question": "", "choices": ["short", "much longer option text for this one"], "answer": 1},
