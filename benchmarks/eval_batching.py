@@ -2,10 +2,13 @@
 
     python benchmarks/eval_batching.py --out benchmarks/results/eval_batching.json [--model PATH]
 
+The committed file: ``--model runs/smollm2-cpu/seeds/seed-0/sft/checkpoint`` (seed 0's SFT arm of ``make run``).
+
 1. Generation: the evaluation's own requests for one model (every generation benchmark's greedy answers and the
    sampled answers of those with ``samples``) answered by one in-process vLLM engine (the evaluation stage's on a
    CPU), one request at a time (before) vs all in one submission (``VLLMGenerator.generate_all``, after). Rounds
-   alternate on the same engine, so drift hits both; the greedy answers of the two are compared.
+   alternate on the same engine (and which goes first alternates), so drift hits both; the greedy answers of the two
+   are compared.
 2. Multiple choice: every choice benchmark scored in the items' order with the full vocabulary's log-softmax at every
    position (before, kept here as it was) vs batched by length with only the scoring positions' logits
    (``stages.evaluate.choice_scores``, after); the choices and the largest score difference are compared.
@@ -46,10 +49,11 @@ def scores_before(model, tok, items, batch_size: int) -> list[list[float]]:
             ids[j, : len(s)] = torch.tensor(s)
             mask[j, : len(s)] = 1
         with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+            out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
+            logp = torch.log_softmax(out.logits.float(), -1)
         for j, (s, k) in enumerate(chunk):
             pos = torch.arange(len(s) - k - 1, len(s) - 1)
-            flat.append(float(logp[j, pos, torch.tensor(s[len(s) - k :])].sum()))
+            flat.append(float(logp[j, pos, torch.tensor(s[len(s) - k :], dtype=torch.long)].sum()))
     out, pos = [], 0
     for it in items:
         out.append(flat[pos : pos + len(it["choices"])])
@@ -100,14 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, list[float]] = {"one_at_a_time_s": [], "together_s": []}
     same_greedy = True
     try:
-        for _ in range(args.rounds):
-            t = time.perf_counter()
-            before = [engine.generate(r.prompts, **r.params()) for r in requests]
-            rows["one_at_a_time_s"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            after = engine.generate_all(requests)
-            rows["together_s"].append(time.perf_counter() - t)
-            same_greedy = same_greedy and all(before[i] == after[i] for i in greedy)
+        for round_ in range(args.rounds):
+            got = {}
+            for key in ("one_at_a_time_s", "together_s")[:: 1 if round_ % 2 == 0 else -1]:  # alternating
+                t = time.perf_counter()
+                if key == "together_s":
+                    got[key] = engine.generate_all(requests)
+                else:
+                    got[key] = [engine.generate(r.prompts, **r.params()) for r in requests]
+                rows[key].append(time.perf_counter() - t)
+            same_greedy = same_greedy and all(got["one_at_a_time_s"][i] == got["together_s"][i] for i in greedy)
     finally:
         engine.close()
     answers = sum(len(r.prompts) * r.n for r in requests)
@@ -122,19 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(path, cfg.model, ev.eval_dtype(cfg, torch_dtype=True)).eval()
     crow: dict[str, list[float]] = {"before_s": [], "after_s": []}
     worst, same_choices = 0.0, True
-    for _ in range(args.rounds):
-        for key, fn in (("before_s", scores_before), ("after_s", ev.choice_scores)):
+    for round_ in range(args.rounds):
+        got = {}
+        pairs = (("before_s", scores_before), ("after_s", ev.choice_scores))
+        for key, fn in pairs[:: 1 if round_ % 2 == 0 else -1]:  # alternating
             t = time.perf_counter()
-            got = [fn(model, tok, items, cfg.eval.batch_size) for _, items in choice_benches]
+            got[key] = [fn(model, tok, items, cfg.eval.batch_size) for _, items in choice_benches]
             crow[key].append(time.perf_counter() - t)
-            if key == "before_s":
-                ref = got
-            else:
-                for a, b in zip(ref, got, strict=True):
-                    same_choices = same_choices and _best(a) == _best(b)
-                    worst = max(
-                        [worst] + [abs(x - y) for p, q in zip(a, b, strict=True) for x, y in zip(p, q, strict=True)]
-                    )
+        for a, b in zip(got["before_s"], got["after_s"], strict=True):
+            same_choices = same_choices and _best(a) == _best(b)
+            worst = max([worst] + [abs(x - y) for p, q in zip(a, b, strict=True) for x, y in zip(p, q, strict=True)])
     choice = {
         "benchmarks": {spec.name: len(items) for spec, items in choice_benches},
         "batch_size": cfg.eval.batch_size,
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_abs_score_diff": worst,
     }
     result = {
+        "command": " ".join(["python", "benchmarks/eval_batching.py", *(argv if argv is not None else sys.argv[1:])]),
         "model": cfg.model.source,
         "model_path": args.model or "the config's base model",
         "dtype": str(ev.eval_dtype(cfg)),
