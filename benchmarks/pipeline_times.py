@@ -1,7 +1,11 @@
 """Per-stage wall times of a finished sft-to-rl flow run, read from the Prefect server that ran it. Writes JSON.
 
-    python benchmarks/pipeline_times.py --latest --out benchmarks/results/pipeline_smollm2_cpu.json
+    python benchmarks/pipeline_times.py --latest --run-dir runs/smollm2-cpu --out FILE
     python benchmarks/pipeline_times.py --flow-run-id 36aff7fa-... --out FILE
+
+``--run-dir`` (the run's folder) adds what the run's own files hold: each SFT arm's and RL run's training time
+(``train_runtime_s`` of its metrics.json, training alone) and each evaluated model's ``timing`` (engine start,
+answers, probes, forgetting), per seed run.
 
 PREFECT_API_URL selects the server (default http://127.0.0.1:4200/api, the one `sft2rl run` starts).
 """
@@ -37,12 +41,37 @@ def _machine() -> dict:
     return machine()
 
 
+def run_folder_times(run_dir: Path) -> dict:
+    """Training and evaluation times from a run folder's files, keyed ``<arm>@seed<s>`` and ``<model>@seed-<s>`` in a
+    multi-seed run (as the committed files are), by name otherwise."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from stages.layout import RunLayout
+
+    run = RunLayout(run_dir)
+    train, evals = {}, {}
+    for seed_run in run.seed_runs() or [run]:
+        seed = seed_run.dir.name.removeprefix("seed-") if seed_run.is_seed_run else None
+        for arm in seed_run.arms():
+            if arm.metrics.is_file():
+                m = json.loads(arm.metrics.read_text())
+                if "train_runtime_s" in m:
+                    train[arm.name + (f"@seed{seed}" if seed else "")] = round(m["train_runtime_s"], 1)
+        for folder in sorted(seed_run.eval_dir.glob("*")):
+            metrics = seed_run.eval_model(folder.name).metrics
+            if metrics.is_file():
+                timing = json.loads(metrics.read_text()).get("timing", {})
+                key = folder.name + (f"@seed-{seed}" if seed else "")
+                evals[key] = {k: round(v, 1) for k, v in sorted(timing.items())}
+    return {"train_runtime_s": train, "per_model_eval_s": evals}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_mutually_exclusive_group(required=True)
     g.add_argument("--flow-run-id")
     g.add_argument("--latest", action="store_true", help="the latest completed sft-to-rl flow run")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--run-dir", type=Path, help="the run's folder: add its training and evaluation times")
     args = parser.parse_args(argv)
     api = os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api").rstrip("/")
     if args.latest:
@@ -73,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         "stages_s": stages,
         "machine": _machine(),
     }
+    if args.run_dir:
+        result |= run_folder_times(args.run_dir)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

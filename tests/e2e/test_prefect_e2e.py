@@ -283,6 +283,19 @@ def test_pipeline_times_benchmark_reads_the_finished_run(prefect_server, tmp_pat
         assert data["stages_s"][stage] >= 0, stage
     assert data["stages_s"]["prepare"] > 0 and data["stages_s"]["report"] > 0  # these start a process every time
     assert sum(data["stages_s"].values()) <= data["total_s"] + 1
+    # with the run's folder: each arm's training time and each evaluated model's timing, from the run's own files
+    (root,) = [o.removeprefix("runs_root=") for o in data["parameters"]["overrides"] if o.startswith("runs_root=")]
+    run_dir = Path(root) / "tiny"
+    args = ["--flow-run-id", data["flow_run_id"], "--run-dir", str(run_dir), "--out", str(out)]
+    cmd = [sys.executable, "benchmarks/pipeline_times.py", *args]
+    proc = subprocess.run(cmd, env=prefect_server["env"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    for arm in ("sft", "rpsft", "rl-sft", "rl-rpsft"):
+        expected = json.loads((run_dir / arm / "metrics.json").read_text())["train_runtime_s"]
+        assert data["train_runtime_s"][arm] == round(expected, 1) > 0, arm
+    assert {"base", "sft", "rpsft", "rl-sft", "rl-rpsft"} <= set(data["per_model_eval_s"])
+    assert all(t["answers_s"] > 0 and t["total_s"] > 0 for t in data["per_model_eval_s"].values())
 
 
 def test_a_bad_choice_is_refused_before_a_run_is_created(prefect_server, tmp_path):
