@@ -70,6 +70,11 @@ def test_the_readme_quotes_the_default_runs_minutes_and_claims_from_their_files(
     assert f"**{minutes:.1f} minutes**" in text.split("<!-- make-run-minutes -->")[1][:200]
     slower = times["estimate_on_avx2_machines"]["total_s"] / 60  # the other end of the machines' range
     assert f"**{slower:.1f} minutes**" in text.split("<!-- make-run-minutes -->")[1][:500]
+    (xeon,) = times["other_machines"]  # the same default from a fresh clone on another machine of this kind
+    assert xeon["machine"]["cpu_model"].startswith("Intel(R) Xeon") and "amx_bf16" in xeon["machine"]["cpu_flags"]
+    said = f"**{xeon['fresh_clone']['total_s_make_run'] / 60:.1f} minutes** on an Intel Xeon with AVX-512 and AMX"
+    assert said in text.split("<!-- make-run-minutes -->")[1][:300]
+    assert "on an AMD EPYC with AVX-512" in text and times["machine"]["cpu_model"] == "AMD EPYC"
     report = json.loads((REPO / "benchmarks" / "results" / "default_run_report.json").read_text())
     block = text.split("<!-- default-claims -->\n")[1].split("\n\n")[0]
     assert block.splitlines() == [f"- {line}" for line in _headline(report)]

@@ -193,6 +193,22 @@ def test_the_default_run_section_quotes_its_committed_report():
     assert f"{t['rpsft@seed0']:.0f} and {t['rpsft@seed1']:.0f} s" in section
     ratios = sorted(t[f"rpsft@seed{s}"] / t[f"sft@seed{s}"] for s in (0, 1))
     assert f"costs {ratios[0]:.2f}-{ratios[1]:.2f} times a plain one" in section.replace("\n", " ")
+    # the fresh-clone run on the Xeon: its minutes, the arms' training and what RPSFT added on each machine
+    (x,) = times["other_machines"]
+    flat = " ".join(section.split())
+    assert f"**{x['fresh_clone']['total_s_make_run'] / 60:.1f} minutes**" in flat
+    assert f"install and server start {x['fresh_clone']['install_and_server_start_s'] / 60:.1f} min" in flat
+    xt = x["train_runtime_s"]
+    assert f"training alone {xt['sft@seed0']:.0f} and {xt['sft@seed1']:.0f} s against" in flat
+    assert f"{xt['rpsft@seed0']:.0f} and {xt['rpsft@seed1']:.0f} s: RPSFT added" in flat
+    added = [f"{r[f'rpsft@seed{s}'] - r[f'sft@seed{s}']:.0f}" for r in (xt, t) for s in (0, 1)]
+    assert "RPSFT added {} and {} s to an arm there against {} and {} s on the EPYC".format(*added) in flat
+    xr = sorted(xt[f"rpsft@seed{s}"] / xt[f"sft@seed{s}"] for s in (0, 1))
+    assert f"an arm costs {xr[0]:.2f}-{xr[1]:.2f} times a plain one there" in flat
+    ev = [v["total_s"] for k, v in x["per_model_eval_s"].items() if k.endswith("seed-0") and not k.startswith("base")]
+    assert f"each sampled model {min(ev):.0f}-{max(ev):.0f} s" in flat
+    assert f"(the base {x['per_model_eval_s']['base@seed-0']['total_s']:.0f} s;" in flat
+    assert f"evaluation {x['stages_s']['evaluate@seed0'] / 60:.1f} min for seed 0" in flat
 
 
 def test_the_overhead_and_task_tables_quote_their_files():
