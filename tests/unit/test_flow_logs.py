@@ -176,3 +176,35 @@ def test_artifacts_show_paths_relative_to_the_runs_folder_or_the_cache(tmp_path)
     assert shown_path(str((tmp_path / "runs" / "tiny" / "sft" / "checkpoint").resolve()), cfg) == "tiny/sft/checkpoint"
     assert shown_path(str((tmp_path / "c" / "models" / "m").resolve()), cfg) == "cache/models/m"
     assert shown_path("/elsewhere/x", cfg) == "/elsewhere/x" and shown_path("rpsft", cfg) == "rpsft"
+
+
+# The in-process vLLM engine's warnings, as the evaluation stage printed them once per model in a default make run.
+VLLM_EVAL_LINES = [
+    "(MainProcess pid=27253) WARNING 12-07 11:21:23 [vllm.py:1703] Enforce eager set, disabling torch.compile, "
+    "CUDAGraphs, and JIT kernel warmup. This is equivalent to setting -cc.mode=none -cc.cudagraph_mode=none",
+    "(MainProcess pid=27253) WARNING 12-07 11:21:23 [vllm.py:1727] Inductor compilation was disabled by user "
+    "settings, optimizations settings that are only active during inductor compilation will be ignored.",
+    "(MainProcess pid=27253) WARNING 12-07 11:21:23 [vllm.py:725] Model Runner V2 requires Triton; using the V1 "
+    "model runner instead.",
+    "(MainProcess pid=27253) WARNING 12-07 11:21:23 [cpu.py:317] Reset SSM cache type to float32 for accelerated "
+    "GDN mamba backend 'none'.",
+    "(MainProcess pid=27253) WARNING 12-07 11:23:02 [interface.py:1457] Unknown vLLM environment variable detected: "
+    "VLLM_DIST_IDENT",
+    "(MainProcess pid=27253) WARNING 12-07 11:21:24 [cpu_worker.py:114] libiomp is not found in LD_PRELOAD. For best "
+    "performance, please follow the section `set LD_PRELOAD` in https://docs.vllm.ai/en/latest/",
+    "(MainProcess pid=27253) WARNING 12-07 11:21:24 [cpu_worker.py:114] libtcmalloc is not found in LD_PRELOAD. For "
+    "best performance, please follow the section `set LD_PRELOAD` in https://docs.vllm.ai/en/latest/",
+]
+
+
+def test_the_evaluation_engines_known_vllm_warnings_read_at_debug_and_others_stay_warnings():
+    from pipeline.stage_log import StageLog
+
+    relay = StageLog("evaluate")
+    assert [relay.relay(line)[0] for line in VLLM_EVAL_LINES] == [logging.DEBUG] * len(VLLM_EVAL_LINES)
+    other = (
+        "(MainProcess pid=27253) WARNING 12-07 11:23:02 [interface.py:1457] Unknown vLLM environment variable "
+        "detected: VLLM_SOMETHING_ELSE"
+    )
+    assert relay.relay(other)[0] == logging.WARNING  # only vLLM's own variable is known
+    assert relay.relay("(MainProcess pid=1) WARNING 12-07 11:21:24 [x.py:1] a new vLLM warning")[0] == logging.WARNING
