@@ -3,7 +3,7 @@
 - The stages' own log lines (``2026-12-05 09:45:36,052 WARNING stages.vllm_cpu: ...``) keep their level and drop
   their timestamp (Prefect stamps every line).
 - Third-party warnings known to be harmless here (:data:`HARMLESS`, each with its reason) and the source line Python
-  echoes after a warning go to DEBUG; any other warning stays at WARNING.
+  echoes after a warning go to DEBUG; any other warning stays at WARNING. vLLM's own INFO lines go to DEBUG too.
 - Trainer metric dicts (``{'loss': '1.037', 'grad_norm': ...}``, one per step) become a compact line every
   :data:`METRICS_EVERY`-th dict (and the final summary); the others go to DEBUG.
 - Progress bars that run for more than :data:`SLOW_BAR_S` become one labelled line per tenth (``progress Map 50/100
@@ -72,6 +72,9 @@ SLOW_BAR_S = 10.0  # a progress bar gets lines at INFO once it has run this long
 METRICS_EVERY = 10  # trainer metric dicts: one compact line at INFO per this many
 METRIC_KEYS = ("loss", "grad_norm", "learning_rate", "reward", "kl", "entropy", "rpsft/penalty")
 
+# vLLM's own INFO lines (engine arguments, weight loading, KV cache size: about ten per engine start): DEBUG, since the
+# stage's own lines say which engine ran and what it took; its warnings and errors keep their levels.
+_VLLM_INFO = re.compile(r"^(\(\S+ pid=\d+\) )?INFO \d\d-\d\d \d\d:\d\d:\d\d \[\S+\.py:\d+\] ")
 _OWN = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): (.*)$")
 _PY_WARNING = re.compile(r"^\S+\.py:\d+: \w*Warning: ")
 _CPP_WARNING = re.compile(r"^\[W\d{4} [\d:.]+ \S+\] Warning: ")
@@ -168,9 +171,11 @@ class StageLog:
         m = _OWN.match(line)
         if m:
             level = getattr(logging, m.group(1))
-            if level == logging.WARNING and harmless(line):
+            if level <= logging.WARNING and harmless(line):
                 level = logging.DEBUG
             return level, f"{m.group(2)}: {m.group(3)}"
+        if _VLLM_INFO.match(line):
+            return logging.DEBUG, line
         if _PY_WARNING.match(line) or _CPP_WARNING.match(line):
             self.after_warning = bool(_PY_WARNING.match(line))
             return (logging.DEBUG if harmless(line) else logging.WARNING), line
@@ -190,6 +195,6 @@ class StageLog:
         if kept is None:
             return None
         level = log_level(line)
-        if level == logging.WARNING and harmless(line):
+        if level <= logging.WARNING and harmless(line):
             level = logging.DEBUG
         return level, kept

@@ -208,3 +208,25 @@ def test_the_evaluation_engines_known_vllm_warnings_read_at_debug_and_others_sta
     )
     assert relay.relay(other)[0] == logging.WARNING  # only vLLM's own variable is known
     assert relay.relay("(MainProcess pid=1) WARNING 12-07 11:21:24 [x.py:1] a new vLLM warning")[0] == logging.WARNING
+
+
+def test_vllms_engine_start_chatter_and_known_triton_notes_read_at_debug():
+    """vLLM's INFO lines (about ten per engine start, seven engines in a default run) and the known no-Triton notes
+    go to DEBUG; vLLM's errors and the stages' own INFO lines keep their levels."""
+    from pipeline.stage_log import StageLog
+
+    relay = StageLog("evaluate")
+    quiet = [
+        "(MainProcess pid=27253) INFO 12-07 11:21:23 [model.py:574] Resolved architecture: LlamaForCausalLM",
+        "(MainProcess pid=27253) INFO 12-07 11:21:24 [cpu_worker.py:260] Explicitly set (2.0/23.54) GiB for KV cache",
+        "INFO 12-07 11:21:23 [utils.py:347] Using LBHNC KV cache layout.",
+        "W1207 11:16:59.922000 26880 .venv/lib/python3.11/site-packages/torch/_library/triton.py:53] Triton not "
+        "available, find_triton_kernels = []",
+        "2026-12-07 11:21:22,294 INFO vllm.triton_utils.importing: Triton not installed or not compatible; certain "
+        "GPU-related functions will not be available.",
+    ]
+    assert [relay.relay(line)[0] for line in quiet] == [logging.DEBUG] * len(quiet)
+    err = "(EngineCore_DP0 pid=9) ERROR 12-07 11:21:24 [core.py:1] EngineCore failed to start."
+    assert relay.relay(err)[0] == logging.ERROR
+    own = "2026-12-07 11:23:02,284 INFO __main__: eval base done in 102 s: chain_sum/accuracy=0.025"
+    assert relay.relay(own) == (logging.INFO, "__main__: eval base done in 102 s: chain_sum/accuracy=0.025")
