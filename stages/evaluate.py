@@ -133,6 +133,14 @@ def external_label(path: Path) -> str:
     return f"ext-{stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
+def _note_text(note: dict[str, Any]) -> str:
+    """A benchmark's build note as the log reads it: what was left out and why, nothing when nothing was."""
+    said = [f"{k.replace('_', ' ')} {v}" for k, v in note.items() if k not in ("why", "n") and v]
+    if not said:
+        return ""
+    return f" ({', '.join(said)}: {note['why']})" if note.get("why") else f" ({', '.join(said)})"
+
+
 def _base_path(cfg: Config) -> str:
     """The base model folder prepare recorded; prepared again (verified, rebuilt where damaged) when the record is
     missing or names a folder that is gone (a cleaned cache)."""
@@ -664,7 +672,7 @@ def _run(cfg: Config, force: bool) -> dict[str, Any]:
         items, note = build_benchmark(cfg, spec, trained)
         atomic_write_text(cfg.layout.items(spec.name), "".join(json.dumps(x) + "\n" for x in items))
         benches.append((spec, items, note))
-        log.info("benchmark %s: %d items (%s)", spec.name, len(items), note)
+        log.info("benchmark %s: %d items%s", spec.name, len(items), _note_text(note))
     atomic_write_json(cfg.layout.benchmarks, {s.name: {**s.model_dump(mode="json"), **n} for s, _, n in benches})
     base_path = _base_path(cfg)
     generates = any(not s.is_choice and s.source != "lm_eval" for s, _, _ in benches)

@@ -502,13 +502,14 @@ def _train(cfg: Config, force: bool, callbacks: list | None) -> dict[str, Any]:
         metrics["hub"] = pushed
     atomic_write_json(out.metrics, metrics)
     mark_done(arm_dir)
+    start = "not read" if penalty_at_start is None else f"{penalty_at_start:.3g}"  # FSDP rank-0 loading: no weights yet
+    penalty = "" if penalty_at_end is None else f", penalty {start} -> {penalty_at_end:.3g}"
     log.info(
-        "%s done: %d steps, train_loss %.4f, penalty %s -> %s; checkpoint %s",
+        "%s done: %d steps, train_loss %.4f%s; checkpoint %s",
         cfg.sft.arm_name,
         metrics["steps"],
         metrics["train_loss"],
-        penalty_at_start,
-        penalty_at_end,
+        penalty,
         out.checkpoint,
     )
     return metrics

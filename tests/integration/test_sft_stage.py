@@ -4,6 +4,7 @@ generate, RPSFT's penalty and gradient behave as derived, and bad input fails be
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -66,9 +67,13 @@ def test_every_method_trains_and_every_trainable_parameter_changes(tiny_cfg, met
         )
 
 
-def test_rpsft_metrics_contract(tiny_cfg):
+def test_rpsft_metrics_contract(tiny_cfg, caplog):
     cfg = tiny_cfg("sft.method=rpsft", "sft.training.max_steps=3", "sft.training.logging_steps=1")
-    m = run(cfg)
+    with caplog.at_level(logging.INFO, logger="stages.sft"):
+        m = run(cfg)
+    # the stage's last line: the penalty at three significant digits, as a user reads it in the run log
+    (done,) = [r.getMessage() for r in caplog.records if " done: 3 steps" in r.getMessage()]
+    assert f"penalty {m['penalty_at_start']:.3g} -> {m['penalty_at_end']:.3g}; checkpoint" in done
     # 2 layers x 7 projections + untied embedding + lm_head; biases and norms are 1-D and never regularised.
     assert m["regularized_matrices"] == 16 and m["full_rank_matrices"] == 0
     assert m["penalty_at_start"] == 0.0 and m["penalty_at_end"] > 0

@@ -64,3 +64,16 @@ def test_evaluation_and_the_prompt_filter_sample_where_the_run_trains(monkeypatc
     assert eval_device(load_config("configs/tiny.yaml", ["device=auto"])) == "cuda"
     assert eval_device(load_config("configs/tiny.yaml", ["device=cuda"])) == "cuda"
     assert eval_device(load_config("configs/tiny.yaml", ["device=cpu"])) == "cpu"
+
+
+def test_a_benchmarks_build_note_reads_as_what_was_left_out_and_why():
+    from stages.evaluate import _note_text
+
+    assert _note_text({"excluded": 0, "why": "", "n": 103}) == ""  # nothing left out: nothing said
+    said = _note_text({"excluded": 77, "why": "question seen in SFT data or RL prompts", "n": 200})
+    assert said == " (excluded 77: question seen in SFT data or RL prompts)"
+    both = _note_text({"excluded": 3, "repeated_dropped": 2, "why": "template used in training", "n": 9})
+    assert both == " (excluded 3, repeated dropped 2: template used in training)"
+    assert (
+        _note_text({"excluded": 0, "why": "", "engine": "lm-evaluation-harness"}) == " (engine lm-evaluation-harness)"
+    )
