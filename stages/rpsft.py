@@ -44,7 +44,8 @@ from stages.store import atomic_write
 
 log = logging.getLogger(__name__)
 
-ANCHOR_FORMAT_VERSION = 3
+# 4: S_ref of a matrix with more rows than columns is (U_k^T W0) V_k, the association the regulariser now computes
+ANCHOR_FORMAT_VERSION = 4
 
 
 class RPSFTError(ConfigError):
@@ -171,7 +172,7 @@ def top_k_factors(W: torch.Tensor, k: int, method: str = "gram", with_block: boo
     if method == "svd":
         U, s, Vh = torch.linalg.svd(W, full_matrices=False)
         U, s, V = U[:, :k].contiguous(), s[:k].contiguous(), Vh[:k].T.contiguous()
-        return (U, s, V, U.T @ (W @ V)) if with_block else (U, s, V)
+        return (U, s, V, block_product(U, W, V)) if with_block else (U, s, V)
     tall = m >= n
     A = W if tall else W.T  # (M, N) with M >= N
     evals, evecs = torch.linalg.eigh(A.T @ A)  # ascending
@@ -190,10 +191,11 @@ def top_k_factors(W: torch.Tensor, k: int, method: str = "gram", with_block: boo
         other = other * torch.sign(torch.diagonal(r)).unsqueeze(0)
     if tall:
         U, V = other.contiguous(), evecs_k
-        block = U.T @ AV  # AV is W @ V_k, the same product the regulariser computes
     else:
         U, V = evecs_k, other.contiguous()
-        block = U.T @ (W @ V) if with_block else None
+    block = None
+    if with_block:  # the regulariser's own association; a square W's W @ V_k is AV, already computed
+        block = U.T @ AV if m == n else block_product(U, W, V)
     return (U, s, V, block) if with_block else (U, s, V)
 
 
@@ -357,6 +359,25 @@ def load_anchors(path: Path) -> Anchors:
     return out
 
 
+def block_product(U: torch.Tensor, W: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """U^T W V (k, k) in fp32, associated the cheaper way: (U^T W) V when W has more rows than columns (the (vocab,
+    hidden) embedding, an MLP's up and gate projections), else U^T (W V). Both cost 2 m n k for the large product; the
+    small one then costs 2 k^2 min(m, n) instead of 2 k^2 max(m, n) (on SmolLM2 at k = 25% the block and its gradient
+    take 82 GFLOP a step instead of 91). Anchors' S_ref and the regulariser's blocks come from this one function, so
+    the penalty of W0 itself is exactly zero."""
+    if W.shape[0] > W.shape[1]:
+        return (U.T @ W) @ V
+    return U.T @ (W @ V)
+
+
+def grad_factors(U: torch.Tensor, D: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) with A @ B = U D V^T, the (m, n) gradient direction of a block deviation D, associated the cheaper way:
+    U (D V^T) when U has more rows than V, else (U D) V^T (see :func:`block_product`)."""
+    if U.shape[0] > V.shape[0]:
+        return U, D @ V.T
+    return U @ D, V.T
+
+
 def shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
     """The rows of a ``rows``-row matrix that ``rank`` of ``world`` holds under row sharding (``Shard(0)``: FSDP2's
     ``torch.chunk`` split, ceil(rows / world) per rank, the last ranks short or empty)."""
@@ -373,6 +394,8 @@ def partial_deviation(a: Anchor, W_rows: torch.Tensor, r0: int, precision: str =
     r1 = r0 + W_rows.shape[0]
     if a.full:
         return W_rows.to(a.W0.dtype) - a.W0[r0:r1]  # the anchors' precision: fp32
+    if precision == "fp32":
+        return block_product(a.U[r0:r1], W_rows.to(a.U.dtype), a.V)
     return a.U[r0:r1].T @ times_v(W_rows, a.V, precision, V_split)
 
 
@@ -625,7 +648,7 @@ class RPSFTRegularizer:
         Wf = W.float()
         if a.full:
             return Wf - a.W0
-        return a.U.T @ (Wf @ a.V) - a.S_ref
+        return block_product(a.U, Wf, a.V) - a.S_ref
 
     def penalty_autograd(self) -> torch.Tensor:
         """lambda * sum R(W) as a differentiable tensor: the naive form of the release (one call per micro-batch).
@@ -755,9 +778,10 @@ class RPSFTRegularizer:
                     for r in range(0, UD.shape[0], rows):
                         g[r : r + rows].add_(mm_bf16(UD[r : r + rows], Vt).mul_(two_lam).to(g.dtype))
                 elif g.dtype == torch.float32:
-                    g.addmm_(U @ blocks[name], a.V.T, alpha=two_lam)  # in place: no (m, n) temporary
+                    g.addmm_(*grad_factors(U, blocks[name], a.V), alpha=two_lam)  # in place: no (m, n) temporary
                 else:  # low-precision grads: fp32 math, one rounding
-                    g.add_(((U @ blocks[name]) @ a.V.T).mul_(two_lam).to(g.dtype))
+                    A, B = grad_factors(U, blocks[name], a.V)
+                    g.add_((A @ B).mul_(two_lam).to(g.dtype))
         return self._summary(squares)
 
     def _add_zero3_grad(self, a: Anchor, name: str, p, rows: _Rows, D, two_lam: float) -> None:
@@ -769,7 +793,8 @@ class RPSFTRegularizer:
             frag = p._z3_optimizer.get_local_fp32_param(p).detach()[:numel].float()
             part = (frag - a.W0.reshape(-1)[start : start + numel]).mul_(two_lam)
         else:
-            G = (a.U[rows.r0 : rows.r1] @ D) @ a.V.T
+            A, B = grad_factors(a.U[rows.r0 : rows.r1], D, a.V)
+            G = A @ B
             off = start - rows.r0 * a.shape[1]
             part = G.reshape(-1)[off : off + numel].mul_(two_lam)
         opt = p._z3_optimizer
@@ -816,10 +841,10 @@ class RPSFTRegularizer:
             return g.view(a.shape)
         if a.full:
             return 2.0 * (p.detach().float() - a.W0)
-        UD = a.U @ D
         if self.precision == "split_bf16":
-            return mm_bf16(UD.to(torch.bfloat16), self._v_split[name][0].T).mul_(2.0)
-        return (UD @ a.V.T).mul_(2.0)
+            return mm_bf16((a.U @ D).to(torch.bfloat16), self._v_split[name][0].T).mul_(2.0)
+        A, B = grad_factors(a.U, D, a.V)
+        return (A @ B).mul_(2.0)
 
     @torch.no_grad()
     def block_drift(self) -> dict[str, float]:

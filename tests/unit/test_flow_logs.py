@@ -98,7 +98,7 @@ STAGE_OUTPUT = [
     "the NUMA nodes (0). Memory allocations will be strictly bound to these NUMA nodes. (function init_cpu_memory_env)",
     "2026-12-05 09:45:36,052 INFO stages.vllm_cpu: vLLM on CPU: an eager engine in the trainer's precision",
     "2026-12-05 09:45:36,060 WARNING stages.rl: a warning of the project's own",
-    "2026-12-05 09:45:30,000 INFO stages.rpsft: RPSFT anchors: cache hit anchors-v3.safetensors",
+    "2026-12-05 09:45:30,000 INFO stages.rpsft: RPSFT anchors: cache hit anchors-v4.safetensors",
     f"{SP}/somelib/x.py:3: UserWarning: something this project has not judged",
     *(
         f"{{'loss': '1.{i:03d}', 'grad_norm': '10.82', 'learning_rate': '5e-05', 'rpsft/penalty': '0.006589', "
@@ -130,7 +130,7 @@ def test_a_stage_log_reads_at_its_levels_with_metrics_and_progress_thinned():
     known = ("TRL currently supports", "reduce_op", "NUMA", "is_gradient_checkpointing")
     assert sum(any(k in t for k in known) for t in at[logging.DEBUG]) == 4
     assert "  if is_vllm_available():" in at[logging.DEBUG]
-    assert "stages.rpsft: RPSFT anchors: cache hit anchors-v3.safetensors" in at[logging.INFO]
+    assert "stages.rpsft: RPSFT anchors: cache hit anchors-v4.safetensors" in at[logging.INFO]
     # 40 metric dicts: a compact line for the first and every 10th, plus the summary.
     train = [t for t in at[logging.INFO] if t.startswith(("train ", "training done"))]
     assert len(train) == 6 and train[0].startswith("train epoch 0.01 loss 1.001 grad_norm 10.82 learning_rate 5e-05")

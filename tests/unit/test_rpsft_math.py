@@ -10,7 +10,9 @@ import torch
 from stages.rpsft import (
     RPSFTError,
     RPSFTRegularizer,
+    block_product,
     compute_anchors,
+    grad_factors,
     principal_angles_deg,
     resolve_k,
     select_matrices,
@@ -79,9 +81,10 @@ def test_resolve_k():
         resolve_k((4, 4), None, 1.5)
 
 
-def test_penalty_zero_at_start_positive_in_block_zero_in_tail_and_cross():
-    m, n, k = 30, 20, 5
-    s = torch.linspace(9, 1, 20)
+@pytest.mark.parametrize(("m", "n"), [(30, 20), (20, 30), (20, 20)])  # each association of the block product
+def test_penalty_zero_at_start_positive_in_block_zero_in_tail_and_cross(m, n):
+    k = 5
+    s = torch.linspace(9, 1, min(m, n))
     W0, U, V = spectrum_matrix(m, n, s)
     model, reg, anchors = make_reg({"w": W0}, k=k)
     a = anchors.anchors["w"]
@@ -96,7 +99,7 @@ def test_penalty_zero_at_start_positive_in_block_zero_in_tail_and_cross():
         model.w.copy_((W0 + Uk @ E @ Vk.T).float())
     assert reg.penalty() == pytest.approx(float((E**2).sum()), rel=1e-3)
 
-    t = n - k  # the tail has rank min(m, n) - k = 15
+    t = min(m, n) - k  # the tail has rank min(m, n) - k = 15
     Et = torch.randn(t, t, dtype=torch.float64) * 0.5
     Ec = torch.randn(k, t, dtype=torch.float64) * 0.5
     Ec2 = torch.randn(t, k, dtype=torch.float64) * 0.5
@@ -105,6 +108,29 @@ def test_penalty_zero_at_start_positive_in_block_zero_in_tail_and_cross():
             model.w.copy_((W0 + delta).float())
         # Tail and cross blocks are free: U_k^T delta V_k = 0 (to fp32 round-off of a unit-norm-ish matrix).
         assert reg.penalty() < 1e-8
+
+
+@pytest.mark.parametrize(("m", "n"), [(48, 12), (12, 48), (20, 20)])
+def test_block_and_gradient_products_take_the_cheaper_association(m, n):
+    """U^T W V and U D V^T each cost 2 m n k for the large product; the small one costs 2 k^2 min(m, n) with the
+    association these functions pick, against 2 k^2 max(m, n) with the other (a tall embedding pays the difference on
+    every step). The values equal the fp64 product to fp32 round-off."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    k = 4
+    g = torch.Generator().manual_seed(0)
+    W, D = torch.randn(m, n, generator=g), torch.randn(k, k, generator=g)
+    U = torch.linalg.qr(torch.randn(m, k, generator=g))[0]
+    V = torch.linalg.qr(torch.randn(n, k, generator=g))[0]
+    with FlopCounterMode(display=False) as counter:
+        block = block_product(U, W, V)
+    assert counter.get_total_flops() == 2 * m * n * k + 2 * k * k * min(m, n)
+    assert torch.allclose(block.double(), U.double().T @ W.double() @ V.double(), atol=1e-5)
+    with FlopCounterMode(display=False) as counter:
+        A, B = grad_factors(U, D, V)
+        G = A @ B
+    assert counter.get_total_flops() == 2 * m * n * k + 2 * k * k * min(m, n)
+    assert torch.allclose(G.double(), U.double() @ D.double() @ V.double().T, atol=1e-5)
 
 
 def test_penalty_gradient_matches_autograd_and_closed_form():
