@@ -255,6 +255,24 @@ def test_diagnostics_zero_when_unchanged_positive_after_rotation():
     assert d["block_drift"] > 0.05
 
 
+@pytest.mark.parametrize("shape", [(60, 20), (20, 60), (30, 30)])
+def test_diagnostic_subspaces_equal_a_float64_svds(shape):
+    """The diagnostics' top-k subspaces (Gram eigenproblem, thin QR) against LAPACK's full float64 SVD: angles far
+    below anything reported, all singular values to float64 round-off."""
+    from stages.rpsft import _top_subspaces_fp64
+
+    m, n = shape
+    s = torch.logspace(1, -1, min(m, n))  # a spread of 100 between the largest and the smallest
+    W, _, _ = spectrum_matrix(m, n, s, seed=3)
+    k = 7
+    U, sv, V = _top_subspaces_fp64(W.float(), k)
+    assert U.shape == (m, k) and V.shape == (n, k) and sv.shape == (min(m, n),)
+    U_ref, s_ref, Vh_ref = torch.linalg.svd(W.float().double(), full_matrices=False)
+    assert torch.allclose(sv, s_ref, rtol=1e-12, atol=1e-13)
+    assert float(principal_angles_deg(U_ref[:, :k], U).max()) < 1e-9
+    assert float(principal_angles_deg(Vh_ref[:k].T, V).max()) < 1e-9
+
+
 def test_fp64_angles_of_identical_weights_are_exactly_zero_and_small_rotations_are_exact():
     s = torch.linspace(8, 1, 12)
     W0, U, V = spectrum_matrix(20, 12, s)
