@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -30,6 +29,20 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _machine() -> dict:
+    """CPU model and vector flags, cores: the record every benchmark of this project writes (stages.backends)."""
+    sys.path.insert(0, str(REPO))
+    from stages.backends import machine
+
+    return machine()
+
+
+def _commit() -> str:
+    """The code measured: its commit, ``-dirty`` with uncommitted changes."""
+    cmd = ["git", "describe", "--always", "--dirty"]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: S603
 
 
 def _arm(code: Path, config: str, runs: Path, method: str, ga: int, steps: int, name: str) -> dict:
@@ -81,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": args.config,
         "what": "train_runtime_s of the SFT stage's training loop (default config: logging every step, diagnostics, "
         "trainer checkpoints every save_steps), rpsft / sft side by side",
-        "machine": {"cores": os.cpu_count(), "arch": platform.machine(), "processor": platform.processor()},
+        "machine": _machine(),
+        "commit": _commit(),
         "settings": [],
     }
     try:

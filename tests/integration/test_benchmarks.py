@@ -56,6 +56,8 @@ def test_rpsft_overhead_benchmark_writes_its_keys(tmp_path, cache_dir):
         "full_svd_s",
         "cache_hit_s",
         "extra_memory_mb",
+        "penalty_step_s",  # the block and its gradient, as after every optimizer step
+        "penalty_grad_only_s",  # the gradient from kept blocks
     ):
         assert isinstance(r[key], float) and r[key] > 0, key
     assert r["max_weight_diff_rpsft_vs_naive"] < 1e-4
