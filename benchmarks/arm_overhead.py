@@ -120,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
                     "sft_s_per_step": round(sft / steps, 3),
                     "rpsft_s_per_step": round(rp / steps, 3),
                     "ratio": round(rp / sft, 3),
+                    # each round's two arms ran back to back: their ratio is robust to the machine's slow drifts
+                    "ratio_per_round": [
+                        round(r["train_runtime_s"] / s["train_runtime_s"], 3)
+                        for r, s in zip(runs["rpsft"], runs["sft"], strict=True)
+                    ],
                 }
                 result["settings"].append(row)
                 print(f"{label} GA {ga}: rpsft / sft = {row['ratio']:.3f} ({rp:.0f} s vs {sft:.0f} s)", flush=True)

@@ -68,9 +68,13 @@ def test_rpsft_overhead_benchmark_writes_its_keys(tmp_path, cache_dir):
     both = json.loads(out.read_text())
     assert both["ratio_ga1"] == r["ratio_ga1"]  # the bare-step figures are kept
     assert both["arm_ratio_ga1"] > 0 and both["arm_ratio_ga4"] > 0 and both["arm_ratio_source"].startswith(str(arm))
-    settings = json.loads(arm.read_text())["settings"]
+    written = json.loads(arm.read_text())
+    settings = written["settings"]
     assert [s["gradient_accumulation_steps"] for s in settings] == [1, 4]
     assert all(s["runs"]["sft"][0]["steps"] == s["steps"] for s in settings)
+    for s in settings:  # one round: its ratio is the ratio of the medians
+        assert s["ratio_per_round"] == [s["ratio"]]
+    assert written["machine"]["cores"] >= 1 and "cpu_flags" in written["machine"] and written["commit"]
 
 
 @pytest.mark.slow

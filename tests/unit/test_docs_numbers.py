@@ -214,7 +214,8 @@ def test_the_default_run_section_quotes_its_committed_report():
 def test_the_overhead_and_task_tables_quote_their_files():
     readme = (DOCS / "measured.md").read_text()
     o = json.loads((REPO / "benchmarks" / "results" / "rpsft_overhead.json").read_text())
-    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in readme.splitlines() if ln.startswith("| ")}
+    first = readme.split("**On an Intel Xeon with AVX-512 and AMX")[0]  # the table above the Xeon's (same row names)
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in first.splitlines() if ln.startswith("| ")}
     assert f"| {o['ratio_ga1']:.2f} (" in rows["optimizer step RPSFT / SFT, GA 1"]
     assert f"| {o['ratio_ga4']:.2f} (" in rows["optimizer step RPSFT / SFT, GA 4"]
     arm = [r for r in rows if r.startswith("a real arm's training time RPSFT / SFT, GA ")]
@@ -232,7 +233,7 @@ def test_the_overhead_and_task_tables_quote_their_files():
     (row,) = [rows[r] for r in arm if r.split(" GA ")[1].startswith("4")]
     assert f"added {added[0]:.2f} and {added[1]:.2f} s per optimizer step" in row
     assert f"{ga4['sft_s_per_step']:.1f}-s SFT step" in row
-    for other in a.get("other_machines", []):  # the same arms timed on another machine
+    for other in a["other_machines"][:1]:  # the same arms timed on another machine, at an earlier commit
         (o4,) = [x for x in other["settings"] if x["gradient_accumulation_steps"] == 4]
         rounds = ", ".join(f"{x:.2f}" for x in o4["ratio_per_round"])
         sft = [x["train_runtime_s"] for x in o4["runs"]["sft"]]
@@ -264,6 +265,47 @@ def test_the_overhead_and_task_tables_quote_their_files():
         want = f"| {label} | {cell(t['strict_accuracy'], t['strict_ci95'])} | "
         want += f"{cell(t['lenient_accuracy'], t['lenient_ci95'])} | {100 * t['well_formed']:.0f}% |"
         assert want in readme, want
+
+
+def test_the_xeon_overhead_table_quotes_both_files():
+    """The second overhead table of docs/measured.md: this code's bare step and real arms on one machine, the bare
+    step's record in rpsft_overhead.json and the arms' in arm_overhead.json (the same machine)."""
+    text = (DOCS / "measured.md").read_text()
+    flat = " ".join(text.split())
+    (bare,) = json.loads((REPO / "benchmarks" / "results" / "rpsft_overhead.json").read_text())["other_machines"]
+    arms = json.loads((REPO / "benchmarks" / "results" / "arm_overhead.json").read_text())["other_machines"][-1]
+    assert arms["machine"]["cpu_model"] == bare["machine"]["cpu_model"] and "Xeon" in bare["machine"]["cpu_model"]
+    section = text.split("**On an Intel Xeon with AVX-512 and AMX (2 cores), with the code of 2026-12-07**")[1]
+    rows = {ln.split(" | ")[0].lstrip("| "): ln for ln in section.splitlines() if ln.startswith("| ")}
+    assert f"| {bare['ratio_ga1']:.2f} ({bare['ratio_ga1']:.3f}) |" in rows["optimizer step RPSFT / SFT, GA 1"]
+    xeon = [r for r in rows if r.endswith("(Xeon)")]
+    assert xeon == ["measurement (Xeon)"]
+    by_ga = {x["gradient_accumulation_steps"]: x for x in arms["settings"]}
+    for ga, steps in ((1, 80), (4, 20)):
+        x = by_ga[ga]
+        assert x["steps"] == steps and len(x["ratio_per_round"]) == 3
+        assert bare[f"arm_ratio_ga{ga}"] == x["ratio"]
+        rounds = ", ".join(f"{r:.2f}" for r in x["ratio_per_round"])
+        assert f"| {x['ratio']:.2f} (the rounds {rounds}) |" in flat
+    assert f"| {bare['ratio_ga4']:.2f} ({bare['ratio_ga4']:.3f}) | <= 1.05 | yes |" in flat
+    step = bare["penalty_step_s"]
+    assert f"| {step:.2f} s (the gradient from kept blocks alone {bare['penalty_grad_only_s']:.2f} s) |" in flat
+    pre = f"| {bare['precompute_s']:.2f} s vs {bare['full_svd_s']:.2f} s = {bare['precompute_over_full_svd']:.2f} |"
+    assert pre in flat
+    one = by_ga[1]
+    added = [
+        (r["train_runtime_s"] - s["train_runtime_s"]) / 80
+        for r, s in zip(one["runs"]["rpsft"], one["runs"]["sft"], strict=True)
+    ]
+    assert "RPSFT added {:.2f}, {:.2f} and {:.2f} s per optimizer step".format(*added) in flat
+    assert max(added) <= step  # "no more than the bare penalty's"
+    assert f"no more than the bare penalty's {step:.2f} s" in flat
+    sft4 = [r["train_runtime_s"] for r in by_ga[4]["runs"]["sft"]]
+    assert f"the SFT arm alone varied by {max(sft4) - min(sft4):.0f} s between rounds" in flat
+    assert f"whole cost over 20 steps ({20 * step:.0f} s)" in flat
+    assert f"the bare step's components put it at {bare['ratio_from_components_ga4']:.2f}" in flat
+    extra = [r["stage_wall_s"] - r["train_runtime_s"] for x in by_ga.values() for m in x["runs"].values() for r in m]
+    assert f"took {min(extra):.0f}-{max(extra):.0f} s beyond its training time" in flat
 
 
 def test_the_readme_counts_the_bad_input_table_as_it_is():
