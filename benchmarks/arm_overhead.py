@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         "commit": _commit(),
         "settings": [],
     }
+    if Path(args.out).is_file():  # the records of other machines stay when this run replaces the file's own
+        result["other_machines"] = json.loads(Path(args.out).read_text()).get("other_machines", [])
     try:
         for label, code in codes.items():
             for ga, steps in ((1, args.steps_ga1), (4, args.steps_ga4)):

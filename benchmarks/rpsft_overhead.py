@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_file():  # the records of other machines stay when this run replaces the file's own
+        result["other_machines"] = json.loads(out.read_text()).get("other_machines", [])
     out.write_text(json.dumps(result, indent=2) + "\n")
     log.info("wrote %s", out)
     return 0

@@ -164,8 +164,8 @@ def top_k_factors(W: torch.Tensor, k: int, method: str = "gram", with_block: boo
     product, a much smaller eigenproblem than the SVD, accurate to fp32 round-off for the leading k triplets (tested
     against an exact SVD). ``svd`` is the exact full SVD.
 
-    With ``with_block`` the fourth output is ``U_k^T (W @ V_k)``, computed with exactly the operations that
-    ``RPSFTRegularizer`` uses, so the penalty of W itself is exactly zero.
+    With ``with_block`` the fourth output is the block ``U_k^T W V_k`` from :func:`block_product`, exactly the
+    operations of ``RPSFTRegularizer``'s fp32 blocks, so the penalty of W itself is exactly zero.
     """
     W = W.detach().float()
     m, n = W.shape
@@ -232,9 +232,9 @@ def anchor_inputs(named: list[tuple[str, torch.Tensor]], model_path: str) -> lis
 
 def per_matrix(fn, items: list) -> list:
     """``[fn(x) for x in items]``, one matrix per thread with one BLAS/LAPACK thread each: eigensolvers and SVDs
-    scale poorly with threads, so matrices in parallel are faster (docs/measured.md; the diagnostics' fp64 SVDs about
-    1.35x on 2 cores). Results in the order of ``items``; a LAPACK routine on one thread rounds differently from
-    one on several (fp64 diagnostics differ by about 1e-9 relative)."""
+    scale poorly with threads, so matrices in parallel are faster (docs/measured.md: the anchors 2.5 s against 3.6 s
+    on 2 cores). Results in the order of ``items``; a LAPACK routine on one thread rounds differently from one on
+    several (fp64 diagnostics differ by about 1e-9 relative)."""
     threads = torch.get_num_threads()
     workers = max(1, min(threads, 8))
     if workers == 1:
@@ -302,8 +302,10 @@ def compute_anchors(
             W0 = W.detach().float().clone()
             return Anchor(name, shape, kk, True, W0=W0, s_top=float(torch.linalg.matrix_norm(W0, ord=2)))
         # S_ref (k, k) is diag(s) up to round-off, computed with the operations of _residual: R(W0) is exactly 0.
-        U, s, V, S_ref = top_k_factors(W, kk, method, with_block=True)
-        if precision != "fp32":
+        if precision == "fp32":
+            U, s, V, S_ref = top_k_factors(W, kk, method, with_block=True)
+        else:  # the split products' block, as the regulariser computes it
+            U, s, V = top_k_factors(W, kk, method)
             S_ref = U.T @ times_v(W.detach(), V, precision)
         return Anchor(name, shape, kk, False, U=U, V=V, S_ref=S_ref, s_top=float(s[0]))
 

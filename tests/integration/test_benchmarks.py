@@ -30,6 +30,8 @@ def _tiny_sft_init(tmp_path, cache_dir):
 @pytest.mark.slow
 def test_rpsft_overhead_benchmark_writes_its_keys(tmp_path, cache_dir):
     out = tmp_path / "o.json"
+    kept = [{"machine": {"cpu_model": "another"}, "ratio_ga1": 1.1}]
+    out.write_text(json.dumps({"ratio_ga1": 9.0, "other_machines": kept}))  # a committed file's other machines
     _run(
         [
             "benchmarks/rpsft_overhead.py",
@@ -61,8 +63,10 @@ def test_rpsft_overhead_benchmark_writes_its_keys(tmp_path, cache_dir):
     ):
         assert isinstance(r[key], float) and r[key] > 0, key
     assert r["max_weight_diff_rpsft_vs_naive"] < 1e-4
+    assert r["other_machines"] == kept and r["ratio_ga1"] != 9.0  # this run replaced its own figures only
     # make bench's second half: the real arm's ratios added beside the bare step's, in the same file
     arm = tmp_path / "arm.json"
+    arm.write_text(json.dumps({"settings": [], "other_machines": kept}))
     args = ["benchmarks/arm_overhead.py", "--config", "configs/tiny.yaml", "--out", str(arm), "--into", str(out)]
     _run([*args, "--steps-ga1", "2", "--steps-ga4", "1"], cache_dir)
     both = json.loads(out.read_text())
@@ -75,6 +79,7 @@ def test_rpsft_overhead_benchmark_writes_its_keys(tmp_path, cache_dir):
     for s in settings:  # one round: its ratio is the ratio of the medians
         assert s["ratio_per_round"] == [s["ratio"]]
     assert written["machine"]["cores"] >= 1 and "cpu_flags" in written["machine"] and written["commit"]
+    assert written["other_machines"] == kept
 
 
 @pytest.mark.slow

@@ -233,6 +233,14 @@ def test_the_overhead_and_task_tables_quote_their_files():
     (row,) = [rows[r] for r in arm if r.split(" GA ")[1].startswith("4")]
     assert f"added {added[0]:.2f} and {added[1]:.2f} s per optimizer step" in row
     assert f"{ga4['sft_s_per_step']:.1f}-s SFT step" in row
+    # the bare step's penalty (block and gradient, as that code computed them) and the ratios it alone implies
+    assert f"against {o['penalty_grad_s']:.2f} s for the penalty (block and gradient) in the bare step" in row
+    alone = 1 + o["penalty_grad_s"] / ga4["sft_s_per_step"]
+    assert f"which alone puts the ratio at {alone:.2f} on this {ga4['sft_s_per_step']:.1f}-s SFT step" in row
+    flat_first = " ".join(first.split())
+    assert f"cost {o['penalty_grad_s']:.2f} s per optimizer step in that run" in flat_first
+    c1, c4 = o["ratio_from_components_ga1"], o["ratio_from_components_ga4"]
+    assert f"so the step ratio is about {c1:.2f} at GA 1 and {c4:.2f} at GA 4" in flat_first
     for other in a["other_machines"][:1]:  # the same arms timed on another machine, at an earlier commit
         (o4,) = [x for x in other["settings"] if x["gradient_accumulation_steps"] == 4]
         rounds = ", ".join(f"{x:.2f}" for x in o4["ratio_per_round"])
