@@ -44,7 +44,8 @@ from stages.store import atomic_write
 
 log = logging.getLogger(__name__)
 
-# 4: S_ref of a matrix with more rows than columns is (U_k^T W0) V_k, the association the regulariser now computes
+# 4: S_ref in the regulariser's association ((U_k^T W0) V_k for more rows than columns) and with this process's
+# threads (3: one thread per matrix, which rounds differently from the regulariser's products)
 ANCHOR_FORMAT_VERSION = 4
 
 
@@ -301,15 +302,18 @@ def compute_anchors(
         if kk >= min(shape):
             W0 = W.detach().float().clone()
             return Anchor(name, shape, kk, True, W0=W0, s_top=float(torch.linalg.matrix_norm(W0, ord=2)))
-        # S_ref (k, k) is diag(s) up to round-off, computed with the operations of _residual: R(W0) is exactly 0.
-        if precision == "fp32":
-            U, s, V, S_ref = top_k_factors(W, kk, method, with_block=True)
-        else:  # the split products' block, as the regulariser computes it
-            U, s, V = top_k_factors(W, kk, method)
-            S_ref = U.T @ times_v(W.detach(), V, precision)
-        return Anchor(name, shape, kk, False, U=U, V=V, S_ref=S_ref, s_top=float(s[0]))
+        U, s, V = top_k_factors(W, kk, method)
+        return Anchor(name, shape, kk, False, U=U, V=V, S_ref=None, s_top=float(s[0]))
 
     results = per_matrix(one, named)
+    # S_ref (k, k; diag(s) up to round-off) with the regulariser's own operations and this process's threads, not
+    # per_matrix's one thread per matrix: a product's round-off depends on how many threads share it (91 of SmolLM2's
+    # 211 blocks differed, and the penalty at step 0 read 1.4e-8 instead of 0), so R(W0) is exactly 0 where the
+    # regulariser runs as the anchors were computed.
+    for a, (_, W) in zip(results, named, strict=True):
+        if not a.full:
+            W = W.detach()
+            a.S_ref = block_product(a.U, W.float(), a.V) if precision == "fp32" else a.U.T @ times_v(W, a.V, precision)
     out.anchors = {a.name: a for a in results}
     log.info(
         "RPSFT anchors: %d matrices (%d full-rank fallback: L2-to-init) in %.2f s (%s, %s)",

@@ -114,6 +114,22 @@ def test_penalty_zero_at_start_positive_in_block_zero_in_tail_and_cross(m, n, me
         assert reg.penalty() < 1e-8
 
 
+def test_penalty_is_exactly_zero_at_start_with_the_threads_the_regulariser_uses():
+    """Anchors are computed one matrix per thread (per_matrix); S_ref must come from the products the regulariser
+    computes with the process's threads, or SmolLM2's penalty at step 0 reads 1.4e-8 instead of 0 (a threaded
+    product rounds differently at these sizes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        weights = {"up": torch.randn(1536, 576, generator=g) * 0.02, "down": torch.randn(576, 1536, generator=g) * 0.02}
+        _, reg, anchors = make_reg(weights, k_fraction=0.25)
+        assert all(not a.full for a in anchors.anchors.values())
+        assert reg.penalty() == 0.0
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize(("m", "n"), [(48, 12), (12, 48), (20, 20)])
 def test_block_and_gradient_products_take_the_cheaper_association(m, n):
     """U^T W V and U D V^T each cost 2 m n k for the large product; the small one costs 2 k^2 min(m, n) with the
