@@ -209,6 +209,23 @@ def test_the_default_run_section_quotes_its_committed_report():
     assert f"each sampled model {min(ev):.0f}-{max(ev):.0f} s" in flat
     assert f"(the base {x['per_model_eval_s']['base@seed-0']['total_s']:.0f} s;" in flat
     assert f"evaluation {x['stages_s']['evaluate@seed0'] / 60:.1f} min for seed 0" in flat
+    # the second fresh-clone run there, at a later commit on a slower afternoon
+    later = x["later_run"]
+    assert later["machine"] == x["machine"]
+    lt = later["train_runtime_s"]
+    assert f"at {later['fresh_clone']['commit']} (the code of the second overhead table above" in flat
+    assert f"took **{later['fresh_clone']['total_s_make_run'] / 60:.1f} minutes** on a slower afternoon" in flat
+    said = (
+        f"({lt['sft@seed0']:.0f} and {lt['sft@seed1']:.0f} s against {xt['sft@seed0']:.0f} and {xt['sft@seed1']:.0f} s)"
+    )
+    assert said in flat
+    lev = [v["total_s"] for k, v in later["per_model_eval_s"].items() if k.endswith("seed-0") and k[:4] != "base"]
+    assert f"each sampled model's evaluation took {min(lev):.0f}-{max(lev):.0f} s" in flat
+    ladded = [lt[f"rpsft@seed{s}"] - lt[f"sft@seed{s}"] for s in (0, 1)]
+    lr = sorted(lt[f"rpsft@seed{s}"] / lt[f"sft@seed{s}"] for s in (0, 1))
+    assert f"RPSFT added {ladded[0]:.0f} and {ladded[1]:.0f} s to an arm there, {lr[0]:.2f}-{lr[1]:.2f} times" in flat
+    page = " ".join((DOCS / "measured.md").read_text().split())  # the Xeon overhead table's closing line
+    assert f"read {xr[0]:.2f}-{xr[1]:.2f} at an earlier commit and {lr[0]:.2f}-{lr[1]:.2f} at this one" in page
 
 
 def test_the_overhead_and_task_tables_quote_their_files():
