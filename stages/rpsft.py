@@ -312,8 +312,7 @@ def compute_anchors(
     # regulariser runs as the anchors were computed.
     for a, (_, W) in zip(results, named, strict=True):
         if not a.full:
-            W = W.detach()
-            a.S_ref = block_product(a.U, W.float(), a.V) if precision == "fp32" else a.U.T @ times_v(W, a.V, precision)
+            a.S_ref = partial_deviation(a, W.detach(), 0, precision)  # all rows: the block U_k^T W0 V_k
     out.anchors = {a.name: a for a in results}
     log.info(
         "RPSFT anchors: %d matrices (%d full-rank fallback: L2-to-init) in %.2f s (%s, %s)",
